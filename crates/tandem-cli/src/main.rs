@@ -1,0 +1,101 @@
+//! `tandem`: the command-line front end.
+//!
+//! Subcommands: `run` (generate text), `perplexity` (llama.cpp-compatible
+//! evaluation) and `inspect` (what a model file holds). Errors end the
+//! process with one line on stderr and a non-zero exit code.
+
+mod bundled;
+mod cmd_inspect;
+mod cmd_perplexity;
+mod cmd_run;
+mod load;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "tandem",
+    version,
+    about = "Run large language models on the CPU you own."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+pub struct Common {
+    /// Worker threads (default: all cores).
+    #[arg(long, short = 't', global = true)]
+    threads: Option<usize>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate a continuation of a prompt (or a chat reply with --chat).
+    Run(cmd_run::RunArgs),
+    /// Perplexity of a text file, computed as llama.cpp's llama-perplexity does.
+    Perplexity(cmd_perplexity::PerplexityArgs),
+    /// Show a model's architecture, hyperparameters and tensor types.
+    Inspect(cmd_inspect::InspectArgs),
+}
+
+fn init_threads(threads: Option<usize>) -> anyhow::Result<()> {
+    let mut builder = rayon::ThreadPoolBuilder::new();
+    if let Some(n) = threads {
+        if n == 0 {
+            anyhow::bail!("--threads must be at least 1");
+        }
+        builder = builder.num_threads(n);
+    }
+    builder.build_global()?;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("TANDEM_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(a) => init_threads(a.common.threads).and_then(|_| cmd_run::run(a)),
+        Command::Perplexity(a) => {
+            init_threads(a.common.threads).and_then(|_| cmd_perplexity::run(a))
+        }
+        Command::Inspect(a) => cmd_inspect::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The chain of causes on one line, skipping causes that an outer message
+/// already quotes (many error types print their source themselves).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !msg.contains(&text) {
+            if !msg.is_empty() {
+                msg.push_str(": ");
+            }
+            msg.push_str(&text);
+        }
+    }
+    msg.replace('\n', " ")
+}
+
+/// `--model PATH`, or the bundled model when absent.
+pub fn model_arg_help() -> &'static str {
+    "A .gguf file, the first shard of a split GGUF, or a Hugging Face directory (default: the bundled tandem-tiny model)"
+}
+
+pub type ModelPath = Option<PathBuf>;

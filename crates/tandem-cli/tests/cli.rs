@@ -1,0 +1,204 @@
+//! The `tandem` binary end to end: the README's first command, and bad input
+//! ending with one clear line and a non-zero exit code (never a panic, whose
+//! exit code would be 101).
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use tandem_gguf::{GgufWriter, Value};
+
+fn tandem(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args(args)
+        .env("RAYON_NUM_THREADS", "2")
+        .output()
+        .expect("run tandem")
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tandem-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    dir.join(name)
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Fails unless the command failed cleanly with one `error:` line naming `needle`.
+fn assert_clean_error(o: &Output, needle: &str) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(1), "exit code; stderr: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(lines.len(), 1, "one error line expected: {err}");
+    assert!(
+        lines[0].contains(needle),
+        "error should mention {needle:?}: {err}"
+    );
+}
+
+#[test]
+fn bundled_model_generates_text() {
+    let o = tandem(&[
+        "run",
+        "--prompt",
+        "The Python language",
+        "--max-tokens",
+        "24",
+        "--seed",
+        "1",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.starts_with("The Python language"));
+    assert!(
+        out.trim().len() > "The Python language".len() + 10,
+        "too little text: {out:?}"
+    );
+    assert!(stderr(&o).contains("tokens/s"));
+}
+
+#[test]
+fn greedy_is_deterministic_and_seeded_sampling_repeats() {
+    let a = tandem(&[
+        "run",
+        "--temperature",
+        "0",
+        "-n",
+        "16",
+        "--prompt",
+        "A list",
+    ]);
+    let b = tandem(&[
+        "run",
+        "--temperature",
+        "0",
+        "-n",
+        "16",
+        "--prompt",
+        "A list",
+    ]);
+    assert!(a.status.success(), "{}", stderr(&a));
+    assert_eq!(a.stdout, b.stdout);
+    let c = tandem(&["run", "--seed", "7", "-n", "16", "--prompt", "A list"]);
+    let d = tandem(&["run", "--seed", "7", "-n", "16", "--prompt", "A list"]);
+    assert_eq!(c.stdout, d.stdout);
+}
+
+#[test]
+fn chat_mode_applies_the_template() {
+    let o = tandem(&[
+        "run",
+        "--chat",
+        "--prompt",
+        "What is a list?",
+        "-n",
+        "8",
+        "--seed",
+        "3",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn perplexity_json_on_the_bundled_model() {
+    let text = root().join("fixtures/text/eval.txt");
+    let o = tandem(&[
+        "perplexity",
+        "--file",
+        text.to_str().expect("path"),
+        "--ctx",
+        "128",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    let ppl = v["ppl"].as_f64().expect("ppl");
+    assert!(ppl > 1.0 && ppl < 1000.0, "{ppl}");
+    assert!(v["chunks"].as_u64().expect("chunks") >= 2);
+    assert!(v["tokens"].as_u64().expect("tokens") >= 256);
+}
+
+#[test]
+fn inspect_reports_architecture_and_types() {
+    let path = root().join("fixtures/models/tandem-tiny/gguf/tandem-tiny-Q4_K_M.gguf");
+    let o = tandem(&["inspect", path.to_str().expect("path")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("architecture   llama"), "{out}");
+    assert!(out.contains("Q4_K"), "{out}");
+    let o = tandem(&["inspect", "--json", path.to_str().expect("path")]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert!(v["parameters"].as_u64().expect("params") > 1_000_000);
+}
+
+#[test]
+fn missing_path_is_a_clean_error() {
+    let o = tandem(&["run", "--model", "/nonexistent/model.gguf", "--prompt", "x"]);
+    assert_clean_error(&o, "/nonexistent/model.gguf");
+}
+
+#[test]
+fn unknown_format_is_a_clean_error() {
+    let p = tmp("notes.txt");
+    std::fs::write(&p, "hello").expect("write");
+    let o = tandem(&["inspect", p.to_str().expect("path")]);
+    assert_clean_error(&o, "not a .gguf file");
+    let o = tandem(&[
+        "run",
+        "--model",
+        std::env::temp_dir().to_str().expect("tmp"),
+        "--prompt",
+        "x",
+    ]);
+    assert_clean_error(&o, "not a .gguf file or a Hugging Face model directory");
+}
+
+#[test]
+fn unsupported_architecture_is_named() {
+    let mut w = GgufWriter::new();
+    w.add_metadata("general.architecture", Value::String("gptneox".into()));
+    w.add_metadata("gptneox.block_count", Value::U32(1));
+    let p = tmp("neox.gguf");
+    std::fs::write(&p, w.to_bytes()).expect("write");
+    let o = tandem(&["run", "--model", p.to_str().expect("path"), "--prompt", "x"]);
+    assert_clean_error(&o, "unsupported architecture 'gptneox'");
+}
+
+#[test]
+fn truncated_model_file_is_a_clean_error() {
+    let src = root().join("fixtures/models/tandem-tiny/gguf/tandem-tiny-Q8_0.gguf");
+    let bytes = std::fs::read(src).expect("read");
+    let p = tmp("truncated.gguf");
+    std::fs::write(&p, &bytes[..bytes.len() / 2]).expect("write");
+    let o = tandem(&["run", "--model", p.to_str().expect("path"), "--prompt", "x"]);
+    assert_clean_error(&o, "truncated.gguf");
+}
+
+#[test]
+fn prompt_longer_than_context_is_a_clean_error() {
+    let o = tandem(&[
+        "run",
+        "--ctx-size",
+        "8",
+        "--prompt",
+        "a long prompt that certainly has more than eight tokens in it",
+    ]);
+    assert_clean_error(&o, "context");
+}
+
+#[test]
+fn bad_sampling_parameters_are_refused() {
+    let o = tandem(&["run", "--top-p", "1.5", "--prompt", "x"]);
+    assert_clean_error(&o, "top_p");
+}
+
+#[test]
+fn impossible_context_size_is_a_clean_error() {
+    let o = tandem(&["run", "--ctx-size", "100000000000000", "--prompt", "x"]);
+    assert_clean_error(&o, "out of memory");
+}

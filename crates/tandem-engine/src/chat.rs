@@ -1,0 +1,946 @@
+//! Hugging Face chat templates, rendered with [minijinja] the way `transformers` renders them.
+//!
+//! # Why
+//!
+//! A chat model only answers well when its prompt is laid out exactly as in training: the role
+//! headers, special tokens, blank lines and default system prompt all matter. Models ship that
+//! layout as a Jinja template (`tokenizer.chat_template` in GGUF, `chat_template` in
+//! `tokenizer_config.json`), and the reference renderer is `transformers`'
+//! `apply_chat_template`. This module reproduces its environment so that the same conversation
+//! gives the same prompt, byte for byte:
+//!
+//! * `trim_blocks = true`, `lstrip_blocks = true`, no trailing-newline keeping, no autoescape,
+//!   and the `loopcontrols` extension (`{% break %}`, `{% continue %}`);
+//! * the variables `messages`, `add_generation_prompt`, `bos_token`, `eos_token` (the empty
+//!   string when the model has none), and `tools` / `documents` (`none` unless given through
+//!   [`TemplateKwargs`], since `transformers` always passes them);
+//! * `raise_exception(msg)`, which aborts rendering with [`ChatTemplateError::Raised`];
+//! * `strftime_now(fmt)`, the current date and time formatted like Python's `strftime`;
+//! * a `tojson` filter with the signature and output of `transformers`' override,
+//!   `json.dumps(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False)`:
+//!   `", "` and `": "` separators, non-ASCII text kept as is, Python's float formatting, and no
+//!   HTML escaping. minijinja's own `tojson` differs on every one of these points (it writes
+//!   `{"a":1}` and turns `<`, `>`, `&`, `'` into `\u003c` and the like), which would change any
+//!   prompt with tool definitions in it;
+//! * Python `str`/`dict` methods (`strip`, `split`, `startswith`, `items`, ...) through
+//!   [`minijinja_contrib::pycompat`];
+//! * map key order kept as inserted (minijinja's `preserve_order`), like Python dicts.
+//!
+//! # What it does not know
+//!
+//! * **Tokenization.** The output is text. Templates emit special tokens as text (`<|im_start|>`,
+//!   `[INST]`, and usually `bos_token` itself), so the caller must tokenize the rendered prompt
+//!   with special-token parsing on and **without adding BOS again**: Llama 2/3, Mistral and most
+//!   other templates start with `{{ bos_token }}`, and the tokenizer does not notice a BOS that
+//!   is already in the text, so encoding with "add BOS" on gives the model two of them (llama.cpp
+//!   warns about exactly this). `transformers` tokenizes chat prompts with
+//!   `add_special_tokens=False` for the same reason. If a template does not emit BOS, as
+//!   [`ChatTemplate::chatml`] does not, whether the model wants one is the caller's decision.
+//! * **Message shapes beyond text.** [`ChatMessage`] carries a role and a string content. Tool
+//!   calls, multimodal parts or `reasoning_content` fields are not modelled; tool definitions can
+//!   still be passed as the `tools` variable through [`TemplateKwargs`].
+//! * **Local time.** `strftime_now` formats the current time in UTC; `transformers` uses the
+//!   machine's local time zone.
+//! * **Python-only corners.** `|string` of a dict or list is minijinja's JSON-like form rather
+//!   than a Python repr, and the `{% generation %}` tag used for training masks is not
+//!   supported. (Printing `none` and booleans does match: `None`, `True`.)
+
+use std::collections::BTreeMap;
+use std::fmt::{self, Write as _};
+
+use minijinja::value::{Kwargs, Value, ValueKind};
+use minijinja::{AutoEscape, Environment, Error, ErrorKind, UndefinedBehavior};
+
+/// The name under which the template is compiled; it appears in error messages.
+const TEMPLATE_NAME: &str = "chat_template";
+
+/// llama.cpp's fallback when a model ships no template (`CHATML_TEMPLATE_SRC` in
+/// `common/chat.cpp`).
+pub const CHATML_TEMPLATE: &str = "{%- for message in messages -%}\n  \
+{{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>\n' -}}\n\
+{%- endfor -%}\n\
+{%- if add_generation_prompt -%}\n  \
+{{- '<|im_start|>assistant\n' -}}\n\
+{%- endif -%}";
+
+/// One turn of a conversation.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ChatMessage {
+    /// `system`, `user`, `assistant`, or whatever else the template understands.
+    pub role: String,
+    /// The text of the turn.
+    pub content: String,
+}
+
+impl ChatMessage {
+    /// A message with any role.
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        Self {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+
+    /// A `system` message.
+    pub fn system(content: impl Into<String>) -> Self {
+        Self::new("system", content)
+    }
+
+    /// A `user` message.
+    pub fn user(content: impl Into<String>) -> Self {
+        Self::new("user", content)
+    }
+
+    /// An `assistant` message.
+    pub fn assistant(content: impl Into<String>) -> Self {
+        Self::new("assistant", content)
+    }
+}
+
+/// Errors from compiling or rendering a chat template. Each displays as one line.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ChatTemplateError {
+    /// The template does not compile; the message names the line.
+    #[error("chat template does not compile: {0}")]
+    Syntax(String),
+    /// The template called `raise_exception(message)`, usually because the conversation has a
+    /// shape the model does not support (e.g. roles that do not alternate).
+    #[error("chat template rejected the conversation: {0}")]
+    Raised(String),
+    /// Rendering failed for another reason (an undefined value used as an object, a type error,
+    /// a bad filter argument...); the message names the line.
+    #[error("chat template failed to render: {0}")]
+    Render(String),
+    /// A [`TemplateKwargs`] entry is not usable.
+    #[error("invalid chat template variable `{name}`: {reason}")]
+    InvalidVariable {
+        /// The variable name.
+        name: String,
+        /// Why it was rejected.
+        reason: String,
+    },
+}
+
+/// Extra variables for a template, like the `**kwargs` of `transformers`' `apply_chat_template`
+/// (`tools`, `documents`, `enable_thinking`, `date_string`, ...). Later entries win; they also
+/// override `bos_token`, `eos_token`, `tools` and `documents`, but not `messages` or
+/// `add_generation_prompt`.
+#[derive(Clone, Debug, Default)]
+pub struct TemplateKwargs {
+    vars: Vec<(String, Value)>,
+}
+
+impl TemplateKwargs {
+    /// No extra variables.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets `name` to any serializable value. Object keys keep the order the serializer emits
+    /// them in; note that a `serde_json::Value` object emits its keys sorted unless serde_json's
+    /// `preserve_order` feature is on, so prefer [`TemplateKwargs::set_json`] for JSON data
+    /// (tool definitions) whose key order must match Python's.
+    pub fn set(mut self, name: impl Into<String>, value: impl serde::Serialize) -> Self {
+        self.vars.push((name.into(), Value::from_serialize(value)));
+        self
+    }
+
+    /// Sets `name` to a JSON document, keeping its object key order (as Python's `json.loads`
+    /// does).
+    pub fn set_json(self, name: impl Into<String>, json: &str) -> Result<Self, ChatTemplateError> {
+        let name = name.into();
+        match serde_json::from_str::<Value>(json) {
+            Ok(value) => {
+                let mut this = self;
+                this.vars.push((name, value));
+                Ok(this)
+            }
+            Err(err) => Err(ChatTemplateError::InvalidVariable {
+                name,
+                reason: format!("invalid JSON: {err}"),
+            }),
+        }
+    }
+}
+
+/// A compiled chat template together with the BOS/EOS strings it may reference.
+#[derive(Clone, Debug)]
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    bos_token: String,
+    eos_token: String,
+}
+
+impl ChatTemplate {
+    /// Compiles `source` once. `bos_token`/`eos_token` are the texts of the model's BOS/EOS
+    /// tokens (e.g. `<|begin_of_text|>`); `None` renders as the empty string.
+    pub fn new(
+        source: &str,
+        bos_token: Option<String>,
+        eos_token: Option<String>,
+    ) -> Result<Self, ChatTemplateError> {
+        let mut env = Environment::new();
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.set_keep_trailing_newline(false);
+        env.set_undefined_behavior(UndefinedBehavior::Lenient);
+        env.set_auto_escape_callback(|_| AutoEscape::None);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", raise_exception);
+        env.add_function("strftime_now", strftime_now);
+        env.add_filter("tojson", tojson);
+        env.add_template_owned(TEMPLATE_NAME, source.to_owned())
+            .map_err(|err| ChatTemplateError::Syntax(one_line(&err)))?;
+        Ok(Self {
+            env,
+            bos_token: bos_token.unwrap_or_default(),
+            eos_token: eos_token.unwrap_or_default(),
+        })
+    }
+
+    /// The ChatML template llama.cpp falls back to when a model has none ([`CHATML_TEMPLATE`]),
+    /// with no BOS/EOS text.
+    pub fn chatml() -> Self {
+        Self::new(CHATML_TEMPLATE, None, None).expect("the built-in ChatML template compiles")
+    }
+
+    /// Renders `messages`; with `add_generation_prompt`, the output ends with the header that
+    /// starts the assistant's reply.
+    pub fn render(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, ChatTemplateError> {
+        self.render_with(messages, add_generation_prompt, &TemplateKwargs::default())
+    }
+
+    /// [`ChatTemplate::render`] with extra template variables.
+    pub fn render_with(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        kwargs: &TemplateKwargs,
+    ) -> Result<String, ChatTemplateError> {
+        let mut ctx: BTreeMap<String, Value> = BTreeMap::new();
+        ctx.insert("bos_token".into(), Value::from(self.bos_token.as_str()));
+        ctx.insert("eos_token".into(), Value::from(self.eos_token.as_str()));
+        ctx.insert("tools".into(), Value::from(()));
+        ctx.insert("documents".into(), Value::from(()));
+        for (name, value) in &kwargs.vars {
+            if name == "messages" || name == "add_generation_prompt" {
+                return Err(ChatTemplateError::InvalidVariable {
+                    name: name.clone(),
+                    reason: "set by render itself".into(),
+                });
+            }
+            ctx.insert(name.clone(), value.clone());
+        }
+        ctx.insert("messages".into(), Value::from_serialize(messages));
+        ctx.insert(
+            "add_generation_prompt".into(),
+            Value::from(add_generation_prompt),
+        );
+
+        let template = self
+            .env
+            .get_template(TEMPLATE_NAME)
+            .expect("the template was added in new()");
+        template
+            .render(Value::from(ctx))
+            .map_err(|err| match raised_message(&err) {
+                Some(msg) => ChatTemplateError::Raised(msg),
+                None => ChatTemplateError::Render(one_line(&err)),
+            })
+    }
+}
+
+/// minijinja's `Display` of an error, which is one line (`kind: detail (in name:line)`).
+fn one_line(err: &Error) -> String {
+    err.to_string().replace('\n', " ")
+}
+
+/// The payload of a `raise_exception` call, attached as the error's source.
+#[derive(Debug)]
+struct RaisedException(String);
+
+impl fmt::Display for RaisedException {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for RaisedException {}
+
+fn raised_message(err: &Error) -> Option<String> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(raised) = e.downcast_ref::<RaisedException>() {
+            return Some(raised.0.clone());
+        }
+        cur = e.source();
+    }
+    None
+}
+
+fn raise_exception(message: String) -> Result<Value, Error> {
+    Err(Error::new(ErrorKind::InvalidOperation, message.clone())
+        .with_source(RaisedException(message)))
+}
+
+fn strftime_now(format: String) -> Result<Value, Error> {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    strftime(&format, secs)
+        .map(Value::from)
+        .map_err(|msg| Error::new(ErrorKind::InvalidOperation, msg))
+}
+
+/// Formats the UTC time `unix_secs` like Python's `datetime.strftime` (C locale). Supports
+/// `%a %A %b %h %B %c %C %d %D %e %F %H %I %j %m %M %n %p %R %S %t %T %u %w %x %X %y %Y %%`,
+/// with glibc's `-` flag (`%-d`: no padding). `%z` and `%Z` are empty, as for Python's naive
+/// `datetime.now()`.
+pub(crate) fn strftime(format: &str, unix_secs: i64) -> Result<String, String> {
+    const DAYS: [&str; 7] = [
+        "Sunday",
+        "Monday",
+        "Tuesday",
+        "Wednesday",
+        "Thursday",
+        "Friday",
+        "Saturday",
+    ];
+    const MONTHS: [&str; 12] = [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ];
+    let days = unix_secs.div_euclid(86_400);
+    let secs_of_day = unix_secs.rem_euclid(86_400);
+    let (year, month, day) = civil_from_days(days);
+    let (hour, minute, second) = (
+        secs_of_day / 3600,
+        (secs_of_day / 60) % 60,
+        secs_of_day % 60,
+    );
+    let weekday = (days + 4).rem_euclid(7) as usize; // 1970-01-01 was a Thursday.
+    let yday = days - days_from_civil(year, 1, 1) + 1;
+    let hour12 = if hour % 12 == 0 { 12 } else { hour % 12 };
+
+    let mut out = String::with_capacity(format.len() + 16);
+    let mut chars = format.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        let mut spec = chars.next();
+        let no_pad = spec == Some('-');
+        if no_pad {
+            spec = chars.next();
+        }
+        let num = |out: &mut String, v: i64, width: usize, pad: char| {
+            if no_pad {
+                let _ = write!(out, "{v}");
+            } else if pad == ' ' {
+                let _ = write!(out, "{v:>width$}");
+            } else {
+                let _ = write!(out, "{v:0width$}");
+            }
+        };
+        match spec {
+            Some('a') => out.push_str(&DAYS[weekday][..3]),
+            Some('A') => out.push_str(DAYS[weekday]),
+            Some('b') | Some('h') => out.push_str(&MONTHS[month as usize - 1][..3]),
+            Some('B') => out.push_str(MONTHS[month as usize - 1]),
+            Some('c') => {
+                let _ = write!(
+                    out,
+                    "{} {} {:>2} {:02}:{:02}:{:02} {}",
+                    &DAYS[weekday][..3],
+                    &MONTHS[month as usize - 1][..3],
+                    day,
+                    hour,
+                    minute,
+                    second,
+                    year
+                );
+            }
+            Some('C') => num(&mut out, year.div_euclid(100), 2, '0'),
+            Some('d') => num(&mut out, day, 2, '0'),
+            Some('D') | Some('x') => {
+                let _ = write!(out, "{:02}/{:02}/{:02}", month, day, year.rem_euclid(100));
+            }
+            Some('e') => num(&mut out, day, 2, ' '),
+            Some('F') => {
+                let _ = write!(out, "{year:04}-{month:02}-{day:02}");
+            }
+            Some('H') => num(&mut out, hour, 2, '0'),
+            Some('I') => num(&mut out, hour12, 2, '0'),
+            Some('j') => num(&mut out, yday, 3, '0'),
+            Some('m') => num(&mut out, month, 2, '0'),
+            Some('M') => num(&mut out, minute, 2, '0'),
+            Some('n') => out.push('\n'),
+            Some('p') => out.push_str(if hour < 12 { "AM" } else { "PM" }),
+            Some('R') => {
+                let _ = write!(out, "{hour:02}:{minute:02}");
+            }
+            Some('S') => num(&mut out, second, 2, '0'),
+            Some('t') => out.push('\t'),
+            Some('T') | Some('X') => {
+                let _ = write!(out, "{hour:02}:{minute:02}:{second:02}");
+            }
+            Some('u') => num(
+                &mut out,
+                if weekday == 0 { 7 } else { weekday as i64 },
+                1,
+                '0',
+            ),
+            Some('w') => num(&mut out, weekday as i64, 1, '0'),
+            Some('y') => num(&mut out, year.rem_euclid(100), 2, '0'),
+            Some('Y') => {
+                let _ = write!(out, "{year}");
+            }
+            Some('z') | Some('Z') => {}
+            Some('%') => out.push('%'),
+            Some(other) => {
+                return Err(format!(
+                    "strftime_now: unsupported format directive %{other}"
+                ))
+            }
+            None => return Err("strftime_now: format ends with a lone %".into()),
+        }
+    }
+    Ok(out)
+}
+
+/// (year, month 1..=12, day 1..=31) of a day count since 1970-01-01 (proleptic Gregorian;
+/// Howard Hinnant's `civil_from_days`).
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// Inverse of [`civil_from_days`].
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// `transformers`' `tojson` filter:
+/// `tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False)`, i.e. Python's
+/// `json.dumps` with those arguments.
+fn tojson(
+    value: &Value,
+    ensure_ascii: Option<Value>,
+    indent: Option<Value>,
+    separators: Option<Value>,
+    kwargs: Kwargs,
+) -> Result<Value, Error> {
+    fn pick(
+        positional: Option<Value>,
+        kwargs: &Kwargs,
+        name: &str,
+    ) -> Result<Option<Value>, Error> {
+        let named: Option<Value> = kwargs.get(name)?;
+        match (positional, named) {
+            (Some(_), Some(_)) => Err(Error::new(
+                ErrorKind::TooManyArguments,
+                format!("tojson() got multiple values for argument '{name}'"),
+            )),
+            (p, n) => Ok(p.or(n)),
+        }
+    }
+    let ensure_ascii = pick(ensure_ascii, &kwargs, "ensure_ascii")?.is_some_and(|v| v.is_true());
+    let indent = pick(indent, &kwargs, "indent")?;
+    let separators = pick(separators, &kwargs, "separators")?;
+    let sort_keys = pick(None, &kwargs, "sort_keys")?.is_some_and(|v| v.is_true());
+    kwargs.assert_all_used()?;
+
+    let indent = match indent {
+        None => None,
+        Some(v) if v.is_none() => None,
+        Some(v) => match v.kind() {
+            ValueKind::String => Some(v.as_str().unwrap_or_default().to_owned()),
+            ValueKind::Number => {
+                let n = i64::try_from(v.clone()).map_err(|_| {
+                    Error::new(
+                        ErrorKind::InvalidOperation,
+                        "tojson: indent must be an integer",
+                    )
+                })?;
+                Some(" ".repeat(n.max(0) as usize))
+            }
+            _ => {
+                return Err(Error::new(
+                    ErrorKind::InvalidOperation,
+                    "tojson: indent must be an integer, a string or none",
+                ))
+            }
+        },
+    };
+    let (item_sep, key_sep) = match separators {
+        Some(v) if !v.is_none() => {
+            let parts: Vec<Value> = v.try_iter()?.collect();
+            match parts.as_slice() {
+                [a, b] if a.as_str().is_some() && b.as_str().is_some() => (
+                    a.as_str().unwrap_or_default().to_owned(),
+                    b.as_str().unwrap_or_default().to_owned(),
+                ),
+                _ => {
+                    return Err(Error::new(
+                        ErrorKind::InvalidOperation,
+                        "tojson: separators must be a pair of strings",
+                    ))
+                }
+            }
+        }
+        _ if indent.is_some() => (",".to_owned(), ": ".to_owned()),
+        _ => (", ".to_owned(), ": ".to_owned()),
+    };
+    let dumper = PyJson {
+        ensure_ascii,
+        indent,
+        item_sep,
+        key_sep,
+        sort_keys,
+    };
+    let mut out = String::new();
+    dumper.value(&mut out, value, 0)?;
+    Ok(Value::from(out))
+}
+
+/// Python's `json.dumps`, over minijinja values.
+struct PyJson {
+    ensure_ascii: bool,
+    indent: Option<String>,
+    item_sep: String,
+    key_sep: String,
+    sort_keys: bool,
+}
+
+impl PyJson {
+    fn newline(&self, out: &mut String, level: usize) {
+        if let Some(indent) = &self.indent {
+            out.push('\n');
+            for _ in 0..level {
+                out.push_str(indent);
+            }
+        }
+    }
+
+    fn value(&self, out: &mut String, v: &Value, level: usize) -> Result<(), Error> {
+        match v.kind() {
+            ValueKind::Undefined => Err(not_serializable("Undefined")),
+            ValueKind::None => {
+                out.push_str("null");
+                Ok(())
+            }
+            ValueKind::Bool => {
+                out.push_str(if v.is_true() { "true" } else { "false" });
+                Ok(())
+            }
+            ValueKind::Number => {
+                number(out, v);
+                Ok(())
+            }
+            ValueKind::String => {
+                self.string(out, v.as_str().unwrap_or_default());
+                Ok(())
+            }
+            ValueKind::Seq | ValueKind::Iterable => {
+                let items: Vec<Value> = v.try_iter()?.collect();
+                if items.is_empty() {
+                    out.push_str("[]");
+                    return Ok(());
+                }
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(&self.item_sep);
+                    }
+                    self.newline(out, level + 1);
+                    self.value(out, item, level + 1)?;
+                }
+                self.newline(out, level);
+                out.push(']');
+                Ok(())
+            }
+            ValueKind::Map => {
+                let mut entries = Vec::new();
+                for key in v.try_iter()? {
+                    let item = v.get_item(&key)?;
+                    entries.push((map_key(&key)?, item));
+                }
+                if entries.is_empty() {
+                    out.push_str("{}");
+                    return Ok(());
+                }
+                if self.sort_keys {
+                    entries.sort_by(|a, b| a.0.cmp(&b.0));
+                }
+                out.push('{');
+                for (i, (key, item)) in entries.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(&self.item_sep);
+                    }
+                    self.newline(out, level + 1);
+                    self.string(out, key);
+                    out.push_str(&self.key_sep);
+                    self.value(out, item, level + 1)?;
+                }
+                self.newline(out, level);
+                out.push('}');
+                Ok(())
+            }
+            ValueKind::Bytes => Err(not_serializable("bytes")),
+            _ => Err(not_serializable(&v.kind().to_string())),
+        }
+    }
+
+    fn string(&self, out: &mut String, s: &str) {
+        out.push('"');
+        for c in s.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                '\u{8}' => out.push_str("\\b"),
+                '\u{c}' => out.push_str("\\f"),
+                c if (c as u32) < 0x20 => {
+                    let _ = write!(out, "\\u{:04x}", c as u32);
+                }
+                c if self.ensure_ascii && (c as u32) > 0x7e => {
+                    let mut buf = [0u16; 2];
+                    for unit in c.encode_utf16(&mut buf) {
+                        let _ = write!(out, "\\u{unit:04x}");
+                    }
+                }
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+    }
+}
+
+fn not_serializable(what: &str) -> Error {
+    Error::new(
+        ErrorKind::InvalidOperation,
+        format!("tojson: object of type {what} is not JSON serializable"),
+    )
+}
+
+/// Python's conversion of a dict key for `json.dumps`.
+fn map_key(key: &Value) -> Result<String, Error> {
+    match key.kind() {
+        ValueKind::String => Ok(key.as_str().unwrap_or_default().to_owned()),
+        ValueKind::None => Ok("null".into()),
+        ValueKind::Bool => Ok(if key.is_true() { "true" } else { "false" }.into()),
+        ValueKind::Number => {
+            let mut s = String::new();
+            number(&mut s, key);
+            Ok(s)
+        }
+        _ => Err(Error::new(
+            ErrorKind::InvalidOperation,
+            format!(
+                "tojson: keys must be str, int, float, bool or None, not {}",
+                key.kind()
+            ),
+        )),
+    }
+}
+
+/// A number the way Python's `json.dumps` writes it: integers as is, floats as `repr(float)`.
+fn number(out: &mut String, v: &Value) {
+    if v.is_integer() {
+        let _ = write!(out, "{v}");
+        return;
+    }
+    match f64::try_from(v.clone()) {
+        Ok(f) => py_float_repr(out, f),
+        Err(_) => {
+            let _ = write!(out, "{v}");
+        }
+    }
+}
+
+/// Python's `float.__repr__` (as used by `json.dumps`): the shortest round-trip digits, in
+/// positional notation when the decimal exponent is in `-4..16`, else `1.5e+16` style;
+/// integral values get `.0`; NaN/infinities as `NaN`, `Infinity`, `-Infinity`.
+fn py_float_repr(out: &mut String, f: f64) {
+    if f.is_nan() {
+        out.push_str("NaN");
+        return;
+    }
+    if f.is_infinite() {
+        out.push_str(if f > 0.0 { "Infinity" } else { "-Infinity" });
+        return;
+    }
+    if f == 0.0 {
+        out.push_str(if f.is_sign_negative() { "-0.0" } else { "0.0" });
+        return;
+    }
+    // Rust's `{:e}` gives the shortest round-trip digits: "1.5e16", "-2e-5".
+    let sci = format!("{f:e}");
+    let (mantissa, exp) = sci.split_once('e').expect("`{:e}` always has an exponent");
+    let exp: i32 = exp.parse().expect("`{:e}` exponent is an integer");
+    if (-4..16).contains(&exp) {
+        // Rust's `{}` prints the same shortest digits positionally, without an exponent.
+        let s = format!("{f}");
+        out.push_str(&s);
+        if !s.contains('.') {
+            out.push_str(".0");
+        }
+    } else {
+        let sign = if exp < 0 { '-' } else { '+' };
+        let _ = write!(out, "{mantissa}e{sign}{:02}", exp.abs());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn render_str(source: &str, ctx: Value) -> Result<String, ChatTemplateError> {
+        let t = ChatTemplate::new(source, None, None)?;
+        let mut kw = TemplateKwargs::new();
+        if let Ok(iter) = ctx.try_iter() {
+            for key in iter {
+                let v = ctx.get_item(&key).unwrap();
+                kw = kw.set(key.as_str().unwrap().to_owned(), v);
+            }
+        }
+        t.render_with(&[], false, &kw)
+    }
+
+    // The expected strings in these unit tests were checked against Python jinja2 3.1.6 in
+    // transformers' environment (see tests/data/gen_chat_expected.py, which generates the
+    // real-template tests in tests/chat_templates.rs).
+
+    #[test]
+    fn chatml_matches_llama_cpp() {
+        let t = ChatTemplate::chatml();
+        let msgs = [
+            ChatMessage::system("Be brief."),
+            ChatMessage::user("Hi"),
+            ChatMessage::assistant("Hello."),
+            ChatMessage::user("2+2?"),
+        ];
+        assert_eq!(
+            t.render(&msgs, true).unwrap(),
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n\
+             <|im_start|>assistant\nHello.<|im_end|>\n<|im_start|>user\n2+2?<|im_end|>\n\
+             <|im_start|>assistant\n"
+        );
+        assert_eq!(
+            t.render(&msgs[1..2], false).unwrap(),
+            "<|im_start|>user\nHi<|im_end|>\n"
+        );
+    }
+
+    #[test]
+    fn tojson_matches_python_json_dumps() {
+        let j = |src: &str, json: &str| {
+            render_str(
+                src,
+                Value::from_iter([("x", serde_json::from_str::<Value>(json).unwrap())]),
+            )
+            .unwrap()
+        };
+        // json.dumps(x, ensure_ascii=False): ", " / ": " separators, no HTML escaping,
+        // non-ASCII kept, key order kept.
+        assert_eq!(
+            j(
+                "{{ x | tojson }}",
+                r#"{"b": [1, 2.5, true, null], "a": "<é & 'ü'>\n"}"#
+            ),
+            r#"{"b": [1, 2.5, true, null], "a": "<é & 'ü'>\n"}"#
+        );
+        assert_eq!(j("{{ x | tojson }}", r#""caf\u00e9 ☕""#), "\"café ☕\"");
+        assert_eq!(
+            j("{{ x | tojson(ensure_ascii=true) }}", r#""café ☕ 😀""#),
+            r#""caf\u00e9 \u2615 \ud83d\ude00""#
+        );
+        assert_eq!(
+            j(
+                "{{ x | tojson(indent=2) }}",
+                r#"{"a": [1, {"b": {}}], "c": []}"#
+            ),
+            "{\n  \"a\": [\n    1,\n    {\n      \"b\": {}\n    }\n  ],\n  \"c\": []\n}"
+        );
+        assert_eq!(
+            j(
+                "{{ x | tojson(separators=(',', ':'), sort_keys=true) }}",
+                r#"{"b": 1, "a": 2}"#
+            ),
+            r#"{"a":2,"b":1}"#
+        );
+        assert_eq!(
+            j(
+                "{{ x | tojson }}",
+                "[1.0, 1e16, 1e15, 0.0001, 0.00001, -2.5e-7, 123456789012]"
+            ),
+            "[1.0, 1e+16, 1000000000000000.0, 0.0001, 1e-05, -2.5e-07, 123456789012]"
+        );
+        assert_eq!(
+            j("{{ x | tojson }}", r#""tab\tquote\"bs\\ctl\u0001""#),
+            r#""tab\tquote\"bs\\ctl\u0001""#
+        );
+        let err = render_str("{{ nope | tojson }}", Value::from(())).unwrap_err();
+        assert!(err.to_string().contains("not JSON serializable"), "{err}");
+    }
+
+    #[test]
+    fn python_string_methods_and_loop_controls() {
+        let out = render_str(
+            "{{ '  a b  '.strip() }}|{{ 'a,b'.split(',')[-1] }}|{{ 'xyz'.startswith('x') }}|\
+             {{ 'hello world'.title() }}|{{ 'x\n\n'.rstrip('\n') }}|\
+             {% for i in range(5) %}{% if i == 1 %}{% continue %}{% endif %}{% if i == 3 %}{% break %}{% endif %}{{ i }}{% endfor %}|\
+             {% for k, v in d.items() %}{{ k }}={{ v }};{% endfor %}|\
+             {% for m in [1, 2, 3] %}{{ loop.revindex }}{{ loop.revindex0 }}{% endfor %}|{{ [1, 2, 3][::-1] }}",
+            Value::from_iter([("d", serde_json::from_str::<Value>(r#"{"z": 1, "a": 2}"#).unwrap())]),
+        )
+        .unwrap();
+        assert_eq!(out, "a b|b|True|Hello World|x|02|z=1;a=2;|322110|[3, 2, 1]");
+    }
+
+    #[test]
+    fn whitespace_control_like_transformers() {
+        // trim_blocks removes the newline after a block tag, lstrip_blocks the indentation
+        // before it; the template's final newline is dropped.
+        let out = render_str(
+            "{% for x in xs %}\n    {% if x %}\n  <{{ x }}>\n    {% endif %}\n{% endfor %}\n",
+            Value::from_iter([("xs", Value::from(vec![1, 0, 2]))]),
+        )
+        .unwrap();
+        assert_eq!(out, "  <1>\n  <2>\n");
+    }
+
+    #[test]
+    fn errors_are_one_line() {
+        let err = ChatTemplate::new("a\n{% if x %}\nb", None, None).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, ChatTemplateError::Syntax(_)));
+        assert!(!msg.contains('\n'), "{msg}");
+        assert!(msg.contains("chat_template:"), "{msg}");
+
+        let t = ChatTemplate::new("x\n{{ raise_exception('bad roles') }}", None, None).unwrap();
+        let err = t.render(&[], false).unwrap_err();
+        assert_eq!(err, ChatTemplateError::Raised("bad roles".into()));
+        assert_eq!(
+            err.to_string(),
+            "chat template rejected the conversation: bad roles"
+        );
+
+        // Attribute of an undefined value: an error, as in Jinja2.
+        let t = ChatTemplate::new("a\n{{ nope.field }}", None, None).unwrap();
+        let err = t.render(&[], false).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, ChatTemplateError::Render(_)), "{msg}");
+        assert!(msg.contains("chat_template:2"), "{msg}");
+        assert!(!msg.contains('\n'), "{msg}");
+
+        // Printing an undefined value is allowed (empty), as in Jinja2.
+        let t = ChatTemplate::new("[{{ nope }}]", None, None).unwrap();
+        assert_eq!(t.render(&[], false).unwrap(), "[]");
+    }
+
+    #[test]
+    fn kwargs_and_defaults() {
+        let t = ChatTemplate::new(
+            "{{ bos_token }}|{{ eos_token }}|{{ tools is none }}|{{ documents is none }}|{{ x }}",
+            Some("<s>".into()),
+            None,
+        )
+        .unwrap();
+        assert_eq!(t.render(&[], true).unwrap(), "<s>||True|True|");
+        let kw = TemplateKwargs::new()
+            .set("x", 5)
+            .set("eos_token", "</s>")
+            .set_json("tools", "[]")
+            .unwrap();
+        assert_eq!(
+            t.render_with(&[], true, &kw).unwrap(),
+            "<s>|</s>|False|True|5"
+        );
+        let bad = TemplateKwargs::new().set("messages", 1);
+        assert!(matches!(
+            t.render_with(&[], true, &bad),
+            Err(ChatTemplateError::InvalidVariable { .. })
+        ));
+        assert!(TemplateKwargs::new().set_json("tools", "[").is_err());
+    }
+
+    #[test]
+    fn llama32_uses_strftime_now_for_the_date() {
+        let source = include_str!("../tests/data/templates/llama-3.2-instruct.jinja");
+        let t = ChatTemplate::new(source, Some("<|begin_of_text|>".into()), None).unwrap();
+        let today = || {
+            let secs = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs() as i64;
+            strftime("%d %b %Y", secs).unwrap()
+        };
+        let before = today();
+        let out = t.render(&[ChatMessage::user("Hi")], true).unwrap();
+        let after = today();
+        let expected = |date: &str| {
+            format!(
+                "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n\
+                 Cutting Knowledge Date: December 2023\nToday Date: {date}\n\n<|eot_id|>\
+                 <|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>\
+                 <|start_header_id|>assistant<|end_header_id|>\n\n"
+            )
+        };
+        assert!(
+            out == expected(&before) || out == expected(&after),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn strftime_formats_like_python() {
+        // 2024-07-26 13:05:09 UTC, a Friday, day 208 of a leap year; expected values from
+        // Python's datetime.utcfromtimestamp(t).strftime(...).
+        let t = 1_722_000_000 - 1_722_000_000 % 86_400 + 13 * 3600 + 5 * 60 + 9;
+        assert_eq!(strftime("%d %b %Y", t).unwrap(), "26 Jul 2024");
+        assert_eq!(
+            strftime("%A %B %-d %e %H:%M:%S %I%p %j %y %m %F %%", t).unwrap(),
+            "Friday July 26 26 13:05:09 01PM 208 24 07 2024-07-26 %"
+        );
+        assert_eq!(strftime("%d %b %Y", 0).unwrap(), "01 Jan 1970");
+        assert_eq!(
+            strftime("%a %d %b %Y", 951_782_400).unwrap(),
+            "Tue 29 Feb 2000"
+        );
+        assert!(strftime("%Q", 0).is_err());
+        assert!(strftime("abc %", 0).is_err());
+    }
+}

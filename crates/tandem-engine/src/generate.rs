@@ -1,0 +1,137 @@
+//! Generation: prefill the prompt, then sample token by token, streaming
+//! complete UTF-8 text to a callback until EOS, the token limit or the end
+//! of the context.
+
+use std::time::{Duration, Instant};
+
+use tandem_model::{KvCache, Logits, Model};
+use tandem_tokenizer::IncrementalDecoder;
+
+use crate::sampler::{Sampler, SamplingParams};
+use crate::EngineError;
+
+#[derive(Debug, Clone)]
+pub struct GenerateOptions {
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Prompt tokens per forward pass during prefill.
+    pub prefill_batch: usize,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions {
+            max_tokens: 256,
+            sampling: SamplingParams::default(),
+            prefill_batch: 512,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// The model produced an end-of-generation token.
+    Eos,
+    MaxTokens,
+    ContextFull,
+}
+
+#[derive(Debug, Clone)]
+pub struct GenerationStats {
+    pub prompt_tokens: usize,
+    pub generated_tokens: usize,
+    pub prompt_time: Duration,
+    pub generation_time: Duration,
+    pub stop: StopReason,
+    /// The generated ids (EOS excluded).
+    pub tokens: Vec<u32>,
+}
+
+impl GenerationStats {
+    pub fn prompt_tokens_per_second(&self) -> f64 {
+        self.prompt_tokens as f64 / self.prompt_time.as_secs_f64().max(1e-9)
+    }
+    pub fn generation_tokens_per_second(&self) -> f64 {
+        self.generated_tokens as f64 / self.generation_time.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Prefills `prompt` into `cache` (which may already hold a prefix of the
+/// conversation) and returns the logits of its last token.
+pub fn prefill(
+    model: &Model,
+    cache: &mut KvCache,
+    prompt: &[u32],
+    batch: usize,
+) -> Result<Vec<f32>, EngineError> {
+    if prompt.is_empty() {
+        return Err(EngineError::EmptyPrompt);
+    }
+    if cache.len() + prompt.len() > cache.capacity() {
+        return Err(EngineError::PromptTooLong {
+            prompt: cache.len() + prompt.len(),
+            ctx: cache.capacity(),
+        });
+    }
+    let batch = batch.max(1);
+    let mut logits = Vec::new();
+    let n = prompt.len().div_ceil(batch);
+    for (i, part) in prompt.chunks(batch).enumerate() {
+        let want = if i + 1 == n {
+            Logits::Last
+        } else {
+            Logits::None
+        };
+        logits = model.forward(part, cache, want)?;
+    }
+    Ok(logits)
+}
+
+/// Generates after `prompt`, calling `on_text` with each new piece of text.
+pub fn generate(
+    model: &Model,
+    cache: &mut KvCache,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+    mut on_text: impl FnMut(&str),
+) -> Result<GenerationStats, EngineError> {
+    let mut sampler = Sampler::new(opts.sampling.clone())?;
+    let t0 = Instant::now();
+    let mut logits = prefill(model, cache, prompt, opts.prefill_batch)?;
+    let prompt_time = t0.elapsed();
+
+    let t1 = Instant::now();
+    let tok = &model.tokenizer;
+    let mut decoder = IncrementalDecoder::with_context(prompt);
+    let mut history: Vec<u32> = prompt.to_vec();
+    let mut generated = Vec::new();
+    let stop = loop {
+        if generated.len() >= opts.max_tokens {
+            break StopReason::MaxTokens;
+        }
+        let id = sampler.sample(&logits, &history)?;
+        if tok.is_eog(id) {
+            break StopReason::Eos;
+        }
+        generated.push(id);
+        history.push(id);
+        if let Some(text) = decoder.push(tok, id)? {
+            on_text(&text);
+        }
+        if generated.len() >= opts.max_tokens {
+            break StopReason::MaxTokens;
+        }
+        if cache.len() >= cache.capacity() {
+            break StopReason::ContextFull;
+        }
+        logits = model.forward(&[id], cache, Logits::Last)?;
+    };
+    Ok(GenerationStats {
+        prompt_tokens: prompt.len(),
+        generated_tokens: generated.len(),
+        prompt_time,
+        generation_time: t1.elapsed(),
+        stop,
+        tokens: generated,
+    })
+}

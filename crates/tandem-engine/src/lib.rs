@@ -1,0 +1,13 @@
+//! The engine: what turns a model into answers. Sampling, chat templates,
+//! generation and perplexity, shared by the CLI and (later) the server.
+//!
+//! The engine knows nothing of file formats, kernels or threads: it sees a
+//! [`tandem_model::Model`] and its tokenizer.
+
+mod error;
+pub mod generate;
+pub mod perplexity;
+
+pub use error::EngineError;
+pub mod chat;
+pub mod sampler;

@@ -1,0 +1,228 @@
+//! AVX2 + FMA + F16C kernels (x86-64).
+//!
+//! Each dot kernel ports ggml's AVX2 `ggml_vec_dot_*` (ggml-cpu/arch/x86/quants.c
+//! and vec.cpp) with the same integer lane layout and the same float
+//! accumulation order per (weight row, activation row) pair, so every output
+//! equals what ggml's single-row AVX2 kernel computes for that pair. On top
+//! of that the kernels are *tiled over activation rows*: a call handles up to
+//! [`TILE`] activation rows, decoding each weight block once and using it
+//! against every row of the tile (batched decode / prefill read the weight
+//! row from memory once, then from L1). Results do not depend on the tile
+//! size or on B.
+//!
+//! Files: [`legacy`] (Q8_0, Q4_0), [`k_quants`] (Q4_K, Q5_K, Q6_K),
+//! [`float`] (F32, F16, BF16), [`quantize`] (activation quantizers).
+//!
+//! Safety: every `unsafe fn` here is `#[target_feature(enable = "avx2,fma,f16c")]`;
+//! the safe wrappers at the bottom check [`avx2_available`] first. Kernels
+//! assert their slice-length invariants on entry and only then use raw
+//! pointer loads.
+
+#[cfg(target_arch = "x86_64")]
+mod float;
+#[cfg(target_arch = "x86_64")]
+mod k_quants;
+#[cfg(target_arch = "x86_64")]
+mod legacy;
+#[cfg(target_arch = "x86_64")]
+mod quantize;
+
+use std::ops::Range;
+
+use crate::isa::avx2_available;
+use crate::{Isa, KernelError, QuantizedActivations, WeightFormat};
+
+/// Activation rows handled per pass over a weight row.
+pub(crate) const TILE: usize = 4;
+
+#[cfg(target_arch = "x86_64")]
+mod helpers {
+    use std::arch::x86_64::*;
+
+    /// ggml `hsum_float_8`: (x0+x4 + x2+x6) + (x1+x5 + x3+x7) in that order.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn hsum_float_8(x: __m256) -> f32 {
+        let mut res = _mm256_extractf128_ps::<1>(x);
+        res = _mm_add_ps(res, _mm256_castps256_ps128(x));
+        res = _mm_add_ps(res, _mm_movehl_ps(res, res));
+        res = _mm_add_ss(res, _mm_movehdup_ps(res));
+        _mm_cvtss_f32(res)
+    }
+
+    /// ggml `hsum_i32_8`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn hsum_i32_8(a: __m256i) -> i32 {
+        let sum128 = _mm_add_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256::<1>(a));
+        let hi64 = _mm_unpackhi_epi64(sum128, sum128);
+        let sum64 = _mm_add_epi32(hi64, sum128);
+        let hi32 = _mm_shuffle_epi32::<0b10_11_00_01>(sum64);
+        _mm_cvtsi128_si32(_mm_add_epi32(sum64, hi32))
+    }
+
+    /// ggml `sum_i16_pairs_float`: pairwise-add 16 i16 into 8 i32, convert.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn sum_i16_pairs_float(x: __m256i) -> __m256 {
+        _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_set1_epi16(1), x))
+    }
+
+    /// f16 bits at `p` (unaligned) to f32 via F16C (ggml `GGML_CPU_FP16_TO_FP32`).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn f16_at(p: *const u8) -> f32 {
+        let bits = u16::from_le_bytes([*p, *p.add(1)]);
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn load256<T>(p: *const T) -> __m256i {
+        _mm256_loadu_si256(p as *const __m256i)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn load128<T>(p: *const T) -> __m128i {
+        _mm_loadu_si128(p as *const __m128i)
+    }
+}
+
+/// A tile kernel: dot one weight row with activation rows `b0..b0 + out.len()`.
+#[cfg(target_arch = "x86_64")]
+type TileFn = unsafe fn(&[u8], &QuantizedActivations, usize, &mut [f32]);
+
+#[cfg(target_arch = "x86_64")]
+fn tile_fns(format: WeightFormat) -> [TileFn; TILE] {
+    macro_rules! tiles {
+        ($m:ident :: $f:ident) => {
+            [
+                $m::$f::<1> as TileFn,
+                $m::$f::<2> as TileFn,
+                $m::$f::<3> as TileFn,
+                $m::$f::<4> as TileFn,
+            ]
+        };
+    }
+    match format {
+        WeightFormat::F32 => tiles!(float::dot_f32),
+        WeightFormat::F16 => tiles!(float::dot_f16),
+        WeightFormat::BF16 => tiles!(float::dot_bf16),
+        WeightFormat::Q8_0 => tiles!(legacy::dot_q8_0),
+        WeightFormat::Q4_0 => tiles!(legacy::dot_q4_0),
+        WeightFormat::Q4_K => tiles!(k_quants::dot_q4_k),
+        WeightFormat::Q5_K => tiles!(k_quants::dot_q5_k),
+        WeightFormat::Q6_K => tiles!(k_quants::dot_q6_k),
+    }
+}
+
+/// Validated matmul (sizes checked by `matmul_rows_with`); errors only if the
+/// CPU lacks AVX2.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn matmul(
+    format: WeightFormat,
+    weights: &[u8],
+    row_bytes: usize,
+    rows: Range<usize>,
+    acts: &QuantizedActivations,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    if !avx2_available() {
+        return Err(KernelError::IsaUnavailable(Isa::Avx2));
+    }
+    let fns = tile_fns(format);
+    let n_b = acts.n_rows();
+    for (r, out_row) in rows.zip(out.chunks_exact_mut(n_b)) {
+        let w = &weights[r * row_bytes..(r + 1) * row_bytes];
+        let mut b0 = 0;
+        while b0 < n_b {
+            let n = (n_b - b0).min(TILE);
+            // SAFETY: AVX2/FMA/F16C checked above; the kernel asserts its size invariants.
+            unsafe { fns[n - 1](w, acts, b0, &mut out_row[b0..b0 + n]) };
+            b0 += n;
+        }
+    }
+    Ok(())
+}
+
+/// Q8_0 activations, x86 variant (bit-identical to `reference::quantize::q8_0_x86`).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn quantize_q8_0(
+    x: &[f32],
+    qs: &mut [i8],
+    d_bits: &mut [u16],
+    d: &mut [f32],
+) -> Result<(), KernelError> {
+    if !avx2_available() {
+        return Err(KernelError::IsaUnavailable(Isa::Avx2));
+    }
+    // SAFETY: features checked; the function asserts the buffer sizes.
+    unsafe { quantize::q8_0_x86(x, qs, d_bits, d) };
+    Ok(())
+}
+
+/// Q8_K activations (bit-identical to `reference::quantize::q8_k`).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn quantize_q8_k(
+    x: &[f32],
+    qs: &mut [i8],
+    d: &mut [f32],
+    bsums: &mut [i16],
+) -> Result<(), KernelError> {
+    if !avx2_available() {
+        return Err(KernelError::IsaUnavailable(Isa::Avx2));
+    }
+    // SAFETY: features checked; the function asserts the buffer sizes.
+    unsafe { quantize::q8_k(x, qs, d, bsums) };
+    Ok(())
+}
+
+/// F16 activations (round to nearest even with F16C).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn quantize_f16(x: &[f32], out: &mut [u16]) -> Result<(), KernelError> {
+    if !avx2_available() {
+        return Err(KernelError::IsaUnavailable(Isa::Avx2));
+    }
+    // SAFETY: features checked; the function asserts the buffer sizes.
+    unsafe { quantize::f16(x, out) };
+    Ok(())
+}
+
+// Non-x86 targets: the AVX2 family is never available, so these only report it.
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) fn matmul(
+    _: WeightFormat,
+    _: &[u8],
+    _: usize,
+    _: Range<usize>,
+    _: &QuantizedActivations,
+    _: &mut [f32],
+) -> Result<(), KernelError> {
+    Err(KernelError::IsaUnavailable(Isa::Avx2))
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) fn quantize_q8_0(
+    _: &[f32],
+    _: &mut [i8],
+    _: &mut [u16],
+    _: &mut [f32],
+) -> Result<(), KernelError> {
+    Err(KernelError::IsaUnavailable(Isa::Avx2))
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) fn quantize_q8_k(
+    _: &[f32],
+    _: &mut [i8],
+    _: &mut [f32],
+    _: &mut [i16],
+) -> Result<(), KernelError> {
+    Err(KernelError::IsaUnavailable(Isa::Avx2))
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) fn quantize_f16(_: &[f32], _: &mut [u16]) -> Result<(), KernelError> {
+    Err(KernelError::IsaUnavailable(Isa::Avx2))
+}

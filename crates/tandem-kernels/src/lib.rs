@@ -1,0 +1,190 @@
+//! # tandem-kernels
+//!
+//! Weight formats, dequantization and the dot products of a CPU forward pass,
+//! bit-compatible with ggml (llama.cpp's tensor library).
+//!
+//! * [`WeightFormat`]: F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K, parsed
+//!   from raw little-endian bytes in ggml's block layouts (no alignment needed).
+//! * [`dequantize_row`]: bit-identical to ggml's `dequantize_row_*` (and
+//!   gguf-py), checked against fixtures in `fixtures/quant/`.
+//! * [`QuantizedActivations`]: activation rows converted to the weight
+//!   format's `vec_dot_type` (F32, F16, BF16, Q8_0, Q8_K) exactly as ggml does.
+//! * [`matmul_rows`]: a block of weight rows times B activation rows, with
+//!   ggml's integer accumulation and float accumulation order.
+//!
+//! ## Layout
+//!
+//! | module | role |
+//! | --- | --- |
+//! | `format` | [`WeightFormat`] / [`ActivationFormat`] geometry |
+//! | `blocks` | byte offsets inside ggml blocks, scale unpacking |
+//! | `convert` | f16 / bf16 conversions with ggml semantics |
+//! | `activations` | [`QuantizedActivations`] |
+//! | `reference` | scalar kernels mirroring ggml's generic C code (the oracle) |
+//! | `avx2` | AVX2+FMA+F16C kernels mirroring ggml's AVX2 code, tiled over activation rows |
+//! | `isa` | [`Isa`] detection, `TANDEM_ISA` override |
+//!
+//! AVX-512 and NEON kernels are a later job: [`Isa::Avx512`] runs the AVX2
+//! kernels and [`Isa::Neon`] the scalar ones (see `isa` for how to add them).
+//!
+//! ## Numerics
+//!
+//! For every (weight row, activation row) pair, the scalar kernels reproduce
+//! ggml's scalar `*_generic` functions and the AVX2 kernels reproduce ggml's
+//! AVX2 functions operation for operation; results do not depend on B, on the
+//! row range, or on how rows are split across calls. The two families differ
+//! only by f32 reassociation (their integer sums are identical).
+
+mod activations;
+mod avx2;
+mod blocks;
+pub mod convert;
+mod error;
+mod format;
+mod isa;
+mod reference;
+
+#[cfg(test)]
+mod tests;
+
+use std::ops::Range;
+
+pub use activations::{Q8_0Variant, QuantizedActivations};
+pub use error::KernelError;
+pub use format::{ActivationFormat, WeightFormat};
+pub use isa::{detected_isa, Isa, KernelFamily, ParseIsaError};
+
+/// Dequantize one row: `src.len()` must be `format.row_bytes(dst.len())`.
+/// Bit-identical to ggml's `dequantize_row_*`.
+pub fn dequantize_row(
+    format: WeightFormat,
+    src: &[u8],
+    dst: &mut [f32],
+) -> Result<(), KernelError> {
+    let expected = row_bytes(format, dst.len())?;
+    if src.len() != expected {
+        return Err(KernelError::SizeMismatch {
+            what: "dequantize_row source bytes",
+            expected,
+            actual: src.len(),
+        });
+    }
+    reference::dequantize_row(format, src, dst);
+    Ok(())
+}
+
+/// Multiply weight rows `rows` of a row-major matrix by the B activation rows
+/// in `acts`, using the ISA from [`detected_isa`]:
+/// `out[(r - rows.start) * B + b] = dot(weight row r, activation row b)`.
+///
+/// `weights` holds all rows of the matrix (`weights.len()` a multiple of
+/// `format.row_bytes(n_cols)`); `acts` must be in `format.activation_format()`
+/// with `n_cols` columns; `out.len()` must be `rows.len() * B`. Any mismatch
+/// is an error, never a panic.
+pub fn matmul_rows(
+    format: WeightFormat,
+    weights: &[u8],
+    n_cols: usize,
+    rows: Range<usize>,
+    acts: &QuantizedActivations,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    matmul_rows_with(detected_isa(), format, weights, n_cols, rows, acts, out)
+}
+
+/// [`matmul_rows`] with an explicit ISA (for tests and benchmarks). Returns
+/// [`KernelError::IsaUnavailable`] when the CPU lacks it.
+pub fn matmul_rows_with(
+    isa: Isa,
+    format: WeightFormat,
+    weights: &[u8],
+    n_cols: usize,
+    rows: Range<usize>,
+    acts: &QuantizedActivations,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    let rb = validate(format, weights, n_cols, &rows, acts, out)?;
+    if !isa.is_available() {
+        return Err(KernelError::IsaUnavailable(isa));
+    }
+    if rows.is_empty() || acts.n_rows() == 0 {
+        return Ok(());
+    }
+    match isa.kernels() {
+        KernelFamily::Scalar => {
+            reference::matmul(format, weights, rb, rows, acts, out);
+            Ok(())
+        }
+        KernelFamily::Avx2 => avx2::matmul(format, weights, rb, rows, acts, out),
+    }
+}
+
+fn row_bytes(format: WeightFormat, n_cols: usize) -> Result<usize, KernelError> {
+    format.row_bytes(n_cols).ok_or_else(|| {
+        if n_cols % format.block_len() != 0 {
+            KernelError::NotBlockAligned {
+                format: format.name(),
+                n_cols,
+                block_len: format.block_len(),
+            }
+        } else {
+            KernelError::Overflow
+        }
+    })
+}
+
+/// Check every size; returns the bytes per weight row.
+fn validate(
+    format: WeightFormat,
+    weights: &[u8],
+    n_cols: usize,
+    rows: &Range<usize>,
+    acts: &QuantizedActivations,
+    out: &[f32],
+) -> Result<usize, KernelError> {
+    let expected = format.activation_format();
+    if acts.format() != expected {
+        return Err(KernelError::ActivationFormatMismatch {
+            weights: format,
+            expected,
+            actual: acts.format(),
+        });
+    }
+    if n_cols == 0 {
+        return Err(KernelError::ZeroColumns);
+    }
+    let rb = row_bytes(format, n_cols)?;
+    if acts.n_cols() != n_cols {
+        return Err(KernelError::SizeMismatch {
+            what: "activation columns",
+            expected: n_cols,
+            actual: acts.n_cols(),
+        });
+    }
+    if weights.len() % rb != 0 {
+        return Err(KernelError::SizeMismatch {
+            what: "weight bytes (a whole number of rows)",
+            expected: weights.len() / rb * rb,
+            actual: weights.len(),
+        });
+    }
+    let n_rows = weights.len() / rb;
+    if rows.start > rows.end || rows.end > n_rows {
+        return Err(KernelError::RowRange {
+            start: rows.start,
+            end: rows.end,
+            n_rows,
+        });
+    }
+    let expected_out = (rows.end - rows.start)
+        .checked_mul(acts.n_rows())
+        .ok_or(KernelError::Overflow)?;
+    if out.len() != expected_out {
+        return Err(KernelError::SizeMismatch {
+            what: "output length (rows × activation rows)",
+            expected: expected_out,
+            actual: out.len(),
+        });
+    }
+    Ok(rb)
+}

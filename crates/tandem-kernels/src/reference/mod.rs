@@ -1,0 +1,73 @@
+//! Scalar reference kernels: plain, obviously-correct code that mirrors
+//! ggml's scalar functions (`dequantize_row_*` in ggml-quants.c and the
+//! `*_generic` dot products in ggml-cpu) statement by statement, including the
+//! order of float operations and where ggml accumulates in integers. They are
+//! the oracle the SIMD kernels are tested against and the portable fallback.
+//!
+//! * [`float`]: F32 / F16 / BF16 (dot products accumulate in f64 like ggml's
+//!   `ggml_float` scalar path).
+//! * [`legacy`]: Q8_0 and Q4_0 (32-weight blocks) against Q8_0 activations.
+//! * [`k_quants`]: Q4_K / Q5_K / Q6_K against Q8_K activations.
+//! * [`quantize`]: the activation quantizers.
+//!
+//! All functions assume sizes were validated by the public entry points.
+
+pub(crate) mod float;
+pub(crate) mod k_quants;
+pub(crate) mod legacy;
+pub(crate) mod quantize;
+
+use std::ops::Range;
+
+use crate::{QuantizedActivations, WeightFormat};
+
+/// Dequantize one row; `src.len() == format.row_bytes(dst.len())`.
+pub(crate) fn dequantize_row(format: WeightFormat, src: &[u8], dst: &mut [f32]) {
+    match format {
+        WeightFormat::F32 => float::dequantize_f32(src, dst),
+        WeightFormat::F16 => float::dequantize_f16(src, dst),
+        WeightFormat::BF16 => float::dequantize_bf16(src, dst),
+        WeightFormat::Q8_0 => legacy::dequantize_q8_0(src, dst),
+        WeightFormat::Q4_0 => legacy::dequantize_q4_0(src, dst),
+        WeightFormat::Q4_K => k_quants::dequantize_q4_k(src, dst),
+        WeightFormat::Q5_K => k_quants::dequantize_q5_k(src, dst),
+        WeightFormat::Q6_K => k_quants::dequantize_q6_k(src, dst),
+    }
+}
+
+/// Dot product of one weight row with activation row `b`.
+pub(crate) fn vec_dot(
+    format: WeightFormat,
+    w: &[u8],
+    acts: &QuantizedActivations,
+    b: usize,
+) -> f32 {
+    match format {
+        WeightFormat::F32 => float::dot_f32(w, acts.f32_row(b)),
+        WeightFormat::F16 => float::dot_f16(w, acts.u16_row(b)),
+        WeightFormat::BF16 => float::dot_bf16(w, acts.u16_row(b)),
+        WeightFormat::Q8_0 => legacy::dot_q8_0_q8_0(w, acts.q8_0_row(b)),
+        WeightFormat::Q4_0 => legacy::dot_q4_0_q8_0(w, acts.q8_0_row(b)),
+        WeightFormat::Q4_K => k_quants::dot_q4_k_q8_k(w, acts.q8_k_row(b)),
+        WeightFormat::Q5_K => k_quants::dot_q5_k_q8_k(w, acts.q8_k_row(b)),
+        WeightFormat::Q6_K => k_quants::dot_q6_k_q8_k(w, acts.q8_k_row(b)),
+    }
+}
+
+/// Validated matmul: one `vec_dot` per (weight row, activation row).
+pub(crate) fn matmul(
+    format: WeightFormat,
+    weights: &[u8],
+    row_bytes: usize,
+    rows: Range<usize>,
+    acts: &QuantizedActivations,
+    out: &mut [f32],
+) {
+    let n_b = acts.n_rows();
+    for (r, out_row) in rows.zip(out.chunks_exact_mut(n_b)) {
+        let w = &weights[r * row_bytes..(r + 1) * row_bytes];
+        for (b, o) in out_row.iter_mut().enumerate() {
+            *o = vec_dot(format, w, acts, b);
+        }
+    }
+}

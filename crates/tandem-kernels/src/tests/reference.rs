@@ -1,0 +1,103 @@
+//! Checks of the reference kernels themselves.
+
+use super::*;
+use crate::{matmul_rows_with, Isa};
+
+/// The reference dot equals the f64 dot of dequantized weights and
+/// dequantized activations (within the f32 rounding of the reference).
+#[test]
+fn reference_dot_matches_dequantized_float_dot() {
+    let mut seed = 3000;
+    for f in WeightFormat::ALL {
+        let n_cols = if f.block_len() == 256 { 768 } else { 320 };
+        for (s, a) in [
+            (Scales::Normal, Acts::Normal),
+            (Scales::MaxQuants, Acts::MaxMagnitude),
+            (Scales::Huge, Acts::Tiny),
+        ] {
+            seed += 1;
+            let mut r = rng(seed);
+            let n_rows = 4;
+            let w = random_weights(&mut r, f, n_rows, n_cols, s);
+            let x = random_acts(&mut r, 3, n_cols, a);
+            let mut q = QuantizedActivations::new(act_format(f));
+            q.quantize_with(Isa::Scalar, &x, 3, n_cols).unwrap();
+            let mut out = vec![0f32; n_rows * 3];
+            matmul_rows_with(Isa::Scalar, f, &w, n_cols, 0..n_rows, &q, &mut out).unwrap();
+            let rb = f.row_bytes(n_cols).unwrap();
+            for row in 0..n_rows {
+                let wr = &w[row * rb..(row + 1) * rb];
+                let mut wv = vec![0f32; n_cols];
+                dequantize_row(f, wr, &mut wv).unwrap();
+                for b in 0..3 {
+                    let mut av = vec![0f32; n_cols];
+                    q.dequantize_row(b, &mut av).unwrap();
+                    let exact: f64 = wv
+                        .iter()
+                        .zip(&av)
+                        .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                        .sum();
+                    let tol = tolerance(n_cols, magnitude(f, wr, &q, b));
+                    let got = f64::from(out[row * 3 + b]);
+                    assert!(
+                        (got - exact).abs() <= tol,
+                        "{f} {s:?} row {row} b {b}: ref {got} vs float dot {exact} (tol {tol:e})"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// ggml's two ways of reading the packed 6-bit scales agree.
+#[test]
+fn scale_unpacking_variants_agree() {
+    let mut r = rng(11);
+    for _ in 0..2000 {
+        let mut s = [0u8; 12];
+        r.fill(&mut s);
+        let (sc, m) = scales_mins_bytes(unpack_scales_mins_k4(&s));
+        for j in 0..8 {
+            assert_eq!(get_scale_min_k4(j, &s), (sc[j], m[j]), "{s:?} j={j}");
+        }
+    }
+}
+
+#[test]
+fn known_values() {
+    // Q4_0: d = 1, nibbles 0x0..0xF -> -8..7
+    let mut blk = vec![0u8; 18];
+    blk[0..2].copy_from_slice(&f32_to_f16(1.0).to_le_bytes());
+    for j in 0..16 {
+        blk[2 + j] = (j as u8) | ((15 - j as u8) << 4);
+    }
+    let mut out = [0f32; 32];
+    dequantize_row(WeightFormat::Q4_0, &blk, &mut out).unwrap();
+    for j in 0..16 {
+        assert_eq!(out[j], j as f32 - 8.0);
+        assert_eq!(out[j + 16], 7.0 - j as f32);
+    }
+    // Q6_K: ql = 0, qh = 0 -> q = -32; scales = 1; d = 0.5 -> every weight -16
+    let mut blk = vec![0u8; 210];
+    blk[192..208].fill(1);
+    blk[208..210].copy_from_slice(&f32_to_f16(0.5).to_le_bytes());
+    let mut out = [0f32; 256];
+    dequantize_row(WeightFormat::Q6_K, &blk, &mut out).unwrap();
+    assert!(out.iter().all(|&v| v == -16.0));
+    // Q4_K: d = 1, dmin = 1, scale j = j, min j = 1 (j < 4 only for simplicity), all quants 3
+    let mut blk = vec![0u8; 144];
+    blk[0..2].copy_from_slice(&f32_to_f16(1.0).to_le_bytes());
+    blk[2..4].copy_from_slice(&f32_to_f16(1.0).to_le_bytes());
+    for j in 0..4 {
+        blk[4 + j] = j as u8;
+        blk[8 + j] = 1;
+    }
+    blk[16..144].fill(0x33);
+    let mut out = [0f32; 256];
+    dequantize_row(WeightFormat::Q4_K, &blk, &mut out).unwrap();
+    for (i, &v) in out.iter().enumerate() {
+        let j = i / 32;
+        let want = if j < 4 { 3.0 * j as f32 - 1.0 } else { 0.0 };
+        assert_eq!(v, want, "i={i}");
+    }
+}

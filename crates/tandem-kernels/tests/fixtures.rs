@@ -1,0 +1,171 @@
+//! Bit-exact checks against the vectors in `fixtures/quant/` (written by
+//! `tools/quant_vectors/make_vectors.py` from gguf-py; layout in the README
+//! there). NaN compares equal to NaN; everything else compares by bits.
+
+use std::path::PathBuf;
+
+use tandem_kernels::{
+    dequantize_row, ActivationFormat, Isa, Q8_0Variant, QuantizedActivations, WeightFormat,
+};
+
+fn fixture(name: &str) -> Vec<u8> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures/quant")
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (run tools/quant_vectors/make_vectors.py)",
+            path.display()
+        )
+    })
+}
+
+fn f32s(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+fn u16s(b: &[u8]) -> Vec<u16> {
+    b.chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .collect()
+}
+
+fn same_f32(a: f32, b: f32) -> bool {
+    a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())
+}
+
+fn is_f16_nan(h: u16) -> bool {
+    h & 0x7c00 == 0x7c00 && h & 0x03ff != 0
+}
+
+fn isas() -> Vec<Isa> {
+    let v: Vec<Isa> = [Isa::Scalar, Isa::Avx2]
+        .into_iter()
+        .filter(|i| i.is_available())
+        .collect();
+    if v.len() == 1 {
+        eprintln!("note: AVX2 not available; fixture tests cover the scalar path only");
+    }
+    v
+}
+
+#[test]
+fn dequantize_matches_gguf_py_bit_exact() {
+    for f in WeightFormat::ALL {
+        if f == WeightFormat::F32 {
+            continue; // identity; covered by the API tests
+        }
+        let src = fixture(&format!("{}.bin", f.name()));
+        let want = f32s(&fixture(&format!("{}.f32", f.name())));
+        let n_blocks = src.len() / f.block_bytes();
+        assert_eq!(n_blocks * f.block_bytes(), src.len(), "{f}");
+        assert_eq!(n_blocks * f.block_len(), want.len(), "{f}");
+        // whole file as one row, and block by block (odd offsets, no alignment)
+        let mut got = vec![0f32; want.len()];
+        dequantize_row(f, &src, &mut got).unwrap();
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                same_f32(*g, *w),
+                "{f} value {i}: {g:e} ({:#x}) vs gguf-py {w:e} ({:#x})",
+                g.to_bits(),
+                w.to_bits()
+            );
+        }
+        let mut padded = vec![0u8; 1];
+        padded.extend_from_slice(&src);
+        let mut one = vec![0f32; f.block_len()];
+        for b in 0..n_blocks {
+            let blk = &padded[1 + b * f.block_bytes()..1 + (b + 1) * f.block_bytes()];
+            dequantize_row(f, blk, &mut one).unwrap();
+            let w = &want[b * f.block_len()..(b + 1) * f.block_len()];
+            assert!(
+                one.iter().zip(w).all(|(g, w)| same_f32(*g, *w)),
+                "{f} block {b}"
+            );
+        }
+    }
+}
+
+#[test]
+fn f32_to_f16_matches_numpy() {
+    let x = f32s(&fixture("f32_to_f16.in.f32"));
+    let want = u16s(&fixture("f32_to_f16.out.bin"));
+    for isa in isas() {
+        let mut q = QuantizedActivations::new(ActivationFormat::F16);
+        q.quantize_with(isa, &x, 1, x.len()).unwrap();
+        let got = u16s(&q.to_ggml_bytes());
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                g == w || (is_f16_nan(*g) && is_f16_nan(*w)),
+                "{isa} #{i} x={:e}: {g:#06x} vs {w:#06x}",
+                x[i]
+            );
+        }
+    }
+}
+
+#[test]
+fn f32_to_bf16_matches_ggml_bit_exact() {
+    let x = f32s(&fixture("f32_to_bf16.in.f32"));
+    let want = u16s(&fixture("f32_to_bf16.out.bin"));
+    for isa in isas() {
+        let mut q = QuantizedActivations::new(ActivationFormat::BF16);
+        q.quantize_with(isa, &x, 1, x.len()).unwrap();
+        assert_eq!(u16s(&q.to_ggml_bytes()), want, "{isa}");
+    }
+}
+
+fn check_bytes(what: &str, got: &[u8], want: &[u8], block: usize) {
+    assert_eq!(got.len(), want.len(), "{what}");
+    if let Some(i) = got.iter().zip(want).position(|(g, w)| g != w) {
+        panic!(
+            "{what}: first difference at byte {i} (block {}): {} vs {}",
+            i / block,
+            got[i],
+            want[i]
+        );
+    }
+}
+
+#[test]
+fn q8_0_activations_match_ggml_bit_exact() {
+    let x = f32s(&fixture("act_q8_0.in.f32"));
+    let n_cols = 256;
+    let n_rows = x.len() / n_cols;
+    let want_x86 = fixture("act_q8_0.x86.bin");
+    let want_ref = fixture("act_q8_0.ref.bin");
+    assert_ne!(want_x86, want_ref, "fixture should contain rounding ties");
+    for isa in isas() {
+        let mut q = QuantizedActivations::new(ActivationFormat::Q8_0);
+        q.quantize_with(isa, &x, n_rows, n_cols).unwrap();
+        check_bytes(
+            &format!("Q8_0 x86 variant, {isa}"),
+            &q.to_ggml_bytes(),
+            &want_x86,
+            34,
+        );
+        q.set_q8_0_variant(Q8_0Variant::Reference);
+        q.quantize_with(isa, &x, n_rows, n_cols).unwrap();
+        check_bytes(
+            &format!("Q8_0 reference variant (gguf-py), {isa}"),
+            &q.to_ggml_bytes(),
+            &want_ref,
+            34,
+        );
+    }
+}
+
+#[test]
+fn q8_k_activations_match_ggml_bit_exact() {
+    let x = f32s(&fixture("act_q8_K.in.f32"));
+    let n_cols = 512;
+    let n_rows = x.len() / n_cols;
+    let want = fixture("act_q8_K.bin");
+    for isa in isas() {
+        let mut q = QuantizedActivations::new(ActivationFormat::Q8_K);
+        q.quantize_with(isa, &x, n_rows, n_cols).unwrap();
+        check_bytes(&format!("Q8_K, {isa}"), &q.to_ggml_bytes(), &want, 292);
+    }
+}

@@ -1,0 +1,35 @@
+//! Models: opening GGUF files and Hugging Face directories into one
+//! format-free description ([`ModelFiles`]), and the decoder forward pass
+//! ([`Model`]) that runs it.
+//!
+//! Code map:
+//! - [`source`]: file formats, split GGUF, safetensors shards, tokenizer metadata.
+//! - [`config`]: hyperparameters from either format.
+//! - [`names`]: the tensor-name map (canonical names are GGUF's).
+//! - [`tensor`]: zero-copy views of weights in the mapped files.
+//! - [`model`]: the forward pass; [`linear`] its matmul driver; [`ops`] the
+//!   element-wise parts; [`kv_cache`] the per-sequence cache.
+//! - [`inspect`]: what `tandem inspect` reports.
+//!
+//! This crate does not sample, template chats or stream text: that is the
+//! engine's job. It does not know how kernels are vectorised either.
+
+pub mod arch;
+pub mod config;
+mod error;
+pub mod inspect;
+pub mod kv_cache;
+pub mod linear;
+pub mod model;
+pub mod names;
+pub mod ops;
+pub mod source;
+pub mod tensor;
+
+pub use arch::{Arch, RopeLayout};
+pub use config::{ModelConfig, RopeConfig};
+pub use error::ModelError;
+pub use kv_cache::KvCache;
+pub use model::{Logits, Model};
+pub use source::{ModelFiles, SourceFormat};
+pub use tensor::Tensor;

@@ -1,0 +1,131 @@
+//! The f32 element-wise operations of the decoder: RMSNorm, RoPE, SwiGLU,
+//! softmax. Plain loops: they touch activations only (kilobytes per token),
+//! never the weights, so they are not where decode time goes.
+
+use crate::arch::RopeLayout;
+use crate::config::RopeConfig;
+
+/// `out = x / rms(x) * w` for each row of `x` (rows of `w.len()` values).
+/// The sum of squares is accumulated in f64, as ggml does.
+pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let n = w.len();
+    for (xr, or) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+        let ss: f64 = xr.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+        let scale = (1.0 / (ss / n as f64 + f64::from(eps)).sqrt()) as f32;
+        for ((o, &v), &g) in or.iter_mut().zip(xr).zip(w) {
+            *o = v * scale * g;
+        }
+    }
+}
+
+/// In place: `gate = silu(gate) * up`.
+pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    for (g, &u) in gate.iter_mut().zip(up) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}
+
+/// Numerically stable softmax in place.
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0f64;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += f64::from(*v);
+    }
+    let inv = (1.0 / sum) as f32;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// Rotary position embedding with precomputed inverse frequencies.
+#[derive(Debug, Clone)]
+pub struct Rope {
+    inv_freq: Vec<f64>,
+    layout: RopeLayout,
+    n_rot: usize,
+}
+
+impl Rope {
+    pub fn new(cfg: &RopeConfig) -> Rope {
+        let half = cfg.n_rot / 2;
+        let inv_freq = (0..half)
+            .map(|i| {
+                let base = f64::from(cfg.theta).powf(-((2 * i) as f64) / cfg.n_rot as f64);
+                let factor = cfg
+                    .freq_factors
+                    .as_ref()
+                    .and_then(|f| f.get(i))
+                    .copied()
+                    .unwrap_or(1.0);
+                base * f64::from(cfg.freq_scale) / f64::from(factor)
+            })
+            .collect();
+        Rope {
+            inv_freq,
+            layout: cfg.layout,
+            n_rot: cfg.n_rot,
+        }
+    }
+
+    /// Rotates every `head_dim`-sized head in `x` for position `pos`.
+    pub fn apply(&self, x: &mut [f32], head_dim: usize, pos: usize) {
+        let half = self.n_rot / 2;
+        for head in x.chunks_exact_mut(head_dim) {
+            for (i, &f) in self.inv_freq.iter().enumerate() {
+                let (sin, cos) = (pos as f64 * f).sin_cos();
+                let (sin, cos) = (sin as f32, cos as f32);
+                let (a, b) = match self.layout {
+                    RopeLayout::Interleaved => (2 * i, 2 * i + 1),
+                    RopeLayout::Halves => (i, i + half),
+                };
+                let (x0, x1) = (head[a], head[b]);
+                head[a] = x0 * cos - x1 * sin;
+                head[b] = x0 * sin + x1 * cos;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rms_norm_unit_rows() {
+        let x = [3.0, 4.0, 0.0, 0.0];
+        let mut out = [0.0; 4];
+        rms_norm(&x, &[1.0, 1.0], 1e-6, &mut out);
+        assert!((out[0] - 3.0 / 12.5f32.sqrt()).abs() < 1e-6);
+        assert!((out[1] - 4.0 / 12.5f32.sqrt()).abs() < 1e-6);
+        assert_eq!(out[2], 0.0);
+    }
+
+    #[test]
+    fn rope_layouts_agree_after_permutation() {
+        // Interleaved on a permuted head equals halves on the original one:
+        // this is exactly the permutation llama.cpp's converter applies.
+        let cfg = RopeConfig {
+            theta: 10000.0,
+            layout: RopeLayout::Halves,
+            n_rot: 8,
+            freq_scale: 1.0,
+            freq_factors: None,
+        };
+        let halves = Rope::new(&cfg);
+        let inter = Rope::new(&RopeConfig {
+            layout: RopeLayout::Interleaved,
+            ..cfg
+        });
+        let x: Vec<f32> = (0..8).map(|i| i as f32 * 0.3 - 1.0).collect();
+        let perm = [0, 4, 1, 5, 2, 6, 3, 7];
+        let mut a = x.clone();
+        halves.apply(&mut a, 8, 17);
+        let mut b: Vec<f32> = perm.iter().map(|&p| x[p]).collect();
+        inter.apply(&mut b, 8, 17);
+        for (k, &p) in perm.iter().enumerate() {
+            assert!((b[k] - a[p]).abs() < 1e-6);
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! Weight tensors as they lie in the model files: memory-mapped bytes in a
+//! [`WeightFormat`], never copied at load time.
+//!
+//! A [`Tensor`] is a view: the bytes stay in the GGUF or safetensors mapping
+//! it came from, which the tensor keeps alive. Shapes are outermost first
+//! (`[rows, cols]` for a matrix, rows being output features), the layout both
+//! formats share once GGUF's innermost-first dims are reversed.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use memmap2::Mmap;
+use tandem_gguf::GgufFile;
+use tandem_kernels::WeightFormat;
+
+use crate::ModelError;
+
+#[derive(Clone)]
+enum Blob {
+    /// Tensor `index` of a GGUF file (bounds validated by the reader).
+    Gguf { file: Arc<GgufFile>, index: usize },
+    /// A byte range of a mapped safetensors file, validated at load.
+    Mapped { map: Arc<Mmap>, range: Range<usize> },
+}
+
+#[derive(Clone)]
+pub struct Tensor {
+    name: String,
+    /// The on-disk type name (`Q4_K`, `BF16`, ...), also for unsupported types.
+    type_name: &'static str,
+    format: Option<WeightFormat>,
+    dims: Vec<usize>,
+    n_bytes: usize,
+    blob: Blob,
+}
+
+impl std::fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Tensor({} {} {:?})",
+            self.name, self.type_name, self.dims
+        )
+    }
+}
+
+impl Tensor {
+    pub(crate) fn from_gguf(file: &Arc<GgufFile>, index: usize) -> Result<Tensor, ModelError> {
+        let info = file
+            .tensors()
+            .get(index)
+            .ok_or_else(|| ModelError::bad_tensor("?", "tensor index out of range"))?;
+        let dims = info
+            .dims
+            .iter()
+            .rev()
+            .map(|&d| {
+                usize::try_from(d)
+                    .map_err(|_| ModelError::bad_tensor(&info.name, "dimension too large"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        use tandem_gguf::GgmlType as G;
+        let format = match info.ggml_type {
+            G::F32 => Some(WeightFormat::F32),
+            G::F16 => Some(WeightFormat::F16),
+            G::BF16 => Some(WeightFormat::BF16),
+            G::Q8_0 => Some(WeightFormat::Q8_0),
+            G::Q4_0 => Some(WeightFormat::Q4_0),
+            G::Q4_K => Some(WeightFormat::Q4_K),
+            G::Q5_K => Some(WeightFormat::Q5_K),
+            G::Q6_K => Some(WeightFormat::Q6_K),
+            _ => None,
+        };
+        Ok(Tensor {
+            name: info.name.clone(),
+            type_name: info.ggml_type.name(),
+            format,
+            dims,
+            n_bytes: usize::try_from(info.n_bytes)
+                .map_err(|_| ModelError::bad_tensor(&info.name, "too large"))?,
+            blob: Blob::Gguf {
+                file: Arc::clone(file),
+                index,
+            },
+        })
+    }
+
+    pub(crate) fn from_safetensors(
+        name: &str,
+        dtype: safetensors::Dtype,
+        shape: &[usize],
+        map: &Arc<Mmap>,
+        range: Range<usize>,
+    ) -> Result<Tensor, ModelError> {
+        use safetensors::Dtype as D;
+        let (format, type_name) = match dtype {
+            D::F32 => (Some(WeightFormat::F32), "F32"),
+            D::F16 => (Some(WeightFormat::F16), "F16"),
+            D::BF16 => (Some(WeightFormat::BF16), "BF16"),
+            D::F64 => (None, "F64"),
+            D::I8 => (None, "I8"),
+            D::U8 => (None, "U8"),
+            D::I32 => (None, "I32"),
+            D::I64 => (None, "I64"),
+            D::BOOL => (None, "BOOL"),
+            _ => (None, "other"),
+        };
+        if range.end > map.len() || range.start > range.end {
+            return Err(ModelError::bad_tensor(name, "data outside the file"));
+        }
+        Ok(Tensor {
+            name: name.to_string(),
+            type_name,
+            format,
+            dims: shape.to_vec(),
+            n_bytes: range.len(),
+            blob: Blob::Mapped {
+                map: Arc::clone(map),
+                range,
+            },
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    pub fn type_name(&self) -> &'static str {
+        self.type_name
+    }
+    /// The format, if tandem can compute with it.
+    pub fn format(&self) -> Option<WeightFormat> {
+        self.format
+    }
+    /// Dimensions, outermost first.
+    pub fn dims(&self) -> &[usize] {
+        &self.dims
+    }
+    pub fn n_elements(&self) -> usize {
+        self.dims.iter().product()
+    }
+    pub fn n_bytes(&self) -> usize {
+        self.n_bytes
+    }
+    /// Length of the innermost dimension (the reduction axis of a matrix).
+    pub fn cols(&self) -> usize {
+        self.dims.last().copied().unwrap_or(1)
+    }
+    /// Product of all outer dimensions.
+    pub fn rows(&self) -> usize {
+        self.dims.iter().rev().skip(1).product()
+    }
+
+    /// The raw bytes. Bounds were validated when the tensor was made.
+    pub fn bytes(&self) -> &[u8] {
+        match &self.blob {
+            Blob::Gguf { file, index } => file
+                .tensors()
+                .get(*index)
+                .map(|t| file.tensor_data(t))
+                .unwrap_or(&[]),
+            Blob::Mapped { map, range } => map.get(range.clone()).unwrap_or(&[]),
+        }
+    }
+
+    /// The supported format, or an error naming the tensor and its type.
+    pub fn require_format(&self) -> Result<WeightFormat, ModelError> {
+        self.format
+            .ok_or_else(|| ModelError::UnsupportedWeightType {
+                name: self.name.clone(),
+                ty: self.type_name.to_string(),
+            })
+    }
+
+    /// Checks this is a `[rows, cols]` matrix whose byte size matches its format.
+    pub fn expect_matrix(&self, rows: usize, cols: usize) -> Result<WeightFormat, ModelError> {
+        let fmt = self.require_format()?;
+        if self.dims != [rows, cols] {
+            return Err(ModelError::bad_tensor(
+                &self.name,
+                format!("shape {:?}, expected [{rows}, {cols}]", self.dims),
+            ));
+        }
+        let row_bytes = fmt.row_bytes(cols).ok_or_else(|| {
+            ModelError::bad_tensor(
+                &self.name,
+                format!("{cols} columns do not fill whole {} blocks", fmt.name()),
+            )
+        })?;
+        if row_bytes.checked_mul(rows) != Some(self.bytes().len()) {
+            return Err(ModelError::bad_tensor(
+                &self.name,
+                "byte size does not match shape and type",
+            ));
+        }
+        Ok(fmt)
+    }
+
+    /// Row `r` of a matrix, dequantized into `out` (`cols` values).
+    pub fn row_f32(&self, r: usize, out: &mut [f32]) -> Result<(), ModelError> {
+        let fmt = self.require_format()?;
+        let cols = self.cols();
+        let rb = fmt
+            .row_bytes(cols)
+            .ok_or_else(|| ModelError::bad_tensor(&self.name, "row not block aligned"))?;
+        let bytes = self
+            .bytes()
+            .get(r * rb..(r + 1) * rb)
+            .ok_or_else(|| ModelError::bad_tensor(&self.name, format!("row {r} out of range")))?;
+        tandem_kernels::dequantize_row(fmt, bytes, out)
+            .map_err(|e| ModelError::Kernel(e.to_string()))
+    }
+
+    /// The whole tensor as f32 (for small vectors: norms, biases, rope factors).
+    pub fn to_f32_vec(&self, expected_len: usize) -> Result<Vec<f32>, ModelError> {
+        let fmt = self.require_format()?;
+        if self.n_elements() != expected_len {
+            return Err(ModelError::bad_tensor(
+                &self.name,
+                format!("{} elements, expected {expected_len}", self.n_elements()),
+            ));
+        }
+        if fmt.row_bytes(expected_len) != Some(self.bytes().len()) {
+            return Err(ModelError::bad_tensor(
+                &self.name,
+                "byte size does not match",
+            ));
+        }
+        let mut out = vec![0.0; expected_len];
+        tandem_kernels::dequantize_row(fmt, self.bytes(), &mut out)
+            .map_err(|e| ModelError::Kernel(e.to_string()))?;
+        Ok(out)
+    }
+}

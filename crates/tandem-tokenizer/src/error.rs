@@ -1,0 +1,28 @@
+use std::path::PathBuf;
+
+/// Everything that can go wrong building or running a tokenizer.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizerError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid {what}: {detail}")]
+    Invalid { what: String, detail: String },
+    #[error("unsupported tokenizer: {0}")]
+    Unsupported(String),
+    #[error("tokenization failed: {0}")]
+    Encode(String),
+    #[error("detokenization failed: {0}")]
+    Decode(String),
+}
+
+impl TokenizerError {
+    pub(crate) fn invalid(what: impl Into<String>, detail: impl std::fmt::Display) -> Self {
+        TokenizerError::Invalid {
+            what: what.into(),
+            detail: detail.to_string(),
+        }
+    }
+}
