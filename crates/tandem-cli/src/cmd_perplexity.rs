@@ -28,7 +28,7 @@ pub struct PerplexityArgs {
 pub fn run(args: PerplexityArgs) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?;
-    let model = load_model(args.model.as_deref())?;
+    let model = load_model(args.model.as_deref(), &args.common.load_options())?;
     let t0 = Instant::now();
     let show = std::io::stderr().is_terminal() && !args.json;
     let r = tandem_engine::perplexity::perplexity(&model, &text, args.ctx, |i, n, ppl| {

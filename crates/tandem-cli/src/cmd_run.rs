@@ -65,7 +65,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         seed: args.seed.unwrap_or_else(rand_seed),
     };
     sampling.validate()?;
-    let model = load_model(args.model.as_deref())?;
+    let model = load_model(args.model.as_deref(), &args.common.load_options())?;
     let tok = &model.tokenizer;
 
     let (text, add_special) = if args.chat {

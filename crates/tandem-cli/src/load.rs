@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use tandem_model::{Model, ModelFiles};
+use tandem_model::{LoadOptions, Model, ModelFiles};
 
 use crate::bundled;
 
@@ -20,7 +20,7 @@ pub fn open_files(path: Option<&Path>) -> anyhow::Result<ModelFiles> {
 
 /// Opens and loads a model, touching every weight page once so that reading
 /// from disk happens here, under a progress bar, and not in the first token.
-pub fn load_model(path: Option<&Path>) -> anyhow::Result<Model> {
+pub fn load_model(path: Option<&Path>, opts: &LoadOptions) -> anyhow::Result<Model> {
     let t0 = Instant::now();
     let files = open_files(path)?;
     let total: u64 = files.tensors().map(|t| t.n_bytes() as u64).sum();
@@ -38,7 +38,7 @@ pub fn load_model(path: Option<&Path>) -> anyhow::Result<Model> {
     }
     std::hint::black_box(sink);
     bar.finish_and_clear();
-    let model = Model::load(files).context("invalid model")?;
+    let model = Model::load_with(files, opts).context("invalid model")?;
     let name = model.name.clone().unwrap_or_else(|| match path {
         Some(p) => p.display().to_string(),
         None => bundled::NAME.to_string(),

@@ -28,9 +28,23 @@ struct Cli {
 
 #[derive(Args, Clone)]
 pub struct Common {
-    /// Worker threads (default: all cores).
+    /// Worker threads (default: one per usable CPU).
     #[arg(long, short = 't', global = true)]
-    threads: Option<usize>,
+    pub threads: Option<usize>,
+    /// NUMA placement: auto (one engine node per machine node), off, or
+    /// virtual:N (act as N nodes; for testing the sharded path).
+    #[arg(long, global = true, default_value = "auto")]
+    pub numa: tandem_model::NumaMode,
+}
+
+impl Common {
+    pub fn load_options(&self) -> tandem_model::LoadOptions {
+        tandem_model::LoadOptions {
+            numa: self.numa,
+            threads: self.threads,
+            pin: true,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -43,18 +57,6 @@ enum Command {
     Inspect(cmd_inspect::InspectArgs),
 }
 
-fn init_threads(threads: Option<usize>) -> anyhow::Result<()> {
-    let mut builder = rayon::ThreadPoolBuilder::new();
-    if let Some(n) = threads {
-        if n == 0 {
-            anyhow::bail!("--threads must be at least 1");
-        }
-        builder = builder.num_threads(n);
-    }
-    builder.build_global()?;
-    Ok(())
-}
-
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("TANDEM_LOG"))
@@ -62,10 +64,8 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(a) => init_threads(a.common.threads).and_then(|_| cmd_run::run(a)),
-        Command::Perplexity(a) => {
-            init_threads(a.common.threads).and_then(|_| cmd_perplexity::run(a))
-        }
+        Command::Run(a) => cmd_run::run(a),
+        Command::Perplexity(a) => cmd_perplexity::run(a),
         Command::Inspect(a) => cmd_inspect::run(a),
     };
     match result {

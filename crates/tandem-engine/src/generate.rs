@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use tandem_model::{KvCache, Logits, Model};
+use tandem_model::{KvCache, Logits, Model, SeqInput};
 use tandem_tokenizer::IncrementalDecoder;
 
 use crate::sampler::{Sampler, SamplingParams};
@@ -124,7 +124,15 @@ pub fn generate(
         if cache.len() >= cache.capacity() {
             break StopReason::ContextFull;
         }
-        logits = model.forward(&[id], cache, Logits::Last)?;
+        // Reuses the logits buffer: a decode step allocates nothing.
+        model.forward_batch(
+            &mut [SeqInput {
+                tokens: &[id],
+                cache: &mut *cache,
+                want: Logits::Last,
+            }],
+            &mut logits,
+        )?;
     };
     Ok(GenerationStats {
         prompt_tokens: prompt.len(),

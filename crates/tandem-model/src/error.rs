@@ -38,6 +38,10 @@ pub enum ModelError {
     OutOfMemory { what: String, bytes: usize },
     #[error("kernel: {0}")]
     Kernel(String),
+    #[error("{0}")]
+    Numa(#[from] tandem_numa::NumaError),
+    #[error("batch: {0}")]
+    BadBatch(String),
 }
 
 impl ModelError {

@@ -81,18 +81,14 @@ impl KvCache {
         self.len = self.len.min(n);
     }
 
-    /// Writes rows of K and V (`kv_dim` each) for positions `pos..`.
-    /// The caller has checked `pos + rows <= capacity`.
-    pub(crate) fn store(&mut self, layer: usize, pos: usize, k: &[f32], v: &[f32]) {
-        let start = pos * self.kv_dim;
-        self.k[layer][start..start + k.len()].copy_from_slice(k);
-        self.v[layer][start..start + v.len()].copy_from_slice(v);
+    /// Raw K and V pointers of `layer` (`capacity × kv_dim` values each),
+    /// for pool workers that write disjoint (position, head) slots.
+    pub(crate) fn layer_raw(&mut self, layer: usize) -> (*mut f32, *mut f32) {
+        (self.k[layer].as_mut_ptr(), self.v[layer].as_mut_ptr())
     }
 
-    /// K and V rows of positions `0..n` of `layer`.
-    pub(crate) fn layer(&self, layer: usize, n: usize) -> (&[f32], &[f32]) {
-        let end = n * self.kv_dim;
-        (&self.k[layer][..end], &self.v[layer][..end])
+    pub(crate) fn kv_dim(&self) -> usize {
+        self.kv_dim
     }
 
     pub(crate) fn advance(&mut self, n: usize) {

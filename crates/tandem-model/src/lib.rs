@@ -15,6 +15,7 @@
 //! engine's job. It does not know how kernels are vectorised either.
 
 pub mod arch;
+mod attention;
 pub mod config;
 mod error;
 pub mod inspect;
@@ -23,13 +24,17 @@ pub mod linear;
 pub mod model;
 pub mod names;
 pub mod ops;
+mod parallel;
+pub mod shard;
 pub mod source;
 pub mod tensor;
+mod workspace;
 
 pub use arch::{Arch, RopeLayout};
 pub use config::{ModelConfig, RopeConfig};
 pub use error::ModelError;
 pub use kv_cache::KvCache;
-pub use model::{Logits, Model};
+pub use model::{LoadOptions, Logits, Model, SeqInput, TensorParallel};
+pub use tandem_numa::{NumaMode, Pool, SyncStats};
 pub use source::{ModelFiles, SourceFormat};
 pub use tensor::Tensor;

@@ -6,15 +6,24 @@
 //! architecture switches (QKV bias, QK-norm) and the RoPE layout come from
 //! [`ModelConfig`]; tensor names from the canonical (GGUF) naming.
 
-use rayon::prelude::*;
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+
+use smallvec::SmallVec;
+
+use tandem_numa::{NumaMode, Pool};
 use tandem_tokenizer::Tokenizer;
 
+use crate::attention::{attention, AttnLayer, SeqView};
 use crate::config::ModelConfig;
 use crate::kv_cache::KvCache;
-use crate::linear::{Activations, Matrix};
-use crate::ops::{rms_norm, silu_mul, softmax, Rope};
+use crate::linear::Matrix;
+use crate::ops::{rms_norm, Rope};
+use crate::parallel::{col_split, gate_up, row_split, RowTarget, SCRATCH};
+use crate::shard::{aligned_ranges, even_ranges, kv_head_ranges, Placer, ShardedMatrix, Split};
 use crate::source::{ModelFiles, SourceFormat};
 use crate::tensor::Tensor;
+use crate::workspace::{Dims, SharedOut, Workspace};
 use crate::ModelError;
 
 /// Which positions of a forward pass need logits.
@@ -32,22 +41,74 @@ pub enum Logits {
 
 struct Layer {
     attn_norm: Vec<f32>,
-    wq: Matrix,
-    wk: Matrix,
-    wv: Matrix,
-    wo: Matrix,
+    wq: ShardedMatrix,
+    wk: ShardedMatrix,
+    wv: ShardedMatrix,
+    wo: ShardedMatrix,
     bq: Option<Vec<f32>>,
     bk: Option<Vec<f32>>,
     bv: Option<Vec<f32>>,
     q_norm: Option<Vec<f32>>,
     k_norm: Option<Vec<f32>>,
     ffn_norm: Vec<f32>,
-    w_gate: Matrix,
-    w_up: Matrix,
-    w_down: Matrix,
+    w_gate: ShardedMatrix,
+    w_up: ShardedMatrix,
+    w_down: ShardedMatrix,
+    /// KV heads per node (query heads follow their group).
+    kv_ranges: Vec<Range<usize>>,
 }
 
-/// A loaded model: configuration, tokenizer and weights.
+/// How the O and down projections are divided among nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum TensorParallel {
+    /// By output rows, like every other matrix: each node computes whole
+    /// dot products for its rows, and reads the (tiny) attention / FFN
+    /// activations of all nodes from shared memory (an all-gather that
+    /// costs nothing but a barrier). Results are bit-identical to the
+    /// unsharded path, because no dot product is cut in two.
+    #[default]
+    Gather,
+    /// Megatron: by input columns, each node producing partial sums of
+    /// every output that are added across nodes (all-reduce). Saves two
+    /// barriers per layer, but reassociates the sums, and on 8-bit
+    /// quantized activations an ulp of difference can flip a rounding
+    /// downstream (up to ~1e-3 relative in logits on the tiny fixtures).
+    AllReduce,
+}
+
+/// How to run a model: NUMA mode, threads, pinning.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    pub numa: NumaMode,
+    /// How O and down are split across nodes.
+    pub tensor_parallel: TensorParallel,
+    /// Worker threads in all (default: one per usable CPU).
+    pub threads: Option<usize>,
+    /// Pin workers to CPUs (the engine does; tests sharing a machine don't).
+    pub pin: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            numa: NumaMode::Auto,
+            tensor_parallel: TensorParallel::Gather,
+            threads: None,
+            pin: false,
+        }
+    }
+}
+
+/// One sequence of a batched forward pass.
+pub struct SeqInput<'a> {
+    /// New tokens, at the positions following what `cache` holds.
+    pub tokens: &'a [u32],
+    pub cache: &'a mut KvCache,
+    pub want: Logits,
+}
+
+/// A loaded model: configuration, tokenizer, weights placed on the engine's
+/// nodes, and the worker pool that runs it.
 pub struct Model {
     pub config: ModelConfig,
     pub tokenizer: Tokenizer,
@@ -56,8 +117,13 @@ pub struct Model {
     embd: Tensor,
     layers: Vec<Layer>,
     out_norm: Vec<f32>,
-    output: Matrix,
+    output: ShardedMatrix,
     rope: Rope,
+    pool: Arc<Pool>,
+    /// Buffers reused by every forward pass (a pass holds the lock; the
+    /// pool runs one pass at a time anyway).
+    workspace: Mutex<Workspace>,
+    allreduce_ns: std::sync::atomic::AtomicU64,
 }
 
 fn vector(files: &ModelFiles, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
@@ -72,12 +138,45 @@ fn optional_vector(
     files.tensor(name).map(|t| t.to_f32_vec(len)).transpose()
 }
 
+/// Matrices of one layer before placement.
+struct LayerPlan {
+    attn_norm: Vec<f32>,
+    ffn_norm: Vec<f32>,
+    bq: Option<Vec<f32>>,
+    bk: Option<Vec<f32>>,
+    bv: Option<Vec<f32>>,
+    q_norm: Option<Vec<f32>>,
+    k_norm: Option<Vec<f32>>,
+    kv_ranges: Vec<Range<usize>>,
+    /// Placer indices of wq, wk, wv, wo, gate, up, down.
+    ids: [usize; 7],
+}
+
 impl Model {
-    /// Builds the model from opened files, checking every tensor's shape and type.
+    /// Builds the model from opened files with default options (every
+    /// machine node, every CPU, unpinned).
     pub fn load(files: ModelFiles) -> Result<Model, ModelError> {
+        Model::load_with(files, &LoadOptions::default())
+    }
+
+    /// Builds the model, checking every tensor's shape and type, and places
+    /// each node's shards in its memory.
+    pub fn load_with(files: ModelFiles, opts: &LoadOptions) -> Result<Model, ModelError> {
+        let mut layout = tandem_numa::Layout::plan(&tandem_numa::Topology::detect(), opts.numa, opts.threads)?;
+        layout.pin = opts.pin;
+        let pool = Arc::new(Pool::with_layout(layout)?);
+        let n_nodes = pool.n_nodes();
         let c = files.config.clone();
         let (q_dim, kv_dim) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
-        let mut layers = Vec::with_capacity(c.n_layers);
+        if c.n_kv_heads == 0 || c.n_heads % c.n_kv_heads != 0 {
+            return Err(ModelError::invalid(
+                "attention.head_count_kv",
+                format!("{} query heads are not a multiple of {} KV heads", c.n_heads, c.n_kv_heads),
+            ));
+        }
+        let group = c.n_heads / c.n_kv_heads;
+        let mut placer = Placer::new(&pool);
+        let mut plans = Vec::with_capacity(c.n_layers);
         for i in 0..c.n_layers {
             let n = |s: &str| format!("blk.{i}.{s}");
             let m = |s: &str, rows, cols| Matrix::new(files.require(&n(s))?, rows, cols);
@@ -95,21 +194,48 @@ impl Model {
                     Ok(None)
                 }
             };
-            layers.push(Layer {
+            let (wq, wk, wv, wo) = (
+                m("attn_q.weight", q_dim, c.hidden)?,
+                m("attn_k.weight", kv_dim, c.hidden)?,
+                m("attn_v.weight", kv_dim, c.hidden)?,
+                m("attn_output.weight", c.hidden, q_dim)?,
+            );
+            let (gate, up, down) = (
+                m("ffn_gate.weight", c.ffn_hidden, c.hidden)?,
+                m("ffn_up.weight", c.ffn_hidden, c.hidden)?,
+                m("ffn_down.weight", c.hidden, c.ffn_hidden)?,
+            );
+            // Heads: whole KV groups, aligned to O's blocks. FFN: aligned to
+            // down's blocks.
+            let kv_ranges = kv_head_ranges(c.n_kv_heads, group, c.head_dim, wo.format.block_len(), n_nodes);
+            let scale = |r: &Range<usize>, f: usize| r.start * f..r.end * f;
+            let q_rows: Vec<_> = kv_ranges.iter().map(|r| scale(r, group * c.head_dim)).collect();
+            let kv_rows: Vec<_> = kv_ranges.iter().map(|r| scale(r, c.head_dim)).collect();
+            let ffn_ranges = aligned_ranges(c.ffn_hidden, down.format.block_len(), n_nodes);
+            let hidden_rows = even_ranges(c.hidden, n_nodes);
+            let (o_split, o_ranges, down_split, down_ranges) = match opts.tensor_parallel {
+                TensorParallel::Gather => (Split::Rows, &hidden_rows, Split::Rows, &hidden_rows),
+                TensorParallel::AllReduce => (Split::Cols, &q_rows, Split::Cols, &ffn_ranges),
+            };
+            let ids = [
+                placer.add(&wq, Split::Rows, &q_rows)?,
+                placer.add(&wk, Split::Rows, &kv_rows)?,
+                placer.add(&wv, Split::Rows, &kv_rows)?,
+                placer.add(&wo, o_split, o_ranges)?,
+                placer.add(&gate, Split::Rows, &ffn_ranges)?,
+                placer.add(&up, Split::Rows, &ffn_ranges)?,
+                placer.add(&down, down_split, down_ranges)?,
+            ];
+            plans.push(LayerPlan {
                 attn_norm: vector(&files, &n("attn_norm.weight"), c.hidden)?,
-                wq: m("attn_q.weight", q_dim, c.hidden)?,
-                wk: m("attn_k.weight", kv_dim, c.hidden)?,
-                wv: m("attn_v.weight", kv_dim, c.hidden)?,
-                wo: m("attn_output.weight", c.hidden, q_dim)?,
+                ffn_norm: vector(&files, &n("ffn_norm.weight"), c.hidden)?,
                 bq: bias("attn_q.bias", q_dim)?,
                 bk: bias("attn_k.bias", kv_dim)?,
                 bv: bias("attn_v.bias", kv_dim)?,
                 q_norm: qk_norm("attn_q_norm.weight")?,
                 k_norm: qk_norm("attn_k_norm.weight")?,
-                ffn_norm: vector(&files, &n("ffn_norm.weight"), c.hidden)?,
-                w_gate: m("ffn_gate.weight", c.ffn_hidden, c.hidden)?,
-                w_up: m("ffn_up.weight", c.ffn_hidden, c.hidden)?,
-                w_down: m("ffn_down.weight", c.hidden, c.ffn_hidden)?,
+                kv_ranges,
+                ids,
             });
         }
         let embd = files.require("token_embd.weight")?.clone();
@@ -120,6 +246,36 @@ impl Model {
             c.vocab_size,
             c.hidden,
         )?;
+        let output_id = placer.add(&output, Split::Rows, &even_ranges(c.vocab_size, n_nodes))?;
+        let mut placed: Vec<Option<ShardedMatrix>> = placer.finish()?.into_iter().map(Some).collect();
+        let mut take = |id: usize| {
+            placed
+                .get_mut(id)
+                .and_then(Option::take)
+                .ok_or_else(|| ModelError::Kernel(format!("placement lost matrix {id}")))
+        };
+        let mut layers = Vec::with_capacity(plans.len());
+        for p in plans {
+            let [q, k, v, o, g, u, d] = p.ids;
+            layers.push(Layer {
+                attn_norm: p.attn_norm,
+                wq: take(q)?,
+                wk: take(k)?,
+                wv: take(v)?,
+                wo: take(o)?,
+                bq: p.bq,
+                bk: p.bk,
+                bv: p.bv,
+                q_norm: p.q_norm,
+                k_norm: p.k_norm,
+                ffn_norm: p.ffn_norm,
+                w_gate: take(g)?,
+                w_up: take(u)?,
+                w_down: take(d)?,
+                kv_ranges: p.kv_ranges,
+            });
+        }
+        let output = take(output_id)?;
         Ok(Model {
             rope: Rope::new(&c.rope),
             out_norm: vector(&files, "output_norm.weight", c.hidden)?,
@@ -130,7 +286,47 @@ impl Model {
             embd,
             layers,
             output,
+            pool,
+            workspace: Mutex::new(Workspace::default()),
+            allreduce_ns: Default::default(),
         })
+    }
+
+    /// The worker pool (threads, nodes, synchronisation counters).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Nanoseconds spent adding nodes' partial sums so far.
+    pub fn allreduce_ns(&self) -> u64 {
+        self.allreduce_ns.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Weight bytes one decode step reads: every matrix once, plus one
+    /// embedding row.
+    pub fn weight_bytes_per_token(&self) -> usize {
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down].iter().map(|m| m.n_bytes()).sum::<usize>())
+            .sum();
+        layers + self.output.n_bytes() + self.embd.n_bytes() / self.config.vocab_size.max(1)
+    }
+
+    /// Every weight shard as (engine node, its bytes): what placement did.
+    pub fn shards(&self) -> Vec<(usize, &[u8])> {
+        let mut out = Vec::new();
+        let mats = self
+            .layers
+            .iter()
+            .flat_map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down])
+            .chain(std::iter::once(&self.output));
+        for m in mats {
+            for (node, s) in m.shards.iter().enumerate() {
+                out.push((node, s.bytes()));
+            }
+        }
+        out
     }
 
     /// An empty KV cache for up to `capacity` tokens.
@@ -148,127 +344,262 @@ impl Model {
         cache: &mut KvCache,
         want: Logits,
     ) -> Result<Vec<f32>, ModelError> {
+        let mut logits = Vec::new();
+        self.forward_batch(&mut [SeqInput { tokens, cache, want }], &mut logits)?;
+        Ok(logits)
+    }
+
+    /// One decode step for B sequences: `tokens[b]` is appended to
+    /// `caches[b]`; `logits` receives `B × vocab_size` values. Each weight
+    /// is read once for the whole batch.
+    pub fn decode_batch(&self, tokens: &[u32], caches: &mut [KvCache], logits: &mut Vec<f32>) -> Result<(), ModelError> {
+        if tokens.len() != caches.len() {
+            return Err(ModelError::BadBatch(format!("{} tokens for {} caches", tokens.len(), caches.len())));
+        }
+        // Inline storage: a decode step of up to 16 sequences allocates nothing.
+        let mut seqs: SmallVec<[SeqInput<'_>; 16]> = tokens
+            .chunks(1)
+            .zip(caches.iter_mut())
+            .map(|(t, cache)| SeqInput { tokens: t, cache, want: Logits::Last })
+            .collect();
+        self.forward_batch(&mut seqs, logits)
+    }
+
+    /// The general forward pass: several sequences, each with its new
+    /// tokens, in one pass over the weights. `logits` is resized to hold, for
+    /// each sequence in order, the rows it asked for (`vocab_size` each);
+    /// its allocation is reused across calls.
+    pub fn forward_batch(&self, seqs: &mut [SeqInput<'_>], logits: &mut Vec<f32>) -> Result<(), ModelError> {
         let c = &self.config;
-        let (t, p0) = (tokens.len(), cache.len());
-        if t == 0 {
-            return Ok(Vec::new());
-        }
-        if p0 + t > cache.capacity() {
-            return Err(ModelError::ContextFull {
-                needed: p0 + t,
-                capacity: cache.capacity(),
-            });
-        }
         let (h, hd) = (c.hidden, c.head_dim);
         let (q_dim, kv_dim) = (c.n_heads * hd, c.n_kv_heads * hd);
-
-        let mut x = vec![0.0f32; t * h];
-        for (row, &tok) in x.chunks_exact_mut(h).zip(tokens) {
-            if tok as usize >= c.vocab_size {
-                return Err(ModelError::BadToken {
-                    id: tok,
-                    vocab: c.vocab_size,
-                });
-            }
-            self.embd.row_f32(tok as usize, row)?;
+        let n: usize = seqs.iter().map(|s| s.tokens.len()).sum();
+        logits.clear();
+        if n == 0 {
+            return Ok(());
         }
-        let mut xn = vec![0.0f32; t * h];
-        let (mut q, mut k, mut v) = (
-            vec![0.0f32; t * q_dim],
-            vec![0.0f32; t * kv_dim],
-            vec![0.0f32; t * kv_dim],
+        for s in seqs.iter() {
+            let needed = s.cache.len() + s.tokens.len();
+            if needed > s.cache.capacity() {
+                return Err(ModelError::ContextFull { needed, capacity: s.cache.capacity() });
+            }
+            if s.cache.kv_dim() != kv_dim {
+                return Err(ModelError::BadBatch("KV cache made for another model".into()));
+            }
+            if let Some(&id) = s.tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
+                return Err(ModelError::BadToken { id, vocab: c.vocab_size });
+            }
+        }
+        let mut guard = self.workspace.lock().unwrap_or_else(|p| p.into_inner());
+        let ws = &mut *guard;
+        let pool = &*self.pool;
+        let n_nodes = pool.n_nodes();
+        ws.ensure(
+            n,
+            &Dims {
+                hidden: h,
+                q_dim,
+                kv_dim,
+                ffn: c.ffn_hidden,
+                rope_pairs: self.rope.table_len(),
+                n_nodes,
+                n_threads: pool.n_threads(),
+                // Matmul chunks, or a head plus one score per cached position.
+                scratch: SCRATCH.max(8 * n).max(hd + seqs.iter().map(|s| s.cache.capacity()).max().unwrap_or(0)),
+            },
         );
-        let mut attn = vec![0.0f32; t * q_dim];
-        let mut proj = vec![0.0f32; t * h];
-        let (mut gate, mut up) = (
-            vec![0.0f32; t * c.ffn_hidden],
-            vec![0.0f32; t * c.ffn_hidden],
-        );
-        let mut acts = Activations::default();
+
+        // Rows: embeddings, (sequence, position), RoPE tables, logit rows.
+        ws.row_seq.clear();
+        ws.logit_rows.clear();
+        let pairs = self.rope.table_len();
+        let mut row = 0;
+        for (si, s) in seqs.iter().enumerate() {
+            let t = s.tokens.len();
+            let first_logit = match s.want {
+                Logits::None => t,
+                Logits::Last => t - 1,
+                Logits::All => 0,
+                Logits::Tail(k) => t - k.clamp(1, t),
+            };
+            for (i, &tok) in s.tokens.iter().enumerate() {
+                let pos = s.cache.len() + i;
+                self.embd.row_f32(tok as usize, &mut ws.x[row * h..(row + 1) * h])?;
+                self.rope.table(pos, &mut ws.rope[row * pairs..(row + 1) * pairs]);
+                ws.row_seq.push((si, pos));
+                if i >= first_logit {
+                    ws.logit_rows.push(row);
+                }
+                row += 1;
+            }
+        }
 
         for (li, l) in self.layers.iter().enumerate() {
-            rms_norm(&x, &l.attn_norm, c.norm_eps, &mut xn);
-            acts.invalidate();
-            acts.matmul(&l.wq, &xn, t, &mut q)?;
-            acts.matmul(&l.wk, &xn, t, &mut k)?;
-            acts.matmul(&l.wv, &xn, t, &mut v)?;
-            for (buf, bias) in [(&mut q, &l.bq), (&mut k, &l.bk), (&mut v, &l.bv)] {
-                if let Some(b) = bias {
-                    for row in buf.chunks_exact_mut(b.len()) {
-                        row.iter_mut().zip(b).for_each(|(y, &bb)| *y += bb);
-                    }
-                }
+            // Attention block.
+            rms_norm(&ws.x[..n * h], &l.attn_norm, c.norm_eps, &mut ws.xn[..n * h]);
+            ws.acts.invalidate();
+            for m in [&l.wq, &l.wk, &l.wv] {
+                ws.acts.prepare(m.format.activation_format(), &ws.xn[..n * h], n, h)?;
             }
-            if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
-                let tmp = q.clone();
-                rms_norm(&tmp, qn, c.norm_eps, &mut q);
-                let tmp = k.clone();
-                rms_norm(&tmp, kn, c.norm_eps, &mut k);
+            let (q, k, v) = (SharedOut::new(&mut ws.q), SharedOut::new(&mut ws.k), SharedOut::new(&mut ws.v));
+            row_split(
+                pool,
+                &[
+                    RowTarget { m: &l.wq, out: q, stride: q_dim },
+                    RowTarget { m: &l.wk, out: k, stride: kv_dim },
+                    RowTarget { m: &l.wv, out: v, stride: kv_dim },
+                ],
+                &ws.acts,
+                n,
+                &ws.scratch,
+            )?;
+            let attn_out = SharedOut::new(&mut ws.attn);
+            let mut row0 = 0;
+            let views_buf = &mut ws.seq_views;
+            views_buf.clear();
+            for s in seqs.iter_mut() {
+                let (kp, vp) = s.cache.layer_raw(li);
+                views_buf.push(SeqView {
+                    k: kp,
+                    v: vp,
+                    capacity: s.cache.capacity(),
+                    p0: s.cache.len(),
+                    row0,
+                    n_rows: s.tokens.len(),
+                });
+                row0 += s.tokens.len();
             }
-            for i in 0..t {
-                self.rope
-                    .apply(&mut q[i * q_dim..(i + 1) * q_dim], hd, p0 + i);
-                self.rope
-                    .apply(&mut k[i * kv_dim..(i + 1) * kv_dim], hd, p0 + i);
-            }
-            cache.store(li, p0, &k, &v);
-            let (keys, values) = cache.layer(li, p0 + t);
-            attention(c, &q, keys, values, p0, &mut attn);
+            attention(
+                pool,
+                c,
+                &self.rope,
+                &AttnLayer {
+                    bq: l.bq.as_deref(),
+                    bk: l.bk.as_deref(),
+                    bv: l.bv.as_deref(),
+                    q_norm: l.q_norm.as_deref(),
+                    k_norm: l.k_norm.as_deref(),
+                },
+                &l.kv_ranges,
+                &ws.seq_views,
+                q,
+                k,
+                v,
+                attn_out,
+                &ws.rope,
+                &ws.scratch,
+            )?;
+            self.project_add(ws, &l.wo, n, q_dim, Buf::Attn)?;
 
-            acts.invalidate();
-            acts.matmul(&l.wo, &attn, t, &mut proj)?;
-            x.iter_mut().zip(&proj).for_each(|(a, &b)| *a += b);
-
-            rms_norm(&x, &l.ffn_norm, c.norm_eps, &mut xn);
-            acts.invalidate();
-            acts.matmul(&l.w_gate, &xn, t, &mut gate)?;
-            acts.matmul(&l.w_up, &xn, t, &mut up)?;
-            silu_mul(&mut gate, &up);
-            acts.invalidate();
-            acts.matmul(&l.w_down, &gate, t, &mut proj)?;
-            x.iter_mut().zip(&proj).for_each(|(a, &b)| *a += b);
+            // Feed-forward block.
+            rms_norm(&ws.x[..n * h], &l.ffn_norm, c.norm_eps, &mut ws.xn[..n * h]);
+            ws.acts.invalidate();
+            for m in [&l.w_gate, &l.w_up] {
+                ws.acts.prepare(m.format.activation_format(), &ws.xn[..n * h], n, h)?;
+            }
+            let (g, u) = (SharedOut::new(&mut ws.gate), SharedOut::new(&mut ws.up));
+            gate_up(pool, &l.w_gate, &l.w_up, g, u, &ws.acts, n, &ws.scratch)?;
+            self.project_add(ws, &l.w_down, n, c.ffn_hidden, Buf::Gate)?;
         }
-        cache.advance(t);
+        for s in seqs.iter_mut() {
+            s.cache.advance(s.tokens.len());
+        }
 
-        let rows = match want {
-            Logits::None => return Ok(Vec::new()),
-            Logits::Last => &x[(t - 1) * h..],
-            Logits::All => &x[..],
-            Logits::Tail(n) => &x[(t - n.clamp(1, t)) * h..],
+        // Output head on the rows that want logits.
+        let n_out = ws.logit_rows.len();
+        if n_out == 0 {
+            return Ok(());
+        }
+        for (i, &r) in ws.logit_rows.iter().enumerate() {
+            rms_norm(&ws.x[r * h..(r + 1) * h], &self.out_norm, c.norm_eps, &mut ws.normed_out[i * h..(i + 1) * h]);
+        }
+        ws.acts.invalidate();
+        ws.acts.prepare(self.output.format.activation_format(), &ws.normed_out[..n_out * h], n_out, h)?;
+        logits.resize(n_out * c.vocab_size, 0.0);
+        row_split(
+            pool,
+            &[RowTarget { m: &self.output, out: SharedOut::new(logits), stride: c.vocab_size }],
+            &ws.acts,
+            n_out,
+            &ws.scratch,
+        )
+    }
+
+    /// `x += m · buf` for O (`buf` = attention output) and down (`buf` =
+    /// gated FFN activations), however `m` is split.
+    fn project_add(&self, ws: &mut Workspace, m: &ShardedMatrix, n: usize, width: usize, buf: Buf) -> Result<(), ModelError> {
+        if m.split == Split::Cols {
+            self.prepare_node_acts(ws, m, n, width, buf)?;
+            return self.col_split_add(ws, m, n);
+        }
+        let h = self.config.hidden;
+        let src = match buf {
+            Buf::Attn => &ws.attn[..n * width],
+            Buf::Gate => &ws.gate[..n * width],
         };
-        let n = rows.len() / h;
-        let mut normed = vec![0.0f32; rows.len()];
-        rms_norm(rows, &self.out_norm, c.norm_eps, &mut normed);
-        let mut logits = vec![0.0f32; n * c.vocab_size];
-        acts.invalidate();
-        acts.matmul(&self.output, &normed, n, &mut logits)?;
-        Ok(logits)
+        ws.acts.invalidate();
+        ws.acts.prepare(m.format.activation_format(), src, n, width)?;
+        let out = SharedOut::new(&mut ws.partial[0]);
+        row_split(&self.pool, &[RowTarget { m, out, stride: h }], &ws.acts, n, &ws.scratch)?;
+        let t0 = std::time::Instant::now();
+        ws.x[..n * h].iter_mut().zip(&ws.partial[0][..n * h]).for_each(|(a, &b)| *a += b);
+        self.allreduce_ns
+            .fetch_add(t0.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Quantizes each node's column slice of `buf` for a column-split matrix.
+    fn prepare_node_acts(&self, ws: &mut Workspace, m: &ShardedMatrix, n: usize, width: usize, buf: Buf) -> Result<(), ModelError> {
+        let fmt = m.format.activation_format();
+        for (node, sh) in m.shards.iter().enumerate() {
+            let acts = &mut ws.node_acts[node];
+            acts.invalidate();
+            if sh.is_empty() {
+                continue;
+            }
+            let src = match buf {
+                Buf::Attn => &ws.attn,
+                Buf::Gate => &ws.gate,
+            };
+            let cols = sh.cols.clone();
+            if cols.len() == width {
+                acts.prepare(fmt, &src[..n * width], n, width)?;
+            } else {
+                let g = &mut ws.gather[..n * cols.len()];
+                for (b, dst) in g.chunks_exact_mut(cols.len()).enumerate() {
+                    dst.copy_from_slice(&src[b * width + cols.start..b * width + cols.end]);
+                }
+                acts.prepare(fmt, g, n, cols.len())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs a column-split matrix and adds every node's partial sums into
+    /// the residual stream (the all-reduce, in shared memory).
+    fn col_split_add(&self, ws: &mut Workspace, m: &ShardedMatrix, n: usize) -> Result<(), ModelError> {
+        let h = self.config.hidden;
+        ws.partial_outs.clear();
+        for p in ws.partial.iter_mut().take(m.shards.len()) {
+            ws.partial_outs.push(SharedOut::new(p));
+        }
+        col_split(&self.pool, m, &ws.node_acts, &ws.partial_outs, n, &ws.scratch)?;
+        let t0 = std::time::Instant::now();
+        let x = &mut ws.x[..n * h];
+        for (node, sh) in m.shards.iter().enumerate() {
+            if !sh.is_empty() {
+                let p = &ws.partial[node][..n * h];
+                x.iter_mut().zip(p).for_each(|(a, &b)| *a += b);
+            }
+        }
+        self.allreduce_ns
+            .fetch_add(t0.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 }
 
-/// Causal attention of `t` new queries (positions `p0..p0+t`) over the
-/// cached keys/values of positions `0..p0+t`, one task per (token, head).
-fn attention(c: &ModelConfig, q: &[f32], keys: &[f32], values: &[f32], p0: usize, out: &mut [f32]) {
-    let hd = c.head_dim;
-    let group = c.n_heads / c.n_kv_heads;
-    let kv_dim = c.n_kv_heads * hd;
-    let scale = 1.0 / (hd as f32).sqrt();
-    out.par_chunks_mut(hd).enumerate().for_each(|(i, o)| {
-        let (ti, head) = (i / c.n_heads, i % c.n_heads);
-        let kvh = head / group;
-        let qv = &q[i * hd..(i + 1) * hd];
-        let n_keys = p0 + ti + 1;
-        let mut scores: Vec<f32> = (0..n_keys)
-            .map(|j| {
-                let kr = &keys[j * kv_dim + kvh * hd..j * kv_dim + (kvh + 1) * hd];
-                qv.iter().zip(kr).map(|(a, b)| a * b).sum::<f32>() * scale
-            })
-            .collect();
-        softmax(&mut scores);
-        o.fill(0.0);
-        for (j, &p) in scores.iter().enumerate() {
-            let vr = &values[j * kv_dim + kvh * hd..j * kv_dim + (kvh + 1) * hd];
-            o.iter_mut().zip(vr).for_each(|(a, &b)| *a += p * b);
-        }
-    });
+#[derive(Clone, Copy)]
+enum Buf {
+    Attn,
+    Gate,
 }

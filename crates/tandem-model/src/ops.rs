@@ -71,19 +71,38 @@ impl Rope {
 
     /// Rotates every `head_dim`-sized head in `x` for position `pos`.
     pub fn apply(&self, x: &mut [f32], head_dim: usize, pos: usize) {
-        let half = self.n_rot / 2;
+        let mut table = vec![(0.0, 0.0); self.table_len()];
+        self.table(pos, &mut table);
         for head in x.chunks_exact_mut(head_dim) {
-            for (i, &f) in self.inv_freq.iter().enumerate() {
-                let (sin, cos) = (pos as f64 * f).sin_cos();
-                let (sin, cos) = (sin as f32, cos as f32);
-                let (a, b) = match self.layout {
-                    RopeLayout::Interleaved => (2 * i, 2 * i + 1),
-                    RopeLayout::Halves => (i, i + half),
-                };
-                let (x0, x1) = (head[a], head[b]);
-                head[a] = x0 * cos - x1 * sin;
-                head[b] = x0 * sin + x1 * cos;
-            }
+            self.apply_with(head, &table);
+        }
+    }
+
+    /// Length of a [`table`](Rope::table): one (sin, cos) per rotated pair.
+    pub fn table_len(&self) -> usize {
+        self.inv_freq.len()
+    }
+
+    /// The (sin, cos) pairs of position `pos`, computed once per token and
+    /// shared by every head of every layer.
+    pub fn table(&self, pos: usize, out: &mut [(f32, f32)]) {
+        for (o, &f) in out.iter_mut().zip(&self.inv_freq) {
+            let (sin, cos) = (pos as f64 * f).sin_cos();
+            *o = (sin as f32, cos as f32);
+        }
+    }
+
+    /// Rotates one head with a precomputed [`table`](Rope::table).
+    pub fn apply_with(&self, head: &mut [f32], table: &[(f32, f32)]) {
+        let half = self.n_rot / 2;
+        for (i, &(sin, cos)) in table.iter().enumerate() {
+            let (a, b) = match self.layout {
+                RopeLayout::Interleaved => (2 * i, 2 * i + 1),
+                RopeLayout::Halves => (i, i + half),
+            };
+            let (x0, x1) = (head[a], head[b]);
+            head[a] = x0 * cos - x1 * sin;
+            head[b] = x0 * sin + x1 * cos;
         }
     }
 }

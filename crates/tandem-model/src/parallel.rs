@@ -1,0 +1,186 @@
+//! The parallel operations of a forward pass, each one [`Pool::run`]:
+//! every node multiplies its own shards, its workers claiming chunks of
+//! rows among themselves (never across nodes).
+//!
+//! Kernels write weight-row-major (`out[r*B + b]`); buffers here are
+//! token-major (`buf[b*stride + col]`). With one token the two coincide and
+//! kernels write in place; otherwise each worker multiplies into its
+//! scratch and scatters.
+
+use std::ops::Range;
+
+use tandem_kernels::{matmul_rows, QuantizedActivations};
+use tandem_numa::{Pool, Worker};
+
+use crate::shard::{Shard, ShardedMatrix};
+use crate::workspace::{ActsCache, PerWorker, SharedOut};
+use crate::ModelError;
+
+/// Most scratch values per worker for matmul chunks (×4 bytes).
+pub(crate) const SCRATCH: usize = 64 * 1024;
+
+/// Rows per claimed chunk: a few chunks per worker for balance, at least 8
+/// rows to amortise the claim, and no more than the scratch holds.
+pub(crate) fn chunk_rows(node_rows: usize, threads: usize, n: usize) -> usize {
+    let balanced = node_rows.div_ceil(threads.max(1) * 4);
+    let cap = (SCRATCH / n.max(1)).max(8);
+    balanced.clamp(8, cap.max(8))
+}
+
+fn kernel_err(e: tandem_kernels::KernelError) -> ModelError {
+    ModelError::Kernel(e.to_string())
+}
+
+/// Multiplies shard rows `local` by `acts` (n rows) and stores
+/// `out[b*stride + col0 + r]` for each local row `r`.
+#[allow(clippy::too_many_arguments)]
+fn matmul_into(
+    sh: &Shard,
+    m: &ShardedMatrix,
+    local: Range<usize>,
+    acts: &QuantizedActivations,
+    n: usize,
+    out: SharedOut,
+    stride: usize,
+    col0: usize,
+    scratch: &mut [f32],
+) -> Result<(), ModelError> {
+    if n == 1 {
+        // SAFETY: chunks of one run cover disjoint rows, hence disjoint
+        // output columns of the single token row.
+        let dst = unsafe { out.slice(col0 + local.start, local.len()) };
+        return matmul_rows(m.format, sh.bytes(), sh.n_cols(), local, acts, dst).map_err(kernel_err);
+    }
+    let tmp = &mut scratch[..local.len() * n];
+    matmul_rows(m.format, sh.bytes(), sh.n_cols(), local.clone(), acts, tmp).map_err(kernel_err)?;
+    for (i, vals) in tmp.chunks_exact(n).enumerate() {
+        for (b, &v) in vals.iter().enumerate() {
+            // SAFETY: as above, element (b, col0 + local.start + i) belongs
+            // to this chunk only.
+            unsafe { out.write(b * stride + col0 + local.start + i, v) };
+        }
+    }
+    Ok(())
+}
+
+/// A row-split matrix and where its output goes.
+pub(crate) struct RowTarget<'a> {
+    pub m: &'a ShardedMatrix,
+    pub out: SharedOut,
+    /// Values per token row of `out` (the matrix's full row count).
+    pub stride: usize,
+}
+
+/// `out = m · x` for row-split matrices that read the same input (Q/K/V;
+/// the output head), each node computing its own rows.
+pub(crate) fn row_split(
+    pool: &Pool,
+    targets: &[RowTarget<'_>],
+    acts: &ActsCache,
+    n: usize,
+    scratch: &PerWorker<Vec<f32>>,
+) -> Result<(), ModelError> {
+    pool.try_run(|w: Worker<'_>| -> Result<(), ModelError> {
+        let node = w.node;
+        let total: usize = targets.iter().map(|t| t.m.shards[node].n_rows()).sum();
+        if total == 0 {
+            return Ok(());
+        }
+        let chunk = chunk_rows(total, w.threads_in_node, n);
+        // SAFETY: worker `w.index` is the only user of its scratch.
+        let scratch = unsafe { scratch.get(w.index) };
+        loop {
+            let start = w.claim() * chunk;
+            if start >= total {
+                return Ok(());
+            }
+            let end = (start + chunk).min(total);
+            // Map [start, end) of the concatenated row space to matrices.
+            let mut base = 0;
+            for t in targets {
+                let sh = &t.m.shards[node];
+                let r = sh.n_rows();
+                let (a, b) = (start.max(base), end.min(base + r));
+                if a < b && !sh.is_empty() {
+                    let qa = acts.get(t.m.format.activation_format())?;
+                    matmul_into(sh, t.m, a - base..b - base, qa, n, t.out, t.stride, sh.rows.start, scratch)?;
+                }
+                base += r;
+            }
+        }
+    })
+}
+
+/// `gate = silu(gate_m · x) * (up_m · x)` over each node's FFN rows.
+pub(crate) fn gate_up(
+    pool: &Pool,
+    gate_m: &ShardedMatrix,
+    up_m: &ShardedMatrix,
+    gate: SharedOut,
+    up: SharedOut,
+    acts: &ActsCache,
+    n: usize,
+    scratch: &PerWorker<Vec<f32>>,
+) -> Result<(), ModelError> {
+    let ffn = gate_m.rows;
+    pool.try_run(|w: Worker<'_>| -> Result<(), ModelError> {
+        let (gs, us) = (&gate_m.shards[w.node], &up_m.shards[w.node]);
+        let total = gs.n_rows();
+        if total == 0 || gs.is_empty() {
+            return Ok(());
+        }
+        let chunk = chunk_rows(total, w.threads_in_node, n);
+        // SAFETY: worker `w.index` is the only user of its scratch.
+        let scratch = unsafe { scratch.get(w.index) };
+        let (ga, ua) = (
+            acts.get(gate_m.format.activation_format())?,
+            acts.get(up_m.format.activation_format())?,
+        );
+        loop {
+            let start = w.claim() * chunk;
+            if start >= total {
+                return Ok(());
+            }
+            let local = start..(start + chunk).min(total);
+            matmul_into(gs, gate_m, local.clone(), ga, n, gate, ffn, gs.rows.start, scratch)?;
+            matmul_into(us, up_m, local.clone(), ua, n, up, ffn, us.rows.start, scratch)?;
+            for b in 0..n {
+                let off = b * ffn + gs.rows.start + local.start;
+                // SAFETY: this chunk's columns, written only by this worker.
+                let (g, u) = unsafe { (gate.slice(off, local.len()), up.slice(off, local.len())) };
+                crate::ops::silu_mul(g, u);
+            }
+        }
+    })
+}
+
+/// `partial[node] = m[:, cols of node] · x[:, cols of node]` for a
+/// column-split matrix (O, down): each node's partial sums over all rows.
+pub(crate) fn col_split(
+    pool: &Pool,
+    m: &ShardedMatrix,
+    node_acts: &[ActsCache],
+    partials: &[SharedOut],
+    n: usize,
+    scratch: &PerWorker<Vec<f32>>,
+) -> Result<(), ModelError> {
+    pool.try_run(|w: Worker<'_>| -> Result<(), ModelError> {
+        let sh = &m.shards[w.node];
+        if sh.is_empty() {
+            return Ok(());
+        }
+        let total = sh.n_rows();
+        let chunk = chunk_rows(total, w.threads_in_node, n);
+        let acts = node_acts[w.node].get(m.format.activation_format())?;
+        // SAFETY: worker `w.index` is the only user of its scratch.
+        let scratch = unsafe { scratch.get(w.index) };
+        loop {
+            let start = w.claim() * chunk;
+            if start >= total {
+                return Ok(());
+            }
+            let local = start..(start + chunk).min(total);
+            matmul_into(sh, m, local, acts, n, partials[w.node], m.rows, 0, scratch)?;
+        }
+    })
+}

@@ -1,0 +1,217 @@
+//! Buffers of a forward pass, kept between calls so that a decode step
+//! allocates nothing once the batch shape has been seen, and the two small
+//! wrappers that let pool workers write disjoint parts of a shared buffer.
+
+use std::cell::UnsafeCell;
+
+use tandem_kernels::{ActivationFormat, QuantizedActivations};
+
+use crate::ModelError;
+
+/// Activations quantized once per format, reused by every matrix that
+/// reads the same input.
+#[derive(Default)]
+pub(crate) struct ActsCache {
+    slots: Vec<(ActivationFormat, QuantizedActivations, bool)>,
+}
+
+impl ActsCache {
+    /// Marks the input as changed.
+    pub(crate) fn invalidate(&mut self) {
+        for s in &mut self.slots {
+            s.2 = false;
+        }
+    }
+
+    /// Quantizes `x` (`n` rows of `cols`) into `fmt` unless already done.
+    pub(crate) fn prepare(&mut self, fmt: ActivationFormat, x: &[f32], n: usize, cols: usize) -> Result<(), ModelError> {
+        let idx = match self.slots.iter().position(|s| s.0 == fmt) {
+            Some(i) => i,
+            None => {
+                self.slots.push((fmt, QuantizedActivations::new(fmt), false));
+                self.slots.len() - 1
+            }
+        };
+        let slot = &mut self.slots[idx];
+        if !slot.2 {
+            slot.1
+                .quantize(x, n, cols)
+                .map_err(|e| ModelError::Kernel(e.to_string()))?;
+            slot.2 = true;
+        }
+        Ok(())
+    }
+
+    /// The prepared activations in `fmt`.
+    pub(crate) fn get(&self, fmt: ActivationFormat) -> Result<&QuantizedActivations, ModelError> {
+        self.slots
+            .iter()
+            .find(|s| s.0 == fmt && s.2)
+            .map(|s| &s.1)
+            .ok_or_else(|| ModelError::Kernel(format!("activations in {fmt:?} not prepared")))
+    }
+}
+
+/// Per-forward buffers (token-major: row `i` of a `[n × d]` buffer is
+/// `buf[i*d..(i+1)*d]`).
+#[derive(Default)]
+pub(crate) struct Workspace {
+    pub rows: usize,
+    pub x: Vec<f32>,
+    pub xn: Vec<f32>,
+    pub q: Vec<f32>,
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
+    pub attn: Vec<f32>,
+    pub gate: Vec<f32>,
+    pub up: Vec<f32>,
+    /// Per node: partial sums `[n × hidden]` of column-split matrices.
+    pub partial: Vec<Vec<f32>>,
+    /// Gathered columns of one node before quantizing them.
+    pub gather: Vec<f32>,
+    /// Activations of the replicated input (normed x).
+    pub acts: ActsCache,
+    /// Per node: activations of that node's column slice.
+    pub node_acts: Vec<ActsCache>,
+    /// Per row: RoPE (sin, cos) table.
+    pub rope: Vec<(f32, f32)>,
+    /// Per row: (sequence, position).
+    pub row_seq: Vec<(usize, usize)>,
+    /// Rows whose logits are wanted.
+    pub logit_rows: Vec<usize>,
+    pub normed_out: Vec<f32>,
+    /// Per node: `partial` as shared outputs of the current run.
+    pub partial_outs: Vec<SharedOut>,
+    /// Per sequence: its cache as attention sees it.
+    pub seq_views: Vec<crate::attention::SeqView>,
+    /// Per worker scratch (matmul transposes, attention scores).
+    pub scratch: PerWorker<Vec<f32>>,
+}
+
+/// Grows `v` to `n` values (never shrinks; allocates only when growing).
+pub(crate) fn grow(v: &mut Vec<f32>, n: usize) {
+    if v.len() < n {
+        v.resize(n, 0.0);
+    }
+}
+
+/// Geometry the workspace must hold.
+pub(crate) struct Dims {
+    pub hidden: usize,
+    pub q_dim: usize,
+    pub kv_dim: usize,
+    pub ffn: usize,
+    pub rope_pairs: usize,
+    pub n_nodes: usize,
+    pub n_threads: usize,
+    pub scratch: usize,
+}
+
+impl Workspace {
+    pub(crate) fn ensure(&mut self, n: usize, d: &Dims) {
+        self.rows = n;
+        grow(&mut self.x, n * d.hidden);
+        grow(&mut self.xn, n * d.hidden);
+        grow(&mut self.q, n * d.q_dim);
+        grow(&mut self.k, n * d.kv_dim);
+        grow(&mut self.v, n * d.kv_dim);
+        grow(&mut self.attn, n * d.q_dim);
+        grow(&mut self.gate, n * d.ffn);
+        grow(&mut self.up, n * d.ffn);
+        grow(&mut self.gather, n * d.ffn.max(d.q_dim));
+        grow(&mut self.normed_out, n * d.hidden);
+        if self.partial.len() < d.n_nodes {
+            self.partial.resize_with(d.n_nodes, Vec::new);
+        }
+        for p in &mut self.partial {
+            grow(p, n * d.hidden);
+        }
+        if self.node_acts.len() < d.n_nodes {
+            self.node_acts.resize_with(d.n_nodes, ActsCache::default);
+        }
+        if self.rope.len() < n * d.rope_pairs {
+            self.rope.resize(n * d.rope_pairs, (0.0, 1.0));
+        }
+        if self.row_seq.capacity() < n {
+            self.row_seq.reserve(n - self.row_seq.len());
+        }
+        if self.partial_outs.capacity() < d.n_nodes {
+            self.partial_outs.reserve(d.n_nodes);
+        }
+        if self.logit_rows.capacity() < n {
+            self.logit_rows.reserve(n - self.logit_rows.len());
+        }
+        self.scratch.ensure(d.n_threads, d.scratch);
+    }
+}
+
+/// One value per pool worker, each touched only by its own worker.
+#[derive(Default)]
+pub(crate) struct PerWorker<T>(Vec<UnsafeCell<T>>);
+
+// SAFETY: worker `i` only ever accesses element `i` (see `get`).
+unsafe impl<T: Send> Sync for PerWorker<T> {}
+
+impl PerWorker<Vec<f32>> {
+    fn ensure(&mut self, n_workers: usize, len: usize) {
+        if self.0.len() < n_workers {
+            self.0.resize_with(n_workers, || UnsafeCell::new(Vec::new()));
+        }
+        for cell in &mut self.0 {
+            grow(cell.get_mut(), len);
+        }
+    }
+}
+
+impl<T> PerWorker<T> {
+    /// Worker `i`'s element.
+    ///
+    /// # Safety
+    /// Only worker `i` of the current pool run may call this with `i`, and
+    /// at most once at a time.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn get(&self, i: usize) -> &mut T {
+        &mut *self.0[i].get()
+    }
+}
+
+/// A buffer that pool workers write in disjoint parts.
+#[derive(Clone, Copy)]
+pub(crate) struct SharedOut {
+    ptr: *mut f32,
+    len: usize,
+}
+
+// SAFETY: writers promise disjoint ranges (see `slice`); the buffer
+// outlives the pool run it is used in.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    pub(crate) fn new(buf: &mut [f32]) -> SharedOut {
+        SharedOut {
+            ptr: buf.as_mut_ptr(),
+            len: buf.len(),
+        }
+    }
+
+    /// `buf[start..start+len]`.
+    ///
+    /// # Safety
+    /// No other worker may access any part of this range during the run,
+    /// and the underlying buffer must outlive the returned slice.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn slice(&self, start: usize, len: usize) -> &mut [f32] {
+        assert!(start + len <= self.len, "SharedOut range {start}+{len} outside {}", self.len);
+        std::slice::from_raw_parts_mut(self.ptr.add(start), len)
+    }
+
+    /// Writes one value.
+    ///
+    /// # Safety
+    /// As for [`slice`](SharedOut::slice), for the single element `i`.
+    pub(crate) unsafe fn write(&self, i: usize, v: f32) {
+        assert!(i < self.len, "SharedOut index {i} outside {}", self.len);
+        *self.ptr.add(i) = v;
+    }
+}
