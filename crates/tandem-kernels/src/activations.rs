@@ -139,8 +139,12 @@ impl QuantizedActivations {
             ActivationFormat::F16 => {
                 self.u16s.resize(total, 0);
                 match family {
-                    KernelFamily::Scalar => reference::quantize::f16_row(x, &mut self.u16s),
-                    KernelFamily::Avx2 => crate::avx2::quantize_f16(x, &mut self.u16s)?,
+                    KernelFamily::Scalar | KernelFamily::Neon => {
+                        reference::quantize::f16_row(x, &mut self.u16s)
+                    }
+                    KernelFamily::Avx2 | KernelFamily::Avx512 => {
+                        crate::avx2::quantize_f16(x, &mut self.u16s)?
+                    }
                 }
             }
             ActivationFormat::BF16 => {
@@ -161,13 +165,15 @@ impl QuantizedActivations {
                         &mut self.u16s,
                         &mut self.f32s,
                     ),
-                    (Q8_0Variant::X86, KernelFamily::Scalar) => reference::quantize::q8_0_x86(
-                        x,
-                        &mut self.qs,
-                        &mut self.u16s,
-                        &mut self.f32s,
-                    ),
-                    (Q8_0Variant::X86, KernelFamily::Avx2) => {
+                    (Q8_0Variant::X86, KernelFamily::Scalar | KernelFamily::Neon) => {
+                        reference::quantize::q8_0_x86(
+                            x,
+                            &mut self.qs,
+                            &mut self.u16s,
+                            &mut self.f32s,
+                        )
+                    }
+                    (Q8_0Variant::X86, KernelFamily::Avx2 | KernelFamily::Avx512) => {
                         crate::avx2::quantize_q8_0(x, &mut self.qs, &mut self.u16s, &mut self.f32s)?
                     }
                 }
@@ -178,10 +184,10 @@ impl QuantizedActivations {
                 self.f32s.resize(nb, 0.0);
                 self.bsums.resize(nb * (QK_K / 16), 0);
                 match family {
-                    KernelFamily::Scalar => {
+                    KernelFamily::Scalar | KernelFamily::Neon => {
                         reference::quantize::q8_k(x, &mut self.qs, &mut self.f32s, &mut self.bsums)
                     }
-                    KernelFamily::Avx2 => crate::avx2::quantize_q8_k(
+                    KernelFamily::Avx2 | KernelFamily::Avx512 => crate::avx2::quantize_q8_k(
                         x,
                         &mut self.qs,
                         &mut self.f32s,
