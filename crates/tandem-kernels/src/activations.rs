@@ -41,7 +41,8 @@ pub struct QuantizedActivations {
     q8_0_variant: Q8_0Variant,
     n_rows: usize,
     n_cols: usize,
-    /// F32: the values. Q8_0 / Q8_K: one scale per block (Q8_0: the f16 scale widened).
+    /// F32: the values. F16: the f16 values widened (exact). Q8_0 / Q8_K: one
+    /// scale per block (Q8_0: the f16 scale widened).
     f32s: Vec<f32>,
     /// F16 / BF16: the values. Q8_0: the f16 bits of each block scale.
     u16s: Vec<u16>,
@@ -146,6 +147,9 @@ impl QuantizedActivations {
                         crate::avx2::quantize_f16(x, &mut self.u16s)?
                     }
                 }
+                // widened copy (exact) for kernels that multiply in f32
+                self.f32s.clear();
+                self.f32s.extend(self.u16s.iter().map(|&h| f16_to_f32(h)));
             }
             ActivationFormat::BF16 => {
                 self.u16s.resize(total, 0);

@@ -27,28 +27,78 @@ fn mask32(n: usize) -> u32 {
     }
 }
 
-/// Shared tile body: `load(p, i, m)` widens up to 16 elements at element
-/// offset `i` of row pointer `p` under mask `m` (16 bits).
+/// An element type: how to widen up to 16 elements (static dispatch:
+/// closures would not inherit the target features and stay out of line).
+trait Widen {
+    type T: Copy;
+    const BYTES: usize;
+    /// `m`-masked elements at `p + i`, widened to f32 (masked-off lanes 0).
+    unsafe fn load(p: *const Self::T, i: usize, m: __mmask16) -> __m512;
+}
+
+struct F32;
+struct F16;
+struct Bf16;
+
+impl Widen for F32 {
+    type T = f32;
+    const BYTES: usize = 4;
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn load(p: *const f32, i: usize, m: __mmask16) -> __m512 {
+        _mm512_maskz_loadu_ps(m, p.add(i))
+    }
+}
+
+impl Widen for F16 {
+    type T = u16;
+    const BYTES: usize = 2;
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn load(p: *const u16, i: usize, m: __mmask16) -> __m512 {
+        _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p.add(i) as *const i16))
+    }
+}
+
+impl Widen for Bf16 {
+    type T = u16;
+    const BYTES: usize = 2;
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn load(p: *const u16, i: usize, m: __mmask16) -> __m512 {
+        let h = _mm256_maskz_loadu_epi16(m, p.add(i) as *const i16);
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+    }
+}
+
+/// Shared tile body.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn run<const R: usize, const N: usize, T: Copy>(
-    n: usize,
-    wrows: [*const T; R],
-    arows: [*const T; N],
-    out: &mut [f32],
-    n_b: usize,
+unsafe fn run<E: Widen, A: Widen, const R: usize, const N: usize>(
+    w: &[u8],
+    rb: usize,
+    acts: &QuantizedActivations,
     b0: usize,
-    load: impl Fn(*const T, usize, __mmask16) -> __m512,
+    out: &mut [f32],
+    arows: [*const A::T; N],
 ) {
+    assert_tile(w, rb, E::BYTES, R, acts, b0, N, out);
+    let n = rb / E::BYTES;
+    let mut wrows = [w.as_ptr() as *const E::T; R];
+    for (r, p) in wrows.iter_mut().enumerate() {
+        *p = w.as_ptr().add(r * rb) as *const E::T;
+    }
     let mut acc = [[[_mm512_setzero_ps(); 2]; N]; R];
     let np = n & !31;
     let mut i = 0;
     while i < np {
         for h in 0..2 {
-            let x: [__m512; R] = std::array::from_fn(|r| load(wrows[r], i + 16 * h, 0xFFFF));
+            let mut x = [_mm512_setzero_ps(); R];
+            for r in 0..R {
+                x[r] = E::load(wrows[r], i + 16 * h, 0xFFFF);
+            }
             for k in 0..N {
-                let y = load(arows[k], i + 16 * h, 0xFFFF);
+                let y = A::load(arows[k], i + 16 * h, 0xFFFF);
                 for r in 0..R {
                     acc[r][k][h] = _mm512_fmadd_ps(x[r], y, acc[r][k][h]);
                 }
@@ -63,20 +113,43 @@ unsafe fn run<const R: usize, const N: usize, T: Copy>(
             if mh == 0 {
                 break;
             }
-            let x: [__m512; R] = std::array::from_fn(|r| load(wrows[r], i + 16 * h, mh));
+            let mut x = [_mm512_setzero_ps(); R];
+            for r in 0..R {
+                x[r] = E::load(wrows[r], i + 16 * h, mh);
+            }
             for k in 0..N {
-                let y = load(arows[k], i + 16 * h, mh);
+                let y = A::load(arows[k], i + 16 * h, mh);
                 for r in 0..R {
                     acc[r][k][h] = _mm512_fmadd_ps(x[r], y, acc[r][k][h]);
                 }
             }
         }
     }
+    let n_b = acts.n_rows();
     for (r, acc) in acc.iter().enumerate() {
         for (k, a) in acc.iter().enumerate() {
             out[r * n_b + b0 + k] = hsum(_mm512_add_ps(a[0], a[1]));
         }
     }
+}
+
+/// Activation row pointers `b0..b0 + N` of the f32 values of an F32 buffer
+/// (or the widened values of an F16 one), each `n` long.
+fn f32_rows<const N: usize>(acts: &QuantizedActivations, b0: usize, n: usize) -> [*const f32; N] {
+    std::array::from_fn(|k| {
+        let a = acts.f32_row(b0 + k);
+        assert!(a.len() == n);
+        a.as_ptr()
+    })
+}
+
+/// Activation row pointers `b0..b0 + N` of an F16/BF16 buffer, each `n` long.
+fn u16_rows<const N: usize>(acts: &QuantizedActivations, b0: usize, n: usize) -> [*const u16; N] {
+    std::array::from_fn(|k| {
+        let a = acts.u16_row(b0 + k);
+        assert!(a.len() == n);
+        a.as_ptr()
+    })
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
@@ -87,18 +160,8 @@ pub(super) unsafe fn dot_f32<const R: usize, const N: usize>(
     b0: usize,
     out: &mut [f32],
 ) {
-    assert_tile(w, rb, 4, R, acts, b0, N, out);
-    let n = rb / 4;
-    let arows: [*const f32; N] = std::array::from_fn(|k| {
-        let a = acts.f32_row(b0 + k);
-        assert!(a.len() == n);
-        a.as_ptr()
-    });
-    // rows read with unaligned loads only
-    let wrows: [*const f32; R] = std::array::from_fn(|r| w.as_ptr().add(r * rb) as *const f32);
-    run::<R, N, f32>(n, wrows, arows, out, acts.n_rows(), b0, |p, i, m| {
-        _mm512_maskz_loadu_ps(m, p.add(i))
-    });
+    let arows = f32_rows::<N>(acts, b0, rb / 4);
+    run::<F32, F32, R, N>(w, rb, acts, b0, out, arows);
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
@@ -109,17 +172,10 @@ pub(super) unsafe fn dot_f16<const R: usize, const N: usize>(
     b0: usize,
     out: &mut [f32],
 ) {
-    assert_tile(w, rb, 2, R, acts, b0, N, out);
-    let n = rb / 2;
-    let arows: [*const u16; N] = std::array::from_fn(|k| {
-        let a = acts.u16_row(b0 + k);
-        assert!(a.len() == n);
-        a.as_ptr()
-    });
-    let wrows: [*const u16; R] = std::array::from_fn(|r| w.as_ptr().add(r * rb) as *const u16);
-    run::<R, N, u16>(n, wrows, arows, out, acts.n_rows(), b0, |p, i, m| {
-        _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p.add(i) as *const i16))
-    });
+    // the F16 buffer also holds the activations widened to f32 (exact):
+    // one conversion per weight instead of one per weight and activation row
+    let arows = f32_rows::<N>(acts, b0, rb / 2);
+    run::<F16, F32, R, N>(w, rb, acts, b0, out, arows);
 }
 
 /// BF16 without `vdpbf16ps`: widen (shift into the upper half) and `fma`.
@@ -131,18 +187,16 @@ pub(super) unsafe fn dot_bf16<const R: usize, const N: usize>(
     b0: usize,
     out: &mut [f32],
 ) {
-    assert_tile(w, rb, 2, R, acts, b0, N, out);
-    let n = rb / 2;
-    let arows: [*const u16; N] = std::array::from_fn(|k| {
-        let a = acts.u16_row(b0 + k);
-        assert!(a.len() == n);
-        a.as_ptr()
-    });
-    let wrows: [*const u16; R] = std::array::from_fn(|r| w.as_ptr().add(r * rb) as *const u16);
-    run::<R, N, u16>(n, wrows, arows, out, acts.n_rows(), b0, |p, i, m| {
-        let h = _mm256_maskz_loadu_epi16(m, p.add(i) as *const i16);
-        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
-    });
+    let arows = u16_rows::<N>(acts, b0, rb / 2);
+    run::<Bf16, Bf16, R, N>(w, rb, acts, b0, out, arows);
+}
+
+/// 32 masked bf16 at `p + i`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512bf16,avx2,fma,f16c")]
+unsafe fn load_bh(p: *const u16, i: usize, m: __mmask32) -> __m512bh {
+    // SAFETY (of the transmute): __m512bh and __m512i are both 64 plain bytes.
+    std::mem::transmute::<__m512i, __m512bh>(_mm512_maskz_loadu_epi16(m, p.add(i) as *const i16))
 }
 
 /// BF16 with `vdpbf16ps` (AVX512-BF16).
@@ -156,15 +210,12 @@ pub(super) unsafe fn dot_bf16_dp<const R: usize, const N: usize>(
 ) {
     assert_tile(w, rb, 2, R, acts, b0, N, out);
     let n = rb / 2;
-    let arows: [*const u16; N] = std::array::from_fn(|k| {
-        let a = acts.u16_row(b0 + k);
-        assert!(a.len() == n);
-        a.as_ptr()
-    });
-    let wrows: [*const u16; R] = std::array::from_fn(|r| w.as_ptr().add(r * rb) as *const u16);
-    let load = |p: *const u16, i: usize, m: __mmask32| -> __m512bh {
-        std::mem::transmute(_mm512_maskz_loadu_epi16(m, p.add(i) as *const i16))
-    };
+    let arows = u16_rows::<N>(acts, b0, n);
+    let mut wrows = [w.as_ptr() as *const u16; R];
+    for (r, p) in wrows.iter_mut().enumerate() {
+        *p = w.as_ptr().add(r * rb) as *const u16;
+    }
+    let zero: __m512bh = std::mem::transmute::<__m512i, __m512bh>(_mm512_setzero_si512());
     let mut acc = [[[_mm512_setzero_ps(); 2]; N]; R];
     let mut i = 0;
     while i < n {
@@ -174,9 +225,12 @@ pub(super) unsafe fn dot_bf16_dp<const R: usize, const N: usize>(
                 break;
             }
             let m = mask32(n - at);
-            let x: [__m512bh; R] = std::array::from_fn(|r| load(wrows[r], at, m));
+            let mut x = [zero; R];
+            for r in 0..R {
+                x[r] = load_bh(wrows[r], at, m);
+            }
             for k in 0..N {
-                let y = load(arows[k], at, m);
+                let y = load_bh(arows[k], at, m);
                 for r in 0..R {
                     acc[r][k][h] = _mm512_dpbf16_ps(acc[r][k][h], x[r], y);
                 }

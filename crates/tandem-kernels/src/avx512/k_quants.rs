@@ -84,7 +84,37 @@ unsafe fn scales_mins(blk: *const u8) -> ([__m512i; 2], __m256i) {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn nibbles(qs: *const u8, m4: __m512i) -> __m512i {
     let z = bcast256(qs);
-    _mm512_and_si512(_mm512_mask_srli_epi16::<4>(z, 0xFFFF_0000, z), m4)
+    // (a masked shift compiles to the slower variable-count vpsrlvw)
+    let z = _mm512_mask_blend_epi64(0xF0, z, _mm512_srli_epi16::<4>(z));
+    _mm512_and_si512(z, m4)
+}
+
+/// A K-quant format with 4-bit + optional 5th-bit quants (static dispatch:
+/// closures would not inherit the target features and stay out of line).
+trait KDecode {
+    const BYTES: usize;
+    unsafe fn decode(blk: *const u8) -> Block;
+}
+
+struct Q4K;
+struct Q5K;
+
+impl KDecode for Q4K {
+    const BYTES: usize = Q4_K_BYTES;
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn decode(blk: *const u8) -> Block {
+        decode_q4_k(blk)
+    }
+}
+
+impl KDecode for Q5K {
+    const BYTES: usize = Q5_K_BYTES;
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn decode(blk: *const u8) -> Block {
+        decode_q5_k(blk)
+    }
 }
 
 #[inline]
@@ -94,7 +124,12 @@ unsafe fn decode_q4_k(blk: *const u8) -> Block {
     let (scales, mins) = scales_mins(blk);
     let qs = blk.add(Q4_K_QS_OFF);
     Block {
-        q: std::array::from_fn(|j| nibbles(qs.add(32 * j), m4)),
+        q: [
+            nibbles(qs, m4),
+            nibbles(qs.add(32), m4),
+            nibbles(qs.add(64), m4),
+            nibbles(qs.add(96), m4),
+        ],
         scales,
         mins,
         d: f16_at(blk),
@@ -110,15 +145,17 @@ unsafe fn decode_q5_k(blk: *const u8) -> Block {
     let (scales, mins) = scales_mins(blk);
     let qs = blk.add(Q5_K_QS_OFF);
     let qh = bcast256(blk.add(Q5_K_QH_OFF));
+    let mut q = [m4; 4];
+    for (j, q) in q.iter_mut().enumerate() {
+        // weights 64j..64j+32 take bit 2j of qh, 64j+32..64j+64 bit 2j+1
+        let lo = (0x0101_0101_0101_0101u64 << (2 * j)) as i64;
+        let hi = (0x0202_0202_0202_0202u64 << (2 * j)) as i64;
+        let bits = _mm512_set_epi64(hi, hi, hi, hi, lo, lo, lo, lo);
+        let n = nibbles(qs.add(32 * j), m4);
+        *q = _mm512_mask_add_epi8(n, _mm512_test_epi8_mask(qh, bits), n, m16);
+    }
     Block {
-        q: std::array::from_fn(|j| {
-            // weights 64j..64j+32 take bit 2j of qh, 64j+32..64j+64 bit 2j+1
-            let lo = (0x0101_0101_0101_0101u64 << (2 * j)) as i64;
-            let hi = (0x0202_0202_0202_0202u64 << (2 * j)) as i64;
-            let bits = _mm512_set_epi64(hi, hi, hi, hi, lo, lo, lo, lo);
-            let q = nibbles(qs.add(32 * j), m4);
-            _mm512_mask_add_epi8(q, _mm512_test_epi8_mask(qh, bits), q, m16)
-        }),
+        q,
         scales,
         mins,
         d: f16_at(blk),
@@ -129,15 +166,14 @@ unsafe fn decode_q5_k(blk: *const u8) -> Block {
 /// Shared tile body for Q4_K and Q5_K.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn run<const R: usize, const N: usize>(
+unsafe fn run<K: KDecode, const R: usize, const N: usize>(
     w: &[u8],
     rb: usize,
-    block_bytes: usize,
     acts: &QuantizedActivations,
     b0: usize,
     out: &mut [f32],
-    decode: impl Fn(*const u8) -> Block,
 ) {
+    let block_bytes = K::BYTES;
     assert_tile(w, rb, block_bytes, R, acts, b0, N, out);
     let nb = rb / block_bytes;
     let ys = rows::<N>(acts, b0, nb);
@@ -145,10 +181,25 @@ unsafe fn run<const R: usize, const N: usize>(
     let zero = _mm512_setzero_si512();
     let mut acc = [[_mm512_setzero_ps(); N]; R];
     for i in 0..nb {
-        let x: [Block; R] = std::array::from_fn(|r| decode(wp.add(r * rb + i * block_bytes)));
+        let empty = Block {
+            q: [zero; 4],
+            scales: [zero; 2],
+            mins: _mm256_setzero_si256(),
+            d: 0.0,
+            dmin: 0.0,
+        };
+        let mut x = [empty; R];
+        for (r, x) in x.iter_mut().enumerate() {
+            *x = K::decode(wp.add(r * rb + i * block_bytes));
+        }
         for k in 0..N {
             let q8 = ys[k].qs.as_ptr().add(QK_K * i);
-            let y: [__m512i; 4] = std::array::from_fn(|j| load512(q8.add(64 * j)));
+            let y = [
+                load512(q8),
+                load512(q8.add(64)),
+                load512(q8.add(128)),
+                load512(q8.add(192)),
+            ];
             let bsums = load256(ys[k].bsums.as_ptr().add(16 * i));
             let yd = *ys[k].d.get_unchecked(i);
             for r in 0..R {
@@ -186,7 +237,7 @@ pub(super) unsafe fn dot_q4_k<const R: usize, const N: usize>(
     b0: usize,
     out: &mut [f32],
 ) {
-    run::<R, N>(w, rb, Q4_K_BYTES, acts, b0, out, |blk| decode_q4_k(blk));
+    run::<Q4K, R, N>(w, rb, acts, b0, out);
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
@@ -197,5 +248,5 @@ pub(super) unsafe fn dot_q5_k<const R: usize, const N: usize>(
     b0: usize,
     out: &mut [f32],
 ) {
-    run::<R, N>(w, rb, Q5_K_BYTES, acts, b0, out, |blk| decode_q5_k(blk));
+    run::<Q5K, R, N>(w, rb, acts, b0, out);
 }

@@ -61,22 +61,38 @@ unsafe fn pair_from(x: __m512i, dx: __m512) -> Pair {
     }
 }
 
-/// Shared inner loop: `decode(r, ib, tail)` gives the weight pair of row r at
-/// block `ib` (one block in lanes 0..8 when `tail`).
+/// A weight format with 32-weight blocks (static dispatch: closures would
+/// not inherit the target features and stay out of line).
+trait Legacy {
+    const BYTES: usize;
+    /// The pair of blocks at `blk` (one block in lanes 0..8 when `tail`).
+    unsafe fn decode(blk: *const u8, tail: bool, idx: __m512i) -> Pair;
+}
+
+/// Shared tile body.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn run<const R: usize, const N: usize>(
-    nb: usize,
-    ys: &[Q8Row<'_>; N],
-    decode: impl Fn(usize, usize, bool) -> Pair,
-) -> [[__m512; N]; R] {
+unsafe fn run<L: Legacy, const R: usize, const N: usize>(
+    w: &[u8],
+    rb: usize,
+    acts: &QuantizedActivations,
+    b0: usize,
+    out: &mut [f32],
+) {
+    assert_tile(w, rb, L::BYTES, R, acts, b0, N, out);
+    let nb = rb / L::BYTES;
+    let ys = rows::<N>(acts, b0, nb);
+    let wp = w.as_ptr();
     let idx = pair_idx();
     let zero = _mm512_setzero_si512();
     let mut acc = [[_mm512_setzero_ps(); N]; R];
     let mut ib = 0;
     while ib < nb {
         let tail = ib + 1 == nb;
-        let x: [Pair; R] = std::array::from_fn(|r| decode(r, ib, tail));
+        let mut x = [Pair { ax: zero, neg: 0, dx: _mm512_setzero_ps() }; R];
+        for (r, x) in x.iter_mut().enumerate() {
+            *x = L::decode(wp.add(r * rb + ib * L::BYTES), tail, idx);
+        }
         for k in 0..N {
             let qy = ys[k].qs.as_ptr().add(ib * QK8_0);
             let dyp = ys[k].d.as_ptr().add(ib);
@@ -97,20 +113,64 @@ unsafe fn run<const R: usize, const N: usize>(
         }
         ib += 2;
     }
-    acc
-}
-
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn store<const R: usize, const N: usize>(
-    acc: [[__m512; N]; R],
-    out: &mut [f32],
-    n_b: usize,
-    b0: usize,
-) {
+    let n_b = acts.n_rows();
     for (r, acc) in acc.iter().enumerate() {
         for (k, a) in acc.iter().enumerate() {
             out[r * n_b + b0 + k] = hsum(*a);
+        }
+    }
+}
+
+struct Q8_0;
+
+impl Legacy for Q8_0 {
+    const BYTES: usize = Q8_0_BYTES;
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn decode(blk: *const u8, tail: bool, idx: __m512i) -> Pair {
+        if tail {
+            let x = _mm512_zextsi256_si512(load256(blk.add(2)));
+            pair_from(x, _mm512_set1_ps(f16_at(blk)))
+        } else {
+            let nxt = blk.add(Q8_0_BYTES);
+            let x = _mm512_inserti64x4::<1>(
+                _mm512_castsi256_si512(load256(blk.add(2))),
+                load256(nxt.add(2)),
+            );
+            pair_from(x, scales_f16(blk, nxt, idx))
+        }
+    }
+}
+
+struct Q4_0;
+
+/// 128-bit lanes `[b0, b0 >> 4, b1, b1 >> 4]` of `t = [b0, b1, ..]`, masked
+/// and offset: low nibbles are weights 0..16 of a block, high nibbles 16..32.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn q4_0_nibbles(t: __m512i) -> __m512i {
+    let z = _mm512_shuffle_i64x2::<0b01_01_00_00>(t, t);
+    let z = _mm512_mask_srli_epi16::<4>(z, 0xFF00_FF00, z);
+    _mm512_sub_epi8(_mm512_and_si512(z, _mm512_set1_epi8(0xF)), _mm512_set1_epi8(8))
+}
+
+impl Legacy for Q4_0 {
+    const BYTES: usize = Q4_0_BYTES;
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn decode(blk: *const u8, tail: bool, idx: __m512i) -> Pair {
+        if tail {
+            let t = _mm512_zextsi128_si512(load128(blk.add(2)));
+            pair_from(q4_0_nibbles(t), _mm512_set1_ps(f16_at(blk)))
+        } else {
+            let nxt = blk.add(Q4_0_BYTES);
+            let t = _mm256_inserti128_si256::<1>(
+                _mm256_castsi128_si256(load128(blk.add(2))),
+                load128(nxt.add(2)),
+            );
+            pair_from(q4_0_nibbles(_mm512_castsi256_si512(t)), scales_f16(blk, nxt, idx))
         }
     }
 }
@@ -123,26 +183,7 @@ pub(super) unsafe fn dot_q8_0<const R: usize, const N: usize>(
     b0: usize,
     out: &mut [f32],
 ) {
-    assert_tile(w, rb, Q8_0_BYTES, R, acts, b0, N, out);
-    let nb = rb / Q8_0_BYTES;
-    let ys = rows::<N>(acts, b0, nb);
-    let wp = w.as_ptr();
-    let idx = pair_idx();
-    let acc = run::<R, N>(nb, &ys, |r, ib, tail| {
-        let blk = wp.add(r * rb + ib * Q8_0_BYTES);
-        if tail {
-            let x = _mm512_zextsi256_si512(load256(blk.add(2)));
-            pair_from(x, _mm512_set1_ps(f16_at(blk)))
-        } else {
-            let nxt = blk.add(Q8_0_BYTES);
-            let x = _mm512_inserti64x4::<1>(
-                _mm512_castsi256_si512(load256(blk.add(2))),
-                load256(nxt.add(2)),
-            );
-            pair_from(x, scales_f16(blk, nxt, idx))
-        }
-    });
-    store(acc, out, acts.n_rows(), b0);
+    run::<Q8_0, R, N>(w, rb, acts, b0, out);
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
@@ -153,33 +194,5 @@ pub(super) unsafe fn dot_q4_0<const R: usize, const N: usize>(
     b0: usize,
     out: &mut [f32],
 ) {
-    assert_tile(w, rb, Q4_0_BYTES, R, acts, b0, N, out);
-    let nb = rb / Q4_0_BYTES;
-    let ys = rows::<N>(acts, b0, nb);
-    let wp = w.as_ptr();
-    let idx = pair_idx();
-    let m4 = _mm512_set1_epi8(0xF);
-    let off = _mm512_set1_epi8(8);
-    // 128-bit lanes [b0, b0 >> 4, b1, b1 >> 4]: low nibbles are weights
-    // 0..16 of a block, high nibbles 16..32.
-    let nibbles = |t: __m512i| {
-        let z = _mm512_shuffle_i64x2::<0b01_01_00_00>(t, t);
-        let z = _mm512_mask_srli_epi16::<4>(z, 0xFF00_FF00, z);
-        _mm512_sub_epi8(_mm512_and_si512(z, m4), off)
-    };
-    let acc = run::<R, N>(nb, &ys, |r, ib, tail| {
-        let blk = wp.add(r * rb + ib * Q4_0_BYTES);
-        if tail {
-            let t = _mm512_zextsi128_si512(load128(blk.add(2)));
-            pair_from(nibbles(t), _mm512_set1_ps(f16_at(blk)))
-        } else {
-            let nxt = blk.add(Q4_0_BYTES);
-            let t = _mm256_inserti128_si256::<1>(
-                _mm256_castsi128_si256(load128(blk.add(2))),
-                load128(nxt.add(2)),
-            );
-            pair_from(nibbles(_mm512_castsi256_si512(t)), scales_f16(blk, nxt, idx))
-        }
-    });
-    store(acc, out, acts.n_rows(), b0);
+    run::<Q4_0, R, N>(w, rb, acts, b0, out);
 }

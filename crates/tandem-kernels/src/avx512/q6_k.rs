@@ -95,7 +95,12 @@ pub(super) unsafe fn dot_q6_k<const R: usize, const N: usize>(
         }
         for k in 0..N {
             let q8 = ys[k].qs.as_ptr().add(QK_K * i);
-            let y: [__m512i; 4] = std::array::from_fn(|j| load512(q8.add(64 * j)));
+            let y = [
+                load512(q8),
+                load512(q8.add(64)),
+                load512(q8.add(128)),
+                load512(q8.add(192)),
+            ];
             let bsums = load256(ys[k].bsums.as_ptr().add(16 * i));
             let yd = *ys[k].d.get_unchecked(i);
             for r in 0..R {
