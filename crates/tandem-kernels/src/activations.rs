@@ -119,7 +119,7 @@ impl QuantizedActivations {
             });
         }
         let block_len = self.format.block_len();
-        if n_cols % block_len != 0 {
+        if !n_cols.is_multiple_of(block_len) {
             return Err(KernelError::NotBlockAligned {
                 format: self.format.name(),
                 n_cols,

@@ -13,7 +13,7 @@
 //! | `scalar` | nothing | `reference` |
 //! | `avx2` | AVX2 + FMA + F16C | `avx2` |
 //! | `avx512` | the above + AVX-512 F/BW/VL + **VNNI** | `avx512` (BF16 dots use `vdpbf16ps` when AVX512-BF16 is present too) |
-//! | `neon` | AArch64 NEON | `neon` (integer dots use `sdot` when the `dotprod` feature is present, else the scalar code) |
+//! | `neon` | AArch64 NEON | `neon` (dedicated kernels not written yet: runs the scalar reference) |
 //!
 //! `avx512` requires VNNI because every quantized kernel is built on
 //! `vpdpbusd`; CPUs with AVX-512 but without VNNI (Skylake-X, Cascade Lake
@@ -36,7 +36,7 @@ pub enum Isa {
     Avx2,
     /// x86-64 AVX-512 (F, BW, VL, VNNI) on top of AVX2.
     Avx512,
-    /// AArch64 NEON (with `sdot` where the CPU has the `dotprod` feature).
+    /// AArch64 NEON; the `neon` family currently runs the scalar kernels.
     Neon,
 }
 
@@ -161,11 +161,6 @@ pub(crate) fn avx512_bf16_available() -> bool {
     *AVAILABLE.get_or_init(|| avx512_available() && is_x86_feature_detected!("avx512bf16"))
 }
 
-#[cfg(not(target_arch = "x86_64"))]
-pub(crate) fn avx512_bf16_available() -> bool {
-    false
-}
-
 #[cfg(target_arch = "aarch64")]
 pub(crate) fn neon_available() -> bool {
     std::arch::is_aarch64_feature_detected!("neon")
@@ -173,20 +168,6 @@ pub(crate) fn neon_available() -> bool {
 
 #[cfg(not(target_arch = "aarch64"))]
 pub(crate) fn neon_available() -> bool {
-    false
-}
-
-/// NEON plus the `dotprod` extension (`sdot`).
-#[cfg(target_arch = "aarch64")]
-pub(crate) fn neon_dotprod_available() -> bool {
-    static AVAILABLE: OnceLock<bool> = OnceLock::new();
-    *AVAILABLE.get_or_init(|| {
-        neon_available() && std::arch::is_aarch64_feature_detected!("dotprod")
-    })
-}
-
-#[cfg(not(target_arch = "aarch64"))]
-pub(crate) fn neon_dotprod_available() -> bool {
     false
 }
 

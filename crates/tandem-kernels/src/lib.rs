@@ -23,16 +23,17 @@
 //! | `reference` | scalar kernels mirroring ggml's generic C code (the oracle) |
 //! | `avx2` | AVX2+FMA+F16C kernels mirroring ggml's AVX2 code, tiled over activation rows |
 //! | `avx512` | AVX-512 VNNI (+BF16) kernels, tiled over weight rows and activation rows |
-//! | `neon` | AArch64 NEON kernels (`sdot` with the `dotprod` feature) |
+//! | `neon` | AArch64 NEON family (placeholder: runs the scalar reference) |
 //! | `isa` | [`Isa`] detection, `TANDEM_ISA` override, ISA → kernel family |
 //!
 //! ## Numerics
 //!
 //! For every (weight row, activation row) pair, the scalar kernels reproduce
 //! ggml's scalar `*_generic` functions and the AVX2 kernels reproduce ggml's
-//! AVX2 functions operation for operation. The AVX-512 and NEON families
-//! compute the same exact integer block sums and use their own, documented,
-//! fixed float accumulation order (see their module docs). In every family
+//! AVX2 functions operation for operation. The AVX-512 family computes the
+//! same exact integer block sums and uses its own, documented, fixed
+//! float accumulation order (see `avx512`'s module docs); the NEON family
+//! currently runs the scalar kernels. In every family
 //! the result for a pair is a function of that pair alone: it does not depend
 //! on B, on the row range, on the tile shape or on how rows are split across
 //! calls. Families differ from each other only by f32 reassociation.
@@ -127,7 +128,7 @@ pub fn matmul_rows_with(
 
 fn row_bytes(format: WeightFormat, n_cols: usize) -> Result<usize, KernelError> {
     format.row_bytes(n_cols).ok_or_else(|| {
-        if n_cols % format.block_len() != 0 {
+        if !n_cols.is_multiple_of(format.block_len()) {
             KernelError::NotBlockAligned {
                 format: format.name(),
                 n_cols,
@@ -167,7 +168,7 @@ fn validate(
             actual: acts.n_cols(),
         });
     }
-    if weights.len() % rb != 0 {
+    if !weights.len().is_multiple_of(rb) {
         return Err(KernelError::SizeMismatch {
             what: "weight bytes (a whole number of rows)",
             expected: weights.len() / rb * rb,

@@ -11,6 +11,9 @@
 //! `vdpbf16ps` flushes denormal inputs and outputs to zero (ggml's AVX512-BF16
 //! path does the same); the error is below 2^-126 per product.
 
+// Index loops run over the accumulator arrays and the loaded registers alike.
+#![allow(clippy::needless_range_loop)]
+
 use std::arch::x86_64::*;
 
 use super::assert_tile;

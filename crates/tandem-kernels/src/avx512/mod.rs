@@ -54,8 +54,10 @@ use crate::isa::avx512_bf16_available;
 use crate::{Isa, KernelError, QuantizedActivations, WeightFormat};
 
 /// Weight rows per tile (at most; see [`matmul`]).
+#[cfg(target_arch = "x86_64")]
 pub(crate) const ROW_TILE: usize = 2;
 /// Activation rows per tile.
+#[cfg(target_arch = "x86_64")]
 pub(crate) const ACT_TILE: usize = 4;
 
 #[cfg(target_arch = "x86_64")]
@@ -114,6 +116,7 @@ mod helpers {
 /// `b0..b0 + N` exist, `out` has R rows of B.
 #[cfg(target_arch = "x86_64")]
 #[inline]
+#[allow(clippy::too_many_arguments)]
 fn assert_tile(
     w: &[u8],
     rb: usize,
@@ -125,7 +128,7 @@ fn assert_tile(
     out: &[f32],
 ) {
     assert!(
-        rb % block_bytes == 0
+        rb.is_multiple_of(block_bytes)
             && w.len() == r * rb
             && b0 + n <= acts.n_rows()
             && out.len() == r * acts.n_rows()

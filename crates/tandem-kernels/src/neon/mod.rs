@@ -1,4 +1,12 @@
-//! AArch64 NEON kernels (placeholder: scalar reference until written).
+//! AArch64 NEON kernel family.
+//!
+//! Not written yet: the family exists so that [`Isa::Neon`] has its own
+//! dispatch slot (and its own column in the tests and the benchmark), but it
+//! runs the scalar reference kernels, so its results equal
+//! [`Isa::Scalar`]'s bit for bit. The plan for the real kernels: `sdot`
+//! (`vdotq_s32`) when the `dotprod` feature is detected at run time, tiled
+//! over weight rows and activation rows like `avx512`, with the scalar code
+//! as the fallback on CPUs without `dotprod`.
 
 use std::ops::Range;
 
