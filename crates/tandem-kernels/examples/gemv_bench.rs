@@ -1,13 +1,21 @@
 //! Rough single-thread matmul throughput (not a rigorous benchmark).
 //!
-//! `cargo run --release -p tandem-kernels --example gemv_bench [n_rows n_cols]`
+//! ```text
+//! cargo run --release -p tandem-kernels --example gemv_bench -- \
+//!     [n_rows n_cols] [--ms 250] [--formats Q4_K,Q8_0] [--isas avx2,avx512] [--batches 1,2,4,8,16]
+//! ```
 //!
 //! Multiplies an `n_rows × n_cols` weight matrix (default 8192 × 4096, larger
 //! than a typical L3 for Q8_0) by B activation rows and reports GB/s of weight
-//! bytes streamed and rows·B/s. Timings include nothing but `matmul_rows_with`.
-//! Two clocks: wall time, and (Linux) the thread's on-CPU time from
-//! `/proc/thread-self/schedstat`, which is less distorted on a shared machine
-//! (it still includes cache/bandwidth contention from other processes).
+//! bytes streamed. For each format it first measures a plain read loop over
+//! a buffer of the same size (the "read" line: what one thread can stream),
+//! then every ISA × B, all in the same run so the columns compare. `t8/t1`
+//! is the time of a B = 8 call over a B = 1 call.
+//!
+//! Clock: the thread's on-CPU time from `/proc/thread-self/schedstat`
+//! (Linux), which is less distorted on a shared machine than wall time (it
+//! still includes cache/bandwidth contention from other processes); wall
+//! time elsewhere.
 
 use std::time::{Duration, Instant};
 
@@ -57,78 +65,142 @@ fn cpu_ns() -> Option<u64> {
         .ok()
 }
 
-fn bench(
-    isa: Isa,
-    f: WeightFormat,
-    w: &[u8],
-    n_rows: usize,
-    n_cols: usize,
-    n_b: usize,
-    budget: Duration,
-) -> (f64, f64, f64) {
-    let x: Vec<f32> = (0..n_b * n_cols)
-        .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
-        .collect();
-    let mut q = QuantizedActivations::new(f.activation_format());
-    q.quantize_with(isa, &x, n_b, n_cols).unwrap();
-    let mut out = vec![0f32; n_rows * n_b];
-    matmul_rows_with(isa, f, w, n_cols, 0..n_rows, &q, &mut out).unwrap(); // warm-up
+/// Seconds per call of `f` (CPU time where available), after one warm-up.
+fn time_per_call(budget: Duration, mut f: impl FnMut()) -> f64 {
+    f();
     let start = Instant::now();
     let cpu0 = cpu_ns();
     let mut iters = 0u32;
     while start.elapsed() < budget || iters < 2 {
-        matmul_rows_with(isa, f, w, n_cols, 0..n_rows, &q, &mut out).unwrap();
+        f();
         iters += 1;
     }
-    let secs = start.elapsed().as_secs_f64() / f64::from(iters);
-    let cpu_secs = match (cpu0, cpu_ns()) {
+    let wall = start.elapsed().as_secs_f64();
+    match (cpu0, cpu_ns()) {
         (Some(a), Some(b)) => (b - a) as f64 / 1e9 / f64::from(iters),
-        _ => f64::NAN,
-    };
-    std::hint::black_box(&out);
-    (
-        w.len() as f64 / secs / 1e9,
-        w.len() as f64 / cpu_secs / 1e9,
-        (n_rows * n_b) as f64 / cpu_secs,
-    )
+        _ => wall / f64::from(iters),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn read_avx512(buf: &[u8]) -> u64 {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm512_setzero_si512(); 4];
+    let chunks = buf.chunks_exact(256);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (j, a) in acc.iter_mut().enumerate() {
+            // SAFETY: c has 256 bytes, the load reads bytes 64j..64j+64 unaligned.
+            let v = unsafe { _mm512_loadu_si512(c.as_ptr().add(64 * j) as *const __m512i) };
+            *a = _mm512_xor_si512(*a, v);
+        }
+    }
+    let x = _mm512_xor_si512(_mm512_xor_si512(acc[0], acc[1]), _mm512_xor_si512(acc[2], acc[3]));
+    let mut lanes = [0u64; 8];
+    // SAFETY: lanes is 64 bytes.
+    unsafe { _mm512_storeu_si512(lanes.as_mut_ptr() as *mut __m512i, x) };
+    lanes.iter().fold(0, |a, b| a ^ b) ^ rest.iter().map(|&b| u64::from(b)).sum::<u64>()
+}
+
+/// A plain read of `buf` (AVX-512 loads where available): the bandwidth
+/// reference.
+fn read_loop(buf: &[u8]) -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx512f") {
+        // SAFETY: feature checked.
+        return unsafe { read_avx512(buf) };
+    }
+    buf.chunks_exact(8)
+        .fold(0, |a, c| a ^ u64::from_le_bytes(c.try_into().unwrap()))
+}
+
+fn list_arg<'a>(args: &'a [String], name: &str) -> Option<Vec<&'a str>> {
+    let i = args.iter().position(|a| a == name)?;
+    Some(args.get(i + 1)?.split(',').collect())
 }
 
 fn main() {
-    let args: Vec<usize> = std::env::args()
-        .skip(1)
-        .filter_map(|a| a.parse().ok())
-        .collect();
-    let (n_rows, n_cols) = (
-        args.first().copied().unwrap_or(8192),
-        args.get(1).copied().unwrap_or(4096),
-    );
-    let fast = [Isa::Avx2]
-        .into_iter()
-        .find(|i| i.is_available())
-        .unwrap_or(Isa::Scalar);
-    println!("ROUGH single-thread numbers, {n_rows} x {n_cols} weights, kernels: {fast} (and scalar for B=1)");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut nums = args
+        .iter()
+        .take_while(|a| !a.starts_with("--"))
+        .filter_map(|a| a.parse::<usize>().ok());
+    let (n_rows, n_cols) = (nums.next().unwrap_or(8192), nums.next().unwrap_or(4096));
+    let ms = list_arg(&args, "--ms")
+        .and_then(|v| v[0].parse().ok())
+        .unwrap_or(250u64);
+    let budget = Duration::from_millis(ms);
+    let formats: Vec<WeightFormat> = match list_arg(&args, "--formats") {
+        Some(v) => WeightFormat::ALL
+            .into_iter()
+            .filter(|f| v.iter().any(|n| n.eq_ignore_ascii_case(f.name())))
+            .collect(),
+        None => vec![
+            WeightFormat::Q4_K,
+            WeightFormat::Q8_0,
+            WeightFormat::Q6_K,
+            WeightFormat::Q5_K,
+            WeightFormat::Q4_0,
+            WeightFormat::F16,
+            WeightFormat::BF16,
+            WeightFormat::F32,
+        ],
+    };
+    let isas: Vec<Isa> = match list_arg(&args, "--isas") {
+        Some(v) => v.iter().filter_map(|n| n.parse().ok()).collect(),
+        None => vec![Isa::Avx2, Isa::Avx512, Isa::Neon],
+    }
+    .into_iter()
+    .filter(|i| i.is_available())
+    .collect();
+    let batches: Vec<usize> = list_arg(&args, "--batches")
+        .map(|v| v.iter().filter_map(|n| n.parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 2, 4, 8, 16]);
+
     println!(
-        "{:<6} {:>7} {:>4} {:>7} {:>11} {:>11} {:>13}",
-        "format", "MB", "B", "isa", "GB/s(wall)", "GB/s(cpu)", "dots/cpu-s"
+        "ROUGH single-thread GB/s of weight bytes (CPU-time clock), {n_rows} x {n_cols} weights, {} ms per cell",
+        ms
     );
-    for f in [
-        WeightFormat::Q4_K,
-        WeightFormat::Q8_0,
-        WeightFormat::Q6_K,
-        WeightFormat::Q5_K,
-        WeightFormat::Q4_0,
-        WeightFormat::F16,
-    ] {
+    print!("{:<6} {:>7} {:<7}", "format", "MB", "isa");
+    for b in &batches {
+        print!(" {:>7}", format!("B={b}"));
+    }
+    println!(" {:>6}", "t8/t1");
+    for f in formats {
         let w = weights(f, n_rows, n_cols);
         let mb = w.len() as f64 / 1e6;
-        for (isa, n_b) in [(fast, 1), (fast, 4), (fast, 16), (Isa::Scalar, 1)] {
-            let budget = Duration::from_millis(if isa == Isa::Scalar { 300 } else { 700 });
-            let (wall, cpu, dots) = bench(isa, f, &w, n_rows, n_cols, n_b, budget);
-            println!(
-                "{:<6} {mb:>7.1} {n_b:>4} {:>7} {wall:>11.2} {cpu:>11.2} {dots:>13.3e}",
-                f.name(),
-                isa.name()
-            );
+        let t = time_per_call(budget, || {
+            std::hint::black_box(read_loop(std::hint::black_box(&w)));
+        });
+        println!(
+            "{:<6} {mb:>7.1} {:<7} {:>7.2}   (plain read loop, same bytes)",
+            f.name(),
+            "read",
+            w.len() as f64 / t / 1e9
+        );
+        for &isa in &isas {
+            print!("{:<6} {mb:>7.1} {:<7}", f.name(), isa.name());
+            let mut times = Vec::new();
+            for &n_b in &batches {
+                let x: Vec<f32> = (0..n_b * n_cols)
+                    .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+                    .collect();
+                let mut q = QuantizedActivations::new(f.activation_format());
+                q.quantize_with(isa, &x, n_b, n_cols).unwrap();
+                let mut out = vec![0f32; n_rows * n_b];
+                let t = time_per_call(budget, || {
+                    matmul_rows_with(isa, f, &w, n_cols, 0..n_rows, &q, &mut out).unwrap();
+                });
+                std::hint::black_box(&out);
+                times.push((n_b, t));
+                print!(" {:>7.2}", w.len() as f64 / t / 1e9);
+            }
+            let t_of = |b| times.iter().find(|(n, _)| *n == b).map(|(_, t)| *t);
+            match (t_of(1), t_of(8)) {
+                (Some(t1), Some(t8)) => println!(" {:>6.2}", t8 / t1),
+                _ => println!(),
+            }
         }
     }
 }

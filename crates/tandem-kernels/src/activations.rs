@@ -41,7 +41,8 @@ pub struct QuantizedActivations {
     q8_0_variant: Q8_0Variant,
     n_rows: usize,
     n_cols: usize,
-    /// F32: the values. Q8_0 / Q8_K: one scale per block (Q8_0: the f16 scale widened).
+    /// F32: the values. F16: the f16 values widened (exact). Q8_0 / Q8_K: one
+    /// scale per block (Q8_0: the f16 scale widened).
     f32s: Vec<f32>,
     /// F16 / BF16: the values. Q8_0: the f16 bits of each block scale.
     u16s: Vec<u16>,
@@ -118,7 +119,7 @@ impl QuantizedActivations {
             });
         }
         let block_len = self.format.block_len();
-        if n_cols % block_len != 0 {
+        if !n_cols.is_multiple_of(block_len) {
             return Err(KernelError::NotBlockAligned {
                 format: self.format.name(),
                 n_cols,
@@ -139,9 +140,16 @@ impl QuantizedActivations {
             ActivationFormat::F16 => {
                 self.u16s.resize(total, 0);
                 match family {
-                    KernelFamily::Scalar => reference::quantize::f16_row(x, &mut self.u16s),
-                    KernelFamily::Avx2 => crate::avx2::quantize_f16(x, &mut self.u16s)?,
+                    KernelFamily::Scalar | KernelFamily::Neon => {
+                        reference::quantize::f16_row(x, &mut self.u16s)
+                    }
+                    KernelFamily::Avx2 | KernelFamily::Avx512 => {
+                        crate::avx2::quantize_f16(x, &mut self.u16s)?
+                    }
                 }
+                // widened copy (exact) for kernels that multiply in f32
+                self.f32s.clear();
+                self.f32s.extend(self.u16s.iter().map(|&h| f16_to_f32(h)));
             }
             ActivationFormat::BF16 => {
                 self.u16s.resize(total, 0);
@@ -161,13 +169,15 @@ impl QuantizedActivations {
                         &mut self.u16s,
                         &mut self.f32s,
                     ),
-                    (Q8_0Variant::X86, KernelFamily::Scalar) => reference::quantize::q8_0_x86(
-                        x,
-                        &mut self.qs,
-                        &mut self.u16s,
-                        &mut self.f32s,
-                    ),
-                    (Q8_0Variant::X86, KernelFamily::Avx2) => {
+                    (Q8_0Variant::X86, KernelFamily::Scalar | KernelFamily::Neon) => {
+                        reference::quantize::q8_0_x86(
+                            x,
+                            &mut self.qs,
+                            &mut self.u16s,
+                            &mut self.f32s,
+                        )
+                    }
+                    (Q8_0Variant::X86, KernelFamily::Avx2 | KernelFamily::Avx512) => {
                         crate::avx2::quantize_q8_0(x, &mut self.qs, &mut self.u16s, &mut self.f32s)?
                     }
                 }
@@ -178,10 +188,10 @@ impl QuantizedActivations {
                 self.f32s.resize(nb, 0.0);
                 self.bsums.resize(nb * (QK_K / 16), 0);
                 match family {
-                    KernelFamily::Scalar => {
+                    KernelFamily::Scalar | KernelFamily::Neon => {
                         reference::quantize::q8_k(x, &mut self.qs, &mut self.f32s, &mut self.bsums)
                     }
-                    KernelFamily::Avx2 => crate::avx2::quantize_q8_k(
+                    KernelFamily::Avx2 | KernelFamily::Avx512 => crate::avx2::quantize_q8_k(
                         x,
                         &mut self.qs,
                         &mut self.f32s,

@@ -85,7 +85,7 @@ impl WeightFormat {
     /// Bytes taken by a row of `n_cols` weights; `None` when `n_cols` is not a
     /// multiple of [`block_len`](Self::block_len) or the size overflows.
     pub fn row_bytes(self, n_cols: usize) -> Option<usize> {
-        if n_cols % self.block_len() != 0 {
+        if !n_cols.is_multiple_of(self.block_len()) {
             return None;
         }
         (n_cols / self.block_len()).checked_mul(self.block_bytes())

@@ -6,9 +6,20 @@
 //! lacks the requested ISA.
 //!
 //! Kernel families: an [`Isa`] names what the CPU can do, [`Isa::kernels`]
-//! names the code that actually runs. AVX-512 and NEON kernels are not written
-//! yet: `Avx512` runs the AVX2 kernels and `Neon` the scalar reference. To add
-//! them, create `src/avx512/` (or `src/neon/`) mirroring `src/avx2/`, add a
+//! names the code that actually runs (one [`KernelFamily`] per ISA):
+//!
+//! | ISA | needs | family |
+//! | --- | --- | --- |
+//! | `scalar` | nothing | `reference` |
+//! | `avx2` | AVX2 + FMA + F16C | `avx2` |
+//! | `avx512` | the above + AVX-512 F/BW/VL + **VNNI** | `avx512` (BF16 dots use `vdpbf16ps` when AVX512-BF16 is present too) |
+//! | `neon` | AArch64 NEON | `neon` (dedicated kernels not written yet: runs the scalar reference) |
+//!
+//! `avx512` requires VNNI because every quantized kernel is built on
+//! `vpdpbusd`; CPUs with AVX-512 but without VNNI (Skylake-X, Cascade Lake
+//! before VNNI parts) report `avx512` unavailable and pick `avx2`.
+//!
+//! To add a family, create `src/<family>/` mirroring `src/avx2/`, add a
 //! [`KernelFamily`] variant and route it in `matmul_rows_with` and
 //! `QuantizedActivations::quantize_with`.
 
@@ -23,9 +34,9 @@ pub enum Isa {
     Scalar,
     /// x86-64 AVX2 + FMA + F16C.
     Avx2,
-    /// x86-64 AVX-512 (F, BW, VL) on top of AVX2; currently runs the AVX2 kernels.
+    /// x86-64 AVX-512 (F, BW, VL, VNNI) on top of AVX2.
     Avx512,
-    /// AArch64 NEON; currently runs the scalar kernels.
+    /// AArch64 NEON; the `neon` family currently runs the scalar kernels.
     Neon,
 }
 
@@ -36,6 +47,10 @@ pub enum KernelFamily {
     Scalar,
     /// `avx2` module.
     Avx2,
+    /// `avx512` module.
+    Avx512,
+    /// `neon` module.
+    Neon,
 }
 
 impl Isa {
@@ -65,8 +80,10 @@ impl Isa {
     /// The kernel code that runs for this ISA today.
     pub fn kernels(self) -> KernelFamily {
         match self {
-            Isa::Scalar | Isa::Neon => KernelFamily::Scalar,
-            Isa::Avx2 | Isa::Avx512 => KernelFamily::Avx2,
+            Isa::Scalar => KernelFamily::Scalar,
+            Isa::Avx2 => KernelFamily::Avx2,
+            Isa::Avx512 => KernelFamily::Avx512,
+            Isa::Neon => KernelFamily::Neon,
         }
     }
 
@@ -119,26 +136,38 @@ pub(crate) fn avx2_available() -> bool {
     false
 }
 
+/// AVX-512 F/BW/VL/VNNI (plus everything [`avx2_available`] needs).
 #[cfg(target_arch = "x86_64")]
-fn avx512_available() -> bool {
-    avx2_available()
-        && is_x86_feature_detected!("avx512f")
-        && is_x86_feature_detected!("avx512bw")
-        && is_x86_feature_detected!("avx512vl")
+pub(crate) fn avx512_available() -> bool {
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        avx2_available()
+            && is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512vnni")
+    })
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn avx512_available() -> bool {
+pub(crate) fn avx512_available() -> bool {
     false
 }
 
+/// AVX512-BF16 (`vdpbf16ps`) on top of [`avx512_available`].
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn avx512_bf16_available() -> bool {
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    *AVAILABLE.get_or_init(|| avx512_available() && is_x86_feature_detected!("avx512bf16"))
+}
+
 #[cfg(target_arch = "aarch64")]
-fn neon_available() -> bool {
+pub(crate) fn neon_available() -> bool {
     std::arch::is_aarch64_feature_detected!("neon")
 }
 
 #[cfg(not(target_arch = "aarch64"))]
-fn neon_available() -> bool {
+pub(crate) fn neon_available() -> bool {
     false
 }
 

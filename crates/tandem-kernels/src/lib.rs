@@ -22,26 +22,31 @@
 //! | `activations` | [`QuantizedActivations`] |
 //! | `reference` | scalar kernels mirroring ggml's generic C code (the oracle) |
 //! | `avx2` | AVX2+FMA+F16C kernels mirroring ggml's AVX2 code, tiled over activation rows |
-//! | `isa` | [`Isa`] detection, `TANDEM_ISA` override |
-//!
-//! AVX-512 and NEON kernels are a later job: [`Isa::Avx512`] runs the AVX2
-//! kernels and [`Isa::Neon`] the scalar ones (see `isa` for how to add them).
+//! | `avx512` | AVX-512 VNNI (+BF16) kernels, tiled over weight rows and activation rows |
+//! | `neon` | AArch64 NEON family (placeholder: runs the scalar reference) |
+//! | `isa` | [`Isa`] detection, `TANDEM_ISA` override, ISA → kernel family |
 //!
 //! ## Numerics
 //!
 //! For every (weight row, activation row) pair, the scalar kernels reproduce
 //! ggml's scalar `*_generic` functions and the AVX2 kernels reproduce ggml's
-//! AVX2 functions operation for operation; results do not depend on B, on the
-//! row range, or on how rows are split across calls. The two families differ
-//! only by f32 reassociation (their integer sums are identical).
+//! AVX2 functions operation for operation. The AVX-512 family computes the
+//! same exact integer block sums and uses its own, documented, fixed
+//! float accumulation order (see `avx512`'s module docs); the NEON family
+//! currently runs the scalar kernels. In every family
+//! the result for a pair is a function of that pair alone: it does not depend
+//! on B, on the row range, on the tile shape or on how rows are split across
+//! calls. Families differ from each other only by f32 reassociation.
 
 mod activations;
 mod avx2;
+mod avx512;
 mod blocks;
 pub mod convert;
 mod error;
 mod format;
 mod isa;
+mod neon;
 mod reference;
 
 #[cfg(test)]
@@ -116,12 +121,14 @@ pub fn matmul_rows_with(
             Ok(())
         }
         KernelFamily::Avx2 => avx2::matmul(format, weights, rb, rows, acts, out),
+        KernelFamily::Avx512 => avx512::matmul(format, weights, rb, rows, acts, out),
+        KernelFamily::Neon => neon::matmul(format, weights, rb, rows, acts, out),
     }
 }
 
 fn row_bytes(format: WeightFormat, n_cols: usize) -> Result<usize, KernelError> {
     format.row_bytes(n_cols).ok_or_else(|| {
-        if n_cols % format.block_len() != 0 {
+        if !n_cols.is_multiple_of(format.block_len()) {
             KernelError::NotBlockAligned {
                 format: format.name(),
                 n_cols,
@@ -161,7 +168,7 @@ fn validate(
             actual: acts.n_cols(),
         });
     }
-    if weights.len() % rb != 0 {
+    if !weights.len().is_multiple_of(rb) {
         return Err(KernelError::SizeMismatch {
             what: "weight bytes (a whole number of rows)",
             expected: weights.len() / rb * rb,

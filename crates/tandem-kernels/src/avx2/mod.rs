@@ -29,10 +29,12 @@ mod quantize;
 
 use std::ops::Range;
 
+#[cfg(target_arch = "x86_64")]
 use crate::isa::avx2_available;
 use crate::{Isa, KernelError, QuantizedActivations, WeightFormat};
 
 /// Activation rows handled per pass over a weight row.
+#[cfg(target_arch = "x86_64")]
 pub(crate) const TILE: usize = 4;
 
 #[cfg(target_arch = "x86_64")]

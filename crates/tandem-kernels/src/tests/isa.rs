@@ -27,7 +27,7 @@ fn override_resolution() {
 fn kernel_families() {
     assert_eq!(Isa::Scalar.kernels(), KernelFamily::Scalar);
     assert_eq!(Isa::Avx2.kernels(), KernelFamily::Avx2);
-    assert_eq!(Isa::Avx512.kernels(), KernelFamily::Avx2);
-    assert_eq!(Isa::Neon.kernels(), KernelFamily::Scalar);
+    assert_eq!(Isa::Avx512.kernels(), KernelFamily::Avx512);
+    assert_eq!(Isa::Neon.kernels(), KernelFamily::Neon);
     assert!(Isa::best_available().is_available());
 }

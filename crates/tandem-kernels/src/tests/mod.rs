@@ -1,17 +1,17 @@
 //! Unit tests that need crate internals (the per-ISA kernels and
 //! quantizers). Fixture and public-API tests live in `tests/`.
 //!
-//! Tolerance used when comparing the AVX2 kernels with the scalar reference
-//! (see [`tolerance`]): both compute the same exact integer block sums and
+//! Tolerance used when comparing the SIMD kernels with the scalar reference
+//! (see [`tolerance`]): all compute the same exact integer block sums and
 //! differ only in the order of f32 roundings, so
-//! `|avx2 - ref| <= 2^-23 * (n/32 + 16) * Σ|w_i|·|a_i|`, where `Σ|w_i|·|a_i|`
+//! `|simd - ref| <= 2^-23 * (n/32 + 16) * Σ|w_i|·|a_i|`, where `Σ|w_i|·|a_i|`
 //! bounds every partial sum either order can form (for Q4_K/Q5_K `|w_i|` is
 //! split as `|d·sc·q| + |dmin·m|`) and `n/32 + 16` bounds the number of
 //! rounded operations on any path. The integer parts are additionally
 //! checked *exactly* by `exact_*` tests whose scales are powers of two and
 //! whose sums stay below 2^24, where any accumulation order is exact.
 
-mod avx2_vs_reference;
+mod simd_vs_reference;
 mod isa;
 mod quantize;
 mod reference;
@@ -221,7 +221,7 @@ pub(crate) fn magnitude(f: WeightFormat, w: &[u8], acts: &QuantizedActivations, 
         .sum()
 }
 
-/// Allowed |avx2 - reference| difference, see the module docs.
+/// Allowed |simd - reference| difference, see the module docs.
 pub(crate) fn tolerance(n_cols: usize, mag: f64) -> f64 {
     2f64.powi(-23) * (n_cols as f64 / 32.0 + 16.0) * mag + 1e-30
 }

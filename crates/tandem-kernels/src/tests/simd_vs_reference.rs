@@ -1,18 +1,25 @@
-//! Every AVX2 kernel against the scalar reference: random inputs, edge cases
-//! (odd row counts, `rows.start != 0`, B = 1..=16, all-zero blocks, tiny and
-//! huge scales, maximum-magnitude quants and activations), exact-arithmetic
-//! cases that must match bit for bit, and independence from B and row range.
+//! Every SIMD kernel family (AVX2, AVX-512, NEON) against the scalar
+//! reference: random inputs, edge cases (odd row counts, `rows.start != 0`,
+//! B = 1..=16, all-zero blocks, tiny and huge scales, maximum-magnitude
+//! quants and activations), exact-arithmetic cases that must match bit for
+//! bit, and independence from B, tiles and row range. Families the CPU lacks
+//! are skipped with a note.
 
 use super::*;
 use crate::{matmul_rows_with, Isa};
 
-fn avx2_or_skip(test: &str) -> bool {
-    if Isa::Avx2.is_available() {
-        true
-    } else {
-        eprintln!("note: {test}: skipped, this CPU lacks AVX2+FMA+F16C");
-        false
-    }
+/// The SIMD ISAs this CPU can run (notes the ones skipped).
+fn simd_isas(test: &str) -> Vec<Isa> {
+    [Isa::Avx2, Isa::Avx512, Isa::Neon]
+        .into_iter()
+        .filter(|isa| {
+            let ok = isa.is_available();
+            if !ok {
+                eprintln!("note: {test}: {isa} skipped, this CPU lacks it");
+            }
+            ok
+        })
+        .collect()
 }
 
 fn cols_for(f: WeightFormat) -> &'static [usize] {
@@ -49,8 +56,10 @@ fn run(
     out
 }
 
-/// Compare AVX2 and scalar on one configuration, within [`tolerance`].
+/// Compare a SIMD family and scalar on one configuration, within [`tolerance`].
+#[allow(clippy::too_many_arguments)]
 fn check_close(
+    isa: Isa,
     f: WeightFormat,
     n_rows: usize,
     n_cols: usize,
@@ -65,7 +74,7 @@ fn check_close(
     let q = quantize(f, Isa::Scalar, &x, n_b, n_cols);
     let start = n_rows / 3;
     let rows = start..n_rows;
-    let got = run(Isa::Avx2, f, &w, n_cols, rows.clone(), &q);
+    let got = run(isa, f, &w, n_cols, rows.clone(), &q);
     let want = run(Isa::Scalar, f, &w, n_cols, rows.clone(), &q);
     let rb = f.row_bytes(n_cols).unwrap();
     for (i, r) in rows.enumerate() {
@@ -75,33 +84,35 @@ fn check_close(
             let tol = tolerance(n_cols, magnitude(f, wr, &q, b));
             assert!(
                 g.is_finite() && e.is_finite() && f64::from((g - e).abs()) <= tol,
-                "{f} {s:?} {a:?} n_cols={n_cols} row={r} b={b}: avx2 {g} vs ref {e} (tol {tol:e})"
+                "{isa} {f} {s:?} {a:?} n_cols={n_cols} n_b={n_b} row={r} b={b}: {g} vs ref {e} (tol {tol:e})"
             );
         }
     }
 }
 
 #[test]
-fn avx2_matches_reference_random() {
-    if !avx2_or_skip("avx2_matches_reference_random") {
-        return;
-    }
-    let mut seed = 1;
-    for f in WeightFormat::ALL {
-        for &n_cols in cols_for(f) {
-            for n_b in [1, 2, 3, 4, 5, 7, 8, 13, 16] {
-                seed += 1;
-                check_close(f, 5, n_cols, n_b, Scales::Normal, Acts::Normal, seed);
+fn simd_matches_reference_random() {
+    for isa in simd_isas("simd_matches_reference_random") {
+        let mut seed = 1;
+        for f in WeightFormat::ALL {
+            for &n_cols in cols_for(f) {
+                for (n_rows, n_b) in [(5, 1), (6, 2), (5, 3), (7, 4), (5, 5), (4, 7), (5, 8), (3, 13), (5, 16)] {
+                    seed += 1;
+                    check_close(isa, f, n_rows, n_cols, n_b, Scales::Normal, Acts::Normal, seed);
+                }
             }
         }
     }
 }
 
 #[test]
-fn avx2_matches_reference_edge_cases() {
-    if !avx2_or_skip("avx2_matches_reference_edge_cases") {
-        return;
+fn simd_matches_reference_edge_cases() {
+    for isa in simd_isas("simd_matches_reference_edge_cases") {
+        edge_cases(isa);
     }
+}
+
+fn edge_cases(isa: Isa) {
     let cases = [
         (Scales::ZeroBlocks, Acts::Normal),
         (Scales::Normal, Acts::Zero),
@@ -119,28 +130,33 @@ fn avx2_matches_reference_edge_cases() {
         for (s, a) in cases {
             for n_b in [1, 3, 16] {
                 seed += 1;
-                check_close(f, 3, n_cols, n_b, s, a, seed);
+                check_close(isa, f, 3, n_cols, n_b, s, a, seed);
+                check_close(isa, f, 4, cols_for(f)[0], n_b, s, a, seed);
             }
         }
     }
 }
 
 /// Powers-of-two scales and sums below 2^24: every accumulation order is
-/// exact, so AVX2, reference and an i64 ground truth agree bit for bit.
+/// exact, so each SIMD family, the reference and an f64 ground truth agree
+/// bit for bit.
 #[test]
 fn exact_arithmetic_is_bit_identical() {
-    if !avx2_or_skip("exact_arithmetic_is_bit_identical") {
-        return;
+    for isa in simd_isas("exact_arithmetic_is_bit_identical") {
+        exact_arithmetic(isa);
     }
+}
+
+fn exact_arithmetic(simd: Isa) {
     let n_cols = 512;
     for (seed, f) in WeightFormat::ALL.into_iter().enumerate() {
         let mut r = rng(77 + seed as u64);
         let n_rows = 3;
         let w = random_weights(&mut r, f, n_rows, n_cols, Scales::Exact);
         let x = random_acts(&mut r, 6, n_cols, Acts::Exact);
-        for isa in [Isa::Scalar, Isa::Avx2] {
+        for isa in [Isa::Scalar, simd] {
             let q = quantize(f, isa, &x, 6, n_cols);
-            let got = run(Isa::Avx2, f, &w, n_cols, 0..n_rows, &q);
+            let got = run(simd, f, &w, n_cols, 0..n_rows, &q);
             let want = run(Isa::Scalar, f, &w, n_cols, 0..n_rows, &q);
             // ground truth in f64 from the dequantized values (all exact here)
             let rb = f.row_bytes(n_cols).unwrap();
@@ -159,7 +175,7 @@ fn exact_arithmetic_is_bit_identical() {
                     assert_eq!(
                         g.to_bits(),
                         e.to_bits(),
-                        "{f} row {row} b {b}: avx2 {g} ref {e}"
+                        "{simd} {f} row {row} b {b}: {g} ref {e}"
                     );
                     assert_eq!(
                         f64::from(e),
@@ -173,14 +189,13 @@ fn exact_arithmetic_is_bit_identical() {
 }
 
 /// Results are independent of B, of tiling and of the row range: the
-/// B = 16 product equals 16 separate B = 1 products and sub-ranges equal
-/// slices of the full product, bit for bit, for both kernel families.
+/// B = 16 product equals 16 separate B = 1 products, every B in 1..=16 gives
+/// the same values as the matching B = 16 columns, and sub-ranges equal
+/// slices of the full product, bit for bit, for every kernel family.
 #[test]
 fn results_independent_of_batch_and_row_range() {
-    let isas: Vec<Isa> = [Isa::Scalar, Isa::Avx2]
-        .into_iter()
-        .filter(|i| i.is_available())
-        .collect();
+    let mut isas = vec![Isa::Scalar];
+    isas.extend(simd_isas("results_independent_of_batch_and_row_range"));
     for (seed, f) in WeightFormat::ALL.into_iter().enumerate() {
         let n_cols = cols_for(f)[cols_for(f).len() / 2];
         let n_rows = 7;
@@ -201,7 +216,20 @@ fn results_independent_of_batch_and_row_range() {
                     );
                 }
             }
-            for (a, e) in [(0, 1), (3, 7), (2, 5), (6, 7), (4, 4)] {
+            for n_b in 1..16 {
+                let qn = quantize(f, isa, &x[..n_b * n_cols], n_b, n_cols);
+                let part = run(isa, f, &w, n_cols, 1..n_rows, &qn);
+                for row in 1..n_rows {
+                    for b in 0..n_b {
+                        assert_eq!(
+                            part[(row - 1) * n_b + b].to_bits(),
+                            full[row * 16 + b].to_bits(),
+                            "{f} {isa} B={n_b} row {row} b {b}"
+                        );
+                    }
+                }
+            }
+            for (a, e) in [(0, 1), (3, 7), (2, 5), (6, 7), (4, 4), (1, 4), (0, 7)] {
                 let part = run(isa, f, &w, n_cols, a..e, &q);
                 assert_eq!(
                     part,
@@ -211,21 +239,4 @@ fn results_independent_of_batch_and_row_range() {
             }
         }
     }
-}
-
-#[test]
-fn avx512_runs_the_avx2_kernels() {
-    if !Isa::Avx512.is_available() {
-        eprintln!("note: avx512_runs_the_avx2_kernels: skipped, this CPU lacks AVX-512");
-        return;
-    }
-    let f = WeightFormat::Q4_K;
-    let mut r = rng(9);
-    let w = random_weights(&mut r, f, 4, 512, Scales::Normal);
-    let x = random_acts(&mut r, 3, 512, Acts::Normal);
-    let q = quantize(f, Isa::Avx512, &x, 3, 512);
-    assert_eq!(
-        run(Isa::Avx512, f, &w, 512, 0..4, &q),
-        run(Isa::Avx2, f, &w, 512, 0..4, &q)
-    );
 }

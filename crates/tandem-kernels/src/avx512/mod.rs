@@ -1,0 +1,230 @@
+//! AVX-512 kernels (x86-64: F, BW, VL, VNNI; BF16 where present).
+//!
+//! Why a separate family rather than wider AVX2 code: the AVX2 ports spend
+//! most of their time widening and re-multiplying integers (`maddubs` +
+//! `madd` + sign tricks) and decode every weight block once per activation
+//! row, so they are compute bound well below memory bandwidth and batching
+//! barely helps. Here:
+//!
+//! * products are summed with `vpdpbusd` (u8 × i8 → i32, 64 bytes at a time);
+//!   per-sub-block scales are applied with `vpackssdw` + `vpdpwssd` (the
+//!   dpbusd lanes of one sub-block fit in i16 exactly, see each file);
+//! * every call is *tiled over weight rows and activation rows*: a tile of
+//!   [`ROW_TILE`] weight rows × up to [`ACT_TILE`] activation rows decodes
+//!   each weight block once into registers and uses it against every
+//!   activation row of the tile (the activation loads and scale
+//!   permutations are shared by the weight rows).
+//!
+//! ## Numerics
+//!
+//! Integer block sums are exact (they equal ggml's integer sums; no
+//! saturation is possible, bounds are in each file). Float accumulation is
+//! this family's own, fixed per (weight row, activation row) pair:
+//! one 16-lane f32 accumulator per pair, updated block by block in row order
+//! (`acc = fma(f32(lane sums), scale, acc)`), then reduced by [`hsum`]'s fixed
+//! tree. Tile shape, B and the row range only decide *which* pairs a call
+//! computes, never the operations applied to a pair, so results do not
+//! depend on them (tested bit for bit). Against ggml / the scalar reference
+//! the results differ by f32 reassociation only.
+//!
+//! Files: [`legacy`] (Q8_0, Q4_0), [`k_quants`] (Q4_K, Q5_K), [`q6_k`],
+//! [`float`] (F32, F16, BF16). Activations are quantized with the AVX2
+//! quantizers (bit-identical to the scalar ones).
+//!
+//! Safety: every `unsafe fn` here carries `#[target_feature]` with at least
+//! the [`avx512_available`] set; [`matmul`] checks availability first (and
+//! [`avx512_bf16_available`] before using the BF16 kernel). Kernels assert
+//! their slice-length invariants on entry and then use raw pointer loads
+//! within those bounds.
+
+#[cfg(target_arch = "x86_64")]
+mod float;
+#[cfg(target_arch = "x86_64")]
+mod k_quants;
+#[cfg(target_arch = "x86_64")]
+mod legacy;
+#[cfg(target_arch = "x86_64")]
+mod q6_k;
+
+use std::ops::Range;
+
+use crate::isa::avx512_available;
+#[cfg(target_arch = "x86_64")]
+use crate::isa::avx512_bf16_available;
+use crate::{Isa, KernelError, QuantizedActivations, WeightFormat};
+
+/// Weight rows per tile (at most; see [`matmul`]).
+#[cfg(target_arch = "x86_64")]
+pub(crate) const ROW_TILE: usize = 2;
+/// Activation rows per tile.
+#[cfg(target_arch = "x86_64")]
+pub(crate) const ACT_TILE: usize = 4;
+
+#[cfg(target_arch = "x86_64")]
+mod helpers {
+    use std::arch::x86_64::*;
+
+    /// Fixed reduction of 16 lanes: halves (i + 8), then (i + 4), (i + 2), (i + 1).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    pub(super) unsafe fn hsum(x: __m512) -> f32 {
+        let lo = _mm512_castps512_ps256(x);
+        let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(x)));
+        let s8 = _mm256_add_ps(lo, hi);
+        let s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps::<1>(s8));
+        let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+        let s1 = _mm_add_ss(s2, _mm_movehdup_ps(s2));
+        _mm_cvtss_f32(s1)
+    }
+
+    /// f16 bits at `p` (unaligned) widened to f32.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    pub(super) unsafe fn f16_at(p: *const u8) -> f32 {
+        let bits = u16::from_le_bytes([*p, *p.add(1)]);
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    pub(super) unsafe fn load512<T>(p: *const T) -> __m512i {
+        _mm512_loadu_si512(p as *const __m512i)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    pub(super) unsafe fn load256<T>(p: *const T) -> __m256i {
+        _mm256_loadu_si256(p as *const __m256i)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    pub(super) unsafe fn load128<T>(p: *const T) -> __m128i {
+        _mm_loadu_si128(p as *const __m128i)
+    }
+
+    /// 32 bytes at `p` in both 256-bit halves.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    pub(super) unsafe fn bcast256<T>(p: *const T) -> __m512i {
+        _mm512_broadcast_i64x4(load256(p))
+    }
+}
+
+/// The size invariants every tile kernel asserts before using raw loads:
+/// `w` is R rows of `rb` bytes, `rb` whole blocks, activation rows
+/// `b0..b0 + N` exist, `out` has R rows of B.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+fn assert_tile(
+    w: &[u8],
+    rb: usize,
+    block_bytes: usize,
+    r: usize,
+    acts: &QuantizedActivations,
+    b0: usize,
+    n: usize,
+    out: &[f32],
+) {
+    assert!(
+        rb.is_multiple_of(block_bytes)
+            && w.len() == r * rb
+            && b0 + n <= acts.n_rows()
+            && out.len() == r * acts.n_rows()
+    );
+}
+
+/// A tile kernel: weight rows `w` (R rows of `rb` bytes) times activation
+/// rows `b0..b0 + N`, writing `out[r * B + b0 + k]` (`out` covers the R rows).
+#[cfg(target_arch = "x86_64")]
+type TileFn = unsafe fn(&[u8], usize, &QuantizedActivations, usize, &mut [f32]);
+
+#[cfg(target_arch = "x86_64")]
+type Tiles = [[TileFn; ACT_TILE]; ROW_TILE];
+
+#[cfg(target_arch = "x86_64")]
+fn tile_fns(format: WeightFormat) -> Tiles {
+    macro_rules! tiles {
+        ($m:ident :: $f:ident) => {
+            [
+                [
+                    $m::$f::<1, 1> as TileFn,
+                    $m::$f::<1, 2> as TileFn,
+                    $m::$f::<1, 3> as TileFn,
+                    $m::$f::<1, 4> as TileFn,
+                ],
+                [
+                    $m::$f::<2, 1> as TileFn,
+                    $m::$f::<2, 2> as TileFn,
+                    $m::$f::<2, 3> as TileFn,
+                    $m::$f::<2, 4> as TileFn,
+                ],
+            ]
+        };
+    }
+    match format {
+        WeightFormat::F32 => tiles!(float::dot_f32),
+        WeightFormat::F16 => tiles!(float::dot_f16),
+        WeightFormat::BF16 if avx512_bf16_available() => tiles!(float::dot_bf16_dp),
+        WeightFormat::BF16 => tiles!(float::dot_bf16),
+        WeightFormat::Q8_0 => tiles!(legacy::dot_q8_0),
+        WeightFormat::Q4_0 => tiles!(legacy::dot_q4_0),
+        WeightFormat::Q4_K => tiles!(k_quants::dot_q4_k),
+        WeightFormat::Q5_K => tiles!(k_quants::dot_q5_k),
+        WeightFormat::Q6_K => tiles!(q6_k::dot_q6_k),
+    }
+}
+
+/// Validated matmul (sizes checked by `matmul_rows_with`); errors only if the
+/// CPU lacks AVX-512 F/BW/VL/VNNI.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn matmul(
+    format: WeightFormat,
+    weights: &[u8],
+    row_bytes: usize,
+    rows: Range<usize>,
+    acts: &QuantizedActivations,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    if !avx512_available() {
+        return Err(KernelError::IsaUnavailable(Isa::Avx512));
+    }
+    let fns = tile_fns(format);
+    let n_b = acts.n_rows();
+    // Measured on Zen 4: for B ≤ 2 streaming two weight rows at once is
+    // slower than one (the per-block work dominates and two interleaved
+    // streams prefetch worse); from B = 3 on, sharing activation loads wins.
+    let row_tile = if n_b <= 2 { 1 } else { ROW_TILE };
+    let mut r = rows.start;
+    while r < rows.end {
+        let nr = (rows.end - r).min(row_tile);
+        let w = &weights[r * row_bytes..(r + nr) * row_bytes];
+        let o0 = (r - rows.start) * n_b;
+        let o = &mut out[o0..o0 + nr * n_b];
+        let mut b0 = 0;
+        while b0 < n_b {
+            let n = (n_b - b0).min(ACT_TILE);
+            // SAFETY: AVX-512 F/BW/VL/VNNI (+ AVX2/FMA/F16C) checked above, BF16
+            // checked in `tile_fns`; the kernel asserts its size invariants.
+            unsafe { fns[nr - 1][n - 1](w, row_bytes, acts, b0, o) };
+            b0 += n;
+        }
+        r += nr;
+    }
+    Ok(())
+}
+
+// Non-x86 targets: the AVX-512 family is never available.
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) fn matmul(
+    _: WeightFormat,
+    _: &[u8],
+    _: usize,
+    _: Range<usize>,
+    _: &QuantizedActivations,
+    _: &mut [f32],
+) -> Result<(), KernelError> {
+    let _ = avx512_available;
+    Err(KernelError::IsaUnavailable(Isa::Avx512))
+}
