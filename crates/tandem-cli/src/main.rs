@@ -43,6 +43,7 @@ impl Common {
             numa: self.numa,
             threads: self.threads,
             pin: true,
+            ..tandem_model::LoadOptions::default()
         }
     }
 }
