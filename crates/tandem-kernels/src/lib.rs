@@ -42,6 +42,7 @@ pub mod convert;
 mod error;
 mod format;
 mod isa;
+mod probe;
 mod reference;
 
 #[cfg(test)]
@@ -53,6 +54,7 @@ pub use activations::{Q8_0Variant, QuantizedActivations};
 pub use error::KernelError;
 pub use format::{ActivationFormat, WeightFormat};
 pub use isa::{detected_isa, Isa, KernelFamily, ParseIsaError};
+pub use probe::{read_checksum, read_checksum_with};
 
 /// Dequantize one row: `src.len()` must be `format.row_bytes(dst.len())`.
 /// Bit-identical to ggml's `dequantize_row_*`.
