@@ -257,7 +257,7 @@ impl GgufWriter {
     /// Writes the file. Fails (`InvalidInput`) when a tensor was declared with
     /// [`add_tensor_info`](Self::add_tensor_info): use [`stream`](Self::stream).
     pub fn write(&self, w: &mut impl Write) -> io::Result<()> {
-        let mut s = self.stream(w)?;
+        let s = self.stream(w)?;
         s.finish()?;
         Ok(())
     }

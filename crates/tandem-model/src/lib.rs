@@ -15,6 +15,7 @@
 //! engine's job. It does not know how kernels are vectorised either.
 
 pub mod arch;
+mod batch;
 pub mod config;
 mod error;
 pub mod inspect;
