@@ -106,11 +106,8 @@ impl Report {
             .map(|t| {
                 [
                     self.model.name.clone(),
-                    format!(
-                        "{:.2} GiB",
-                        self.model.size_bytes as f64 / (1u64 << 30) as f64
-                    ),
-                    format!("{:.2} B", self.model.n_params as f64 / 1e9),
+                    human_size(self.model.size_bytes),
+                    human_params(self.model.n_params),
                     self.threads.to_string(),
                     t.name.clone(),
                     format!("{:.2} ± {:.2}", t.avg_ts, t.stddev_ts),
@@ -197,4 +194,20 @@ impl Report {
 fn pct(t: &TestResult, probe: Option<&ProbeResult>) -> Option<f64> {
     let p = probe?.gbps;
     (p > 0.0).then(|| t.gbps.map(|g| 100.0 * g / p)).flatten()
+}
+
+fn human_size(b: u64) -> String {
+    if b >= 1 << 30 {
+        format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)
+    } else {
+        format!("{:.2} MiB", b as f64 / (1u64 << 20) as f64)
+    }
+}
+
+fn human_params(n: u64) -> String {
+    if n >= 1_000_000_000 {
+        format!("{:.2} B", n as f64 / 1e9)
+    } else {
+        format!("{:.2} M", n as f64 / 1e6)
+    }
 }
