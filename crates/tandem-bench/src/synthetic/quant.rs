@@ -39,7 +39,8 @@ pub enum Role {
 
 /// llama.cpp's `use_more_bits(i_layer, n_layers)`.
 pub fn use_more_bits(i: usize, n: usize) -> bool {
-    i < n / 8 || i >= 7 * n / 8 || (i >= n / 8 && (i - n / 8) % 3 == 2)
+    // Short-circuit: the subtraction only runs when i >= n / 8.
+    i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2
 }
 
 impl Quant {
