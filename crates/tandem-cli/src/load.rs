@@ -21,8 +21,12 @@ pub fn open_files(path: Option<&Path>) -> anyhow::Result<ModelFiles> {
 /// Opens and loads a model, touching every weight page once so that reading
 /// from disk happens here, under a progress bar, and not in the first token.
 pub fn load_model(path: Option<&Path>, opts: &LoadOptions) -> anyhow::Result<Model> {
+    load_files(open_files(path)?, path, opts)
+}
+
+/// [`load_model`] for files already opened (by a caller that needs them first).
+pub fn load_files(files: ModelFiles, path: Option<&Path>, opts: &LoadOptions) -> anyhow::Result<Model> {
     let t0 = Instant::now();
-    let files = open_files(path)?;
     let total: u64 = files.tensors().map(|t| t.n_bytes() as u64).sum();
     let bar = ProgressBar::with_draw_target(Some(total), indicatif::ProgressDrawTarget::stderr());
     bar.set_style(

@@ -1,10 +1,12 @@
 //! `tandem`: the command-line front end.
 //!
 //! Subcommands: `run` (generate text), `perplexity` (llama.cpp-compatible
-//! evaluation) and `inspect` (what a model file holds). Errors end the
+//! evaluation), `inspect` (what a model file holds) and `bench` (speed and
+//! bandwidth; synthetic models). Errors end the
 //! process with one line on stderr and a non-zero exit code.
 
 mod bundled;
+mod cmd_bench;
 mod cmd_inspect;
 mod cmd_perplexity;
 mod cmd_run;
@@ -56,6 +58,8 @@ enum Command {
     Perplexity(cmd_perplexity::PerplexityArgs),
     /// Show a model's architecture, hyperparameters and tensor types.
     Inspect(cmd_inspect::InspectArgs),
+    /// Measure prefill/decode speed and memory bandwidth, or write a synthetic model.
+    Bench(cmd_bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -68,6 +72,7 @@ fn main() -> ExitCode {
         Command::Run(a) => cmd_run::run(a),
         Command::Perplexity(a) => cmd_perplexity::run(a),
         Command::Inspect(a) => cmd_inspect::run(a),
+        Command::Bench(a) => cmd_bench::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -98,7 +98,7 @@ pub use error::GgufError;
 pub use file::{GgufFile, TensorInfo, SPLIT_COUNT_KEY, SPLIT_NO_KEY, SPLIT_TENSORS_COUNT_KEY};
 pub use types::GgmlType;
 pub use value::{Array, Metadata, Value};
-pub use writer::GgufWriter;
+pub use writer::{GgufStream, GgufWriter};
 
 /// Alignment used when `general.alignment` is absent.
 pub const DEFAULT_ALIGNMENT: u64 = 32;

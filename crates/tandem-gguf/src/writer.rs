@@ -12,7 +12,9 @@ struct PendingTensor {
     name: String,
     dims: Vec<u64>,
     ggml_type: GgmlType,
-    data: Vec<u8>,
+    n_bytes: u64,
+    /// `None` for a tensor whose bytes come later, through [`GgufStream`].
+    data: Option<Vec<u8>>,
 }
 
 /// A builder for GGUF files.
@@ -118,7 +120,28 @@ impl GgufWriter {
         ggml_type: GgmlType,
         data: Vec<u8>,
     ) -> Result<(), GgufError> {
-        let name = name.into();
+        self.push_tensor(name.into(), dims, ggml_type, Some(data))
+    }
+
+    /// Declares a tensor whose bytes are supplied later, in order, through
+    /// [`GgufWriter::stream`]: the header needs only the shape and type, so a
+    /// multi-gigabyte file never has to sit in memory.
+    pub fn add_tensor_info(
+        &mut self,
+        name: impl Into<String>,
+        dims: Vec<u64>,
+        ggml_type: GgmlType,
+    ) -> Result<(), GgufError> {
+        self.push_tensor(name.into(), dims, ggml_type, None)
+    }
+
+    fn push_tensor(
+        &mut self,
+        name: String,
+        dims: Vec<u64>,
+        ggml_type: GgmlType,
+        data: Option<Vec<u8>>,
+    ) -> Result<(), GgufError> {
         if name.len() > MAX_TENSOR_NAME_LEN {
             return Err(GgufError::TensorNameTooLong {
                 len: len_u64(name.len()),
@@ -172,20 +195,32 @@ impl GgufWriter {
             });
         }
         let expected = ggml_type.bytes_for(row_len, n_elements);
-        if expected != Some(len_u64(data.len())) {
+        let Some(n_bytes) = expected else {
             return Err(GgufError::DataSizeMismatch {
                 tensor: name,
                 dims,
                 ggml_type,
-                expected: expected.unwrap_or(u64::MAX),
-                actual: len_u64(data.len()),
+                expected: u64::MAX,
+                actual: data.as_ref().map_or(0, |d| len_u64(d.len())),
             });
+        };
+        if let Some(d) = &data {
+            if len_u64(d.len()) != n_bytes {
+                return Err(GgufError::DataSizeMismatch {
+                    tensor: name,
+                    dims,
+                    ggml_type,
+                    expected: n_bytes,
+                    actual: len_u64(d.len()),
+                });
+            }
         }
         self.names.insert(name.clone());
         self.tensors.push(PendingTensor {
             name,
             dims,
             ggml_type,
+            n_bytes,
             data,
         });
         Ok(())
@@ -212,36 +247,141 @@ impl GgufWriter {
             }
             put_u32(&mut out, t.ggml_type.id());
             put_u64(&mut out, offset);
-            offset = offset.saturating_add(align_up(len_u64(t.data.len()), self.alignment));
+            offset = offset.saturating_add(align_up(t.n_bytes, self.alignment));
         }
         let padded = align_up(len_u64(out.len()), self.alignment);
         out.resize(usize::try_from(padded).unwrap_or(out.len()), 0);
         out
     }
 
-    /// Writes the file.
+    /// Writes the file. Fails (`InvalidInput`) when a tensor was declared with
+    /// [`add_tensor_info`](Self::add_tensor_info): use [`stream`](Self::stream).
     pub fn write(&self, w: &mut impl Write) -> io::Result<()> {
+        let s = self.stream(w)?;
+        s.finish()?;
+        Ok(())
+    }
+
+    /// The file as bytes (empty if a tensor's data was never given).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        if self.write(&mut out).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    /// Starts writing the file to `w`: writes the header, then returns a
+    /// [`GgufStream`] that takes the data of the tensors declared with
+    /// [`add_tensor_info`](Self::add_tensor_info), in insertion order, in
+    /// chunks of any size. Tensors added with their data are written
+    /// automatically when their turn comes. The bytes are the same as
+    /// [`write`](Self::write) would produce.
+    pub fn stream<W: Write>(&self, mut w: W) -> io::Result<GgufStream<'_, W>> {
         w.write_all(&self.header())?;
-        let zeros = vec![0u8; usize::try_from(self.alignment).unwrap_or(0)];
-        for t in &self.tensors {
-            w.write_all(&t.data)?;
-            let len = len_u64(t.data.len());
-            let pad = align_up(len, self.alignment) - len;
-            w.write_all(
-                zeros
-                    .get(..usize::try_from(pad).unwrap_or(0))
-                    .unwrap_or(&[]),
-            )?;
+        let mut s = GgufStream {
+            writer: self,
+            out: w,
+            index: 0,
+            written: 0,
+        };
+        s.flush_ready()?;
+        Ok(s)
+    }
+}
+
+/// A GGUF file being written tensor by tensor (see [`GgufWriter::stream`]).
+pub struct GgufStream<'a, W: Write> {
+    writer: &'a GgufWriter,
+    out: W,
+    /// The tensor whose data comes next.
+    index: usize,
+    /// Bytes of that tensor written so far.
+    written: u64,
+}
+
+fn invalid(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, msg)
+}
+
+impl<W: Write> GgufStream<'_, W> {
+    /// The next tensor expecting data: its name and the bytes it still needs.
+    /// `None` when every tensor is complete.
+    pub fn pending(&self) -> Option<(&str, u64)> {
+        self.writer
+            .tensors
+            .get(self.index)
+            .map(|t| (t.name.as_str(), t.n_bytes - self.written))
+    }
+
+    /// Appends `bytes` to the current tensor's data. A chunk may not cross into
+    /// the next tensor: write each tensor's bytes separately.
+    pub fn write_data(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let Some(t) = self.writer.tensors.get(self.index) else {
+            return Err(invalid(format!(
+                "{} bytes of tensor data after the last tensor",
+                bytes.len()
+            )));
+        };
+        let left = t.n_bytes - self.written;
+        if len_u64(bytes.len()) > left {
+            return Err(invalid(format!(
+                "{} bytes for tensor {} which needs only {left} more",
+                bytes.len(),
+                t.name
+            )));
+        }
+        self.out.write_all(bytes)?;
+        self.written += len_u64(bytes.len());
+        if self.written == t.n_bytes {
+            self.end_tensor()?;
+            self.flush_ready()?;
         }
         Ok(())
     }
 
-    /// The file as bytes.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        // Writing to a Vec cannot fail.
-        let _ = self.write(&mut out);
-        out
+    /// Pads the completed current tensor and moves to the next one.
+    fn end_tensor(&mut self) -> io::Result<()> {
+        let align = self.writer.alignment;
+        let pad = align_up(self.written, align) - self.written;
+        let zeros = [0u8; 256];
+        let mut left = pad;
+        while left > 0 {
+            let n = left.min(256);
+            self.out
+                .write_all(zeros.get(..usize::try_from(n).unwrap_or(0)).unwrap_or(&[]))?;
+            left -= n;
+        }
+        self.index += 1;
+        self.written = 0;
+        Ok(())
+    }
+
+    /// Writes the tensors that came with their data, up to the next one that
+    /// needs streamed bytes.
+    fn flush_ready(&mut self) -> io::Result<()> {
+        while let Some(t) = self.writer.tensors.get(self.index) {
+            match (&t.data, self.written) {
+                (Some(d), 0) => {
+                    self.out.write_all(d)?;
+                    self.written = t.n_bytes;
+                    self.end_tensor()?;
+                }
+                _ => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that every tensor is complete, flushes and returns the writer.
+    pub fn finish(mut self) -> io::Result<W> {
+        if let Some((name, left)) = self.pending() {
+            return Err(invalid(format!(
+                "tensor {name} is missing {left} bytes of data"
+            )));
+        }
+        self.out.flush()?;
+        Ok(self.out)
     }
 }
 

@@ -47,6 +47,7 @@ mod error;
 mod format;
 mod isa;
 mod neon;
+mod probe;
 mod reference;
 
 #[cfg(test)]
@@ -58,6 +59,7 @@ pub use activations::{Q8_0Variant, QuantizedActivations};
 pub use error::KernelError;
 pub use format::{ActivationFormat, WeightFormat};
 pub use isa::{detected_isa, Isa, KernelFamily, ParseIsaError};
+pub use probe::{read_checksum, read_checksum_with};
 
 /// Dequantize one row: `src.len()` must be `format.row_bytes(dst.len())`.
 /// Bit-identical to ggml's `dequantize_row_*`.

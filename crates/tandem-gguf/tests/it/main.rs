@@ -5,3 +5,4 @@ mod fuzz;
 mod hostile;
 mod roundtrip;
 mod split;
+mod stream;

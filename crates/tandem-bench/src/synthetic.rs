@@ -1,0 +1,287 @@
+//! `tandem bench --synthetic`: GGUF files with random weights in the shape
+//! of a real model, written as a stream so multi-gigabyte files never sit in
+//! memory. Tensor names, types and metadata are what llama.cpp's converter
+//! and `llama-quantize` produce for the architecture, so llama.cpp loads the
+//! same file and the two engines can be timed on identical bytes.
+
+mod blocks;
+mod quant;
+mod shape;
+mod vocab;
+
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
+use tandem_gguf::{Array, GgmlType, GgufWriter, Value};
+
+pub use blocks::{fill, WEIGHT_STD};
+pub use quant::{use_more_bits, Quant, Role};
+pub use shape::{Shape, VocabStyle};
+pub use vocab::{build as build_vocab, byte_char, Vocab};
+
+use crate::BenchError;
+
+/// One tensor of the file to write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorPlan {
+    pub name: String,
+    /// ggml order: `dims[0]` is the row length.
+    pub dims: Vec<u64>,
+    pub ty: GgmlType,
+    /// How to fill it.
+    pub init: Init,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Init {
+    /// Random weights, std [`WEIGHT_STD`].
+    Random,
+    /// All ones (RMSNorm weights).
+    Ones,
+    /// Small random values (biases).
+    Small,
+}
+
+impl TensorPlan {
+    pub fn n_bytes(&self) -> u64 {
+        let n: u64 = self.dims.iter().product();
+        self.ty
+            .bytes_for(self.dims.first().copied().unwrap_or(1), n)
+            .unwrap_or(0)
+    }
+}
+
+/// The tensors of `shape` in `quant`, in the order llama.cpp writes them.
+pub fn plan(shape: &Shape, quant: Quant) -> Vec<TensorPlan> {
+    let (h, ffn, nl) = (shape.hidden as u64, shape.ffn as u64, shape.n_layers);
+    let (q, kv, vocab) = (
+        shape.q_dim() as u64,
+        shape.kv_dim() as u64,
+        shape.vocab as u64,
+    );
+    let mut out = Vec::new();
+    let mut push = |name: String, dims: Vec<u64>, ty, init| {
+        out.push(TensorPlan {
+            name,
+            dims,
+            ty,
+            init,
+        })
+    };
+    let ty = |role, layer| quant.tensor_type(role, layer, nl, shape.tied);
+    push(
+        "token_embd.weight".into(),
+        vec![h, vocab],
+        ty(Role::TokenEmbd, 0),
+        Init::Random,
+    );
+    for i in 0..nl {
+        let n = |s: &str| format!("blk.{i}.{s}");
+        push(n("attn_norm.weight"), vec![h], GgmlType::F32, Init::Ones);
+        for (s, rows, role) in [
+            ("attn_q", q, Role::AttnQ),
+            ("attn_k", kv, Role::AttnK),
+            ("attn_v", kv, Role::AttnV),
+        ] {
+            push(
+                n(&format!("{s}.weight")),
+                vec![h, rows],
+                ty(role, i),
+                Init::Random,
+            );
+            if shape.qkv_bias {
+                push(
+                    n(&format!("{s}.bias")),
+                    vec![rows],
+                    GgmlType::F32,
+                    Init::Small,
+                );
+            }
+        }
+        push(
+            n("attn_output.weight"),
+            vec![q, h],
+            ty(Role::AttnOut, i),
+            Init::Random,
+        );
+        push(n("ffn_norm.weight"), vec![h], GgmlType::F32, Init::Ones);
+        push(
+            n("ffn_gate.weight"),
+            vec![h, ffn],
+            ty(Role::FfnGate, i),
+            Init::Random,
+        );
+        push(
+            n("ffn_up.weight"),
+            vec![h, ffn],
+            ty(Role::FfnUp, i),
+            Init::Random,
+        );
+        push(
+            n("ffn_down.weight"),
+            vec![ffn, h],
+            ty(Role::FfnDown, i),
+            Init::Random,
+        );
+    }
+    push(
+        "output_norm.weight".into(),
+        vec![h],
+        GgmlType::F32,
+        Init::Ones,
+    );
+    if !shape.tied {
+        push(
+            "output.weight".into(),
+            vec![h, vocab],
+            ty(Role::Output, 0),
+            Init::Random,
+        );
+    }
+    out
+}
+
+fn strings(v: &[String]) -> Value {
+    Value::Array(Array::String(v.to_vec()))
+}
+
+/// The writer with all metadata and tensor infos (no data yet).
+pub fn writer(
+    shape: &Shape,
+    quant: Quant,
+    tensors: &[TensorPlan],
+) -> Result<GgufWriter, BenchError> {
+    let vocab = vocab::build(shape.vocab_style, shape.vocab)?;
+    let a = shape.arch;
+    let mut w = GgufWriter::new();
+    let u32v = |x: usize| Value::U32(u32::try_from(x).unwrap_or(u32::MAX));
+    w.add_metadata("general.architecture", Value::from(a));
+    w.add_metadata(
+        "general.name",
+        Value::from(format!("{} {} (synthetic)", shape.name, quant.name()).as_str()),
+    );
+    w.add_metadata("general.file_type", Value::U32(quant.file_type()));
+    w.add_metadata("general.quantization_version", Value::U32(2));
+    w.add_metadata(format!("{a}.context_length"), u32v(shape.context_length));
+    w.add_metadata(format!("{a}.embedding_length"), u32v(shape.hidden));
+    w.add_metadata(format!("{a}.block_count"), u32v(shape.n_layers));
+    w.add_metadata(format!("{a}.feed_forward_length"), u32v(shape.ffn));
+    w.add_metadata(format!("{a}.attention.head_count"), u32v(shape.n_heads));
+    w.add_metadata(
+        format!("{a}.attention.head_count_kv"),
+        u32v(shape.n_kv_heads),
+    );
+    w.add_metadata(format!("{a}.rope.freq_base"), Value::F32(shape.rope_theta));
+    w.add_metadata(
+        format!("{a}.attention.layer_norm_rms_epsilon"),
+        Value::F32(shape.norm_eps),
+    );
+    w.add_metadata(format!("{a}.rope.dimension_count"), u32v(shape.head_dim()));
+    if a == "llama" {
+        w.add_metadata(format!("{a}.vocab_size"), u32v(shape.vocab));
+    }
+    w.add_metadata("tokenizer.ggml.model", Value::from("gpt2"));
+    w.add_metadata("tokenizer.ggml.pre", Value::from(vocab.pre));
+    w.add_metadata("tokenizer.ggml.tokens", strings(&vocab.tokens));
+    w.add_metadata(
+        "tokenizer.ggml.token_type",
+        Value::Array(Array::I32(vocab.types.clone())),
+    );
+    w.add_metadata("tokenizer.ggml.merges", strings(&vocab.merges));
+    w.add_metadata("tokenizer.ggml.bos_token_id", Value::U32(vocab.bos));
+    w.add_metadata("tokenizer.ggml.eos_token_id", Value::U32(vocab.eos));
+    if let Some(eot) = vocab.eot {
+        w.add_metadata("tokenizer.ggml.eot_token_id", Value::U32(eot));
+    }
+    w.add_metadata("tokenizer.ggml.add_bos_token", Value::Bool(vocab.add_bos));
+    w.add_metadata("tokenizer.chat_template", Value::from(vocab.chat_template));
+    for t in tensors {
+        w.add_tensor_info(t.name.clone(), t.dims.clone(), t.ty)?;
+    }
+    Ok(w)
+}
+
+/// Size of a generation chunk: whole blocks of every type, a few MiB.
+const CHUNK_BLOCKS: usize = 4 * 2 * 3 * 5 * 7 * 256;
+
+/// Streams one tensor's data into `out`, calling `progress(bytes)` per chunk.
+fn write_tensor<W: Write>(
+    t: &TensorPlan,
+    seed: u64,
+    out: &mut tandem_gguf::GgufStream<'_, W>,
+    buf: &mut Vec<u8>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(), std::io::Error> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let block = usize::try_from(t.ty.block_bytes()).unwrap_or(1);
+    let chunk = block * CHUNK_BLOCKS / 256;
+    let mut left = usize::try_from(t.n_bytes()).unwrap_or(usize::MAX);
+    while left > 0 {
+        let n = left.min(chunk);
+        buf.resize(n, 0);
+        match t.init {
+            Init::Random => fill(t.ty, &mut rng, buf).map_err(std::io::Error::other)?,
+            Init::Ones => buf
+                .chunks_exact_mut(4)
+                .for_each(|w| w.copy_from_slice(&1f32.to_le_bytes())),
+            Init::Small => {
+                fill(t.ty, &mut rng, buf).map_err(std::io::Error::other)?;
+                for w in buf.chunks_exact_mut(4) {
+                    let v = f32::from_le_bytes([w[0], w[1], w[2], w[3]]) * 0.5;
+                    w.copy_from_slice(&v.to_le_bytes());
+                }
+            }
+        }
+        out.write_data(buf)?;
+        progress(n as u64);
+        left -= n;
+    }
+    Ok(())
+}
+
+/// Total bytes of tensor data `plan` describes.
+pub fn data_bytes(tensors: &[TensorPlan]) -> u64 {
+    tensors.iter().map(TensorPlan::n_bytes).sum()
+}
+
+/// Writes the synthetic model to `path` (via a temporary file renamed at the
+/// end, so an interrupted run leaves no half file under the final name).
+/// `progress` gets the data bytes written so far and the total.
+pub fn write_model(
+    shape: &Shape,
+    quant: Quant,
+    path: &Path,
+    seed: u64,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<(), BenchError> {
+    let tensors = plan(shape, quant);
+    let w = writer(shape, quant, &tensors)?;
+    let total = data_bytes(&tensors);
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(".partial");
+    let tmp = std::path::PathBuf::from(tmp_name);
+    let io = |e| BenchError::io(&tmp, e);
+    let file = std::fs::File::create(&tmp).map_err(io)?;
+    let result = (|| -> Result<(), std::io::Error> {
+        let mut s = w.stream(BufWriter::with_capacity(1 << 20, file))?;
+        let mut buf = Vec::new();
+        let mut done = 0u64;
+        for (i, t) in tensors.iter().enumerate() {
+            let tseed = seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            write_tensor(t, tseed, &mut s, &mut buf, &mut |n| {
+                done += n;
+                progress(done, total);
+            })?;
+        }
+        let bw = s.finish()?;
+        let file = bw.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(e));
+    }
+    std::fs::rename(&tmp, path).map_err(|e| BenchError::io(path, e))
+}

@@ -1,0 +1,167 @@
+//! `tandem bench`: how fast a model prefills and decodes here, and how that
+//! compares with the machine's memory bandwidth measured in the same run;
+//! or, with `--synthetic`, write a random-weight model of a real shape to
+//! benchmark without downloads (and to run llama.cpp's llama-bench on).
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use tandem_bench::measure::{self, BenchConfig, TokenBytes};
+use tandem_bench::probe::{self, ProbeConfig};
+use tandem_bench::report::{ModelInfo, Report};
+use tandem_bench::synthetic::{self, Quant, Shape};
+
+use crate::load::{load_files, open_files};
+use crate::Common;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// The model to measure (.gguf file, first shard, or Hugging Face directory).
+    model: Option<PathBuf>,
+    /// Prompt tokens of the prefill test (0 skips it).
+    #[arg(long = "n-prompt", short = 'p', default_value_t = 512)]
+    n_prompt: usize,
+    /// Generated tokens of the decode tests (0 skips them).
+    #[arg(long = "n-gen", short = 'n', default_value_t = 128)]
+    n_gen: usize,
+    /// Sequences decoding together in the batched test (1 skips it).
+    #[arg(long, short = 'b', default_value_t = 8)]
+    batch: usize,
+    /// Repetitions of each test (mean ± stddev, as llama-bench).
+    #[arg(long, short = 'r', default_value_t = 3)]
+    reps: usize,
+    /// Print one JSON document (fields: see tandem-bench's report module).
+    #[arg(long)]
+    json: bool,
+    /// Also print bytes per token, probe repetitions and sync costs.
+    #[arg(long, short = 'v')]
+    verbose: bool,
+    /// Size of the bandwidth probe's buffer in MiB (0 skips the probe).
+    #[arg(long, default_value_t = 1024)]
+    probe_mib: usize,
+    /// Write a synthetic model of this shape instead of measuring
+    /// (llama3.2-3b, llama3-8b, qwen2.5-3b, llama3.1-405b, tiny, tiny-qwen2).
+    #[arg(long, value_name = "SHAPE")]
+    synthetic: Option<String>,
+    /// Quantization of the synthetic model (F16, BF16, Q8_0, Q4_0, Q4_K_M, Q5_K_M, Q6_K).
+    #[arg(long)]
+    quant: Option<String>,
+    /// Where to write the synthetic model.
+    #[arg(long, short = 'o')]
+    out: Option<PathBuf>,
+    /// Layer count of the synthetic model (default: the shape's; 2 for llama3.1-405b).
+    #[arg(long)]
+    layers: Option<usize>,
+    /// Seed of the synthetic weights.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(shape) = &args.synthetic {
+        if args.model.is_some() {
+            anyhow::bail!("give either a MODEL to measure or --synthetic, not both");
+        }
+        return generate(&args, shape);
+    }
+    if args.quant.is_some() || args.out.is_some() || args.layers.is_some() {
+        anyhow::bail!("--quant, --out and --layers only go with --synthetic SHAPE");
+    }
+    let Some(path) = args.model.as_deref() else {
+        anyhow::bail!("a MODEL path is required (or --synthetic SHAPE --quant TYPE --out FILE)");
+    };
+    bench(&args, path)
+}
+
+fn generate(args: &BenchArgs, shape: &str) -> anyhow::Result<()> {
+    let shape = Shape::named(shape, args.layers)?;
+    let quant = Quant::parse(
+        args.quant
+            .as_deref()
+            .context("--synthetic needs --quant TYPE")?,
+    )?;
+    let out = args
+        .out
+        .as_deref()
+        .context("--synthetic needs --out FILE.gguf")?;
+    let bar = ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template("writing {bar:40} {bytes}/{total_bytes} ({eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    synthetic::write_model(&shape, quant, out, args.seed, &mut |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    })
+    .with_context(|| format!("cannot write {}", out.display()))?;
+    bar.finish_and_clear();
+    let size = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
+    eprintln!(
+        "wrote {} ({} {}, {} layers, {:.2} GiB)",
+        out.display(),
+        shape.name,
+        quant.name(),
+        shape.n_layers,
+        size as f64 / (1u64 << 30) as f64
+    );
+    Ok(())
+}
+
+fn bench(args: &BenchArgs, path: &Path) -> anyhow::Result<()> {
+    let files = open_files(Some(path))?;
+    let bytes = TokenBytes::from_files(&files);
+    let model = load_files(files, Some(path), &args.common.load_options())?;
+    let threads = model.pool().n_threads();
+    let c = &model.config;
+    let info = ModelInfo {
+        path: path.display().to_string(),
+        name: model
+            .name
+            .clone()
+            .unwrap_or_else(|| path.display().to_string()),
+        arch: c.arch.name().to_string(),
+        size_bytes: bytes.model_size,
+        n_params: bytes.n_params,
+        n_layers: c.n_layers,
+        hidden: c.hidden,
+        vocab_size: c.vocab_size,
+    };
+    let show = std::io::stderr().is_terminal() && !args.json;
+    let probe = if args.probe_mib == 0 {
+        None
+    } else {
+        let cfg = ProbeConfig {
+            bytes: args.probe_mib.saturating_mul(1 << 20),
+            ..ProbeConfig::default()
+        };
+        Some(probe::probe(model.pool(), cfg)?)
+    };
+    let cfg = BenchConfig {
+        n_prompt: args.n_prompt,
+        n_gen: args.n_gen,
+        batch: args.batch,
+        reps: args.reps,
+    };
+    let tests = measure::run(&model, &bytes, &cfg, &mut |t| {
+        if show {
+            eprintln!("{}: {:.2} ± {:.2} tok/s", t.name, t.avg_ts, t.stddev_ts);
+        }
+    })?;
+    let sync = if args.verbose {
+        Some(measure::sync_stats(&model, args.n_gen.max(8))?)
+    } else {
+        None
+    };
+    let report = Report::new(info, threads, bytes, probe, tests, sync);
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.to_table(args.verbose));
+    }
+    Ok(())
+}
