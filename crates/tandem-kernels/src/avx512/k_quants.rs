@@ -1,4 +1,6 @@
-//! Q4_K / Q5_K weights × Q8_K activations.
+//! Q5_K weights × Q8_K activations (Q4_K has its own 256-bit kernel in
+//! `q4_k_ymm`, measured faster on Zen 4; this 512-bit layout is what Q5_K
+//! still uses).
 //!
 //! Per super-block and weight row, the 4-bit (5-bit) quants are decoded once
 //! into four registers of 64 unsigned bytes in weight order (a 32-byte
@@ -96,17 +98,7 @@ trait KDecode {
     unsafe fn decode(blk: *const u8) -> Block;
 }
 
-struct Q4K;
 struct Q5K;
-
-impl KDecode for Q4K {
-    const BYTES: usize = Q4_K_BYTES;
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    unsafe fn decode(blk: *const u8) -> Block {
-        decode_q4_k(blk)
-    }
-}
 
 impl KDecode for Q5K {
     const BYTES: usize = Q5_K_BYTES;
@@ -114,26 +106,6 @@ impl KDecode for Q5K {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     unsafe fn decode(blk: *const u8) -> Block {
         decode_q5_k(blk)
-    }
-}
-
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn decode_q4_k(blk: *const u8) -> Block {
-    let m4 = _mm512_set1_epi8(0xF);
-    let (scales, mins) = scales_mins(blk);
-    let qs = blk.add(Q4_K_QS_OFF);
-    Block {
-        q: [
-            nibbles(qs, m4),
-            nibbles(qs.add(32), m4),
-            nibbles(qs.add(64), m4),
-            nibbles(qs.add(96), m4),
-        ],
-        scales,
-        mins,
-        d: f16_at(blk),
-        dmin: f16_at(blk.add(2)),
     }
 }
 
@@ -227,17 +199,6 @@ unsafe fn run<K: KDecode, const R: usize, const N: usize>(
             out[r * n_b + b0 + k] = hsum(*a);
         }
     }
-}
-
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub(super) unsafe fn dot_q4_k<const R: usize, const N: usize>(
-    w: &[u8],
-    rb: usize,
-    acts: &QuantizedActivations,
-    b0: usize,
-    out: &mut [f32],
-) {
-    run::<Q4K, R, N>(w, rb, acts, b0, out);
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]

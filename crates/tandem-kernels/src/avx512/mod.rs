@@ -20,15 +20,17 @@
 //! Integer block sums are exact (they equal ggml's integer sums; no
 //! saturation is possible, bounds are in each file). Float accumulation is
 //! this family's own, fixed per (weight row, activation row) pair:
-//! one 16-lane f32 accumulator per pair, updated block by block in row order
-//! (`acc = fma(f32(lane sums), scale, acc)`), then reduced by [`hsum`]'s fixed
+//! one f32 accumulator per pair (16 lanes; 8 in the 256-bit Q4_K and Q6_K
+//! kernels), updated block by block in row order, then reduced by a fixed
 //! tree. Tile shape, B and the row range only decide *which* pairs a call
 //! computes, never the operations applied to a pair, so results do not
 //! depend on them (tested bit for bit). Against ggml / the scalar reference
 //! the results differ by f32 reassociation only.
 //!
-//! Files: [`legacy`] (Q8_0, Q4_0), [`k_quants`] (Q4_K, Q5_K), [`q6_k`],
-//! [`float`] (F32, F16, BF16). Activations are quantized with the AVX2
+//! Files: [`legacy`] (Q8_0, Q4_0), [`q4_k_ymm`] and [`q6_k_ymm`] (256-bit
+//! registers: ggml's layouts of these two decode with no shuffles at that
+//! width, and Zen 4 runs 512-bit operations as two 256-bit halves anyway),
+//! [`k_quants`] (Q5_K), [`float`] (F32, F16, BF16). Activations are quantized with the AVX2
 //! quantizers (bit-identical to the scalar ones).
 //!
 //! Safety: every `unsafe fn` here carries `#[target_feature]` with at least
@@ -44,7 +46,9 @@ mod k_quants;
 #[cfg(target_arch = "x86_64")]
 mod legacy;
 #[cfg(target_arch = "x86_64")]
-mod q6_k;
+mod q4_k_ymm;
+#[cfg(target_arch = "x86_64")]
+mod q6_k_ymm;
 
 use std::ops::Range;
 
@@ -170,9 +174,9 @@ fn tile_fns(format: WeightFormat) -> Tiles {
         WeightFormat::BF16 => tiles!(float::dot_bf16),
         WeightFormat::Q8_0 => tiles!(legacy::dot_q8_0),
         WeightFormat::Q4_0 => tiles!(legacy::dot_q4_0),
-        WeightFormat::Q4_K => tiles!(k_quants::dot_q4_k),
+        WeightFormat::Q4_K => tiles!(q4_k_ymm::dot_q4_k),
         WeightFormat::Q5_K => tiles!(k_quants::dot_q5_k),
-        WeightFormat::Q6_K => tiles!(q6_k::dot_q6_k),
+        WeightFormat::Q6_K => tiles!(q6_k_ymm::dot_q6_k),
     }
 }
 
