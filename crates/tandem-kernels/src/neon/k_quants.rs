@@ -256,8 +256,14 @@ impl QuantKernel for Q6K {
                     vorrq_u8(vandq_u8(ql[3], m4), hi(vshrq_n_u8::<2>(qh1))),
                     vorrq_u8(vshrq_n_u8::<4>(ql[0]), hi(vshrq_n_u8::<4>(qh0))),
                     vorrq_u8(vshrq_n_u8::<4>(ql[1]), hi(vshrq_n_u8::<4>(qh1))),
-                    vorrq_u8(vshrq_n_u8::<4>(ql[2]), vshlq_n_u8::<4>(vshrq_n_u8::<6>(qh0))),
-                    vorrq_u8(vshrq_n_u8::<4>(ql[3]), vshlq_n_u8::<4>(vshrq_n_u8::<6>(qh1))),
+                    vorrq_u8(
+                        vshrq_n_u8::<4>(ql[2]),
+                        vshlq_n_u8::<4>(vshrq_n_u8::<6>(qh0)),
+                    ),
+                    vorrq_u8(
+                        vshrq_n_u8::<4>(ql[3]),
+                        vshlq_n_u8::<4>(vshrq_n_u8::<6>(qh1)),
+                    ),
                 ]
                 .map(|v| vreinterpretq_s8_u8(v));
                 for k in 0..N {

@@ -55,8 +55,7 @@ fn neon_dot_paths_agree_and_match_reference() {
                         "{f} {s:?} {a:?} n_cols={n_cols} B={n_b}: sdot vs smull"
                     );
                     let mut want = vec![0f32; slow.len()];
-                    matmul_rows_with(Isa::Scalar, f, &w, n_cols, 1..n_rows, &q, &mut want)
-                        .unwrap();
+                    matmul_rows_with(Isa::Scalar, f, &w, n_cols, 1..n_rows, &q, &mut want).unwrap();
                     let rb = f.row_bytes(n_cols).unwrap();
                     for (i, row) in (1..n_rows).enumerate() {
                         let wr = &w[row * rb..(row + 1) * rb];
