@@ -13,7 +13,7 @@
 //! | `scalar` | nothing | `reference` |
 //! | `avx2` | AVX2 + FMA + F16C | `avx2` |
 //! | `avx512` | the above + AVX-512 F/BW/VL + **VNNI** | `avx512` (BF16 dots use `vdpbf16ps` when AVX512-BF16 is present too) |
-//! | `neon` | AArch64 NEON | `neon` (dedicated kernels not written yet: runs the scalar reference) |
+//! | `neon` | AArch64 NEON | `neon` (quantized dots use `sdot` when the `dotprod` extension is detected at run time, an `smull` fallback otherwise; same results either way) |
 //!
 //! `avx512` requires VNNI because every quantized kernel is built on
 //! `vpdpbusd`; CPUs with AVX-512 but without VNNI (Skylake-X, Cascade Lake
@@ -36,7 +36,7 @@ pub enum Isa {
     Avx2,
     /// x86-64 AVX-512 (F, BW, VL, VNNI) on top of AVX2.
     Avx512,
-    /// AArch64 NEON; the `neon` family currently runs the scalar kernels.
+    /// AArch64 NEON (`sdot` used when `dotprod` is present too).
     Neon,
 }
 

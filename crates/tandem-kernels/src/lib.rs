@@ -23,7 +23,7 @@
 //! | `reference` | scalar kernels mirroring ggml's generic C code (the oracle) |
 //! | `avx2` | AVX2+FMA+F16C kernels mirroring ggml's AVX2 code, tiled over activation rows |
 //! | `avx512` | AVX-512 VNNI (+BF16) kernels, tiled over weight rows and activation rows |
-//! | `neon` | AArch64 NEON family (placeholder: runs the scalar reference) |
+//! | `neon` | AArch64 NEON kernels (`sdot` with run-time `dotprod` detection, `smull` fallback), tiled over activation rows |
 //! | `isa` | [`Isa`] detection, `TANDEM_ISA` override, ISA → kernel family |
 //!
 //! ## Numerics
@@ -32,8 +32,9 @@
 //! ggml's scalar `*_generic` functions and the AVX2 kernels reproduce ggml's
 //! AVX2 functions operation for operation. The AVX-512 family computes the
 //! same exact integer block sums and uses its own, documented, fixed
-//! float accumulation order (see `avx512`'s module docs); the NEON family
-//! currently runs the scalar kernels. In every family
+//! float accumulation order (see `avx512`'s module docs), and so does the
+//! NEON family (see `neon`'s module docs; its `sdot` and ARMv8.0 paths agree
+//! bit for bit). In every family
 //! the result for a pair is a function of that pair alone: it does not depend
 //! on B, on the row range, on the tile shape or on how rows are split across
 //! calls. Families differ from each other only by f32 reassociation.

@@ -13,6 +13,8 @@
 
 mod simd_vs_reference;
 mod isa;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 mod quantize;
 mod reference;
 
