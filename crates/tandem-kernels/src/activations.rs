@@ -48,15 +48,18 @@ pub struct QuantizedActivations {
     u16s: Vec<u16>,
     /// Q8_0 / Q8_K quants.
     qs: Vec<i8>,
-    /// Q8_K: sums of each group of 16 quants.
+    /// Q8_K: sums of each group of 16 quants. Q8_0: sum of each block's 32
+    /// quants (for kernels that multiply `w + 128` as unsigned bytes).
     bsums: Vec<i16>,
 }
 
-/// One Q8_0 activation row: `qs.len() == n_cols`, `d.len() == n_cols / 32`.
+/// One Q8_0 activation row: `qs.len() == n_cols`, `d.len() == n_cols / 32`,
+/// `sums.len() == n_cols / 32` (sum of each block's quants).
 #[derive(Copy, Clone, Debug)]
 pub(crate) struct Q8Row<'a> {
     pub qs: &'a [i8],
     pub d: &'a [f32],
+    pub sums: &'a [i16],
 }
 
 /// One Q8_K activation row: `qs.len() == n_cols`, `d.len() == n_cols / 256`,
@@ -181,6 +184,9 @@ impl QuantizedActivations {
                         crate::avx2::quantize_q8_0(x, &mut self.qs, &mut self.u16s, &mut self.f32s)?
                     }
                 }
+                // |sum| <= 32 * 128: fits i16.
+                self.bsums.clear();
+                self.bsums.extend(self.qs.chunks_exact(QK8_0).map(|b| b.iter().map(|&q| i16::from(q)).sum::<i16>()));
             }
             ActivationFormat::Q8_K => {
                 let nb = total / QK_K;
@@ -325,6 +331,7 @@ impl QuantizedActivations {
         Q8Row {
             qs: &self.qs[row * self.n_cols..(row + 1) * self.n_cols],
             d: &self.f32s[row * nb..(row + 1) * nb],
+            sums: &self.bsums[row * nb..(row + 1) * nb],
         }
     }
 

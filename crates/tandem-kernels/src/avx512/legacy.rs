@@ -1,5 +1,5 @@
-//! Q8_0 and Q4_0 weights × Q8_0 activations, two 32-weight blocks per
-//! 512-bit register.
+//! Q4_0 weights × Q8_0 activations, two 32-weight blocks per 512-bit
+//! register (Q8_0 weights have their own kernel, `q8_0_ymm`).
 //!
 //! Integer part: `vpdpbusd(|x|, sign(y, x))` (the sign moved onto the
 //! activation with a masked `0 - y`): 16 i32 lanes, lanes 0..8 = even block,
@@ -13,7 +13,7 @@ use std::arch::x86_64::*;
 use super::assert_tile;
 use super::helpers::*;
 use crate::activations::Q8Row;
-use crate::blocks::{Q4_0_BYTES, Q8_0_BYTES, QK8_0};
+use crate::blocks::{Q4_0_BYTES, QK8_0};
 use crate::QuantizedActivations;
 
 #[inline]
@@ -121,28 +121,6 @@ unsafe fn run<L: Legacy, const R: usize, const N: usize>(
     }
 }
 
-struct Q8_0;
-
-impl Legacy for Q8_0 {
-    const BYTES: usize = Q8_0_BYTES;
-
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    unsafe fn decode(blk: *const u8, tail: bool, idx: __m512i) -> Pair {
-        if tail {
-            let x = _mm512_zextsi256_si512(load256(blk.add(2)));
-            pair_from(x, _mm512_set1_ps(f16_at(blk)))
-        } else {
-            let nxt = blk.add(Q8_0_BYTES);
-            let x = _mm512_inserti64x4::<1>(
-                _mm512_castsi256_si512(load256(blk.add(2))),
-                load256(nxt.add(2)),
-            );
-            pair_from(x, scales_f16(blk, nxt, idx))
-        }
-    }
-}
-
 struct Q4_0;
 
 /// 128-bit lanes `[b0, b0 >> 4, b1, b1 >> 4]` of `t = [b0, b1, ..]`, masked
@@ -173,17 +151,6 @@ impl Legacy for Q4_0 {
             pair_from(q4_0_nibbles(_mm512_castsi256_si512(t)), scales_f16(blk, nxt, idx))
         }
     }
-}
-
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub(super) unsafe fn dot_q8_0<const R: usize, const N: usize>(
-    w: &[u8],
-    rb: usize,
-    acts: &QuantizedActivations,
-    b0: usize,
-    out: &mut [f32],
-) {
-    run::<Q8_0, R, N>(w, rb, acts, b0, out);
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]

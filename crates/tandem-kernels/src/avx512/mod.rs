@@ -27,7 +27,7 @@
 //! depend on them (tested bit for bit). Against ggml / the scalar reference
 //! the results differ by f32 reassociation only.
 //!
-//! Files: [`legacy`] (Q8_0, Q4_0), [`q4_k_ymm`] and [`q6_k_ymm`] (256-bit
+//! Files: [`legacy`] (Q4_0), [`q8_0_ymm`], [`q4_k_ymm`] and [`q6_k_ymm`] (256-bit
 //! registers: ggml's layouts of these two decode with no shuffles at that
 //! width, and Zen 4 runs 512-bit operations as two 256-bit halves anyway),
 //! [`k_quants`] (Q5_K), [`float`] (F32, F16, BF16). Activations are quantized with the AVX2
@@ -49,6 +49,8 @@ mod legacy;
 mod q4_k_ymm;
 #[cfg(target_arch = "x86_64")]
 mod q6_k_ymm;
+#[cfg(target_arch = "x86_64")]
+mod q8_0_ymm;
 
 use std::ops::Range;
 
@@ -172,7 +174,7 @@ fn tile_fns(format: WeightFormat) -> Tiles {
         WeightFormat::F16 => tiles!(float::dot_f16),
         WeightFormat::BF16 if avx512_bf16_available() => tiles!(float::dot_bf16_dp),
         WeightFormat::BF16 => tiles!(float::dot_bf16),
-        WeightFormat::Q8_0 => tiles!(legacy::dot_q8_0),
+        WeightFormat::Q8_0 => tiles!(q8_0_ymm::dot_q8_0),
         WeightFormat::Q4_0 => tiles!(legacy::dot_q4_0),
         WeightFormat::Q4_K => tiles!(q4_k_ymm::dot_q4_k),
         WeightFormat::Q5_K => tiles!(k_quants::dot_q5_k),
