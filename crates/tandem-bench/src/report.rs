@@ -181,7 +181,8 @@ impl Report {
                 let _ = writeln!(
                     out,
                     "per token: {} pool runs (empty run {}), barrier wait {}, all-reduce {}",
-                    s.runs_per_token.map_or("n/a".to_string(), |r| format!("{r:.0}")),
+                    s.runs_per_token
+                        .map_or("n/a".to_string(), |r| format!("{r:.0}")),
                     fmt(s.empty_run_us),
                     fmt(s.barrier_us_per_token),
                     fmt(s.allreduce_us_per_token)

@@ -25,7 +25,11 @@ pub fn load_model(path: Option<&Path>, opts: &LoadOptions) -> anyhow::Result<Mod
 }
 
 /// [`load_model`] for files already opened (by a caller that needs them first).
-pub fn load_files(files: ModelFiles, path: Option<&Path>, opts: &LoadOptions) -> anyhow::Result<Model> {
+pub fn load_files(
+    files: ModelFiles,
+    path: Option<&Path>,
+    opts: &LoadOptions,
+) -> anyhow::Result<Model> {
     let t0 = Instant::now();
     let total: u64 = files.tensors().map(|t| t.n_bytes() as u64).sum();
     let bar = ProgressBar::with_draw_target(Some(total), indicatif::ProgressDrawTarget::stderr());

@@ -95,7 +95,7 @@ impl GgmlType {
     /// length, or when the size overflows `u64`.
     pub fn bytes_for(self, row_len: u64, n_elements: u64) -> Option<u64> {
         let bl = self.block_len();
-        if row_len % bl != 0 || n_elements % bl != 0 {
+        if !row_len.is_multiple_of(bl) || !n_elements.is_multiple_of(bl) {
             return None;
         }
         (n_elements / bl).checked_mul(self.block_bytes())

@@ -96,7 +96,10 @@ unsafe fn read_avx512(buf: &[u8]) -> u64 {
             *a = _mm512_xor_si512(*a, v);
         }
     }
-    let x = _mm512_xor_si512(_mm512_xor_si512(acc[0], acc[1]), _mm512_xor_si512(acc[2], acc[3]));
+    let x = _mm512_xor_si512(
+        _mm512_xor_si512(acc[0], acc[1]),
+        _mm512_xor_si512(acc[2], acc[3]),
+    );
     let mut lanes = [0u64; 8];
     // SAFETY: lanes is 64 bytes.
     unsafe { _mm512_storeu_si512(lanes.as_mut_ptr() as *mut __m512i, x) };

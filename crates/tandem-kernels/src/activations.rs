@@ -186,7 +186,11 @@ impl QuantizedActivations {
                 }
                 // |sum| <= 32 * 128: fits i16.
                 self.bsums.clear();
-                self.bsums.extend(self.qs.chunks_exact(QK8_0).map(|b| b.iter().map(|&q| i16::from(q)).sum::<i16>()));
+                self.bsums.extend(
+                    self.qs
+                        .chunks_exact(QK8_0)
+                        .map(|b| b.iter().map(|&q| i16::from(q)).sum::<i16>()),
+                );
             }
             ActivationFormat::Q8_K => {
                 let nb = total / QK_K;

@@ -79,8 +79,22 @@ pub(crate) fn attention(
                 // SAFETY: (row, kvh) of K and V belongs to this item only.
                 let kr = unsafe { k.slice(row * kv_dim + kvh * hd, hd) };
                 let vr = unsafe { v.slice(row * kv_dim + kvh * hd, hd) };
-                finish_head(kr, layer.bk.map(|b| &b[kvh * hd..(kvh + 1) * hd]), layer.k_norm, c.norm_eps, Some((rope, table)), tmp);
-                finish_head(vr, layer.bv.map(|b| &b[kvh * hd..(kvh + 1) * hd]), None, c.norm_eps, None, tmp);
+                finish_head(
+                    kr,
+                    layer.bk.map(|b| &b[kvh * hd..(kvh + 1) * hd]),
+                    layer.k_norm,
+                    c.norm_eps,
+                    Some((rope, table)),
+                    tmp,
+                );
+                finish_head(
+                    vr,
+                    layer.bv.map(|b| &b[kvh * hd..(kvh + 1) * hd]),
+                    None,
+                    c.norm_eps,
+                    None,
+                    tmp,
+                );
                 debug_assert!(pos < s.capacity);
                 // SAFETY: slot (pos, kvh) of this sequence's cache is
                 // written by this item only; pos < capacity was checked by
@@ -97,7 +111,14 @@ pub(crate) fn attention(
                     let table = &rope_table[row * pairs..(row + 1) * pairs];
                     // SAFETY: (row, qh) of Q and of the output belong to this item.
                     let qr = unsafe { q.slice(row * q_dim + qh * hd, hd) };
-                    finish_head(qr, layer.bq.map(|b| &b[qh * hd..(qh + 1) * hd]), layer.q_norm, c.norm_eps, Some((rope, table)), tmp);
+                    finish_head(
+                        qr,
+                        layer.bq.map(|b| &b[qh * hd..(qh + 1) * hd]),
+                        layer.q_norm,
+                        c.norm_eps,
+                        Some((rope, table)),
+                        tmp,
+                    );
                     let o = unsafe { out.slice(row * q_dim + qh * hd, hd) };
                     // SAFETY: positions 0..=p0+i of this head were stored,
                     // by this item or by earlier forward passes.

@@ -54,7 +54,7 @@ impl ModelConfig {
                 return Err(ModelError::invalid(k, format!("{v} is implausibly large")));
             }
         }
-        if self.n_heads % self.n_kv_heads != 0 {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return Err(ModelError::invalid(
                 "head_count_kv",
                 format!(
@@ -63,7 +63,10 @@ impl ModelConfig {
                 ),
             ));
         }
-        if self.rope.n_rot == 0 || self.rope.n_rot > self.head_dim || self.rope.n_rot % 2 != 0 {
+        if self.rope.n_rot == 0
+            || self.rope.n_rot > self.head_dim
+            || !self.rope.n_rot.is_multiple_of(2)
+        {
             return Err(ModelError::invalid(
                 "rope.dimension_count",
                 format!("{} for head_dim {}", self.rope.n_rot, self.head_dim),

@@ -35,6 +35,6 @@ pub use config::{ModelConfig, RopeConfig};
 pub use error::ModelError;
 pub use kv_cache::KvCache;
 pub use model::{LoadOptions, Logits, Model, SeqInput, TensorParallel};
-pub use tandem_numa::{NumaMode, Pool, SyncStats};
 pub use source::{ModelFiles, SourceFormat};
+pub use tandem_numa::{NumaMode, Pool, SyncStats};
 pub use tensor::Tensor;

@@ -162,16 +162,20 @@ impl Model {
     /// Builds the model, checking every tensor's shape and type, and places
     /// each node's shards in its memory.
     pub fn load_with(files: ModelFiles, opts: &LoadOptions) -> Result<Model, ModelError> {
-        let mut layout = tandem_numa::Layout::plan(&tandem_numa::Topology::detect(), opts.numa, opts.threads)?;
+        let mut layout =
+            tandem_numa::Layout::plan(&tandem_numa::Topology::detect(), opts.numa, opts.threads)?;
         layout.pin = opts.pin;
         let pool = Arc::new(Pool::with_layout(layout)?);
         let n_nodes = pool.n_nodes();
         let c = files.config.clone();
         let (q_dim, kv_dim) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
-        if c.n_kv_heads == 0 || c.n_heads % c.n_kv_heads != 0 {
+        if c.n_kv_heads == 0 || !c.n_heads.is_multiple_of(c.n_kv_heads) {
             return Err(ModelError::invalid(
                 "attention.head_count_kv",
-                format!("{} query heads are not a multiple of {} KV heads", c.n_heads, c.n_kv_heads),
+                format!(
+                    "{} query heads are not a multiple of {} KV heads",
+                    c.n_heads, c.n_kv_heads
+                ),
             ));
         }
         let group = c.n_heads / c.n_kv_heads;
@@ -207,9 +211,18 @@ impl Model {
             );
             // Heads: whole KV groups, aligned to O's blocks. FFN: aligned to
             // down's blocks.
-            let kv_ranges = kv_head_ranges(c.n_kv_heads, group, c.head_dim, wo.format.block_len(), n_nodes);
+            let kv_ranges = kv_head_ranges(
+                c.n_kv_heads,
+                group,
+                c.head_dim,
+                wo.format.block_len(),
+                n_nodes,
+            );
             let scale = |r: &Range<usize>, f: usize| r.start * f..r.end * f;
-            let q_rows: Vec<_> = kv_ranges.iter().map(|r| scale(r, group * c.head_dim)).collect();
+            let q_rows: Vec<_> = kv_ranges
+                .iter()
+                .map(|r| scale(r, group * c.head_dim))
+                .collect();
             let kv_rows: Vec<_> = kv_ranges.iter().map(|r| scale(r, c.head_dim)).collect();
             let ffn_ranges = aligned_ranges(c.ffn_hidden, down.format.block_len(), n_nodes);
             let hidden_rows = even_ranges(c.hidden, n_nodes);
@@ -247,7 +260,8 @@ impl Model {
             c.hidden,
         )?;
         let output_id = placer.add(&output, Split::Rows, &even_ranges(c.vocab_size, n_nodes))?;
-        let mut placed: Vec<Option<ShardedMatrix>> = placer.finish()?.into_iter().map(Some).collect();
+        let mut placed: Vec<Option<ShardedMatrix>> =
+            placer.finish()?.into_iter().map(Some).collect();
         let mut take = |id: usize| {
             placed
                 .get_mut(id)
@@ -308,7 +322,12 @@ impl Model {
         let layers: usize = self
             .layers
             .iter()
-            .map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down].iter().map(|m| m.n_bytes()).sum::<usize>())
+            .map(|l| {
+                [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]
+                    .iter()
+                    .map(|m| m.n_bytes())
+                    .sum::<usize>()
+            })
             .sum();
         layers + self.output.n_bytes() + self.embd.n_bytes() / self.config.vocab_size.max(1)
     }
@@ -345,22 +364,42 @@ impl Model {
         want: Logits,
     ) -> Result<Vec<f32>, ModelError> {
         let mut logits = Vec::new();
-        self.forward_batch(&mut [SeqInput { tokens, cache, want }], &mut logits)?;
+        self.forward_batch(
+            &mut [SeqInput {
+                tokens,
+                cache,
+                want,
+            }],
+            &mut logits,
+        )?;
         Ok(logits)
     }
 
     /// One decode step for B sequences: `tokens[b]` is appended to
     /// `caches[b]`; `logits` receives `B × vocab_size` values. Each weight
     /// is read once for the whole batch.
-    pub fn decode_batch(&self, tokens: &[u32], caches: &mut [KvCache], logits: &mut Vec<f32>) -> Result<(), ModelError> {
+    pub fn decode_batch(
+        &self,
+        tokens: &[u32],
+        caches: &mut [KvCache],
+        logits: &mut Vec<f32>,
+    ) -> Result<(), ModelError> {
         if tokens.len() != caches.len() {
-            return Err(ModelError::BadBatch(format!("{} tokens for {} caches", tokens.len(), caches.len())));
+            return Err(ModelError::BadBatch(format!(
+                "{} tokens for {} caches",
+                tokens.len(),
+                caches.len()
+            )));
         }
         // Inline storage: a decode step of up to 16 sequences allocates nothing.
         let mut seqs: SmallVec<[SeqInput<'_>; 16]> = tokens
             .chunks(1)
             .zip(caches.iter_mut())
-            .map(|(t, cache)| SeqInput { tokens: t, cache, want: Logits::Last })
+            .map(|(t, cache)| SeqInput {
+                tokens: t,
+                cache,
+                want: Logits::Last,
+            })
             .collect();
         self.forward_batch(&mut seqs, logits)
     }
@@ -369,7 +408,11 @@ impl Model {
     /// tokens, in one pass over the weights. `logits` is resized to hold, for
     /// each sequence in order, the rows it asked for (`vocab_size` each);
     /// its allocation is reused across calls.
-    pub fn forward_batch(&self, seqs: &mut [SeqInput<'_>], logits: &mut Vec<f32>) -> Result<(), ModelError> {
+    pub fn forward_batch(
+        &self,
+        seqs: &mut [SeqInput<'_>],
+        logits: &mut Vec<f32>,
+    ) -> Result<(), ModelError> {
         let c = &self.config;
         let (h, hd) = (c.hidden, c.head_dim);
         let (q_dim, kv_dim) = (c.n_heads * hd, c.n_kv_heads * hd);
@@ -381,13 +424,21 @@ impl Model {
         for s in seqs.iter() {
             let needed = s.cache.len() + s.tokens.len();
             if needed > s.cache.capacity() {
-                return Err(ModelError::ContextFull { needed, capacity: s.cache.capacity() });
+                return Err(ModelError::ContextFull {
+                    needed,
+                    capacity: s.cache.capacity(),
+                });
             }
             if s.cache.kv_dim() != kv_dim {
-                return Err(ModelError::BadBatch("KV cache made for another model".into()));
+                return Err(ModelError::BadBatch(
+                    "KV cache made for another model".into(),
+                ));
             }
             if let Some(&id) = s.tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
-                return Err(ModelError::BadToken { id, vocab: c.vocab_size });
+                return Err(ModelError::BadToken {
+                    id,
+                    vocab: c.vocab_size,
+                });
             }
         }
         let mut guard = self.workspace.lock().unwrap_or_else(|p| p.into_inner());
@@ -405,7 +456,9 @@ impl Model {
                 n_nodes,
                 n_threads: pool.n_threads(),
                 // Matmul chunks, or a head plus one score per cached position.
-                scratch: SCRATCH.max(8 * n).max(hd + seqs.iter().map(|s| s.cache.capacity()).max().unwrap_or(0)),
+                scratch: SCRATCH
+                    .max(8 * n)
+                    .max(hd + seqs.iter().map(|s| s.cache.capacity()).max().unwrap_or(0)),
             },
         );
 
@@ -424,8 +477,10 @@ impl Model {
             };
             for (i, &tok) in s.tokens.iter().enumerate() {
                 let pos = s.cache.len() + i;
-                self.embd.row_f32(tok as usize, &mut ws.x[row * h..(row + 1) * h])?;
-                self.rope.table(pos, &mut ws.rope[row * pairs..(row + 1) * pairs]);
+                self.embd
+                    .row_f32(tok as usize, &mut ws.x[row * h..(row + 1) * h])?;
+                self.rope
+                    .table(pos, &mut ws.rope[row * pairs..(row + 1) * pairs]);
                 ws.row_seq.push((si, pos));
                 if i >= first_logit {
                     ws.logit_rows.push(row);
@@ -436,18 +491,40 @@ impl Model {
 
         for (li, l) in self.layers.iter().enumerate() {
             // Attention block.
-            rms_norm(&ws.x[..n * h], &l.attn_norm, c.norm_eps, &mut ws.xn[..n * h]);
+            rms_norm(
+                &ws.x[..n * h],
+                &l.attn_norm,
+                c.norm_eps,
+                &mut ws.xn[..n * h],
+            );
             ws.acts.invalidate();
             for m in [&l.wq, &l.wk, &l.wv] {
-                ws.acts.prepare(m.format.activation_format(), &ws.xn[..n * h], n, h)?;
+                ws.acts
+                    .prepare(m.format.activation_format(), &ws.xn[..n * h], n, h)?;
             }
-            let (q, k, v) = (SharedOut::new(&mut ws.q), SharedOut::new(&mut ws.k), SharedOut::new(&mut ws.v));
+            let (q, k, v) = (
+                SharedOut::new(&mut ws.q),
+                SharedOut::new(&mut ws.k),
+                SharedOut::new(&mut ws.v),
+            );
             row_split(
                 pool,
                 &[
-                    RowTarget { m: &l.wq, out: q, stride: q_dim },
-                    RowTarget { m: &l.wk, out: k, stride: kv_dim },
-                    RowTarget { m: &l.wv, out: v, stride: kv_dim },
+                    RowTarget {
+                        m: &l.wq,
+                        out: q,
+                        stride: q_dim,
+                    },
+                    RowTarget {
+                        m: &l.wk,
+                        out: k,
+                        stride: kv_dim,
+                    },
+                    RowTarget {
+                        m: &l.wv,
+                        out: v,
+                        stride: kv_dim,
+                    },
                 ],
                 &ws.acts,
                 n,
@@ -495,7 +572,8 @@ impl Model {
             rms_norm(&ws.x[..n * h], &l.ffn_norm, c.norm_eps, &mut ws.xn[..n * h]);
             ws.acts.invalidate();
             for m in [&l.w_gate, &l.w_up] {
-                ws.acts.prepare(m.format.activation_format(), &ws.xn[..n * h], n, h)?;
+                ws.acts
+                    .prepare(m.format.activation_format(), &ws.xn[..n * h], n, h)?;
             }
             let (g, u) = (SharedOut::new(&mut ws.gate), SharedOut::new(&mut ws.up));
             gate_up(pool, &l.w_gate, &l.w_up, g, u, &ws.acts, n, &ws.scratch)?;
@@ -511,14 +589,28 @@ impl Model {
             return Ok(());
         }
         for (i, &r) in ws.logit_rows.iter().enumerate() {
-            rms_norm(&ws.x[r * h..(r + 1) * h], &self.out_norm, c.norm_eps, &mut ws.normed_out[i * h..(i + 1) * h]);
+            rms_norm(
+                &ws.x[r * h..(r + 1) * h],
+                &self.out_norm,
+                c.norm_eps,
+                &mut ws.normed_out[i * h..(i + 1) * h],
+            );
         }
         ws.acts.invalidate();
-        ws.acts.prepare(self.output.format.activation_format(), &ws.normed_out[..n_out * h], n_out, h)?;
+        ws.acts.prepare(
+            self.output.format.activation_format(),
+            &ws.normed_out[..n_out * h],
+            n_out,
+            h,
+        )?;
         logits.resize(n_out * c.vocab_size, 0.0);
         row_split(
             pool,
-            &[RowTarget { m: &self.output, out: SharedOut::new(logits), stride: c.vocab_size }],
+            &[RowTarget {
+                m: &self.output,
+                out: SharedOut::new(logits),
+                stride: c.vocab_size,
+            }],
             &ws.acts,
             n_out,
             &ws.scratch,
@@ -527,7 +619,14 @@ impl Model {
 
     /// `x += m · buf` for O (`buf` = attention output) and down (`buf` =
     /// gated FFN activations), however `m` is split.
-    fn project_add(&self, ws: &mut Workspace, m: &ShardedMatrix, n: usize, width: usize, buf: Buf) -> Result<(), ModelError> {
+    fn project_add(
+        &self,
+        ws: &mut Workspace,
+        m: &ShardedMatrix,
+        n: usize,
+        width: usize,
+        buf: Buf,
+    ) -> Result<(), ModelError> {
         if m.split == Split::Cols {
             self.prepare_node_acts(ws, m, n, width, buf)?;
             return self.col_split_add(ws, m, n);
@@ -538,18 +637,37 @@ impl Model {
             Buf::Gate => &ws.gate[..n * width],
         };
         ws.acts.invalidate();
-        ws.acts.prepare(m.format.activation_format(), src, n, width)?;
+        ws.acts
+            .prepare(m.format.activation_format(), src, n, width)?;
         let out = SharedOut::new(&mut ws.partial[0]);
-        row_split(&self.pool, &[RowTarget { m, out, stride: h }], &ws.acts, n, &ws.scratch)?;
+        row_split(
+            &self.pool,
+            &[RowTarget { m, out, stride: h }],
+            &ws.acts,
+            n,
+            &ws.scratch,
+        )?;
         let t0 = std::time::Instant::now();
-        ws.x[..n * h].iter_mut().zip(&ws.partial[0][..n * h]).for_each(|(a, &b)| *a += b);
-        self.allreduce_ns
-            .fetch_add(t0.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
+        ws.x[..n * h]
+            .iter_mut()
+            .zip(&ws.partial[0][..n * h])
+            .for_each(|(a, &b)| *a += b);
+        self.allreduce_ns.fetch_add(
+            t0.elapsed().as_nanos() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         Ok(())
     }
 
     /// Quantizes each node's column slice of `buf` for a column-split matrix.
-    fn prepare_node_acts(&self, ws: &mut Workspace, m: &ShardedMatrix, n: usize, width: usize, buf: Buf) -> Result<(), ModelError> {
+    fn prepare_node_acts(
+        &self,
+        ws: &mut Workspace,
+        m: &ShardedMatrix,
+        n: usize,
+        width: usize,
+        buf: Buf,
+    ) -> Result<(), ModelError> {
         let fmt = m.format.activation_format();
         for (node, sh) in m.shards.iter().enumerate() {
             let acts = &mut ws.node_acts[node];
@@ -577,13 +695,25 @@ impl Model {
 
     /// Runs a column-split matrix and adds every node's partial sums into
     /// the residual stream (the all-reduce, in shared memory).
-    fn col_split_add(&self, ws: &mut Workspace, m: &ShardedMatrix, n: usize) -> Result<(), ModelError> {
+    fn col_split_add(
+        &self,
+        ws: &mut Workspace,
+        m: &ShardedMatrix,
+        n: usize,
+    ) -> Result<(), ModelError> {
         let h = self.config.hidden;
         ws.partial_outs.clear();
         for p in ws.partial.iter_mut().take(m.shards.len()) {
             ws.partial_outs.push(SharedOut::new(p));
         }
-        col_split(&self.pool, m, &ws.node_acts, &ws.partial_outs, n, &ws.scratch)?;
+        col_split(
+            &self.pool,
+            m,
+            &ws.node_acts,
+            &ws.partial_outs,
+            n,
+            &ws.scratch,
+        )?;
         let t0 = std::time::Instant::now();
         let x = &mut ws.x[..n * h];
         for (node, sh) in m.shards.iter().enumerate() {
@@ -592,8 +722,10 @@ impl Model {
                 x.iter_mut().zip(p).for_each(|(a, &b)| *a += b);
             }
         }
-        self.allreduce_ns
-            .fetch_add(t0.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.allreduce_ns.fetch_add(
+            t0.elapsed().as_nanos() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         Ok(())
     }
 }

@@ -49,7 +49,8 @@ fn matmul_into(
         // SAFETY: chunks of one run cover disjoint rows, hence disjoint
         // output columns of the single token row.
         let dst = unsafe { out.slice(col0 + local.start, local.len()) };
-        return matmul_rows(m.format, sh.bytes(), sh.n_cols(), local, acts, dst).map_err(kernel_err);
+        return matmul_rows(m.format, sh.bytes(), sh.n_cols(), local, acts, dst)
+            .map_err(kernel_err);
     }
     let tmp = &mut scratch[..local.len() * n];
     matmul_rows(m.format, sh.bytes(), sh.n_cols(), local.clone(), acts, tmp).map_err(kernel_err)?;
@@ -103,7 +104,17 @@ pub(crate) fn row_split(
                 let (a, b) = (start.max(base), end.min(base + r));
                 if a < b && !sh.is_empty() {
                     let qa = acts.get(t.m.format.activation_format())?;
-                    matmul_into(sh, t.m, a - base..b - base, qa, n, t.out, t.stride, sh.rows.start, scratch)?;
+                    matmul_into(
+                        sh,
+                        t.m,
+                        a - base..b - base,
+                        qa,
+                        n,
+                        t.out,
+                        t.stride,
+                        sh.rows.start,
+                        scratch,
+                    )?;
                 }
                 base += r;
             }
@@ -112,6 +123,7 @@ pub(crate) fn row_split(
 }
 
 /// `gate = silu(gate_m · x) * (up_m · x)` over each node's FFN rows.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn gate_up(
     pool: &Pool,
     gate_m: &ShardedMatrix,
@@ -142,8 +154,28 @@ pub(crate) fn gate_up(
                 return Ok(());
             }
             let local = start..(start + chunk).min(total);
-            matmul_into(gs, gate_m, local.clone(), ga, n, gate, ffn, gs.rows.start, scratch)?;
-            matmul_into(us, up_m, local.clone(), ua, n, up, ffn, us.rows.start, scratch)?;
+            matmul_into(
+                gs,
+                gate_m,
+                local.clone(),
+                ga,
+                n,
+                gate,
+                ffn,
+                gs.rows.start,
+                scratch,
+            )?;
+            matmul_into(
+                us,
+                up_m,
+                local.clone(),
+                ua,
+                n,
+                up,
+                ffn,
+                us.rows.start,
+                scratch,
+            )?;
             for b in 0..n {
                 let off = b * ffn + gs.rows.start + local.start;
                 // SAFETY: this chunk's columns, written only by this worker.

@@ -40,7 +40,10 @@ enum ShardBytes {
     /// A byte range of the mapped tensor (single-node placement).
     File { tensor: Tensor, range: Range<usize> },
     /// A byte range of a node's memory.
-    Node { mem: Arc<NodeMemory>, range: Range<usize> },
+    Node {
+        mem: Arc<NodeMemory>,
+        range: Range<usize>,
+    },
 }
 
 /// One node's part of a matrix: rows `rows` × columns `cols` of the whole,
@@ -114,7 +117,7 @@ pub fn kv_head_ranges(
     n_nodes: usize,
 ) -> Vec<Range<usize>> {
     let unit = (1..=n_kv_heads)
-        .find(|u| (u * group * head_dim) % o_block_len.max(1) == 0)
+        .find(|u| (u * group * head_dim).is_multiple_of(o_block_len.max(1)))
         .unwrap_or(n_kv_heads.max(1));
     aligned_ranges(n_kv_heads, unit, n_nodes)
 }
@@ -160,7 +163,12 @@ impl<'p> Placer<'p> {
 
     /// Queues `m`, split by `split` into `ranges[node]` (rows or columns).
     /// Returns its index in [`finish`](Placer::finish)'s result.
-    pub fn add(&mut self, m: &Matrix, split: Split, ranges: &[Range<usize>]) -> Result<usize, ModelError> {
+    pub fn add(
+        &mut self,
+        m: &Matrix,
+        split: Split,
+        ranges: &[Range<usize>],
+    ) -> Result<usize, ModelError> {
         let n_nodes = self.nodes.len();
         if ranges.len() != n_nodes {
             return Err(ModelError::Kernel(format!(
@@ -171,7 +179,13 @@ impl<'p> Placer<'p> {
         }
         let row_bytes = |cols: usize| {
             m.format.row_bytes(cols).ok_or_else(|| {
-                ModelError::bad_tensor(m.tensor.name(), format!("{cols} columns do not split into {} blocks", m.format.name()))
+                ModelError::bad_tensor(
+                    m.tensor.name(),
+                    format!(
+                        "{cols} columns do not split into {} blocks",
+                        m.format.name()
+                    ),
+                )
             })
         };
         let mut parts = Vec::with_capacity(n_nodes);
@@ -180,7 +194,10 @@ impl<'p> Placer<'p> {
                 Split::Rows => (r.clone(), 0..m.cols),
                 Split::Cols => (0..m.rows, r.clone()),
             };
-            if rows.end > m.rows || cols.end > m.cols || (split == Split::Cols && cols.start % m.format.block_len() != 0) {
+            if rows.end > m.rows
+                || cols.end > m.cols
+                || (split == Split::Cols && cols.start % m.format.block_len() != 0)
+            {
                 return Err(ModelError::Kernel(format!(
                     "{}: bad shard {rows:?} x {cols:?}",
                     m.tensor.name()
@@ -236,12 +253,21 @@ impl<'p> Placer<'p> {
                         .parts
                         .into_iter()
                         .map(|(rows, cols, range)| Shard {
-                            bytes: ShardBytes::File { tensor: p.tensor.clone(), range },
+                            bytes: ShardBytes::File {
+                                tensor: p.tensor.clone(),
+                                range,
+                            },
                             rows,
                             cols,
                         })
                         .collect();
-                    ShardedMatrix { format: p.format, rows: p.rows, cols: p.cols, split: p.split, shards }
+                    ShardedMatrix {
+                        format: p.format,
+                        rows: p.rows,
+                        cols: p.cols,
+                        split: p.split,
+                        shards,
+                    }
                 })
                 .collect());
         }
@@ -249,10 +275,12 @@ impl<'p> Placer<'p> {
         let mut mems = Vec::with_capacity(n_nodes);
         for (node, (used, _)) in self.nodes.iter().enumerate() {
             let mem_node = layout.nodes.get(node).and_then(|n| n.memory_node);
-            mems.push(NodeMemory::new(*used, mem_node).map_err(|e| ModelError::OutOfMemory {
-                what: format!("node {node}'s weight shards ({e})"),
-                bytes: *used,
-            })?);
+            mems.push(
+                NodeMemory::new(*used, mem_node).map_err(|e| ModelError::OutOfMemory {
+                    what: format!("node {node}'s weight shards ({e})"),
+                    bytes: *used,
+                })?,
+            );
         }
         // First touch by the node's own workers. Each job writes a disjoint
         // destination range, so raw pointers are shared across workers.
@@ -266,7 +294,10 @@ impl<'p> Placer<'p> {
                 // SAFETY: `dst` lies inside this node's mapping (sized from
                 // the same offsets) and no other job writes it.
                 let dst = unsafe {
-                    std::slice::from_raw_parts_mut(bases[w.node].0.add(job.dst.start), job.dst.len())
+                    std::slice::from_raw_parts_mut(
+                        bases[w.node].0.add(job.dst.start),
+                        job.dst.len(),
+                    )
                 };
                 copy_shard(job, dst)?;
             }
@@ -282,12 +313,21 @@ impl<'p> Placer<'p> {
                     .into_iter()
                     .enumerate()
                     .map(|(node, (rows, cols, range))| Shard {
-                        bytes: ShardBytes::Node { mem: Arc::clone(&mems[node]), range },
+                        bytes: ShardBytes::Node {
+                            mem: Arc::clone(&mems[node]),
+                            range,
+                        },
                         rows,
                         cols,
                     })
                     .collect();
-                ShardedMatrix { format: p.format, rows: p.rows, cols: p.cols, split: p.split, shards }
+                ShardedMatrix {
+                    format: p.format,
+                    rows: p.rows,
+                    cols: p.cols,
+                    split: p.split,
+                    shards,
+                }
             })
             .collect())
     }
@@ -311,7 +351,9 @@ fn copy_shard(job: &CopyJob, dst: &mut [u8]) -> Result<(), ModelError> {
     let src = job.src.bytes();
     for (i, r) in job.shard_rows.clone().enumerate() {
         let from = src.get(r * full + c0..r * full + c1).ok_or_else(bad)?;
-        dst.get_mut(i * part..(i + 1) * part).ok_or_else(bad)?.copy_from_slice(from);
+        dst.get_mut(i * part..(i + 1) * part)
+            .ok_or_else(bad)?
+            .copy_from_slice(from);
     }
     Ok(())
 }
@@ -323,7 +365,10 @@ mod tests {
     #[test]
     fn ranges_cover_and_align() {
         assert_eq!(even_ranges(5, 2), vec![0..2, 2..5]);
-        assert_eq!(aligned_ranges(1024, 256, 3), vec![0..256, 256..512, 512..1024]);
+        assert_eq!(
+            aligned_ranges(1024, 256, 3),
+            vec![0..256, 256..512, 512..1024]
+        );
         assert_eq!(aligned_ranges(100, 32, 2), vec![0..64, 64..100]);
         assert_eq!(aligned_ranges(10, 1, 4), vec![0..2, 2..5, 5..7, 7..10]);
         // More nodes than units: some nodes get nothing, nothing is lost.

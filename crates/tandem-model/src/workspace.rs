@@ -24,11 +24,18 @@ impl ActsCache {
     }
 
     /// Quantizes `x` (`n` rows of `cols`) into `fmt` unless already done.
-    pub(crate) fn prepare(&mut self, fmt: ActivationFormat, x: &[f32], n: usize, cols: usize) -> Result<(), ModelError> {
+    pub(crate) fn prepare(
+        &mut self,
+        fmt: ActivationFormat,
+        x: &[f32],
+        n: usize,
+        cols: usize,
+    ) -> Result<(), ModelError> {
         let idx = match self.slots.iter().position(|s| s.0 == fmt) {
             Some(i) => i,
             None => {
-                self.slots.push((fmt, QuantizedActivations::new(fmt), false));
+                self.slots
+                    .push((fmt, QuantizedActivations::new(fmt), false));
                 self.slots.len() - 1
             }
         };
@@ -155,7 +162,8 @@ unsafe impl<T: Send> Sync for PerWorker<T> {}
 impl PerWorker<Vec<f32>> {
     fn ensure(&mut self, n_workers: usize, len: usize) {
         if self.0.len() < n_workers {
-            self.0.resize_with(n_workers, || UnsafeCell::new(Vec::new()));
+            self.0
+                .resize_with(n_workers, || UnsafeCell::new(Vec::new()));
         }
         for cell in &mut self.0 {
             grow(cell.get_mut(), len);
@@ -202,7 +210,11 @@ impl SharedOut {
     /// and the underlying buffer must outlive the returned slice.
     #[allow(clippy::mut_from_ref)]
     pub(crate) unsafe fn slice(&self, start: usize, len: usize) -> &mut [f32] {
-        assert!(start + len <= self.len, "SharedOut range {start}+{len} outside {}", self.len);
+        assert!(
+            start + len <= self.len,
+            "SharedOut range {start}+{len} outside {}",
+            self.len
+        );
         std::slice::from_raw_parts_mut(self.ptr.add(start), len)
     }
 

@@ -47,22 +47,47 @@ fn count<R>(f: impl FnOnce() -> R) -> (R, usize) {
 #[test]
 fn decode_steps_do_not_allocate() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/models");
-    for rel in ["tandem-tiny/gguf/tandem-tiny-Q4_K_M.gguf", "tiny-qwen3/gguf/tiny-qwen3-Q8_0.gguf"] {
+    for rel in [
+        "tandem-tiny/gguf/tandem-tiny-Q4_K_M.gguf",
+        "tiny-qwen3/gguf/tiny-qwen3-Q8_0.gguf",
+    ] {
         for numa in [NumaMode::Off, NumaMode::Virtual(2)] {
             let files = ModelFiles::open(&root.join(rel)).expect("open");
-            let model = Model::load_with(files, &LoadOptions { numa, ..LoadOptions::default() }).expect("load");
-            let mut caches: Vec<_> = (0..4).map(|_| model.new_cache(32).expect("cache")).collect();
+            let model = Model::load_with(
+                files,
+                &LoadOptions {
+                    numa,
+                    ..LoadOptions::default()
+                },
+            )
+            .expect("load");
+            let mut caches: Vec<_> = (0..4)
+                .map(|_| model.new_cache(32).expect("cache"))
+                .collect();
             let mut logits = Vec::new();
             // Warm-up: buffers grow to the batch shape here.
-            model.decode_batch(&[1, 2, 3, 4], &mut caches, &mut logits).expect("warm-up");
             model
-                .forward_batch(&mut [SeqInput { tokens: &[5], cache: &mut caches[0], want: Logits::Last }], &mut logits)
+                .decode_batch(&[1, 2, 3, 4], &mut caches, &mut logits)
+                .expect("warm-up");
+            model
+                .forward_batch(
+                    &mut [SeqInput {
+                        tokens: &[5],
+                        cache: &mut caches[0],
+                        want: Logits::Last,
+                    }],
+                    &mut logits,
+                )
                 .expect("warm-up");
             let (r, n) = count(|| -> Result<(), tandem_model::ModelError> {
                 for step in 0..5 {
                     model.decode_batch(&[7, 8, 9, step], &mut caches, &mut logits)?;
                     model.forward_batch(
-                        &mut [SeqInput { tokens: &[step], cache: &mut caches[1], want: Logits::Last }],
+                        &mut [SeqInput {
+                            tokens: &[step],
+                            cache: &mut caches[1],
+                            want: Logits::Last,
+                        }],
                         &mut logits,
                     )?;
                 }

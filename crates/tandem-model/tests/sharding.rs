@@ -6,7 +6,9 @@
 
 use std::path::{Path, PathBuf};
 
-use tandem_model::{KvCache, LoadOptions, Logits, Model, ModelFiles, NumaMode, SeqInput, TensorParallel};
+use tandem_model::{
+    KvCache, LoadOptions, Logits, Model, ModelFiles, NumaMode, SeqInput, TensorParallel,
+};
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/models")
@@ -15,11 +17,19 @@ fn fixtures() -> PathBuf {
 /// Every fixture model: each GGUF file and each HF directory with weights.
 fn all_models() -> Vec<PathBuf> {
     let mut out = Vec::new();
-    let mut names: Vec<_> = std::fs::read_dir(fixtures()).expect("fixtures").flatten().map(|e| e.path()).collect();
+    let mut names: Vec<_> = std::fs::read_dir(fixtures())
+        .expect("fixtures")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     names.sort();
     for m in names {
         if let Ok(rd) = std::fs::read_dir(m.join("gguf")) {
-            let mut files: Vec<_> = rd.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "gguf")).collect();
+            let mut files: Vec<_> = rd
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "gguf"))
+                .collect();
             files.sort();
             out.extend(files);
         }
@@ -35,26 +45,45 @@ fn load(path: &Path, numa: NumaMode, threads: Option<usize>) -> Model {
     load_tp(path, numa, threads, TensorParallel::Gather)
 }
 
-fn load_tp(path: &Path, numa: NumaMode, threads: Option<usize>, tensor_parallel: TensorParallel) -> Model {
+fn load_tp(
+    path: &Path,
+    numa: NumaMode,
+    threads: Option<usize>,
+    tensor_parallel: TensorParallel,
+) -> Model {
     let files = ModelFiles::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let opts = LoadOptions { numa, threads, pin: false, tensor_parallel };
+    let opts = LoadOptions {
+        numa,
+        threads,
+        pin: false,
+        tensor_parallel,
+    };
     Model::load_with(files, &opts).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 fn rel_max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     let scale = b.iter().fold(0.0f32, |m, x| m.max(x.abs())).max(1e-30);
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max) / scale
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+        / scale
 }
 
 /// Prefill logits for every position, then three greedy decode steps.
 fn run(model: &Model) -> Vec<f32> {
     let prompt = model
         .tokenizer
-        .encode("The quick brown fox: def f(x): return x * 2  # 日本語", true)
+        .encode(
+            "The quick brown fox: def f(x): return x * 2  # 日本語",
+            true,
+        )
         .expect("encode");
     let mut cache = model.new_cache(64).expect("cache");
-    let mut out = model.forward(&prompt, &mut cache, Logits::All).expect("prefill");
+    let mut out = model
+        .forward(&prompt, &mut cache, Logits::All)
+        .expect("prefill");
     let vocab = model.config.vocab_size;
     let mut last = out[out.len() - vocab..].to_vec();
     for _ in 0..3 {
@@ -63,7 +92,9 @@ fn run(model: &Model) -> Vec<f32> {
             .enumerate()
             .fold((0, f32::MIN), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
             .0 as u32;
-        last = model.forward(&[next], &mut cache, Logits::Last).expect("decode");
+        last = model
+            .forward(&[next], &mut cache, Logits::Last)
+            .expect("decode");
         out.extend_from_slice(&last);
     }
     out
@@ -78,7 +109,11 @@ fn virtual_nodes_match_the_unsharded_path() {
             assert_eq!(model.pool().n_nodes(), n);
             let d = rel_max_diff(&run(&model), &base);
             eprintln!("{} virtual:{n}: rel max diff {d:.2e}", path.display());
-            assert!(d <= 1e-5, "{} virtual:{n}: logits differ by {d:.2e}", path.display());
+            assert!(
+                d <= 1e-5,
+                "{} virtual:{n}: logits differ by {d:.2e}",
+                path.display()
+            );
         }
     }
 }
@@ -94,21 +129,40 @@ fn all_reduce_split_matches_within_rounding() {
         // F16/BF16 weights take 16-bit activations: those round too.
         let float = ["F32", "/hf"].iter().any(|f| name.contains(f));
         for n in [2, 3] {
-            let d = rel_max_diff(&run(&load_tp(&path, NumaMode::Virtual(n), None, TensorParallel::AllReduce)), &base);
+            let d = rel_max_diff(
+                &run(&load_tp(
+                    &path,
+                    NumaMode::Virtual(n),
+                    None,
+                    TensorParallel::AllReduce,
+                )),
+                &base,
+            );
             eprintln!("{name} virtual:{n} all-reduce: rel max diff {d:.2e}");
             let tol = if float { 1e-5 } else { 3e-3 };
-            assert!(d <= tol, "{name} virtual:{n} all-reduce: {d:.2e} > {tol:.0e}");
+            assert!(
+                d <= tol,
+                "{name} virtual:{n} all-reduce: {d:.2e} > {tol:.0e}"
+            );
         }
     }
 }
 
 #[test]
 fn batched_decode_matches_one_sequence_at_a_time() {
-    for rel in ["tandem-tiny/gguf/tandem-tiny-Q4_K_M.gguf", "tiny-qwen2/gguf/tiny-qwen2-Q8_0.gguf", "tiny-llama3/hf"] {
+    for rel in [
+        "tandem-tiny/gguf/tandem-tiny-Q4_K_M.gguf",
+        "tiny-qwen2/gguf/tiny-qwen2-Q8_0.gguf",
+        "tiny-llama3/hf",
+    ] {
         let path = fixtures().join(rel);
         for numa in [NumaMode::Off, NumaMode::Virtual(2)] {
             let model = load(&path, numa, None);
-            let prompts = ["Hello", "def main():\n    return", "A longer prompt, with more tokens than the others"];
+            let prompts = [
+                "Hello",
+                "def main():\n    return",
+                "A longer prompt, with more tokens than the others",
+            ];
             let prefill = |p: &str| -> KvCache {
                 let ids = model.tokenizer.encode(p, true).expect("encode");
                 let mut c = model.new_cache(64).expect("cache");
@@ -121,9 +175,13 @@ fn batched_decode_matches_one_sequence_at_a_time() {
             let mut logits = Vec::new();
             for step in 0..4u32 {
                 let tokens: Vec<u32> = (0..3).map(|b| 10 + 7 * b + step).collect();
-                model.decode_batch(&tokens, &mut batch, &mut logits).expect("batch");
+                model
+                    .decode_batch(&tokens, &mut batch, &mut logits)
+                    .expect("batch");
                 for (b, c) in single.iter_mut().enumerate() {
-                    let one = model.forward(&tokens[b..b + 1], c, Logits::Last).expect("single");
+                    let one = model
+                        .forward(&tokens[b..b + 1], c, Logits::Last)
+                        .expect("single");
                     let d = rel_max_diff(&logits[b * vocab..(b + 1) * vocab], &one);
                     assert!(d <= 1e-6, "{rel} {numa}: sequence {b} step {step}: {d:.2e}");
                 }
@@ -134,52 +192,85 @@ fn batched_decode_matches_one_sequence_at_a_time() {
             model
                 .forward_batch(
                     &mut [
-                        SeqInput { tokens: &[5, 6, 7], cache: &mut a[0], want: Logits::Last },
-                        SeqInput { tokens: &[8], cache: &mut b[0], want: Logits::Last },
+                        SeqInput {
+                            tokens: &[5, 6, 7],
+                            cache: &mut a[0],
+                            want: Logits::Last,
+                        },
+                        SeqInput {
+                            tokens: &[8],
+                            cache: &mut b[0],
+                            want: Logits::Last,
+                        },
                     ],
                     &mut out,
                 )
                 .expect("mixed");
-            let one = model.forward(&[5, 6, 7], &mut single[0], Logits::Last).expect("single");
-            assert!(rel_max_diff(&out[..vocab], &one) <= 1e-6, "{rel}: mixed batch");
+            let one = model
+                .forward(&[5, 6, 7], &mut single[0], Logits::Last)
+                .expect("single");
+            assert!(
+                rel_max_diff(&out[..vocab], &one) <= 1e-6,
+                "{rel}: mixed batch"
+            );
         }
     }
 }
 
 #[test]
 fn bad_batches_are_errors() {
-    let model = load(&fixtures().join("tiny-llama3/gguf/tiny-llama3-F32.gguf"), NumaMode::Off, Some(1));
+    let model = load(
+        &fixtures().join("tiny-llama3/gguf/tiny-llama3-F32.gguf"),
+        NumaMode::Off,
+        Some(1),
+    );
     let mut caches = vec![model.new_cache(4).expect("cache")];
     let mut logits = Vec::new();
-    assert!(model.decode_batch(&[1, 2], &mut caches, &mut logits).is_err());
-    assert!(model.decode_batch(&[u32::MAX], &mut caches, &mut logits).is_err());
+    assert!(model
+        .decode_batch(&[1, 2], &mut caches, &mut logits)
+        .is_err());
+    assert!(model
+        .decode_batch(&[u32::MAX], &mut caches, &mut logits)
+        .is_err());
     for _ in 0..4 {
-        model.decode_batch(&[1], &mut caches, &mut logits).expect("fits");
+        model
+            .decode_batch(&[1], &mut caches, &mut logits)
+            .expect("fits");
     }
-    assert!(model.decode_batch(&[1], &mut caches, &mut logits).is_err(), "context full");
+    assert!(
+        model.decode_batch(&[1], &mut caches, &mut logits).is_err(),
+        "context full"
+    );
 }
 
 #[test]
 fn shards_are_placed_once_on_their_node() {
     let path = fixtures().join("tandem-tiny/gguf/tandem-tiny-Q8_0.gguf");
-    let whole: usize = load(&path, NumaMode::Off, Some(1)).shards().iter().map(|s| s.1.len()).sum();
+    let whole: usize = load(&path, NumaMode::Off, Some(1))
+        .shards()
+        .iter()
+        .map(|s| s.1.len())
+        .sum();
     for n in [2, 3] {
         let model = load(&path, NumaMode::Virtual(n), None);
         let shards = model.shards();
         let placed: usize = shards.iter().map(|s| s.1.len()).sum();
-        assert_eq!(placed, whole, "virtual:{n}: weights must be split, never replicated");
+        assert_eq!(
+            placed, whole,
+            "virtual:{n}: weights must be split, never replicated"
+        );
         let layout = model.pool().layout().clone();
         let mut checked = 0;
         for (node, bytes) in shards.iter().filter(|s| !s.1.is_empty()) {
             let want = layout.nodes[*node].memory_node;
-            match (tandem_numa::page_node(bytes.as_ptr()), want) {
-                (Some(found), Some(want)) => {
-                    assert_eq!(found, want, "shard of node {node} on machine node {found}");
-                    checked += 1;
-                }
-                _ => {}
+            if let (Some(found), Some(want)) = (tandem_numa::page_node(bytes.as_ptr()), want) {
+                assert_eq!(found, want, "shard of node {node} on machine node {found}");
+                checked += 1;
             }
         }
-        eprintln!("virtual:{n}: {} shards, {checked} placements checked with get_mempolicy", shards.len());
+        eprintln!(
+            "virtual:{n}: {} shards, {checked} placements checked with get_mempolicy",
+            shards.len()
+        );
     }
 }

@@ -56,7 +56,9 @@ pub fn current_affinity() -> Option<Vec<usize>> {
         if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
             return None;
         }
-        let cpus: Vec<usize> = (0..MAX_CPUS).filter(|&c| libc::CPU_ISSET(c, &set)).collect();
+        let cpus: Vec<usize> = (0..MAX_CPUS)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect();
         (!cpus.is_empty()).then_some(cpus)
     }
 }
@@ -98,7 +100,10 @@ mod tests {
 
     #[test]
     fn parses_sysfs_syntax() {
-        assert_eq!(parse_cpulist("0-3,8,10-11\n").unwrap(), vec![0, 1, 2, 3, 8, 10, 11]);
+        assert_eq!(
+            parse_cpulist("0-3,8,10-11\n").unwrap(),
+            vec![0, 1, 2, 3, 8, 10, 11]
+        );
         assert_eq!(parse_cpulist("").unwrap(), Vec::<usize>::new());
         assert_eq!(parse_cpulist("\n").unwrap(), Vec::<usize>::new());
         assert_eq!(parse_cpulist("5").unwrap(), vec![5]);

@@ -21,7 +21,13 @@ pub struct NodeMemory {
 
 impl std::fmt::Debug for NodeMemory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "NodeMemory({} bytes, node {:?}, bound {})", self.map.len(), self.node, self.bound)
+        write!(
+            f,
+            "NodeMemory({} bytes, node {:?}, bound {})",
+            self.map.len(),
+            self.node,
+            self.bound
+        )
     }
 }
 
@@ -29,7 +35,10 @@ impl NodeMemory {
     /// Maps `len` bytes (at least one page) for `node` (None: wherever the
     /// kernel likes). Nothing is touched yet.
     pub fn new(len: usize, node: Option<usize>) -> Result<NodeMemory, NumaError> {
-        let map = MmapMut::map_anon(len.max(1)).map_err(|e| NumaError::Map { bytes: len, source: e })?;
+        let map = MmapMut::map_anon(len.max(1)).map_err(|e| NumaError::Map {
+            bytes: len,
+            source: e,
+        })?;
         #[cfg(target_os = "linux")]
         {
             let _ = map.advise(memmap2::Advice::HugePage);
@@ -90,7 +99,10 @@ fn bind(addr: *const u8, len: usize, node: usize) -> bool {
         )
     };
     if rc != 0 {
-        tracing::debug!("mbind to node {node} refused: {}", std::io::Error::last_os_error());
+        tracing::debug!(
+            "mbind to node {node} refused: {}",
+            std::io::Error::last_os_error()
+        );
     }
     rc == 0
 }

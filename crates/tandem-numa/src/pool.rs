@@ -83,7 +83,12 @@ impl std::fmt::Debug for Worker<'_> {
         write!(
             f,
             "Worker({} of {}, node {} of {}, {} of {} in node)",
-            self.index, self.n_threads, self.node, self.n_nodes, self.index_in_node, self.threads_in_node
+            self.index,
+            self.n_threads,
+            self.node,
+            self.n_nodes,
+            self.index_in_node,
+            self.threads_in_node
         )
     }
 }
@@ -223,7 +228,10 @@ impl Pool {
     }
     /// Workers of engine node `node`.
     pub fn threads_in_node(&self, node: usize) -> usize {
-        self.layout.nodes.get(node).map_or(0, |n| n.worker_cpus.len())
+        self.layout
+            .nodes
+            .get(node)
+            .map_or(0, |n| n.worker_cpus.len())
     }
 
     /// Synchronisation counters since the pool was made.
@@ -283,7 +291,10 @@ impl Pool {
 
     /// [`run`](Pool::run) for fallible jobs: the first error any worker
     /// returns (workers still all finish the run).
-    pub fn try_run<E: Send, F: Fn(Worker<'_>) -> Result<(), E> + Sync>(&self, job: F) -> Result<(), E> {
+    pub fn try_run<E: Send, F: Fn(Worker<'_>) -> Result<(), E> + Sync>(
+        &self,
+        job: F,
+    ) -> Result<(), E> {
         let first: Mutex<Option<E>> = Mutex::new(None);
         self.run(|w| {
             if let Err(e) = job(w) {
@@ -314,7 +325,12 @@ impl Pool {
             return;
         }
         DRIVER_OF.with(|d| d.set(self.id));
-        if let Some(cpu) = self.layout.nodes.first().and_then(|n| n.worker_cpus.first()) {
+        if let Some(cpu) = self
+            .layout
+            .nodes
+            .first()
+            .and_then(|n| n.worker_cpus.first())
+        {
             if let Err(e) = pin_current_thread(&[*cpu]) {
                 tracing::debug!("{e}; the driver runs unpinned");
             }
@@ -381,7 +397,7 @@ fn worker_loop(s: &Shared, info: WorkerInfo) {
                 break;
             }
             spins = spins.wrapping_add(1);
-            if spins % 64 != 0 {
+            if !spins.is_multiple_of(64) {
                 std::hint::spin_loop();
                 continue;
             }
@@ -420,7 +436,7 @@ fn wait_until(done: impl Fn() -> bool) {
     let start = Instant::now();
     while !done() {
         spins = spins.wrapping_add(1);
-        if spins % 64 == 0 && start.elapsed() > SPIN {
+        if spins.is_multiple_of(64) && start.elapsed() > SPIN {
             std::thread::yield_now();
         } else {
             std::hint::spin_loop();
@@ -494,7 +510,13 @@ mod tests {
     #[test]
     fn errors_and_panics_come_back() {
         let pool = Pool::with_layout(layout(&[1, 2])).unwrap();
-        let r: Result<(), String> = pool.try_run(|w| if w.index == 2 { Err(format!("w{}", w.index)) } else { Ok(()) });
+        let r: Result<(), String> = pool.try_run(|w| {
+            if w.index == 2 {
+                Err(format!("w{}", w.index))
+            } else {
+                Ok(())
+            }
+        });
         assert_eq!(r, Err("w2".to_string()));
         let caught = catch_unwind(AssertUnwindSafe(|| {
             pool.run(|w| {
@@ -521,7 +543,12 @@ mod tests {
 
     #[test]
     fn pools_from_the_machine() {
-        for mode in [NumaMode::Auto, NumaMode::Off, NumaMode::Virtual(2), NumaMode::Virtual(3)] {
+        for mode in [
+            NumaMode::Auto,
+            NumaMode::Off,
+            NumaMode::Virtual(2),
+            NumaMode::Virtual(3),
+        ] {
             let mut layout = Layout::plan(&Topology::detect(), mode, None).unwrap();
             layout.pin = mode == NumaMode::Virtual(3);
             let pool = Pool::with_layout(layout).unwrap();

@@ -165,7 +165,11 @@ impl Layout {
     /// Plans `threads` workers (default: one per usable CPU) over the nodes
     /// `mode` asks for. Every engine node gets at least one worker; when
     /// there are fewer CPUs than workers, CPUs are shared (correct, slow).
-    pub fn plan(topo: &Topology, mode: NumaMode, threads: Option<usize>) -> Result<Layout, NumaError> {
+    pub fn plan(
+        topo: &Topology,
+        mode: NumaMode,
+        threads: Option<usize>,
+    ) -> Result<Layout, NumaError> {
         if threads == Some(0) {
             return Err(NumaError::ZeroThreads);
         }
@@ -251,7 +255,10 @@ mod tests {
             nodes: nodes
                 .iter()
                 .enumerate()
-                .map(|(id, c)| Node { id, cpus: c.to_vec() })
+                .map(|(id, c)| Node {
+                    id,
+                    cpus: c.to_vec(),
+                })
                 .collect(),
         }
     }
@@ -260,8 +267,18 @@ mod tests {
     fn modes_parse() {
         assert_eq!("auto".parse::<NumaMode>().unwrap(), NumaMode::Auto);
         assert_eq!("OFF".parse::<NumaMode>().unwrap(), NumaMode::Off);
-        assert_eq!("virtual:3".parse::<NumaMode>().unwrap(), NumaMode::Virtual(3));
-        for bad in ["virtual:0", "virtual:", "virtual:x", "virtual:1000", "on", ""] {
+        assert_eq!(
+            "virtual:3".parse::<NumaMode>().unwrap(),
+            NumaMode::Virtual(3)
+        );
+        for bad in [
+            "virtual:0",
+            "virtual:",
+            "virtual:x",
+            "virtual:1000",
+            "on",
+            "",
+        ] {
             assert!(bad.parse::<NumaMode>().is_err(), "{bad:?}");
         }
         assert_eq!(NumaMode::Virtual(2).to_string(), "virtual:2");
@@ -280,7 +297,13 @@ mod tests {
         assert_eq!(t, topo(&[&[0, 1, 2, 3], &[4, 5, 6, 7]]));
         let t = Topology::from_sysfs(&dir, Some(&[1, 2, 5])).unwrap();
         assert_eq!(t.nodes.len(), 2);
-        assert_eq!(t.nodes[1], Node { id: 1, cpus: vec![5] });
+        assert_eq!(
+            t.nodes[1],
+            Node {
+                id: 1,
+                cpus: vec![5]
+            }
+        );
         std::fs::write(dir.join("node1").join("cpulist"), "garbage").unwrap();
         assert!(Topology::from_sysfs(&dir, None).is_err());
         let _ = std::fs::remove_dir_all(&dir);
@@ -304,12 +327,21 @@ mod tests {
         assert_eq!(l.nodes[0].memory_node, None);
         assert_eq!(l.n_threads(), 3);
         let l = Layout::plan(&two, NumaMode::Auto, Some(2)).unwrap();
-        assert_eq!(l.nodes.iter().map(|n| n.worker_cpus.len()).collect::<Vec<_>>(), vec![1, 1]);
+        assert_eq!(
+            l.nodes
+                .iter()
+                .map(|n| n.worker_cpus.len())
+                .collect::<Vec<_>>(),
+            vec![1, 1]
+        );
 
         let one = topo(&[&[0, 1]]);
         let l = Layout::plan(&one, NumaMode::Virtual(3), None).unwrap();
         assert_eq!(l.nodes.len(), 3);
-        assert!(l.nodes.iter().all(|n| n.worker_cpus.len() == 1 && n.memory_node == Some(0)));
+        assert!(l
+            .nodes
+            .iter()
+            .all(|n| n.worker_cpus.len() == 1 && n.memory_node == Some(0)));
         let l = Layout::plan(&one, NumaMode::Virtual(2), None).unwrap();
         assert_eq!(l.nodes[0].worker_cpus, vec![0]);
         assert_eq!(l.nodes[1].worker_cpus, vec![1]);

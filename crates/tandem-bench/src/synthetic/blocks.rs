@@ -45,7 +45,7 @@ fn pack_scales_k4(sc: &[u8; 8], m: &[u8; 8], out: &mut [u8]) {
 /// Fills `out` (a whole number of `ty` blocks) with random weights.
 pub fn fill(ty: GgmlType, rng: &mut SmallRng, out: &mut [u8]) -> Result<(), BenchError> {
     let bb = usize::try_from(ty.block_bytes()).unwrap_or(usize::MAX);
-    if out.len() % bb != 0 {
+    if !out.len().is_multiple_of(bb) {
         return Err(BenchError::Invalid(format!(
             "{} bytes is not a whole number of {ty} blocks",
             out.len()

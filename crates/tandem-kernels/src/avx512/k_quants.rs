@@ -73,7 +73,12 @@ struct Block {
 unsafe fn scales_mins(blk: *const u8) -> ([__m512i; 2], __m256i) {
     let s = std::slice::from_raw_parts(blk.add(K_SCALES_OFF), 12);
     let u = unpack_scales_mins_k4(s);
-    let sm = _mm256_cvtepu8_epi16(_mm_set_epi32(u[3] as i32, u[2] as i32, u[1] as i32, u[0] as i32));
+    let sm = _mm256_cvtepu8_epi16(_mm_set_epi32(
+        u[3] as i32,
+        u[2] as i32,
+        u[1] as i32,
+        u[0] as i32,
+    ));
     let sm512 = _mm512_castsi256_si512(sm);
     let s0 = _mm512_permutexvar_epi16(load512(SCALE_IDX[0].as_ptr()), sm512);
     let s1 = _mm512_permutexvar_epi16(load512(SCALE_IDX[1].as_ptr()), sm512);

@@ -89,7 +89,11 @@ unsafe fn run<L: Legacy, const R: usize, const N: usize>(
     let mut ib = 0;
     while ib < nb {
         let tail = ib + 1 == nb;
-        let mut x = [Pair { ax: zero, neg: 0, dx: _mm512_setzero_ps() }; R];
+        let mut x = [Pair {
+            ax: zero,
+            neg: 0,
+            dx: _mm512_setzero_ps(),
+        }; R];
         for (r, x) in x.iter_mut().enumerate() {
             *x = L::decode(wp.add(r * rb + ib * L::BYTES), tail, idx);
         }
@@ -130,7 +134,10 @@ struct Q4_0;
 unsafe fn q4_0_nibbles(t: __m512i) -> __m512i {
     let z = _mm512_shuffle_i64x2::<0b01_01_00_00>(t, t);
     let z = _mm512_mask_srli_epi16::<4>(z, 0xFF00_FF00, z);
-    _mm512_sub_epi8(_mm512_and_si512(z, _mm512_set1_epi8(0xF)), _mm512_set1_epi8(8))
+    _mm512_sub_epi8(
+        _mm512_and_si512(z, _mm512_set1_epi8(0xF)),
+        _mm512_set1_epi8(8),
+    )
 }
 
 impl Legacy for Q4_0 {
@@ -148,7 +155,10 @@ impl Legacy for Q4_0 {
                 _mm256_castsi128_si256(load128(blk.add(2))),
                 load128(nxt.add(2)),
             );
-            pair_from(q4_0_nibbles(_mm512_castsi256_si512(t)), scales_f16(blk, nxt, idx))
+            pair_from(
+                q4_0_nibbles(_mm512_castsi256_si512(t)),
+                scales_f16(blk, nxt, idx),
+            )
         }
     }
 }

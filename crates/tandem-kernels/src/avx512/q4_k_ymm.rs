@@ -48,8 +48,12 @@ const MIN_IDX: [i16; 16] = [8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 
 
 /// Byte shuffles for the scale unpacking (see `scales_mins`).
 const SHUF_A: [i8; 16] = [0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 8, 9, 10, 11];
-const SHUF_B: [i8; 16] = [-128, -128, -128, -128, 0, 1, 2, 3, -128, -128, -128, -128, 4, 5, 6, 7];
-const MASK_A: [u8; 16] = [63, 63, 63, 63, 15, 15, 15, 15, 63, 63, 63, 63, 15, 15, 15, 15];
+const SHUF_B: [i8; 16] = [
+    -128, -128, -128, -128, 0, 1, 2, 3, -128, -128, -128, -128, 4, 5, 6, 7,
+];
+const MASK_A: [u8; 16] = [
+    63, 63, 63, 63, 15, 15, 15, 15, 63, 63, 63, 63, 15, 15, 15, 15,
+];
 
 /// `[sc0..sc8, m0..m8]` as i16 from the 12 packed bytes at `p` (ggml's
 /// `get_scale_min_k4` for all 8 sub-blocks at once). Reads 16 bytes.
@@ -122,7 +126,8 @@ unsafe fn row<const N: usize>(w: *const u8, nb: usize, ys: &[Q8KRow<'_>; N]) -> 
             let mut s = [zero; 2];
             for p in 0..4 {
                 let a = _mm256_dpbusd_epi32(zero, q[2 * p], _mm256_loadu_si256(y.add(2 * p)));
-                let b = _mm256_dpbusd_epi32(zero, q[2 * p + 1], _mm256_loadu_si256(y.add(2 * p + 1)));
+                let b =
+                    _mm256_dpbusd_epi32(zero, q[2 * p + 1], _mm256_loadu_si256(y.add(2 * p + 1)));
                 s[p % 2] = _mm256_dpwssd_epi32(s[p % 2], _mm256_packs_epi32(a, b), sc[p]);
             }
             let s = _mm256_add_epi32(s[0], s[1]);

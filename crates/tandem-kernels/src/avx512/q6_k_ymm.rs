@@ -72,11 +72,11 @@ unsafe fn row<const N: usize>(w: *const u8, nb: usize, ys: &[Q8KRow<'_>; N]) -> 
     let mut acc = [_mm256_setzero_ps(); N];
     for i in 0..nb {
         let blk = w.add(i * Q6_K_BYTES);
-        let d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(u16::from_le_bytes([
-            *blk.add(Q6_K_D_OFF),
-            *blk.add(Q6_K_D_OFF + 1),
-        ])))));
-        let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(blk.add(Q6_K_SCALES_OFF) as *const __m128i));
+        let d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(
+            u16::from_le_bytes([*blk.add(Q6_K_D_OFF), *blk.add(Q6_K_D_OFF + 1)]),
+        ))));
+        let sc16 =
+            _mm256_cvtepi8_epi16(_mm_loadu_si128(blk.add(Q6_K_SCALES_OFF) as *const __m128i));
         let sc = [
             _mm256_permutexvar_epi16(idx[0], sc16),
             _mm256_permutexvar_epi16(idx[1], sc16),
@@ -93,14 +93,19 @@ unsafe fn row<const N: usize>(w: *const u8, nb: usize, ys: &[Q8KRow<'_>; N]) -> 
             q[4 * h] = or_and(_mm256_and_si256(ql0, m4), _mm256_slli_epi16::<4>(hb), m48);
             q[4 * h + 1] = or_and(_mm256_and_si256(ql1, m4), _mm256_slli_epi16::<2>(hb), m48);
             q[4 * h + 2] = or_and(_mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4), hb, m48);
-            q[4 * h + 3] = or_and(_mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4), _mm256_srli_epi16::<2>(hb), m48);
+            q[4 * h + 3] = or_and(
+                _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
+                _mm256_srli_epi16::<2>(hb),
+                m48,
+            );
         }
         for k in 0..N {
             let y = ys[k].qs.as_ptr().add(QK_K * i) as *const __m256i;
             let mut s = [zero; 2];
             for p in 0..4 {
                 let a = _mm256_dpbusd_epi32(zero, q[2 * p], _mm256_loadu_si256(y.add(2 * p)));
-                let b = _mm256_dpbusd_epi32(zero, q[2 * p + 1], _mm256_loadu_si256(y.add(2 * p + 1)));
+                let b =
+                    _mm256_dpbusd_epi32(zero, q[2 * p + 1], _mm256_loadu_si256(y.add(2 * p + 1)));
                 s[p % 2] = _mm256_dpwssd_epi32(s[p % 2], _mm256_packs_epi32(a, b), sc[p]);
             }
             let bsums = _mm256_loadu_si256(ys[k].bsums.as_ptr().add(16 * i) as *const __m256i);

@@ -82,7 +82,9 @@ unsafe fn row<const N: usize>(w: *const u8, nb: usize, ys: &[Q8Row<'_>; N]) -> [
                 _mm256_permute2x128_si256::<0x20>(u0, u1),
                 _mm256_permute2x128_si256::<0x31>(u0, u1),
             );
-            let asum = _mm256_cvtepi16_epi32(_mm_loadu_si128(ys[k].sums.as_ptr().add(8 * g) as *const __m128i));
+            let asum = _mm256_cvtepi16_epi32(_mm_loadu_si128(
+                ys[k].sums.as_ptr().add(8 * g) as *const __m128i
+            ));
             let s = _mm256_sub_epi32(s, _mm256_slli_epi32::<7>(asum));
             let da = _mm256_loadu_ps(ys[k].d.as_ptr().add(8 * g));
             acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, da), acc[k]);
@@ -91,11 +93,14 @@ unsafe fn row<const N: usize>(w: *const u8, nb: usize, ys: &[Q8Row<'_>; N]) -> [
     let mut tail = [0.0f32; N];
     for i in groups * 8..nb {
         let blk = w.add(i * Q8_0_BYTES);
-        let dw = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(f16_bits(blk) as u16))));
+        let dw = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(
+            f16_bits(blk) as u16
+        ))));
         let q = _mm256_xor_si256(_mm256_loadu_si256(blk.add(2) as *const __m256i), flip);
         for k in 0..N {
             let y = ys[k].qs.as_ptr().add(QK8_0 * i) as *const __m256i;
-            let s = hsum_i32(_mm256_dpbusd_epi32(zero, q, _mm256_loadu_si256(y))) - 128 * i32::from(ys[k].sums[i]);
+            let s = hsum_i32(_mm256_dpbusd_epi32(zero, q, _mm256_loadu_si256(y)))
+                - 128 * i32::from(ys[k].sums[i]);
             tail[k] += s as f32 * (dw * ys[k].d[i]);
         }
     }

@@ -11,12 +11,12 @@
 //! checked *exactly* by `exact_*` tests whose scales are powers of two and
 //! whose sums stay below 2^24, where any accumulation order is exact.
 
-mod simd_vs_reference;
 mod isa;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 mod quantize;
 mod reference;
+mod simd_vs_reference;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

@@ -96,9 +96,28 @@ fn simd_matches_reference_random() {
         let mut seed = 1;
         for f in WeightFormat::ALL {
             for &n_cols in cols_for(f) {
-                for (n_rows, n_b) in [(5, 1), (6, 2), (5, 3), (7, 4), (5, 5), (4, 7), (5, 8), (3, 13), (5, 16)] {
+                for (n_rows, n_b) in [
+                    (5, 1),
+                    (6, 2),
+                    (5, 3),
+                    (7, 4),
+                    (5, 5),
+                    (4, 7),
+                    (5, 8),
+                    (3, 13),
+                    (5, 16),
+                ] {
                     seed += 1;
-                    check_close(isa, f, n_rows, n_cols, n_b, Scales::Normal, Acts::Normal, seed);
+                    check_close(
+                        isa,
+                        f,
+                        n_rows,
+                        n_cols,
+                        n_b,
+                        Scales::Normal,
+                        Acts::Normal,
+                        seed,
+                    );
                 }
             }
         }
