@@ -22,7 +22,7 @@ pub(crate) const SCRATCH: usize = 64 * 1024;
 /// Rows per claimed chunk: a few chunks per worker for balance, at least 8
 /// rows to amortise the claim, and no more than the scratch holds.
 pub(crate) fn chunk_rows(node_rows: usize, threads: usize, n: usize) -> usize {
-    let balanced = node_rows.div_ceil(threads.max(1) * 4);
+    let balanced = node_rows.div_ceil(threads.max(1) * 16);
     let cap = (SCRATCH / n.max(1)).max(8);
     balanced.clamp(8, cap.max(8))
 }
