@@ -248,25 +248,28 @@ const GREEDY_MARGIN: f64 = 0.05;
 
 /// How close our logits must be to llama.cpp's for the same file.
 ///
-/// F32 agrees to ~3e-7. With the AVX2 kernels (ggml's own float order) the
-/// quantized types agree to ~3e-7 too (Q8_0 bit for bit). Kernels that sum
-/// in another order (AVX-512, NEON) differ from ggml by ulps, and on these
-/// tiny models an ulp can move an activation across a rounding boundary of
-/// the next layer's 8-bit quantization: tandem-tiny Q4_K_M then differs by
-/// 1.55e-3 with the AVX-512 kernels. Such flips are inherent to comparing two
-/// correct implementations of a quantized dot product, so the bound for
-/// quantized types is 3e-3; perplexity (0.3%) and greedy output still hold
-/// them tight. For the 16-bit types llama.cpp's logits on the Llama-layout
-/// fixtures differ from ours by up to 1.9e-4 (F16) and 1.3e-3 (BF16), the
-/// size of rounding activations to 16 bits once more or less somewhere;
-/// tiny-qwen3's BF16 agrees to 1e-7.
+/// F32 agrees to ~3e-7. Quantized types: with the AVX2 kernels (ggml's own
+/// float order) most files agree to ~3e-7 (Q8_0 bit for bit). But two
+/// correct implementations of a quantized dot product that sum in different
+/// orders differ by ulps, and on these tiny models an ulp can move an
+/// activation across a rounding boundary of the next layer's 8-bit
+/// quantization, which then shows in the logits. Measured: tandem-tiny Q8_0
+/// 1.9e-3 even with the AVX2 kernels (llama.cpp itself sums in another order
+/// there, e.g. its sgemm/repack paths for prompt batches), tiny-qwen2 Q8_0
+/// 5.2e-3 with the AVX-512 kernels (0 with AVX2), tandem-tiny Q4_K_M 1.6e-3
+/// with AVX-512. So the bound for quantized types is 1e-2: a real error (a
+/// wrong scale, a misplaced head) is orders of magnitude larger, and
+/// perplexity (0.3%) and greedy output hold the numbers tight. For the
+/// 16-bit types llama.cpp's logits on the Llama-layout fixtures differ from
+/// ours by up to 2.8e-4 (F16) and 1.3e-3 (BF16), the size of rounding
+/// activations to 16 bits once more or less somewhere.
 fn logits_tolerance(key: &str) -> f32 {
     if key.contains("-F32") {
         1e-4
     } else if key.contains("-F16") || key.contains("-BF16") {
         2e-3
     } else {
-        3e-3
+        1e-2
     }
 }
 

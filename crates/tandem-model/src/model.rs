@@ -72,7 +72,7 @@ pub enum TensorParallel {
     /// every output that are added across nodes (all-reduce). Saves two
     /// barriers per layer, but reassociates the sums, and on 8-bit
     /// quantized activations an ulp of difference can flip a rounding
-    /// downstream (up to ~1e-3 relative in logits on the tiny fixtures).
+    /// downstream (up to ~4e-3 relative in logits on the tiny fixtures).
     AllReduce,
 }
 
