@@ -302,6 +302,14 @@ impl GgufFile {
         Self::from_backing(Backing::Owned(bytes), None)
     }
 
+    /// Whether every shard is a memory-mapped file (so its pages can be
+    /// dropped from the process and faulted back in from the page cache).
+    pub fn is_file_mapped(&self) -> bool {
+        self.shards
+            .iter()
+            .all(|s| matches!(s.backing, Backing::Mmap(_)))
+    }
+
     /// GGUF version of the (first) file: 2 or 3.
     pub fn version(&self) -> u32 {
         self.version

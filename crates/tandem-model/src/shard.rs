@@ -303,6 +303,12 @@ impl<'p> Placer<'p> {
             }
             Ok(())
         })?;
+        // The file's copy of the weights is no longer read (except embedding
+        // rows, which fault back in): drop it from the resident set, so the
+        // model is resident once, in node memory.
+        for p in &self.pending {
+            p.tensor.release_file_pages();
+        }
         let mems: Vec<Arc<NodeMemory>> = mems.into_iter().map(Arc::new).collect();
         Ok(self
             .pending

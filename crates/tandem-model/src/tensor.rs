@@ -162,6 +162,22 @@ impl Tensor {
         }
     }
 
+    /// Drops this tensor's pages from the process's resident set when they
+    /// come from a mapped file (they stay in the page cache and fault back
+    /// in on access). Used after the tensor was copied into node memory, so
+    /// the model is resident once. Does nothing for in-memory images.
+    pub(crate) fn release_file_pages(&self) {
+        let mapped = match &self.blob {
+            Blob::Gguf { file, .. } => file.is_file_mapped(),
+            Blob::Mapped { .. } => true,
+        };
+        if mapped {
+            // SAFETY: the bytes belong to a read-only file mapping, whose
+            // contents are re-read from the file after MADV_DONTNEED.
+            unsafe { tandem_numa::release_file_pages(self.bytes()) };
+        }
+    }
+
     /// The supported format, or an error naming the tensor and its type.
     pub fn require_format(&self) -> Result<WeightFormat, ModelError> {
         self.format

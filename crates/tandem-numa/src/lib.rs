@@ -22,7 +22,7 @@ mod pool;
 mod topology;
 
 pub use cpuset::{current_affinity, parse_cpulist, pin_current_thread};
-pub use memory::{page_node, NodeMemory};
+pub use memory::{page_node, release_file_pages, NodeMemory};
 pub use pool::{Pool, SyncStats, Worker, SPIN, YIELD};
 pub use topology::{Layout, Node, NodePlan, NumaMode, Topology, MAX_VIRTUAL_NODES};
 

@@ -112,6 +112,29 @@ fn bind(_: *const u8, _: usize, _: usize) -> bool {
     false
 }
 
+/// Drops the whole pages inside `bytes` from the process's resident set
+/// (`madvise(MADV_DONTNEED)`). Partial pages at either end are kept.
+///
+/// # Safety
+/// `bytes` must lie in a read-only mapping of a file: such pages are read
+/// back from the file on the next access. On anonymous or private written
+/// memory this would replace the contents with zeros.
+pub unsafe fn release_file_pages(bytes: &[u8]) {
+    #[cfg(target_os = "linux")]
+    {
+        let page = 4096usize;
+        let start = (bytes.as_ptr() as usize).next_multiple_of(page);
+        let end = (bytes.as_ptr() as usize + bytes.len()) / page * page;
+        if end > start {
+            // SAFETY: the caller guarantees a file-backed read-only range;
+            // a failure only leaves the pages resident.
+            let _ = libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = bytes;
+}
+
 /// The machine node holding the page at `addr`, per `get_mempolicy`
 /// (`MPOL_F_NODE | MPOL_F_ADDR`). None where the kernel does not say
 /// (no NUMA support, seccomp) or the page is not yet faulted in.
