@@ -87,6 +87,10 @@ impl KvCache {
         (self.k[layer].as_mut_ptr(), self.v[layer].as_mut_ptr())
     }
 
+    pub(crate) fn n_layers(&self) -> usize {
+        self.k.len()
+    }
+
     pub(crate) fn kv_dim(&self) -> usize {
         self.kv_dim
     }

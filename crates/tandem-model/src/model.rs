@@ -429,7 +429,7 @@ impl Model {
                     capacity: s.cache.capacity(),
                 });
             }
-            if s.cache.kv_dim() != kv_dim {
+            if s.cache.kv_dim() != kv_dim || s.cache.n_layers() != c.n_layers {
                 return Err(ModelError::BadBatch(
                     "KV cache made for another model".into(),
                 ));
@@ -462,13 +462,16 @@ impl Model {
             },
         );
 
-        // Rows: embeddings, (sequence, position), RoPE tables, logit rows.
-        ws.row_seq.clear();
+        // Rows: embeddings, RoPE tables, logit rows.
         ws.logit_rows.clear();
         let pairs = self.rope.table_len();
         let mut row = 0;
-        for (si, s) in seqs.iter().enumerate() {
+        for s in seqs.iter() {
             let t = s.tokens.len();
+            if t == 0 {
+                // No new tokens: no rows, no logits.
+                continue;
+            }
             let first_logit = match s.want {
                 Logits::None => t,
                 Logits::Last => t - 1,
@@ -481,7 +484,6 @@ impl Model {
                     .row_f32(tok as usize, &mut ws.x[row * h..(row + 1) * h])?;
                 self.rope
                     .table(pos, &mut ws.rope[row * pairs..(row + 1) * pairs]);
-                ws.row_seq.push((si, pos));
                 if i >= first_logit {
                     ws.logit_rows.push(row);
                 }

@@ -63,7 +63,6 @@ impl ActsCache {
 /// `buf[i*d..(i+1)*d]`).
 #[derive(Default)]
 pub(crate) struct Workspace {
-    pub rows: usize,
     pub x: Vec<f32>,
     pub xn: Vec<f32>,
     pub q: Vec<f32>,
@@ -82,8 +81,6 @@ pub(crate) struct Workspace {
     pub node_acts: Vec<ActsCache>,
     /// Per row: RoPE (sin, cos) table.
     pub rope: Vec<(f32, f32)>,
-    /// Per row: (sequence, position).
-    pub row_seq: Vec<(usize, usize)>,
     /// Rows whose logits are wanted.
     pub logit_rows: Vec<usize>,
     pub normed_out: Vec<f32>,
@@ -116,7 +113,6 @@ pub(crate) struct Dims {
 
 impl Workspace {
     pub(crate) fn ensure(&mut self, n: usize, d: &Dims) {
-        self.rows = n;
         grow(&mut self.x, n * d.hidden);
         grow(&mut self.xn, n * d.hidden);
         grow(&mut self.q, n * d.q_dim);
@@ -138,9 +134,6 @@ impl Workspace {
         }
         if self.rope.len() < n * d.rope_pairs {
             self.rope.resize(n * d.rope_pairs, (0.0, 1.0));
-        }
-        if self.row_seq.capacity() < n {
-            self.row_seq.reserve(n - self.row_seq.len());
         }
         if self.partial_outs.capacity() < d.n_nodes {
             self.partial_outs.reserve(d.n_nodes);

@@ -243,6 +243,32 @@ fn bad_batches_are_errors() {
         model.decode_batch(&[1], &mut caches, &mut logits).is_err(),
         "context full"
     );
+    // A cache shaped for another model (one layer more) is refused.
+    let c = &model.config;
+    let mut foreign =
+        vec![KvCache::new(c.n_layers + 1, c.n_kv_heads * c.head_dim, 4).expect("cache")];
+    assert!(model.decode_batch(&[1], &mut foreign, &mut logits).is_err());
+    // A sequence without new tokens contributes no rows and no logits.
+    let mut a = model.new_cache(4).expect("cache");
+    let mut b = model.new_cache(4).expect("cache");
+    model
+        .forward_batch(
+            &mut [
+                SeqInput {
+                    tokens: &[],
+                    cache: &mut a,
+                    want: Logits::Last,
+                },
+                SeqInput {
+                    tokens: &[3],
+                    cache: &mut b,
+                    want: Logits::Tail(5),
+                },
+            ],
+            &mut logits,
+        )
+        .expect("empty sequence");
+    assert_eq!(logits.len(), c.vocab_size);
 }
 
 #[test]

@@ -84,6 +84,16 @@ mod helpers {
     }
 
     /// f16 bits at `p` (unaligned) widened to f32.
+    /// Sum of the 8 lanes in a fixed order (the 256-bit kernels' reduction).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    pub(super) unsafe fn hsum8(x: __m256) -> f32 {
+        let s4 = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps::<1>(x));
+        let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+        let s1 = _mm_add_ss(s2, _mm_movehdup_ps(s2));
+        _mm_cvtss_f32(s1)
+    }
+
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     pub(super) unsafe fn f16_at(p: *const u8) -> f32 {

@@ -22,6 +22,7 @@
 
 use std::arch::x86_64::*;
 
+use super::helpers::{f16_at, hsum8};
 use crate::activations::Q8KRow;
 use crate::blocks::*;
 use crate::QuantizedActivations;
@@ -72,21 +73,6 @@ unsafe fn scales_mins(p: *const u8) -> __m256i {
     _mm256_cvtepu8_epi16(_mm_or_si128(a, b))
 }
 
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn f16_to_f32(bits: u16) -> f32 {
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
-}
-
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn hsum8(x: __m256) -> f32 {
-    let s4 = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps::<1>(x));
-    let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-    let s1 = _mm_add_ss(s2, _mm_movehdup_ps(s2));
-    _mm_cvtss_f32(s1)
-}
-
 /// One weight row (`nb` super-blocks at `w`) against `N` activation rows.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
@@ -103,8 +89,8 @@ unsafe fn row<const N: usize>(w: *const u8, nb: usize, ys: &[Q8KRow<'_>; N]) -> 
     let mut acc = [_mm256_setzero_ps(); N];
     for i in 0..nb {
         let blk = w.add(i * Q4_K_BYTES);
-        let d = f16_to_f32(u16::from_le_bytes([*blk, *blk.add(1)]));
-        let dmin = f16_to_f32(u16::from_le_bytes([*blk.add(2), *blk.add(3)]));
+        let d = f16_at(blk);
+        let dmin = f16_at(blk.add(2));
         let sm = scales_mins(blk.add(K_SCALES_OFF));
         let sc = [
             _mm256_permutexvar_epi16(idx[0], sm),

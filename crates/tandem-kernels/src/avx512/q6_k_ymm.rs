@@ -20,6 +20,7 @@
 
 use std::arch::x86_64::*;
 
+use super::helpers::{f16_at, hsum8};
 use crate::activations::Q8KRow;
 use crate::blocks::*;
 use crate::QuantizedActivations;
@@ -40,15 +41,6 @@ const SCALE_IDX: [[i16; 16]; 4] = {
     }
     t
 };
-
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn hsum8(x: __m256) -> f32 {
-    let s4 = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps::<1>(x));
-    let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-    let s1 = _mm_add_ss(s2, _mm_movehdup_ps(s2));
-    _mm_cvtss_f32(s1)
-}
 
 /// `a | (b & c)` bitwise.
 #[inline]
@@ -72,9 +64,7 @@ unsafe fn row<const N: usize>(w: *const u8, nb: usize, ys: &[Q8KRow<'_>; N]) -> 
     let mut acc = [_mm256_setzero_ps(); N];
     for i in 0..nb {
         let blk = w.add(i * Q6_K_BYTES);
-        let d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(
-            u16::from_le_bytes([*blk.add(Q6_K_D_OFF), *blk.add(Q6_K_D_OFF + 1)]),
-        ))));
+        let d = f16_at(blk.add(Q6_K_D_OFF));
         let sc16 =
             _mm256_cvtepi8_epi16(_mm_loadu_si128(blk.add(Q6_K_SCALES_OFF) as *const __m128i));
         let sc = [

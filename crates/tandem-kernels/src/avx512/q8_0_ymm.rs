@@ -14,18 +14,10 @@
 
 use std::arch::x86_64::*;
 
+use super::helpers::{f16_at, hsum8};
 use crate::activations::Q8Row;
 use crate::blocks::*;
 use crate::QuantizedActivations;
-
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn hsum8(x: __m256) -> f32 {
-    let s4 = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps::<1>(x));
-    let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-    let s1 = _mm_add_ss(s2, _mm_movehdup_ps(s2));
-    _mm_cvtss_f32(s1)
-}
 
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
@@ -93,9 +85,7 @@ unsafe fn row<const N: usize>(w: *const u8, nb: usize, ys: &[Q8Row<'_>; N]) -> [
     let mut tail = [0.0f32; N];
     for i in groups * 8..nb {
         let blk = w.add(i * Q8_0_BYTES);
-        let dw = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(
-            f16_bits(blk) as u16
-        ))));
+        let dw = f16_at(blk);
         let q = _mm256_xor_si256(_mm256_loadu_si256(blk.add(2) as *const __m256i), flip);
         for k in 0..N {
             let y = ys[k].qs.as_ptr().add(QK8_0 * i) as *const __m256i;
