@@ -37,6 +37,10 @@ pub struct Common {
     /// virtual:N (act as N nodes; for testing the sharded path).
     #[arg(long, global = true, default_value = "auto")]
     pub numa: tandem_model::NumaMode,
+    /// Keep weights in the file's layout instead of re-laying them out for
+    /// the kernels at load time (for comparisons; slower).
+    #[arg(long, global = true)]
+    pub no_repack: bool,
 }
 
 impl Common {
@@ -45,6 +49,7 @@ impl Common {
             numa: self.numa,
             threads: self.threads,
             pin: true,
+            repack: !self.no_repack,
             ..tandem_model::LoadOptions::default()
         }
     }

@@ -19,7 +19,10 @@
 
 use std::time::{Duration, Instant};
 
-use tandem_kernels::{matmul_rows_with, Isa, QuantizedActivations, WeightFormat};
+use tandem_kernels::{
+    interleave_matrix, matmul_rows_in_layout, preferred_layout, Isa, QuantizedActivations,
+    WeightFormat, WeightLayout,
+};
 
 fn weights(f: WeightFormat, n_rows: usize, n_cols: usize) -> Vec<u8> {
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
@@ -165,7 +168,7 @@ fn main() {
         "ROUGH single-thread GB/s of weight bytes (CPU-time clock), {n_rows} x {n_cols} weights, {} ms per cell",
         ms
     );
-    print!("{:<6} {:>7} {:<7}", "format", "MB", "isa");
+    print!("{:<6} {:>7} {:<10}", "format", "MB", "isa");
     for b in &batches {
         print!(" {:>7}", format!("B={b}"));
     }
@@ -177,13 +180,31 @@ fn main() {
             std::hint::black_box(read_loop(std::hint::black_box(&w)));
         });
         println!(
-            "{:<6} {mb:>7.1} {:<7} {:>7.2}   (plain read loop, same bytes)",
+            "{:<6} {mb:>7.1} {:<10} {:>7.2}   (plain read loop, same bytes)",
             f.name(),
             "read",
             w.len() as f64 / t / 1e9
         );
-        for &isa in &isas {
-            print!("{:<6} {mb:>7.1} {:<7}", f.name(), isa.name());
+        let mut packed = vec![0u8; w.len()];
+        let variants = isas.iter().flat_map(|&isa| {
+            let mut v = vec![(isa, WeightLayout::Rows)];
+            if preferred_layout(isa, f) != WeightLayout::Rows {
+                v.push((isa, preferred_layout(isa, f)));
+            }
+            v
+        });
+        for (isa, layout) in variants.collect::<Vec<_>>() {
+            let w = if layout == WeightLayout::Rows {
+                &w
+            } else {
+                interleave_matrix(f, n_cols, &w, &mut packed).unwrap();
+                &packed
+            };
+            let name = match layout {
+                WeightLayout::Rows => isa.name().to_string(),
+                l => format!("{}-{}", isa.name(), l.name()),
+            };
+            print!("{:<6} {mb:>7.1} {:<10}", f.name(), name);
             let mut times = Vec::new();
             for &n_b in &batches {
                 let x: Vec<f32> = (0..n_b * n_cols)
@@ -193,7 +214,8 @@ fn main() {
                 q.quantize_with(isa, &x, n_b, n_cols).unwrap();
                 let mut out = vec![0f32; n_rows * n_b];
                 let t = time_per_call(budget, || {
-                    matmul_rows_with(isa, f, &w, n_cols, 0..n_rows, &q, &mut out).unwrap();
+                    matmul_rows_in_layout(isa, f, layout, w, n_cols, 0..n_rows, &q, &mut out)
+                        .unwrap();
                 });
                 std::hint::black_box(&out);
                 times.push((n_b, t));

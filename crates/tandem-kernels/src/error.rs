@@ -2,7 +2,7 @@
 //! here instead of panicking, so callers can surface a corrupt model file as
 //! an error.
 
-use crate::{ActivationFormat, Isa, WeightFormat};
+use crate::{ActivationFormat, Isa, WeightFormat, WeightLayout};
 
 /// Errors from dequantization, activation quantization and matmul.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -54,6 +54,14 @@ pub enum KernelError {
     /// A size computation overflowed `usize`.
     #[error("size overflow")]
     Overflow,
+    /// No kernel of the chosen family multiplies this format in this layout.
+    #[error("{format} weights in the {} layout have no kernel here", layout.name())]
+    LayoutUnsupported {
+        /// Weight format.
+        format: WeightFormat,
+        /// Layout requested.
+        layout: WeightLayout,
+    },
     /// The requested instruction set is not available on this CPU.
     #[error("instruction set {0} is not available on this CPU")]
     IsaUnavailable(Isa),

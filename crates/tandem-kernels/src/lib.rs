@@ -20,6 +20,7 @@
 //! | `blocks` | byte offsets inside ggml blocks, scale unpacking |
 //! | `convert` | f16 / bf16 conversions with ggml semantics |
 //! | `activations` | [`QuantizedActivations`] |
+//! | `interleaved` | [`WeightLayout::Interleaved8`]: 8 rows per group, one SIMD lane per row; encodings and their scalar reference |
 //! | `reference` | scalar kernels mirroring ggml's generic C code (the oracle) |
 //! | `avx2` | AVX2+FMA+F16C kernels mirroring ggml's AVX2 code, tiled over activation rows |
 //! | `avx512` | AVX-512 VNNI (+BF16) kernels, tiled over weight rows and activation rows |
@@ -46,6 +47,7 @@ mod blocks;
 pub mod convert;
 mod error;
 mod format;
+mod interleaved;
 mod isa;
 mod neon;
 mod probe;
@@ -59,6 +61,10 @@ use std::ops::Range;
 pub use activations::{Q8_0Variant, QuantizedActivations};
 pub use error::KernelError;
 pub use format::{ActivationFormat, WeightFormat};
+pub use interleaved::{
+    deinterleave_group, has_interleaved, interleave_group, interleave_matrix, preferred_layout,
+    WeightLayout, GROUP_ROWS,
+};
 pub use isa::{detected_isa, Isa, KernelFamily, ParseIsaError};
 pub use probe::{read_checksum, read_checksum_with};
 
@@ -100,6 +106,29 @@ pub fn matmul_rows(
     matmul_rows_with(detected_isa(), format, weights, n_cols, rows, acts, out)
 }
 
+/// [`matmul_rows`] for a matrix stored in `layout`, with the ISA from
+/// [`detected_isa`] (see [`matmul_rows_in_layout`]).
+pub fn matmul_rows_layout(
+    format: WeightFormat,
+    layout: WeightLayout,
+    weights: &[u8],
+    n_cols: usize,
+    rows: Range<usize>,
+    acts: &QuantizedActivations,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    matmul_rows_in_layout(
+        detected_isa(),
+        format,
+        layout,
+        weights,
+        n_cols,
+        rows,
+        acts,
+        out,
+    )
+}
+
 /// [`matmul_rows`] with an explicit ISA (for tests and benchmarks). Returns
 /// [`KernelError::IsaUnavailable`] when the CPU lacks it.
 pub fn matmul_rows_with(
@@ -111,12 +140,54 @@ pub fn matmul_rows_with(
     acts: &QuantizedActivations,
     out: &mut [f32],
 ) -> Result<(), KernelError> {
+    matmul_rows_in_layout(
+        isa,
+        format,
+        WeightLayout::Rows,
+        weights,
+        n_cols,
+        rows,
+        acts,
+        out,
+    )
+}
+
+/// [`matmul_rows_with`] for a matrix stored in `layout` (see
+/// [`WeightLayout`]). Returns [`KernelError::LayoutUnsupported`] when the
+/// ISA's kernel family has no kernel for that format and layout (only the
+/// AVX-512 and scalar families run [`WeightLayout::Interleaved8`]; use
+/// [`preferred_layout`] to choose).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_rows_in_layout(
+    isa: Isa,
+    format: WeightFormat,
+    layout: WeightLayout,
+    weights: &[u8],
+    n_cols: usize,
+    rows: Range<usize>,
+    acts: &QuantizedActivations,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
     let rb = validate(format, weights, n_cols, &rows, acts, out)?;
     if !isa.is_available() {
         return Err(KernelError::IsaUnavailable(isa));
     }
+    if !interleaved::supports(isa.kernels(), format, layout) {
+        return Err(KernelError::LayoutUnsupported { format, layout });
+    }
     if rows.is_empty() || acts.n_rows() == 0 {
         return Ok(());
+    }
+    if layout == WeightLayout::Interleaved8 {
+        return match isa.kernels() {
+            KernelFamily::Avx512 => {
+                avx512::matmul_interleaved(format, weights, rb, rows, acts, out)
+            }
+            _ => {
+                interleaved::reference_matmul(format, weights, rb, rows, acts, out);
+                Ok(())
+            }
+        };
     }
     match isa.kernels() {
         KernelFamily::Scalar => {

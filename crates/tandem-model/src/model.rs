@@ -20,11 +20,12 @@ use crate::kv_cache::KvCache;
 use crate::linear::Matrix;
 use crate::ops::{rms_norm, Rope};
 use crate::parallel::{col_split, gate_up, row_split, RowTarget, SCRATCH};
-use crate::shard::{aligned_ranges, even_ranges, kv_head_ranges, Placer, ShardedMatrix, Split};
+use crate::shard::{aligned_ranges, kv_head_ranges, Placer, ShardedMatrix, Split};
 use crate::source::{ModelFiles, SourceFormat};
 use crate::tensor::Tensor;
 use crate::workspace::{Dims, SharedOut, Workspace};
 use crate::ModelError;
+use tandem_kernels::GROUP_ROWS;
 
 /// Which positions of a forward pass need logits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +87,10 @@ pub struct LoadOptions {
     pub threads: Option<usize>,
     /// Pin workers to CPUs (the engine does; tests sharing a machine don't).
     pub pin: bool,
+    /// Re-lay weights out for the kernels at load time where that is faster
+    /// ([`tandem_kernels::preferred_layout`]; costs one copy of those
+    /// matrices, after which the file's pages are dropped).
+    pub repack: bool,
 }
 
 impl Default for LoadOptions {
@@ -95,6 +100,7 @@ impl Default for LoadOptions {
             tensor_parallel: TensorParallel::Gather,
             threads: None,
             pin: false,
+            repack: true,
         }
     }
 }
@@ -180,6 +186,11 @@ impl Model {
         }
         let group = c.n_heads / c.n_kv_heads;
         let mut placer = Placer::new(&pool);
+        let isa = tandem_kernels::detected_isa();
+        let lay = |m: &Matrix| match opts.repack {
+            true => tandem_kernels::preferred_layout(isa, m.format),
+            false => tandem_kernels::WeightLayout::Rows,
+        };
         let mut plans = Vec::with_capacity(c.n_layers);
         for i in 0..c.n_layers {
             let n = |s: &str| format!("blk.{i}.{s}");
@@ -225,19 +236,22 @@ impl Model {
                 .collect();
             let kv_rows: Vec<_> = kv_ranges.iter().map(|r| scale(r, c.head_dim)).collect();
             let ffn_ranges = aligned_ranges(c.ffn_hidden, down.format.block_len(), n_nodes);
-            let hidden_rows = even_ranges(c.hidden, n_nodes);
+            // Whole interleaved groups per node, so a row is computed the
+            // same way whatever the node count (a row in a group and the
+            // same row in a row-major tail round differently).
+            let hidden_rows = aligned_ranges(c.hidden, GROUP_ROWS, n_nodes);
             let (o_split, o_ranges, down_split, down_ranges) = match opts.tensor_parallel {
                 TensorParallel::Gather => (Split::Rows, &hidden_rows, Split::Rows, &hidden_rows),
                 TensorParallel::AllReduce => (Split::Cols, &q_rows, Split::Cols, &ffn_ranges),
             };
             let ids = [
-                placer.add(&wq, Split::Rows, &q_rows)?,
-                placer.add(&wk, Split::Rows, &kv_rows)?,
-                placer.add(&wv, Split::Rows, &kv_rows)?,
-                placer.add(&wo, o_split, o_ranges)?,
-                placer.add(&gate, Split::Rows, &ffn_ranges)?,
-                placer.add(&up, Split::Rows, &ffn_ranges)?,
-                placer.add(&down, down_split, down_ranges)?,
+                placer.add(&wq, Split::Rows, &q_rows, lay(&wq))?,
+                placer.add(&wk, Split::Rows, &kv_rows, lay(&wk))?,
+                placer.add(&wv, Split::Rows, &kv_rows, lay(&wv))?,
+                placer.add(&wo, o_split, o_ranges, lay(&wo))?,
+                placer.add(&gate, Split::Rows, &ffn_ranges, lay(&gate))?,
+                placer.add(&up, Split::Rows, &ffn_ranges, lay(&up))?,
+                placer.add(&down, down_split, down_ranges, lay(&down))?,
             ];
             plans.push(LayerPlan {
                 attn_norm: vector(&files, &n("attn_norm.weight"), c.hidden)?,
@@ -259,7 +273,12 @@ impl Model {
             c.vocab_size,
             c.hidden,
         )?;
-        let output_id = placer.add(&output, Split::Rows, &even_ranges(c.vocab_size, n_nodes))?;
+        let output_id = placer.add(
+            &output,
+            Split::Rows,
+            &aligned_ranges(c.vocab_size, GROUP_ROWS, n_nodes),
+            lay(&output),
+        )?;
         let mut placed: Vec<Option<ShardedMatrix>> =
             placer.finish()?.into_iter().map(Some).collect();
         let mut take = |id: usize| {

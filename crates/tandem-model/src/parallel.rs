@@ -9,7 +9,7 @@
 
 use std::ops::Range;
 
-use tandem_kernels::{matmul_rows, QuantizedActivations};
+use tandem_kernels::{matmul_rows_layout, QuantizedActivations, GROUP_ROWS};
 use tandem_numa::{Pool, Worker};
 
 use crate::shard::{Shard, ShardedMatrix};
@@ -19,12 +19,16 @@ use crate::ModelError;
 /// Most scratch values per worker for matmul chunks (×4 bytes).
 pub(crate) const SCRATCH: usize = 64 * 1024;
 
-/// Rows per claimed chunk: a few chunks per worker for balance, at least 8
-/// rows to amortise the claim, and no more than the scratch holds.
+/// Rows per claimed chunk: a few chunks per worker for balance, a multiple
+/// of the interleaved group (8 rows: whole groups per chunk, which also
+/// amortises the claim), and no more than the scratch holds (the scratch is
+/// at least 8 rows × n).
 pub(crate) fn chunk_rows(node_rows: usize, threads: usize, n: usize) -> usize {
-    let balanced = node_rows.div_ceil(threads.max(1) * 16);
-    let cap = (SCRATCH / n.max(1)).max(8);
-    balanced.clamp(8, cap.max(8))
+    let balanced = node_rows
+        .div_ceil(threads.max(1) * 16)
+        .next_multiple_of(GROUP_ROWS);
+    let cap = (SCRATCH / n.max(1)) / GROUP_ROWS * GROUP_ROWS;
+    balanced.min(cap).max(GROUP_ROWS)
 }
 
 fn kernel_err(e: tandem_kernels::KernelError) -> ModelError {
@@ -49,11 +53,28 @@ fn matmul_into(
         // SAFETY: chunks of one run cover disjoint rows, hence disjoint
         // output columns of the single token row.
         let dst = unsafe { out.slice(col0 + local.start, local.len()) };
-        return matmul_rows(m.format, sh.bytes(), sh.n_cols(), local, acts, dst)
-            .map_err(kernel_err);
+        return matmul_rows_layout(
+            m.format,
+            m.layout,
+            sh.bytes(),
+            sh.n_cols(),
+            local,
+            acts,
+            dst,
+        )
+        .map_err(kernel_err);
     }
     let tmp = &mut scratch[..local.len() * n];
-    matmul_rows(m.format, sh.bytes(), sh.n_cols(), local.clone(), acts, tmp).map_err(kernel_err)?;
+    matmul_rows_layout(
+        m.format,
+        m.layout,
+        sh.bytes(),
+        sh.n_cols(),
+        local.clone(),
+        acts,
+        tmp,
+    )
+    .map_err(kernel_err)?;
     for (i, vals) in tmp.chunks_exact(n).enumerate() {
         for (b, &v) in vals.iter().enumerate() {
             // SAFETY: as above, element (b, col0 + local.start + i) belongs

@@ -9,16 +9,20 @@
 //! boundaries of the weight format (a Q4_K row cannot be cut inside a
 //! 256-value block), which is why head and FFN splits move in aligned units.
 //!
-//! With one node nothing is copied: the shard is the mapped tensor itself.
-//! With several, each node's shards are packed into one [`NodeMemory`]
-//! bound to that node and filled by that node's pinned workers (first
-//! touch), so the model is resident exactly once however many nodes there
-//! are.
+//! A shard is also stored in the layout its kernels run fastest on
+//! ([`WeightLayout`], chosen by the caller per matrix): ggml's row-major
+//! blocks as in the file, or 8 rows interleaved (converted while copying).
+//!
+//! With one node and the file's layout nothing is copied: the shard is the
+//! mapped tensor itself. Otherwise each node's shards are packed into one
+//! [`NodeMemory`] bound to that node and filled by that node's pinned
+//! workers (first touch), and the file's pages are dropped afterwards, so
+//! the model is resident exactly once however many nodes there are.
 
 use std::ops::Range;
 use std::sync::Arc;
 
-use tandem_kernels::WeightFormat;
+use tandem_kernels::{interleave_group, WeightFormat, WeightLayout, GROUP_ROWS};
 use tandem_numa::{NodeMemory, Pool};
 
 use crate::linear::Matrix;
@@ -77,6 +81,8 @@ impl Shard {
 #[derive(Clone)]
 pub struct ShardedMatrix {
     pub format: WeightFormat,
+    /// How every shard's rows are stored.
+    pub layout: WeightLayout,
     pub rows: usize,
     pub cols: usize,
     pub split: Split,
@@ -125,6 +131,7 @@ pub fn kv_head_ranges(
 struct CopyJob {
     src: Tensor,
     format: WeightFormat,
+    layout: WeightLayout,
     cols: usize,
     shard_rows: Range<usize>,
     shard_cols: Range<usize>,
@@ -140,13 +147,20 @@ pub struct Placer<'p> {
     pending: Vec<PendingMatrix>,
 }
 
+/// Where a shard's bytes will be: a range of the tensor, or of its node's memory.
+enum PartBytes {
+    File(Range<usize>),
+    Node(Range<usize>),
+}
+
 struct PendingMatrix {
     tensor: Tensor,
     format: WeightFormat,
+    layout: WeightLayout,
     rows: usize,
     cols: usize,
     split: Split,
-    parts: Vec<(Range<usize>, Range<usize>, Range<usize>)>,
+    parts: Vec<(Range<usize>, Range<usize>, PartBytes)>,
 }
 
 /// Where shards go: 64-byte aligned offsets (cache lines; AVX-512 loads).
@@ -161,13 +175,15 @@ impl<'p> Placer<'p> {
         }
     }
 
-    /// Queues `m`, split by `split` into `ranges[node]` (rows or columns).
-    /// Returns its index in [`finish`](Placer::finish)'s result.
+    /// Queues `m`, split by `split` into `ranges[node]` (rows or columns),
+    /// each shard stored in `layout`. Returns its index in
+    /// [`finish`](Placer::finish)'s result.
     pub fn add(
         &mut self,
         m: &Matrix,
         split: Split,
         ranges: &[Range<usize>],
+        layout: WeightLayout,
     ) -> Result<usize, ModelError> {
         let n_nodes = self.nodes.len();
         if ranges.len() != n_nodes {
@@ -208,9 +224,9 @@ impl<'p> Placer<'p> {
             } else {
                 rows.len() * row_bytes(cols.len())?
             };
-            let dst = if n_nodes == 1 {
-                // Single node: the shard is the mapped tensor itself.
-                0..len
+            let dst = if n_nodes == 1 && layout == WeightLayout::Rows {
+                // Single node, file layout: the shard is the mapped tensor itself.
+                PartBytes::File(0..len)
             } else {
                 let (used, jobs) = &mut self.nodes[node];
                 let start = used.next_multiple_of(SHARD_ALIGN);
@@ -219,19 +235,21 @@ impl<'p> Placer<'p> {
                     jobs.push(CopyJob {
                         src: m.tensor.clone(),
                         format: m.format,
+                        layout,
                         cols: m.cols,
                         shard_rows: rows.clone(),
                         shard_cols: cols.clone(),
                         dst: start..start + len,
                     });
                 }
-                start..start + len
+                PartBytes::Node(start..start + len)
             };
             parts.push((rows, cols, dst));
         }
         self.pending.push(PendingMatrix {
             tensor: m.tensor.clone(),
             format: m.format,
+            layout,
             rows: m.rows,
             cols: m.cols,
             split,
@@ -243,48 +261,27 @@ impl<'p> Placer<'p> {
     /// Allocates node memory, copies every shard with the owning node's
     /// workers, and returns the matrices in the order they were added.
     pub fn finish(self) -> Result<Vec<ShardedMatrix>, ModelError> {
-        let n_nodes = self.nodes.len();
-        if n_nodes == 1 {
-            return Ok(self
-                .pending
-                .into_iter()
-                .map(|p| {
-                    let shards = p
-                        .parts
-                        .into_iter()
-                        .map(|(rows, cols, range)| Shard {
-                            bytes: ShardBytes::File {
-                                tensor: p.tensor.clone(),
-                                range,
-                            },
-                            rows,
-                            cols,
-                        })
-                        .collect();
-                    ShardedMatrix {
-                        format: p.format,
-                        rows: p.rows,
-                        cols: p.cols,
-                        split: p.split,
-                        shards,
-                    }
-                })
-                .collect());
-        }
         let layout = self.pool.layout();
-        let mut mems = Vec::with_capacity(n_nodes);
+        let mut mems = Vec::with_capacity(self.nodes.len());
         for (node, (used, _)) in self.nodes.iter().enumerate() {
+            if *used == 0 {
+                mems.push(None);
+                continue;
+            }
             let mem_node = layout.nodes.get(node).and_then(|n| n.memory_node);
-            mems.push(
-                NodeMemory::new(*used, mem_node).map_err(|e| ModelError::OutOfMemory {
+            mems.push(Some(NodeMemory::new(*used, mem_node).map_err(|e| {
+                ModelError::OutOfMemory {
                     what: format!("node {node}'s weight shards ({e})"),
                     bytes: *used,
-                })?,
-            );
+                }
+            })?));
         }
         // First touch by the node's own workers. Each job writes a disjoint
         // destination range, so raw pointers are shared across workers.
-        let bases: Vec<SendPtr> = mems.iter_mut().map(|m| SendPtr(m.as_mut_ptr())).collect();
+        let bases: Vec<SendPtr> = mems
+            .iter_mut()
+            .map(|m| SendPtr(m.as_mut().map_or(std::ptr::null_mut(), |m| m.as_mut_ptr())))
+            .collect();
         let jobs: Vec<&Vec<CopyJob>> = self.nodes.iter().map(|n| &n.1).collect();
         self.pool.try_run(|w| -> Result<(), ModelError> {
             let node_jobs = jobs[w.node];
@@ -292,7 +289,8 @@ impl<'p> Placer<'p> {
                 let j = w.claim();
                 let Some(job) = node_jobs.get(j) else { break };
                 // SAFETY: `dst` lies inside this node's mapping (sized from
-                // the same offsets) and no other job writes it.
+                // the same offsets, so non-null when a job exists) and no
+                // other job writes it.
                 let dst = unsafe {
                     std::slice::from_raw_parts_mut(
                         bases[w.node].0.add(job.dst.start),
@@ -303,39 +301,52 @@ impl<'p> Placer<'p> {
             }
             Ok(())
         })?;
-        // The file's copy of the weights is no longer read (except embedding
-        // rows, which fault back in): drop it from the resident set, so the
-        // model is resident once, in node memory.
+        // The file's copy of copied weights is no longer read (except
+        // embedding rows, which fault back in): drop it from the resident
+        // set, so the model is resident once, in node memory.
         for p in &self.pending {
-            p.tensor.release_file_pages();
+            if p.parts
+                .iter()
+                .any(|(_, _, b)| matches!(b, PartBytes::Node(_)))
+            {
+                p.tensor.release_file_pages();
+            }
         }
-        let mems: Vec<Arc<NodeMemory>> = mems.into_iter().map(Arc::new).collect();
-        Ok(self
-            .pending
+        let mems: Vec<Option<Arc<NodeMemory>>> =
+            mems.into_iter().map(|m| m.map(Arc::new)).collect();
+        self.pending
             .into_iter()
             .map(|p| {
                 let shards = p
                     .parts
                     .into_iter()
                     .enumerate()
-                    .map(|(node, (rows, cols, range))| Shard {
-                        bytes: ShardBytes::Node {
-                            mem: Arc::clone(&mems[node]),
-                            range,
-                        },
-                        rows,
-                        cols,
+                    .map(|(node, (rows, cols, bytes))| {
+                        let bytes = match bytes {
+                            PartBytes::File(range) => ShardBytes::File {
+                                tensor: p.tensor.clone(),
+                                range,
+                            },
+                            PartBytes::Node(range) => ShardBytes::Node {
+                                mem: mems[node].clone().ok_or_else(|| {
+                                    ModelError::Kernel(format!("node {node} has no shard memory"))
+                                })?,
+                                range,
+                            },
+                        };
+                        Ok(Shard { bytes, rows, cols })
                     })
-                    .collect();
-                ShardedMatrix {
+                    .collect::<Result<Vec<_>, ModelError>>()?;
+                Ok(ShardedMatrix {
                     format: p.format,
+                    layout: p.layout,
                     rows: p.rows,
                     cols: p.cols,
                     split: p.split,
                     shards,
-                }
+                })
             })
-            .collect())
+            .collect()
     }
 }
 
@@ -355,11 +366,31 @@ fn copy_shard(job: &CopyJob, dst: &mut [u8]) -> Result<(), ModelError> {
     let c1 = job.shard_cols.end.div_ceil(bl) * bb;
     let part = c1 - c0;
     let src = job.src.bytes();
-    for (i, r) in job.shard_rows.clone().enumerate() {
-        let from = src.get(r * full + c0..r * full + c1).ok_or_else(bad)?;
+    let row = |r: usize| src.get(r * full + c0..r * full + c1).ok_or_else(bad);
+    let n_rows = job.shard_rows.len();
+    // Interleaved: full groups of rows are gathered (row-major) into a
+    // buffer, then converted into place; the tail is copied as is.
+    let grouped = match job.layout {
+        WeightLayout::Rows => 0,
+        WeightLayout::Interleaved8 => n_rows / GROUP_ROWS * GROUP_ROWS,
+    };
+    if grouped > 0 {
+        let mut tmp = vec![0u8; GROUP_ROWS * part];
+        for g in 0..grouped / GROUP_ROWS {
+            for (i, chunk) in tmp.chunks_exact_mut(part).enumerate() {
+                chunk.copy_from_slice(row(job.shard_rows.start + g * GROUP_ROWS + i)?);
+            }
+            let out = dst
+                .get_mut(g * GROUP_ROWS * part..(g + 1) * GROUP_ROWS * part)
+                .ok_or_else(bad)?;
+            interleave_group(job.format, job.shard_cols.len(), &tmp, out)
+                .map_err(|e| ModelError::bad_tensor(job.src.name(), e.to_string()))?;
+        }
+    }
+    for i in grouped..n_rows {
         dst.get_mut(i * part..(i + 1) * part)
             .ok_or_else(bad)?
-            .copy_from_slice(from);
+            .copy_from_slice(row(job.shard_rows.start + i)?);
     }
     Ok(())
 }

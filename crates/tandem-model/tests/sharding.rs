@@ -57,6 +57,7 @@ fn load_tp(
         threads,
         pin: false,
         tensor_parallel,
+        ..LoadOptions::default()
     };
     Model::load_with(files, &opts).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
@@ -115,6 +116,32 @@ fn virtual_nodes_match_the_unsharded_path() {
                 path.display()
             );
         }
+    }
+}
+
+/// The load-time re-layout (interleaved rows for the AVX-512 kernels where
+/// the CPU has them) against the file's layout: the same model up to f32
+/// reassociation inside dot products, which on 8-bit activations can flip
+/// a rounding downstream (hence the quantized models' 1e-2, the bound the
+/// llama.cpp comparison uses; float models are not re-laid out at all).
+#[test]
+fn repacked_layout_matches_file_layout() {
+    for path in all_models() {
+        let opts = |repack| LoadOptions {
+            numa: NumaMode::Off,
+            threads: Some(1),
+            repack,
+            ..LoadOptions::default()
+        };
+        let open = || ModelFiles::open(&path).expect("open");
+        let file = run(&Model::load_with(open(), &opts(false)).expect("load"));
+        let packed = run(&Model::load_with(open(), &opts(true)).expect("load"));
+        let d = rel_max_diff(&packed, &file);
+        let name = path.display().to_string();
+        let float = ["F32", "F16", "/hf"].iter().any(|f| name.contains(f));
+        let bound = if float { 0.0 } else { 1e-2 };
+        eprintln!("{name} repacked vs file layout: rel max diff {d:.2e}");
+        assert!(d <= bound, "{name}: repacked logits differ by {d:.2e}");
     }
 }
 

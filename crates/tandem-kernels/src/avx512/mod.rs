@@ -46,9 +46,15 @@ mod k_quants;
 #[cfg(target_arch = "x86_64")]
 mod legacy;
 #[cfg(target_arch = "x86_64")]
+mod q4_k_x8;
+#[cfg(target_arch = "x86_64")]
 mod q4_k_ymm;
 #[cfg(target_arch = "x86_64")]
+mod q6_k_x8;
+#[cfg(target_arch = "x86_64")]
 mod q6_k_ymm;
+#[cfg(target_arch = "x86_64")]
+mod q8_0_x8;
 #[cfg(target_arch = "x86_64")]
 mod q8_0_ymm;
 
@@ -229,6 +235,118 @@ pub(crate) fn matmul(
         r += nr;
     }
     Ok(())
+}
+
+/// A group kernel: the 8 rows of one interleaved group times activation
+/// rows `b0..b0 + N`, writing `tile[k * 8 + r]`.
+#[cfg(target_arch = "x86_64")]
+type GroupFn = unsafe fn(
+    &[u8],
+    usize,
+    &QuantizedActivations,
+    usize,
+    &mut [f32; crate::interleaved::GROUP_ROWS * ACT_TILE],
+);
+
+/// Activation rows per pass over a chunk of weight rows: the pass's
+/// activations (64 rows of a 4096-wide Q8_K input are ~270 KB) stay in L2
+/// while every group of the chunk is multiplied against them.
+#[cfg(target_arch = "x86_64")]
+const ACT_BLOCK: usize = 64;
+
+/// Validated matmul over a [`WeightLayout::Interleaved8`] matrix: groups
+/// overlapping `rows` are computed whole (only the requested rows are
+/// stored), the row-major tail goes to [`matmul`].
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn matmul_interleaved(
+    format: WeightFormat,
+    weights: &[u8],
+    row_bytes: usize,
+    rows: Range<usize>,
+    acts: &QuantizedActivations,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    use crate::interleaved::{packed_rows, GROUP_ROWS};
+    if !avx512_available() {
+        return Err(KernelError::IsaUnavailable(Isa::Avx512));
+    }
+    let fns: [GroupFn; ACT_TILE] = match format {
+        WeightFormat::Q4_K => [
+            q4_k_x8::dot_q4_k_x8::<1>,
+            q4_k_x8::dot_q4_k_x8::<2>,
+            q4_k_x8::dot_q4_k_x8::<3>,
+            q4_k_x8::dot_q4_k_x8::<4>,
+        ],
+        WeightFormat::Q8_0 => [
+            q8_0_x8::dot_q8_0_x8::<1>,
+            q8_0_x8::dot_q8_0_x8::<2>,
+            q8_0_x8::dot_q8_0_x8::<3>,
+            q8_0_x8::dot_q8_0_x8::<4>,
+        ],
+        WeightFormat::Q6_K => [
+            q6_k_x8::dot_q6_k_x8::<1>,
+            q6_k_x8::dot_q6_k_x8::<2>,
+            q6_k_x8::dot_q6_k_x8::<3>,
+            q6_k_x8::dot_q6_k_x8::<4>,
+        ],
+        _ => {
+            return Err(KernelError::LayoutUnsupported {
+                format,
+                layout: crate::WeightLayout::Interleaved8,
+            })
+        }
+    };
+    let n_b = acts.n_rows();
+    let packed = packed_rows(weights.len() / row_bytes);
+    let g_bytes = GROUP_ROWS * row_bytes;
+    let mut tile = [0f32; GROUP_ROWS * ACT_TILE];
+    if rows.start < packed {
+        let groups = rows.start / GROUP_ROWS..rows.end.min(packed).div_ceil(GROUP_ROWS);
+        let mut a0 = 0;
+        while a0 < n_b {
+            let a1 = (a0 + ACT_BLOCK).min(n_b);
+            for g in groups.clone() {
+                let w = &weights[g * g_bytes..(g + 1) * g_bytes];
+                let mut b0 = a0;
+                while b0 < a1 {
+                    let n = (a1 - b0).min(ACT_TILE);
+                    // SAFETY: AVX-512 F/BW/VL/VNNI (+ AVX2/FMA/F16C) checked
+                    // above; the kernel asserts its size invariants.
+                    unsafe { fns[n - 1](w, row_bytes, acts, b0, &mut tile) };
+                    for r in 0..GROUP_ROWS {
+                        let row = g * GROUP_ROWS + r;
+                        if rows.contains(&row) {
+                            let o = (row - rows.start) * n_b + b0;
+                            for k in 0..n {
+                                out[o + k] = tile[k * GROUP_ROWS + r];
+                            }
+                        }
+                    }
+                    b0 += n;
+                }
+            }
+            a0 = a1;
+        }
+    }
+    let tail = rows.start.max(packed)..rows.end;
+    if !tail.is_empty() {
+        let o = (tail.start - rows.start) * n_b;
+        matmul(format, weights, row_bytes, tail, acts, &mut out[o..])?;
+    }
+    Ok(())
+}
+
+// Non-x86 targets: the AVX-512 family is never available.
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) fn matmul_interleaved(
+    _: WeightFormat,
+    _: &[u8],
+    _: usize,
+    _: Range<usize>,
+    _: &QuantizedActivations,
+    _: &mut [f32],
+) -> Result<(), KernelError> {
+    Err(KernelError::IsaUnavailable(Isa::Avx512))
 }
 
 // Non-x86 targets: the AVX-512 family is never available.

@@ -60,7 +60,7 @@ pub(crate) fn dequantize_q5_k(src: &[u8], dst: &mut [f32]) {
 
 /// The 256 signed 6-bit quants of a Q6_K block, in weight order.
 #[inline]
-fn q6_k_values(blk: &[u8]) -> [i8; QK_K] {
+pub(crate) fn q6_k_values(blk: &[u8]) -> [i8; QK_K] {
     let mut a = [0i8; QK_K];
     for n in 0..QK_K / 128 {
         let ql = &blk[64 * n..64 * n + 64];
