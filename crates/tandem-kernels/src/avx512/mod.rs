@@ -125,6 +125,14 @@ mod helpers {
         _mm_loadu_si128(p as *const __m128i)
     }
 
+    /// 4 activation bytes at `p` broadcast to all 8 lanes (the interleaved
+    /// kernels' operand: one lane per weight row).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    pub(super) unsafe fn bcast4(p: *const i8) -> __m256i {
+        _mm256_set1_epi32(std::ptr::read_unaligned(p as *const i32))
+    }
+
     /// 32 bytes at `p` in both 256-bit halves.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]

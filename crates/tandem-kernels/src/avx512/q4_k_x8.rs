@@ -15,7 +15,7 @@
 
 use std::arch::x86_64::*;
 
-use super::helpers::{load128, load256};
+use super::helpers::{bcast4, load128, load256};
 use crate::activations::Q8KRow;
 use crate::blocks::QK_K;
 use crate::interleaved::q4_k::{GROUP_BLOCK, QS_OFF, SCALES_OFF};
@@ -45,13 +45,6 @@ unsafe fn decode_scales(p: *const u8, out: &mut Decoded) {
     _mm256_store_si256(o.add(1), o1);
     _mm256_store_si256(o.add(2), o2);
     _mm256_store_si256(o.add(3), o3);
-}
-
-/// 4 activation bytes at `p` broadcast to all 8 lanes.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn bcast4(p: *const i8) -> __m256i {
-    _mm256_set1_epi32(std::ptr::read_unaligned(p as *const i32))
 }
 
 /// The 8 rows of group `w` (`nb` group blocks) against `N` activation rows;

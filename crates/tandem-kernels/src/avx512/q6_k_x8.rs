@@ -11,19 +11,12 @@
 
 use std::arch::x86_64::*;
 
-use super::helpers::{load128, load256};
+use super::helpers::{bcast4, load128, load256};
 use crate::activations::Q8KRow;
 use crate::blocks::{Q6_K_BYTES, QK_K};
 use crate::interleaved::q6_k::{GROUP_BLOCK, QS_OFF, SCALES_OFF, UNIT};
 use crate::interleaved::GROUP_ROWS;
 use crate::QuantizedActivations;
-
-/// 4 activation bytes at `p` broadcast to all 8 lanes.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn bcast4(p: *const i8) -> __m256i {
-    _mm256_set1_epi32(std::ptr::read_unaligned(p as *const i32))
-}
 
 /// The 8 quant vectors (index `2c + h`) of the unit at `p`.
 #[inline]

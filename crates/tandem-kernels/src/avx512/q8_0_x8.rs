@@ -8,18 +8,12 @@
 
 use std::arch::x86_64::*;
 
-use super::helpers::{load128, load256};
+use super::helpers::{bcast4, load128, load256};
 use crate::activations::Q8Row;
 use crate::blocks::{Q8_0_BYTES, QK8_0};
 use crate::interleaved::q8_0::{GROUP_BLOCK, QS_OFF};
 use crate::interleaved::GROUP_ROWS;
 use crate::QuantizedActivations;
-
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn bcast4(p: *const i8) -> __m256i {
-    _mm256_set1_epi32(std::ptr::read_unaligned(p as *const i32))
-}
 
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]

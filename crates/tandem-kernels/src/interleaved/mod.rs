@@ -56,12 +56,23 @@ impl WeightLayout {
     }
 }
 
+/// Converts 8 rows (`src`, `rb` bytes each) to one group, or back.
+type Convert = fn(&[u8], usize, &mut [u8]);
+
+/// The (interleave, deinterleave) pair of `format`'s encoding, if it has one:
+/// the one table of which formats interleave.
+fn converters(format: WeightFormat) -> Option<(Convert, Convert)> {
+    match format {
+        WeightFormat::Q4_K => Some((q4_k::interleave, q4_k::deinterleave)),
+        WeightFormat::Q6_K => Some((q6_k::interleave, q6_k::deinterleave)),
+        WeightFormat::Q8_0 => Some((q8_0::interleave, q8_0::deinterleave)),
+        _ => None,
+    }
+}
+
 /// Whether `format` has an interleaved encoding.
 pub fn has_interleaved(format: WeightFormat) -> bool {
-    matches!(
-        format,
-        WeightFormat::Q4_K | WeightFormat::Q6_K | WeightFormat::Q8_0
-    )
+    converters(format).is_some()
 }
 
 /// The layout `isa`'s kernels run fastest on for `format`. Only the
@@ -85,18 +96,18 @@ pub(crate) fn supports(family: KernelFamily, format: WeightFormat, layout: Weigh
     }
 }
 
+/// Checks that `src` and `dst` are one group of `n_cols`-wide rows of an
+/// interleavable format; returns the row bytes and the format's converters.
 fn check_group(
     format: WeightFormat,
     n_cols: usize,
     src: &[u8],
     dst: &[u8],
-) -> Result<usize, KernelError> {
-    if !has_interleaved(format) {
-        return Err(KernelError::LayoutUnsupported {
-            format,
-            layout: WeightLayout::Interleaved8,
-        });
-    }
+) -> Result<(usize, (Convert, Convert)), KernelError> {
+    let conv = converters(format).ok_or(KernelError::LayoutUnsupported {
+        format,
+        layout: WeightLayout::Interleaved8,
+    })?;
     let rb = crate::row_bytes(format, n_cols)?;
     let want = rb * GROUP_ROWS;
     for (what, len) in [
@@ -111,7 +122,7 @@ fn check_group(
             });
         }
     }
-    Ok(rb)
+    Ok((rb, conv))
 }
 
 /// Converts [`GROUP_ROWS`] consecutive rows of `n_cols` weights (`src`,
@@ -122,13 +133,8 @@ pub fn interleave_group(
     src: &[u8],
     dst: &mut [u8],
 ) -> Result<(), KernelError> {
-    let rb = check_group(format, n_cols, src, dst)?;
-    match format {
-        WeightFormat::Q4_K => q4_k::interleave(src, rb, dst),
-        WeightFormat::Q6_K => q6_k::interleave(src, rb, dst),
-        WeightFormat::Q8_0 => q8_0::interleave(src, rb, dst),
-        _ => unreachable!("checked by check_group"),
-    }
+    let (rb, (interleave, _)) = check_group(format, n_cols, src, dst)?;
+    interleave(src, rb, dst);
     Ok(())
 }
 
@@ -139,13 +145,8 @@ pub fn deinterleave_group(
     src: &[u8],
     dst: &mut [u8],
 ) -> Result<(), KernelError> {
-    let rb = check_group(format, n_cols, src, dst)?;
-    match format {
-        WeightFormat::Q4_K => q4_k::deinterleave(src, rb, dst),
-        WeightFormat::Q6_K => q6_k::deinterleave(src, rb, dst),
-        WeightFormat::Q8_0 => q8_0::deinterleave(src, rb, dst),
-        _ => unreachable!("checked by check_group"),
-    }
+    let (rb, (_, deinterleave)) = check_group(format, n_cols, src, dst)?;
+    deinterleave(src, rb, dst);
     Ok(())
 }
 
