@@ -20,6 +20,7 @@
 //! | `blocks` | byte offsets inside ggml blocks, scale unpacking |
 //! | `convert` | f16 / bf16 conversions with ggml semantics |
 //! | `activations` | [`QuantizedActivations`] |
+//! | `attention` | blockwise attention over stored K/V rows (f32/f16/bf16) with an online softmax; its own scalar and x86 primitives |
 //! | `interleaved` | [`WeightLayout::Interleaved8`]: 8 rows per group, one SIMD lane per row; encodings and their scalar reference |
 //! | `reference` | scalar kernels mirroring ggml's generic C code (the oracle) |
 //! | `avx2` | AVX2+FMA+F16C kernels mirroring ggml's AVX2 code, tiled over activation rows |
@@ -41,6 +42,7 @@
 //! calls. Families differ from each other only by f32 reassociation.
 
 mod activations;
+pub mod attention;
 mod avx2;
 mod avx512;
 mod blocks;

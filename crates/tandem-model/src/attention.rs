@@ -2,15 +2,26 @@
 //! node that owns the KV head (its Q/K/V rows were computed there).
 //!
 //! An item first finishes the new keys and values of its head (bias,
-//! QK-norm, RoPE) and stores them in the sequence's cache, then, for each
-//! query head of the group and each new row, attends over the cached
-//! positions (scores in the worker's scratch, sized for the longest cache).
+//! QK-norm, RoPE) and stores them in the sequence's cache, then finishes
+//! the group's query heads and attends: tiles of query rows (all heads of
+//! the group, several rows) fold the cache block by block into
+//! online-softmax states (`tandem_kernels::attention`), so each block of
+//! keys and values is read once per tile and the worker's scratch does not
+//! grow with the context.
+//!
+//! Numerics: the online softmax and the SIMD dot products reach llama.cpp's
+//! two-pass (non-flash) attention only up to a few ulps. On tiny quantized
+//! fixtures a few ulps can move an activation across a rounding boundary of
+//! the next layer's 8-bit quantization, which the reference tests' 1e-2
+//! bound for quantized files absorbs (see `tandem-engine/tests/reference.rs`).
 
 use tandem_numa::{Pool, Worker};
 
 use crate::config::ModelConfig;
 use crate::ops::Rope;
 use crate::workspace::{PerWorker, SharedOut};
+use tandem_kernels::attention::{attend_block, finish, KvBlock, KvFormat, SoftmaxState};
+
 use crate::ModelError;
 
 /// One sequence of the batch as attention sees it.
@@ -61,15 +72,15 @@ pub(crate) fn attention(
     let group = c.n_heads / c.n_kv_heads;
     let pairs = rope.table_len();
     let scale = 1.0 / (hd as f32).sqrt();
-    pool.run(|w: Worker<'_>| {
+    pool.try_run(|w: Worker<'_>| -> Result<(), ModelError> {
         let heads = kv_ranges[w.node].clone();
         let n_items = heads.len() * seqs.len();
         // SAFETY: worker `w.index` is the only user of its scratch.
-        let (tmp, scores) = unsafe { scratch.get(w.index).split_at_mut(hd) };
+        let (tmp, rest) = unsafe { scratch.get(w.index).split_at_mut(hd) };
         loop {
             let item = w.claim();
             if item >= n_items {
-                return;
+                return Ok(());
             }
             let (s, kvh) = (&seqs[item / heads.len()], heads.start + item % heads.len());
             for i in 0..s.n_rows {
@@ -109,7 +120,7 @@ pub(crate) fn attention(
                 for i in 0..s.n_rows {
                     let row = s.row0 + i;
                     let table = &rope_table[row * pairs..(row + 1) * pairs];
-                    // SAFETY: (row, qh) of Q and of the output belong to this item.
+                    // SAFETY: (row, qh) of Q belongs to this item.
                     let qr = unsafe { q.slice(row * q_dim + qh * hd, hd) };
                     finish_head(
                         qr,
@@ -119,14 +130,131 @@ pub(crate) fn attention(
                         Some((rope, table)),
                         tmp,
                     );
-                    let o = unsafe { out.slice(row * q_dim + qh * hd, hd) };
-                    // SAFETY: positions 0..=p0+i of this head were stored,
-                    // by this item or by earlier forward passes.
-                    unsafe { attend(qr, s, kvh * hd, kv_dim, s.p0 + i + 1, scale, o, scores) };
                 }
             }
+            // SAFETY: positions 0..p0 + n_rows of this head were stored, by
+            // this item or by earlier forward passes; the item owns the
+            // (row, head) slots of Q and of the output it touches.
+            unsafe { attend_item(s, kvh, group, hd, kv_dim, q_dim, scale, q, out, rest) }?;
         }
-    });
+    })
+}
+
+/// Query rows attended together: all heads of a KV group, for as many
+/// sequence rows as fit (so each K/V block is read once per tile).
+const MAX_QUERIES: usize = 64;
+/// Cached positions per attention block (the score scratch's length).
+const BLOCK: usize = 64;
+
+/// Per-worker scratch floats attention needs for heads of `head_dim`.
+pub(crate) fn scratch_len(head_dim: usize) -> usize {
+    head_dim + BLOCK + 2 * MAX_QUERIES * head_dim
+}
+
+/// `out = softmax(q·Kᵀ · scale) · V` for every query head of KV head `kvh`
+/// and every new row of sequence `s`, causally: row `i` sees positions
+/// `0..=p0 + i`. Rows are taken in tiles of `MAX_QUERIES / group`; each
+/// tile folds the cache in blocks of `BLOCK` positions into online-softmax
+/// states (`tandem_kernels::attention`).
+///
+/// # Safety
+/// `s.k`/`s.v` hold `p0 + n_rows` initialised rows of `kv_dim` values; the
+/// caller owns the Q and output slots of (rows of `s`, heads of `kvh`).
+#[allow(clippy::too_many_arguments)]
+unsafe fn attend_item(
+    s: &SeqView,
+    kvh: usize,
+    group: usize,
+    hd: usize,
+    kv_dim: usize,
+    q_dim: usize,
+    scale: f32,
+    q: SharedOut,
+    out: SharedOut,
+    scratch: &mut [f32],
+) -> Result<(), ModelError> {
+    if s.n_rows == 0 {
+        return Ok(());
+    }
+    let isa = tandem_kernels::detected_isa();
+    let (scores, rest) = scratch.split_at_mut(BLOCK);
+    let (qbuf, acc) = rest.split_at_mut(MAX_QUERIES * hd);
+    let mut states = [SoftmaxState::EMPTY; MAX_QUERIES];
+    let mut visible = [0usize; MAX_QUERIES];
+    let tile_rows = (MAX_QUERIES / group).max(1);
+    let gq = group * hd; // a row's query values of this group
+    let n_total = s.p0 + s.n_rows;
+    // The head's K/V values start at kvh·hd within each cached row.
+    let bytes = |p: *mut f32| {
+        std::slice::from_raw_parts(
+            p.add(kvh * hd) as *const u8,
+            (n_total * kv_dim - kvh * hd) * 4,
+        )
+    };
+    let (k_all, v_all) = (bytes(s.k), bytes(s.v));
+    let stride = kv_dim * 4;
+    let mut r0 = 0;
+    while r0 < s.n_rows {
+        let nr = tile_rows.min(s.n_rows - r0);
+        let nq = nr * group;
+        if nq > MAX_QUERIES {
+            // group > MAX_QUERIES: one row's heads in several passes is
+            // not implemented; refuse instead of overrunning.
+            return Err(ModelError::InvalidHyperparameter {
+                key: "head_count / head_count_kv".into(),
+                detail: format!("{group} query heads per KV head (at most {MAX_QUERIES})"),
+            });
+        }
+        for r in 0..nr {
+            let row = s.row0 + r0 + r;
+            qbuf[r * gq..(r + 1) * gq].copy_from_slice(q.slice(row * q_dim + kvh * gq, gq));
+        }
+        states[..nq].fill(SoftmaxState::EMPTY);
+        acc[..nq * hd].fill(0.0);
+        let seen = s.p0 + r0 + nr; // positions the tile's last row sees
+        let mut b0 = 0;
+        while b0 < seen {
+            let bn = BLOCK.min(seen - b0);
+            for r in 0..nr {
+                let v = (s.p0 + r0 + r + 1).saturating_sub(b0).min(bn);
+                visible[r * group..(r + 1) * group].fill(v);
+            }
+            let block = KvBlock {
+                format: KvFormat::F32,
+                k: &k_all[b0 * stride..],
+                v: &v_all[b0 * stride..],
+                stride,
+                n: bn,
+            };
+            attend_block(
+                isa,
+                &qbuf[..nq * hd],
+                hd,
+                scale,
+                &block,
+                &visible[..nq],
+                &mut states[..nq],
+                &mut acc[..nq * hd],
+                scores,
+            )
+            .map_err(|e| ModelError::Kernel(e.to_string()))?;
+            b0 += bn;
+        }
+        for r in 0..nr {
+            let row = s.row0 + r0 + r;
+            let o = out.slice(row * q_dim + kvh * gq, gq);
+            for h in 0..group {
+                let qi = r * group + h;
+                finish(
+                    &states[qi],
+                    &acc[qi * hd..(qi + 1) * hd],
+                    &mut o[h * hd..(h + 1) * hd],
+                )
+                .map_err(|e| ModelError::Kernel(e.to_string()))?;
+            }
+        }
+        r0 += nr;
+    }
     Ok(())
 }
 
@@ -148,42 +276,5 @@ fn finish_head(
     }
     if let Some((rope, table)) = rope {
         rope.apply_with(x, table);
-    }
-}
-
-/// `out = softmax(q·K[0..n]ᵀ · scale) · V[0..n]` for one head whose
-/// values sit at `head_off` within each `kv_dim` cache row.
-///
-/// Two passes over a score buffer, with the softmax's sum in f64: the same
-/// arithmetic as llama.cpp's (non-flash) CPU attention. This matters more
-/// than it seems: an online softmax differs by a few ulps, and on Q8_0
-/// models a few ulps can move an activation across a rounding boundary of
-/// the next layer's 8-bit quantization (seen as 5e-3 on tiny-qwen2 Q8_0).
-/// The blockwise attention of the paged KV store will have to face this.
-///
-/// # Safety
-/// `s.k`/`s.v` must hold `n` initialised rows of `kv_dim` values.
-#[allow(clippy::too_many_arguments)]
-unsafe fn attend(
-    q: &[f32],
-    s: &SeqView,
-    head_off: usize,
-    kv_dim: usize,
-    n: usize,
-    scale: f32,
-    out: &mut [f32],
-    scores: &mut [f32],
-) {
-    let hd = q.len();
-    let scores = &mut scores[..n];
-    for (j, sc) in scores.iter_mut().enumerate() {
-        let kr = std::slice::from_raw_parts(s.k.add(j * kv_dim + head_off), hd);
-        *sc = q.iter().zip(kr).map(|(a, b)| a * b).sum::<f32>() * scale;
-    }
-    crate::ops::softmax(scores);
-    out.fill(0.0);
-    for (j, &p) in scores.iter().enumerate() {
-        let vr = std::slice::from_raw_parts(s.v.add(j * kv_dim + head_off), hd);
-        out.iter_mut().zip(vr).for_each(|(o, &vv)| *o += p * vv);
     }
 }

@@ -474,10 +474,8 @@ impl Model {
                 rope_pairs: self.rope.table_len(),
                 n_nodes,
                 n_threads: pool.n_threads(),
-                // Matmul chunks, or a head plus one score per cached position.
-                scratch: SCRATCH
-                    .max(8 * n)
-                    .max(hd + seqs.iter().map(|s| s.cache.capacity()).max().unwrap_or(0)),
+                // Matmul chunks, or attention's tiles.
+                scratch: SCRATCH.max(8 * n).max(crate::attention::scratch_len(hd)),
             },
         );
 

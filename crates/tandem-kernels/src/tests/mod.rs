@@ -11,6 +11,7 @@
 //! checked *exactly* by `exact_*` tests whose scales are powers of two and
 //! whose sums stay below 2^24, where any accumulation order is exact.
 
+mod attention;
 mod interleaved;
 mod isa;
 #[cfg(target_arch = "aarch64")]

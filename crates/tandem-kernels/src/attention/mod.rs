@@ -1,0 +1,308 @@
+//! Blockwise attention with an online softmax (the "flash" formulation).
+//!
+//! Keys and values are read block by block, where a block is any run of
+//! cached positions whose rows sit at a fixed byte stride: a page of the
+//! paged KV store, or a slice of a contiguous cache. Each query row keeps a
+//! running state — the largest score seen ([`SoftmaxState::max`]), the sum
+//! of `exp(score − max)` and an unnormalised output accumulator — so a
+//! block is visited once, in any order, and no score buffer longer than a
+//! block is needed:
+//!
+//! 1. scores `s_j = (q · k_j) · scale` for the keys of the block the query
+//!    may see (causality is the caller's `visible` count per query);
+//! 2. `m' = max(m, max_j s_j)`; when it grew, the sum and the accumulator
+//!    are multiplied by `exp(m − m')`;
+//! 3. for each key `p_j = exp(s_j − m')`, `sum += p_j`, `acc += p_j · v_j`.
+//!
+//! [`finish`] divides by the sum. [`merge`] combines two states over
+//! disjoint key sets (flash-decoding: threads take parts of a long context
+//! and the parts are merged), which is the same rescaling applied to a whole
+//! state.
+//!
+//! Stored rows are [`KvFormat`] values (f32, f16 or bf16), widened to f32;
+//! all arithmetic is f32. The only ISA-specific parts are the two vector
+//! primitives — `q · k` and `acc += p · v` — in `scalar` (the reference,
+//! summing in index order) and `x86` (AVX2 and AVX-512, several
+//! accumulators); the algorithm around them is this file's, shared by all.
+//! SIMD and scalar results therefore differ only by the reassociation of the
+//! dot products, and the tests bound exactly that. The NEON family uses the
+//! scalar primitives for now.
+//!
+//! Numerics versus a two-pass softmax: the online form reaches the same
+//! values up to a few ulps (the rescaling multiplies by `exp(m − m')`
+//! instead of subtracting the final max once). See the model's attention
+//! docs for why a few ulps can matter on tiny quantized fixtures.
+
+mod scalar;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+use crate::{Isa, KernelError, KernelFamily};
+
+/// Element type of stored K/V rows.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum KvFormat {
+    F32,
+    F16,
+    BF16,
+}
+
+impl KvFormat {
+    /// Bytes of one stored value.
+    pub const fn value_bytes(self) -> usize {
+        match self {
+            KvFormat::F32 => 4,
+            KvFormat::F16 | KvFormat::BF16 => 2,
+        }
+    }
+
+    /// Lower-case name (`f32`, `f16`, `bf16`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            KvFormat::F32 => "f32",
+            KvFormat::F16 => "f16",
+            KvFormat::BF16 => "bf16",
+        }
+    }
+}
+
+impl std::fmt::Display for KvFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Keys and values of one head at `n` consecutive positions: row `j` of
+/// `k` starts at byte `j * stride` and holds `head_dim` values; `v` alike.
+#[derive(Copy, Clone, Debug)]
+pub struct KvBlock<'a> {
+    pub format: KvFormat,
+    pub k: &'a [u8],
+    pub v: &'a [u8],
+    /// Bytes from one position's row to the next (≥ the row's bytes).
+    pub stride: usize,
+    /// Positions in the block.
+    pub n: usize,
+}
+
+/// Running online-softmax state of one query row (its accumulator is kept
+/// by the caller, `head_dim` floats, zero at the start).
+#[derive(Copy, Clone, Debug, PartialEq)]
+pub struct SoftmaxState {
+    /// Largest score seen so far (−∞ before the first key).
+    pub max: f32,
+    /// Σ exp(score − max) over the keys seen.
+    pub sum: f32,
+}
+
+impl SoftmaxState {
+    /// The state before any key.
+    pub const EMPTY: SoftmaxState = SoftmaxState {
+        max: f32::NEG_INFINITY,
+        sum: 0.0,
+    };
+}
+
+impl Default for SoftmaxState {
+    fn default() -> Self {
+        SoftmaxState::EMPTY
+    }
+}
+
+/// The two vector primitives of one ISA family and K/V format. The SIMD
+/// ones are handed out only after the CPU was checked, which is what makes
+/// them safe to call.
+#[derive(Copy, Clone)]
+struct Prims {
+    /// `q · k`, `k` holding `q.len()` stored values.
+    dot: fn(&[f32], &[u8]) -> f32,
+    /// `acc += p · v`, `v` holding `acc.len()` stored values.
+    axpy: fn(&mut [f32], f32, &[u8]),
+}
+
+fn prims(isa: Isa, format: KvFormat) -> Result<Prims, KernelError> {
+    if !isa.is_available() {
+        return Err(KernelError::IsaUnavailable(isa));
+    }
+    Ok(match isa.kernels() {
+        #[cfg(target_arch = "x86_64")]
+        KernelFamily::Avx512 => x86::avx512_prims(format),
+        #[cfg(target_arch = "x86_64")]
+        KernelFamily::Avx2 => x86::avx2_prims(format),
+        _ => scalar::prims(format),
+    })
+}
+
+fn check(what: &'static str, expected: usize, actual: usize) -> Result<(), KernelError> {
+    if expected == actual {
+        Ok(())
+    } else {
+        Err(KernelError::SizeMismatch {
+            what,
+            expected,
+            actual,
+        })
+    }
+}
+
+/// Bytes a block of `n` rows of `row_bytes` at `stride` spans.
+fn span(n: usize, stride: usize, row_bytes: usize) -> Option<usize> {
+    match n {
+        0 => Some(0),
+        _ => (n - 1).checked_mul(stride)?.checked_add(row_bytes),
+    }
+}
+
+/// Folds one block of keys/values into the states of `visible.len()` query
+/// rows.
+///
+/// `q` holds the query rows (`head_dim` floats each), `acc` their
+/// accumulators and `states` their softmax states; query `i` sees the
+/// first `visible[i]` positions of the block (≤ `block.n`; 0 skips it).
+/// `scores` is scratch of at least `block.n` floats.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_block<'a>(
+    isa: Isa,
+    q: &[f32],
+    head_dim: usize,
+    scale: f32,
+    block: &KvBlock<'a>,
+    visible: &[usize],
+    states: &mut [SoftmaxState],
+    acc: &mut [f32],
+    scores: &mut [f32],
+) -> Result<(), KernelError> {
+    let nq = visible.len();
+    if head_dim == 0 {
+        return Err(KernelError::ZeroColumns);
+    }
+    let q_len = nq.checked_mul(head_dim).ok_or(KernelError::Overflow)?;
+    check("query values", q_len, q.len())?;
+    check("accumulator values", q_len, acc.len())?;
+    check("softmax states", nq, states.len())?;
+    let row_bytes = head_dim
+        .checked_mul(block.format.value_bytes())
+        .ok_or(KernelError::Overflow)?;
+    if block.n > 0 && block.stride < row_bytes {
+        return Err(KernelError::SizeMismatch {
+            what: "KV row stride",
+            expected: row_bytes,
+            actual: block.stride,
+        });
+    }
+    let need = span(block.n, block.stride, row_bytes).ok_or(KernelError::Overflow)?;
+    for (what, buf) in [("key bytes", block.k), ("value bytes", block.v)] {
+        if buf.len() < need {
+            return Err(KernelError::SizeMismatch {
+                what,
+                expected: need,
+                actual: buf.len(),
+            });
+        }
+    }
+    if scores.len() < block.n {
+        return Err(KernelError::SizeMismatch {
+            what: "score scratch",
+            expected: block.n,
+            actual: scores.len(),
+        });
+    }
+    if let Some(&bad) = visible.iter().find(|&&n| n > block.n) {
+        return Err(KernelError::RowRange {
+            start: 0,
+            end: bad,
+            n_rows: block.n,
+        });
+    }
+    let p = prims(isa, block.format)?;
+    let (stride, k, v) = (block.stride, block.k, block.v);
+    let row = |buf: &'a [u8], j: usize| -> &'a [u8] { &buf[j * stride..j * stride + row_bytes] };
+    for (i, &n) in visible.iter().enumerate() {
+        if n == 0 {
+            continue;
+        }
+        let qi = &q[i * head_dim..(i + 1) * head_dim];
+        let ai = &mut acc[i * head_dim..(i + 1) * head_dim];
+        let st = &mut states[i];
+        let sc = &mut scores[..n];
+        let mut block_max = f32::NEG_INFINITY;
+        for (j, s) in sc.iter_mut().enumerate() {
+            *s = (p.dot)(qi, row(k, j)) * scale;
+            block_max = block_max.max(*s);
+        }
+        let m = st.max.max(block_max);
+        if m > st.max && st.sum > 0.0 {
+            let c = (st.max - m).exp();
+            st.sum *= c;
+            ai.iter_mut().for_each(|a| *a *= c);
+        }
+        st.max = m;
+        for (j, &s) in sc.iter().enumerate() {
+            let e = (s - m).exp();
+            st.sum += e;
+            (p.axpy)(ai, e, row(v, j));
+        }
+    }
+    Ok(())
+}
+
+/// `out = acc / sum`: the attention output of a query row whose keys have
+/// all been folded in. A row that saw no key gives zeros.
+pub fn finish(state: &SoftmaxState, acc: &[f32], out: &mut [f32]) -> Result<(), KernelError> {
+    check("output values", acc.len(), out.len())?;
+    if state.sum > 0.0 {
+        let inv = 1.0 / state.sum;
+        out.iter_mut().zip(acc).for_each(|(o, &a)| *o = a * inv);
+    } else {
+        out.fill(0.0);
+    }
+    Ok(())
+}
+
+/// Folds the state and accumulator of another part of the keys (`src`)
+/// into `dst`: afterwards `dst` is the state over both parts.
+pub fn merge(
+    dst: &mut SoftmaxState,
+    dst_acc: &mut [f32],
+    src: &SoftmaxState,
+    src_acc: &[f32],
+) -> Result<(), KernelError> {
+    check("accumulator values", dst_acc.len(), src_acc.len())?;
+    if src.sum <= 0.0 {
+        return Ok(());
+    }
+    if dst.sum <= 0.0 {
+        *dst = *src;
+        dst_acc.copy_from_slice(src_acc);
+        return Ok(());
+    }
+    let m = dst.max.max(src.max);
+    let (cd, cs) = ((dst.max - m).exp(), (src.max - m).exp());
+    dst.sum = dst.sum * cd + src.sum * cs;
+    dst.max = m;
+    dst_acc
+        .iter_mut()
+        .zip(src_acc)
+        .for_each(|(d, &s)| *d = *d * cd + s * cs);
+    Ok(())
+}
+
+/// `q · k` for one stored key row: the primitive [`attend_block`] uses,
+/// exposed for tests and benchmarks.
+pub fn dot(isa: Isa, format: KvFormat, q: &[f32], k: &[u8]) -> Result<f32, KernelError> {
+    check("key bytes", q.len() * format.value_bytes(), k.len())?;
+    Ok((prims(isa, format)?.dot)(q, k))
+}
+
+/// `acc += p · v` for one stored value row: the other primitive.
+pub fn axpy(
+    isa: Isa,
+    format: KvFormat,
+    acc: &mut [f32],
+    p: f32,
+    v: &[u8],
+) -> Result<(), KernelError> {
+    check("value bytes", acc.len() * format.value_bytes(), v.len())?;
+    (prims(isa, format)?.axpy)(acc, p, v);
+    Ok(())
+}

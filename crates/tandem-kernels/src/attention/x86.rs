@@ -1,0 +1,232 @@
+//! AVX2 and AVX-512 primitives: the same loop as `scalar`, several values
+//! per instruction and two accumulators, so a dot product sums in another
+//! order than the reference (the only difference the tests allow).
+//!
+//! Stored values are widened in registers: f16 with `vcvtph2ps`, bf16 by
+//! shifting into the high half of an f32. Rows whose length is not a
+//! multiple of the vector width finish with masked loads (AVX-512) or
+//! scalar steps (AVX2).
+
+use std::arch::x86_64::*;
+
+use super::{KvFormat, Prims};
+use crate::convert::{bf16_to_f32, f16_to_f32};
+
+const F32: u8 = 0;
+const F16: u8 = 1;
+const BF16: u8 = 2;
+
+const fn value_bytes(f: u8) -> usize {
+    if f == F32 {
+        4
+    } else {
+        2
+    }
+}
+
+/// The AVX-512 primitives; call only when `avx512_available()`.
+pub(super) fn avx512_prims(format: KvFormat) -> Prims {
+    match format {
+        KvFormat::F32 => Prims {
+            dot: dot512::<F32>,
+            axpy: axpy512::<F32>,
+        },
+        KvFormat::F16 => Prims {
+            dot: dot512::<F16>,
+            axpy: axpy512::<F16>,
+        },
+        KvFormat::BF16 => Prims {
+            dot: dot512::<BF16>,
+            axpy: axpy512::<BF16>,
+        },
+    }
+}
+
+/// The AVX2 primitives; call only when `avx2_available()`.
+pub(super) fn avx2_prims(format: KvFormat) -> Prims {
+    match format {
+        KvFormat::F32 => Prims {
+            dot: dot256::<F32>,
+            axpy: axpy256::<F32>,
+        },
+        KvFormat::F16 => Prims {
+            dot: dot256::<F16>,
+            axpy: axpy256::<F16>,
+        },
+        KvFormat::BF16 => Prims {
+            dot: dot256::<BF16>,
+            axpy: axpy256::<BF16>,
+        },
+    }
+}
+
+fn dot512<const F: u8>(q: &[f32], k: &[u8]) -> f32 {
+    assert!(k.len() >= q.len() * value_bytes(F));
+    // SAFETY: handed out by `avx512_prims` only, after the CPU check; the
+    // kernel reads `q.len()` values of both slices (asserted above).
+    unsafe { avx512::dot::<F>(q, k.as_ptr()) }
+}
+
+fn axpy512<const F: u8>(acc: &mut [f32], p: f32, v: &[u8]) {
+    assert!(v.len() >= acc.len() * value_bytes(F));
+    // SAFETY: as in `dot512`.
+    unsafe { avx512::axpy::<F>(acc, p, v.as_ptr()) }
+}
+
+fn dot256<const F: u8>(q: &[f32], k: &[u8]) -> f32 {
+    assert!(k.len() >= q.len() * value_bytes(F));
+    // SAFETY: handed out by `avx2_prims` only, after the CPU check.
+    unsafe { avx2::dot::<F>(q, k.as_ptr()) }
+}
+
+fn axpy256<const F: u8>(acc: &mut [f32], p: f32, v: &[u8]) {
+    assert!(v.len() >= acc.len() * value_bytes(F));
+    // SAFETY: as in `dot256`.
+    unsafe { avx2::axpy::<F>(acc, p, v.as_ptr()) }
+}
+
+/// Value `i` of a stored row, widened (the scalar tail of AVX2).
+#[inline]
+unsafe fn read<const F: u8>(p: *const u8, i: usize) -> f32 {
+    match F {
+        F32 => (p.add(4 * i) as *const f32).read_unaligned(),
+        F16 => f16_to_f32((p.add(2 * i) as *const u16).read_unaligned()),
+        _ => bf16_to_f32((p.add(2 * i) as *const u16).read_unaligned()),
+    }
+}
+
+mod avx512 {
+    use super::*;
+
+    /// 16 values of a stored row from value `i`, as f32; lanes off in
+    /// `m` are not read and are zero.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    unsafe fn load<const F: u8>(p: *const u8, i: usize, m: __mmask16) -> __m512 {
+        match F {
+            F32 => _mm512_maskz_loadu_ps(m, p.add(4 * i) as *const f32),
+            F16 => _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p.add(2 * i) as *const i16)),
+            _ => _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(
+                _mm256_maskz_loadu_epi16(m, p.add(2 * i) as *const i16),
+            ))),
+        }
+    }
+
+    fn tail_mask(rest: usize) -> __mmask16 {
+        if rest >= 16 {
+            0xFFFF
+        } else {
+            ((1u32 << rest) - 1) as __mmask16
+        }
+    }
+
+    /// # Safety
+    /// AVX-512 F/BW/VL must be available; `k` holds `q.len()` values.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    pub(super) unsafe fn dot<const F: u8>(q: &[f32], k: *const u8) -> f32 {
+        let n = q.len();
+        let qp = q.as_ptr();
+        let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+        let mut i = 0;
+        while i + 32 <= n {
+            a0 = _mm512_fmadd_ps(_mm512_loadu_ps(qp.add(i)), load::<F>(k, i, 0xFFFF), a0);
+            a1 = _mm512_fmadd_ps(
+                _mm512_loadu_ps(qp.add(i + 16)),
+                load::<F>(k, i + 16, 0xFFFF),
+                a1,
+            );
+            i += 32;
+        }
+        while i < n {
+            let m = tail_mask(n - i);
+            a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, qp.add(i)), load::<F>(k, i, m), a0);
+            i += 16;
+        }
+        _mm512_reduce_add_ps(_mm512_add_ps(a0, a1))
+    }
+
+    /// # Safety
+    /// As [`dot`], with `v` holding `acc.len()` values.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    pub(super) unsafe fn axpy<const F: u8>(acc: &mut [f32], p: f32, v: *const u8) {
+        let n = acc.len();
+        let ap = acc.as_mut_ptr();
+        let pv = _mm512_set1_ps(p);
+        let mut i = 0;
+        while i < n {
+            let m = tail_mask(n - i);
+            let a = _mm512_maskz_loadu_ps(m, ap.add(i));
+            _mm512_mask_storeu_ps(ap.add(i), m, _mm512_fmadd_ps(pv, load::<F>(v, i, m), a));
+            i += 16;
+        }
+    }
+}
+
+mod avx2 {
+    use super::*;
+
+    /// 8 values of a stored row from value `i`, as f32.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load<const F: u8>(p: *const u8, i: usize) -> __m256 {
+        match F {
+            F32 => _mm256_loadu_ps(p.add(4 * i) as *const f32),
+            F16 => _mm256_cvtph_ps(_mm_loadu_si128(p.add(2 * i) as *const __m128i)),
+            _ => _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(
+                _mm_loadu_si128(p.add(2 * i) as *const __m128i),
+            ))),
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+    }
+
+    /// # Safety
+    /// AVX2/FMA/F16C must be available; `k` holds `q.len()` values.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot<const F: u8>(q: &[f32], k: *const u8) -> f32 {
+        let n = q.len();
+        let qp = q.as_ptr();
+        let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut i = 0;
+        while i + 16 <= n {
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(i)), load::<F>(k, i), a0);
+            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(i + 8)), load::<F>(k, i + 8), a1);
+            i += 16;
+        }
+        if i + 8 <= n {
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(i)), load::<F>(k, i), a0);
+            i += 8;
+        }
+        let mut s = hsum(_mm256_add_ps(a0, a1));
+        while i < n {
+            s += q[i] * read::<F>(k, i);
+            i += 1;
+        }
+        s
+    }
+
+    /// # Safety
+    /// As [`dot`], with `v` holding `acc.len()` values.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn axpy<const F: u8>(acc: &mut [f32], p: f32, v: *const u8) {
+        let n = acc.len();
+        let ap = acc.as_mut_ptr();
+        let pv = _mm256_set1_ps(p);
+        let mut i = 0;
+        while i + 8 <= n {
+            let a = _mm256_loadu_ps(ap.add(i));
+            _mm256_storeu_ps(ap.add(i), _mm256_fmadd_ps(pv, load::<F>(v, i), a));
+            i += 8;
+        }
+        while i < n {
+            acc[i] += p * read::<F>(v, i);
+            i += 1;
+        }
+    }
+}
