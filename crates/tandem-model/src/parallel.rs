@@ -75,12 +75,23 @@ fn matmul_into(
         tmp,
     )
     .map_err(kernel_err)?;
-    for (i, vals) in tmp.chunks_exact(n).enumerate() {
-        for (b, &v) in vals.iter().enumerate() {
-            // SAFETY: as above, element (b, col0 + local.start + i) belongs
-            // to this chunk only.
-            unsafe { out.write(b * stride + col0 + local.start + i, v) };
+    // Transpose [row][b] → [b][col] in strips of 16 rows: each token row
+    // gets one contiguous 64-byte run, and the strip's 16 source rows stay
+    // in L1 while b walks them.
+    const STRIP: usize = 16;
+    let rows = local.len();
+    let mut i0 = 0;
+    while i0 < rows {
+        let len = STRIP.min(rows - i0);
+        for b in 0..n {
+            // SAFETY: as above, elements (b, col0 + local.start + i0..+len)
+            // belong to this chunk only.
+            let dst = unsafe { out.slice(b * stride + col0 + local.start + i0, len) };
+            for (k, d) in dst.iter_mut().enumerate() {
+                *d = tmp[(i0 + k) * n + b];
+            }
         }
+        i0 += len;
     }
     Ok(())
 }

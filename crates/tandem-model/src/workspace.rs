@@ -210,13 +210,4 @@ impl SharedOut {
         );
         std::slice::from_raw_parts_mut(self.ptr.add(start), len)
     }
-
-    /// Writes one value.
-    ///
-    /// # Safety
-    /// As for [`slice`](SharedOut::slice), for the single element `i`.
-    pub(crate) unsafe fn write(&self, i: usize, v: f32) {
-        assert!(i < self.len, "SharedOut index {i} outside {}", self.len);
-        *self.ptr.add(i) = v;
-    }
 }
