@@ -41,6 +41,15 @@ pub struct Common {
     /// the kernels at load time (for comparisons; slower).
     #[arg(long, global = true)]
     pub no_repack: bool,
+    /// Element type of the KV cache: f16 (as llama.cpp), bf16, or f32
+    /// (exact, twice the memory).
+    #[arg(long, global = true, default_value = "f16")]
+    pub kv_type: tandem_model::KvFormat,
+    /// Tokens per KV cache page (the unit of the block tables and of
+    /// prefix sharing).
+    #[arg(long, global = true, default_value_t = tandem_model::kv_cache::DEFAULT_PAGE_TOKENS as u64,
+          value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub kv_page_tokens: u64,
 }
 
 impl Common {
@@ -50,6 +59,10 @@ impl Common {
             threads: self.threads,
             pin: true,
             repack: !self.no_repack,
+            kv: tandem_model::KvOptions {
+                format: self.kv_type,
+                page_tokens: self.kv_page_tokens as usize,
+            },
             ..tandem_model::LoadOptions::default()
         }
     }

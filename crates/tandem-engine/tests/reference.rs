@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 use tandem_engine::perplexity::perplexity;
-use tandem_model::{Logits, Model, ModelFiles};
+use tandem_model::{KvFormat, KvOptions, LoadOptions, Logits, Model, ModelFiles};
 use tandem_tokenizer::Tokenizer;
 
 fn root() -> PathBuf {
@@ -68,9 +68,21 @@ fn gguf_path(name: &str, key: &str) -> PathBuf {
         .join(key)
 }
 
+/// Loads with an f32 KV cache: the references (transformers, and
+/// llama.cpp with `type_k`/`type_v` F32 in `tools/fixtures/make_refs.py`)
+/// keep keys and values in f32, and
+/// rounding them to f16 alone moves logits by up to ~1e-2 on these tiny
+/// models, more than the bounds below.
 fn load(path: &Path) -> Model {
-    Model::load(ModelFiles::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    let files = ModelFiles::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let opts = LoadOptions {
+        kv: KvOptions {
+            format: KvFormat::F32,
+            ..KvOptions::default()
+        },
+        ..LoadOptions::default()
+    };
+    Model::load_with(files, &opts).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// max |a - b| / max |b|.

@@ -20,17 +20,21 @@ use tandem_numa::{Pool, Worker};
 use crate::config::ModelConfig;
 use crate::ops::Rope;
 use crate::workspace::{PerWorker, SharedOut};
-use tandem_kernels::attention::{attend_block, finish, KvBlock, KvFormat, SoftmaxState};
+use tandem_kernels::attention::{attend_block, encode_row, finish, KvBlock, SoftmaxState};
+
+use crate::kv_cache::KvCache;
 
 use crate::ModelError;
 
 /// One sequence of the batch as attention sees it.
 #[derive(Clone, Copy)]
 pub(crate) struct SeqView {
-    /// Raw K and V of the current layer (`capacity × kv_dim`).
-    pub k: *mut f32,
-    pub v: *mut f32,
-    pub capacity: usize,
+    /// The sequence's block table (pages reserved for the new rows). A raw
+    /// pointer so the workspace can keep the views' buffer across calls;
+    /// valid for the forward pass that built it.
+    pub seq: *const KvCache,
+    /// The layer being computed.
+    pub layer: usize,
     /// Position of the sequence's first new row.
     pub p0: usize,
     /// The sequence's rows in the batch: `row0..row0 + n_rows`.
@@ -38,8 +42,9 @@ pub(crate) struct SeqView {
     pub n_rows: usize,
 }
 
-// SAFETY: the cache outlives the run; workers write disjoint (position,
-// head) slots: each item owns one KV head of one sequence.
+// SAFETY: the sequence outlives the run and is not changed during it;
+// workers write disjoint (position, head) rows of its private pages (the
+// `tandem-kv` protocol): each item owns one KV head of one sequence.
 unsafe impl Send for SeqView {}
 unsafe impl Sync for SeqView {}
 
@@ -83,6 +88,11 @@ pub(crate) fn attention(
                 return Ok(());
             }
             let (s, kvh) = (&seqs[item / heads.len()], heads.start + item % heads.len());
+            let local = kvh - heads.start;
+            // SAFETY: see `SeqView::seq`.
+            let seq = unsafe { &*s.seq };
+            let row_bytes = seq.store().geometry().row_bytes();
+            let format = seq.store().geometry().format;
             for i in 0..s.n_rows {
                 let row = s.row0 + i;
                 let pos = s.p0 + i;
@@ -106,14 +116,17 @@ pub(crate) fn attention(
                     None,
                     tmp,
                 );
-                debug_assert!(pos < s.capacity);
-                // SAFETY: slot (pos, kvh) of this sequence's cache is
-                // written by this item only; pos < capacity was checked by
-                // the caller.
-                unsafe {
-                    let off = pos * kv_dim + kvh * hd;
-                    std::ptr::copy_nonoverlapping(kr.as_ptr(), s.k.add(off), hd);
-                    std::ptr::copy_nonoverlapping(vr.as_ptr(), s.v.add(off), hd);
+                for (kv, src) in [(0, &*kr), (1, &*vr)] {
+                    // SAFETY: position `pos` was reserved (a private page)
+                    // and its row of (layer, kv, kvh) is written by this
+                    // item only.
+                    let dst = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            seq.row_ptr(w.node, s.layer, kv, local, pos),
+                            row_bytes,
+                        )
+                    };
+                    encode_row(format, src, dst).map_err(|e| ModelError::Kernel(e.to_string()))?;
                 }
             }
             for qh in kvh * group..(kvh + 1) * group {
@@ -135,38 +148,43 @@ pub(crate) fn attention(
             // SAFETY: positions 0..p0 + n_rows of this head were stored, by
             // this item or by earlier forward passes; the item owns the
             // (row, head) slots of Q and of the output it touches.
-            unsafe { attend_item(s, kvh, group, hd, kv_dim, q_dim, scale, q, out, rest) }?;
+            unsafe {
+                attend_item(
+                    s, seq, w.node, local, kvh, group, hd, q_dim, scale, q, out, rest,
+                )
+            }?;
         }
     })
 }
 
 /// Query rows attended together: all heads of a KV group, for as many
-/// sequence rows as fit (so each K/V block is read once per tile).
+/// sequence rows as fit (so each K/V page is read once per tile).
 const MAX_QUERIES: usize = 64;
-/// Cached positions per attention block (the score scratch's length).
-const BLOCK: usize = 64;
 
-/// Per-worker scratch floats attention needs for heads of `head_dim`.
-pub(crate) fn scratch_len(head_dim: usize) -> usize {
-    head_dim + BLOCK + 2 * MAX_QUERIES * head_dim
+/// Per-worker scratch floats attention needs for heads of `head_dim` and
+/// pages of `page_tokens`.
+pub(crate) fn scratch_len(head_dim: usize, page_tokens: usize) -> usize {
+    head_dim + page_tokens + 2 * MAX_QUERIES * head_dim
 }
 
 /// `out = softmax(q·Kᵀ · scale) · V` for every query head of KV head `kvh`
-/// and every new row of sequence `s`, causally: row `i` sees positions
-/// `0..=p0 + i`. Rows are taken in tiles of `MAX_QUERIES / group`; each
-/// tile folds the cache in blocks of `BLOCK` positions into online-softmax
-/// states (`tandem_kernels::attention`).
+/// (node-local head `local` of `node`) and every new row of sequence `s`,
+/// causally: row `i` sees positions `0..=p0 + i`. Rows are taken in tiles
+/// of `MAX_QUERIES / group`; each tile folds the sequence's pages, one
+/// block per page, into online-softmax states (`tandem_kernels::attention`).
 ///
 /// # Safety
-/// `s.k`/`s.v` hold `p0 + n_rows` initialised rows of `kv_dim` values; the
-/// caller owns the Q and output slots of (rows of `s`, heads of `kvh`).
+/// Positions `0..p0 + n_rows` of this head are stored in `seq`'s pages;
+/// the caller owns the Q and output slots of (rows of `s`, heads of `kvh`).
 #[allow(clippy::too_many_arguments)]
 unsafe fn attend_item(
     s: &SeqView,
+    seq: &KvCache,
+    node: usize,
+    local: usize,
     kvh: usize,
     group: usize,
     hd: usize,
-    kv_dim: usize,
     q_dim: usize,
     scale: f32,
     q: SharedOut,
@@ -177,22 +195,18 @@ unsafe fn attend_item(
         return Ok(());
     }
     let isa = tandem_kernels::detected_isa();
-    let (scores, rest) = scratch.split_at_mut(BLOCK);
+    let geom = seq.store().geometry();
+    let (pt, row_bytes, slab) = (geom.page_tokens, geom.row_bytes(), geom.slab_bytes());
+    let (k_off, v_off) = (
+        geom.slab_offset(node, s.layer, 0, local),
+        geom.slab_offset(node, s.layer, 1, local),
+    );
+    let (scores, rest) = scratch.split_at_mut(pt);
     let (qbuf, acc) = rest.split_at_mut(MAX_QUERIES * hd);
     let mut states = [SoftmaxState::EMPTY; MAX_QUERIES];
     let mut visible = [0usize; MAX_QUERIES];
     let tile_rows = (MAX_QUERIES / group).max(1);
     let gq = group * hd; // a row's query values of this group
-    let n_total = s.p0 + s.n_rows;
-    // The head's K/V values start at kvh·hd within each cached row.
-    let bytes = |p: *mut f32| {
-        std::slice::from_raw_parts(
-            p.add(kvh * hd) as *const u8,
-            (n_total * kv_dim - kvh * hd) * 4,
-        )
-    };
-    let (k_all, v_all) = (bytes(s.k), bytes(s.v));
-    let stride = kv_dim * 4;
     let mut r0 = 0;
     while r0 < s.n_rows {
         let nr = tile_rows.min(s.n_rows - r0);
@@ -212,18 +226,21 @@ unsafe fn attend_item(
         states[..nq].fill(SoftmaxState::EMPTY);
         acc[..nq * hd].fill(0.0);
         let seen = s.p0 + r0 + nr; // positions the tile's last row sees
-        let mut b0 = 0;
-        while b0 < seen {
-            let bn = BLOCK.min(seen - b0);
+        for (pi, &page) in seq.pages().iter().enumerate().take(seen.div_ceil(pt)) {
+            let b0 = pi * pt;
+            let bn = pt.min(seen - b0);
             for r in 0..nr {
                 let v = (s.p0 + r0 + r + 1).saturating_sub(b0).min(bn);
                 visible[r * group..(r + 1) * group].fill(v);
             }
+            let base = seq.store().page_ptr(node, page);
+            // SAFETY: the head's K and V slabs of this page: `slab` bytes
+            // each inside the node's page, rows below `seen` initialised.
             let block = KvBlock {
-                format: KvFormat::F32,
-                k: &k_all[b0 * stride..],
-                v: &v_all[b0 * stride..],
-                stride,
+                format: geom.format,
+                k: std::slice::from_raw_parts(base.add(k_off), slab),
+                v: std::slice::from_raw_parts(base.add(v_off), slab),
+                stride: row_bytes,
                 n: bn,
             };
             attend_block(
@@ -238,7 +255,6 @@ unsafe fn attend_item(
                 scores,
             )
             .map_err(|e| ModelError::Kernel(e.to_string()))?;
-            b0 += bn;
         }
         for r in 0..nr {
             let row = s.row0 + r0 + r;

@@ -8,7 +8,7 @@
 //! - [`names`]: the tensor-name map (canonical names are GGUF's).
 //! - [`tensor`]: zero-copy views of weights in the mapped files.
 //! - [`model`]: the forward pass; [`linear`] its matmul driver; [`ops`] the
-//!   element-wise parts; [`kv_cache`] the per-sequence cache.
+//!   element-wise parts; [`kv_cache`] the model's view of the paged KV store (`tandem-kv`).
 //! - [`inspect`]: what `tandem inspect` reports.
 //!
 //! This crate does not sample, template chats or stream text: that is the
@@ -33,7 +33,7 @@ mod workspace;
 pub use arch::{Arch, RopeLayout};
 pub use config::{ModelConfig, RopeConfig};
 pub use error::ModelError;
-pub use kv_cache::KvCache;
+pub use kv_cache::{KvCache, KvFormat, KvOptions, KvStore};
 pub use model::{LoadOptions, Logits, Model, SeqInput, TensorParallel};
 pub use source::{ModelFiles, SourceFormat};
 pub use tandem_numa::{NumaMode, Pool, SyncStats};

@@ -16,7 +16,7 @@ use tandem_tokenizer::Tokenizer;
 
 use crate::attention::{attention, AttnLayer, SeqView};
 use crate::config::ModelConfig;
-use crate::kv_cache::KvCache;
+use crate::kv_cache::{check_fits, KvCache, KvOptions, KvStore};
 use crate::linear::Matrix;
 use crate::ops::{rms_norm, Rope};
 use crate::parallel::{col_split, gate_up, row_split, RowTarget, SCRATCH};
@@ -26,6 +26,7 @@ use crate::tensor::Tensor;
 use crate::workspace::{Dims, SharedOut, Workspace};
 use crate::ModelError;
 use tandem_kernels::GROUP_ROWS;
+use tandem_kv::KvGeometry;
 
 /// Which positions of a forward pass need logits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +92,8 @@ pub struct LoadOptions {
     /// ([`tandem_kernels::preferred_layout`]; costs one copy of those
     /// matrices, after which the file's pages are dropped).
     pub repack: bool,
+    /// KV type and page size of the caches this model makes.
+    pub kv: KvOptions,
 }
 
 impl Default for LoadOptions {
@@ -101,6 +104,7 @@ impl Default for LoadOptions {
             threads: None,
             pin: false,
             repack: true,
+            kv: KvOptions::default(),
         }
     }
 }
@@ -130,6 +134,7 @@ pub struct Model {
     /// pool runs one pass at a time anyway).
     workspace: Mutex<Workspace>,
     allreduce_ns: std::sync::atomic::AtomicU64,
+    kv: KvOptions,
 }
 
 fn vector(files: &ModelFiles, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
@@ -322,6 +327,7 @@ impl Model {
             pool,
             workspace: Mutex::new(Workspace::default()),
             allreduce_ns: Default::default(),
+            kv: opts.kv,
         })
     }
 
@@ -367,10 +373,69 @@ impl Model {
         out
     }
 
-    /// An empty KV cache for up to `capacity` tokens.
-    pub fn new_cache(&self, capacity: usize) -> Result<KvCache, ModelError> {
+    /// The KV options the model was loaded with.
+    pub fn kv_options(&self) -> KvOptions {
+        self.kv
+    }
+
+    /// The shape of a KV store for this model: each engine node holds the
+    /// KV heads it computes attention for.
+    pub fn kv_geometry(&self, kv: KvOptions) -> KvGeometry {
         let c = &self.config;
-        KvCache::new(c.n_layers, c.n_kv_heads * c.head_dim, capacity)
+        KvGeometry {
+            n_layers: c.n_layers,
+            head_dim: c.head_dim,
+            page_tokens: kv.page_tokens,
+            format: kv.format,
+            node_heads: self.kv_node_heads(),
+        }
+    }
+
+    #[allow(clippy::single_range_in_vec_init)] // one node's range
+    fn kv_node_heads(&self) -> Vec<Range<usize>> {
+        match self.layers.first() {
+            Some(l) => l.kv_ranges.clone(),
+            None => vec![0..self.config.n_kv_heads],
+        }
+    }
+
+    /// A KV store of `bytes` (rounded down to whole pages, at least one),
+    /// each node's pages on that node's memory. Memory is mapped, not
+    /// touched: pages become resident as sequences fill them.
+    pub fn new_kv_store(&self, kv: KvOptions, bytes: usize) -> Result<Arc<KvStore>, ModelError> {
+        let geom = self.kv_geometry(kv);
+        if kv.page_tokens == 0 {
+            return Err(ModelError::BadBatch("KV pages of 0 tokens".into()));
+        }
+        let pages = (bytes / geom.page_bytes().max(1)).max(1);
+        self.kv_store_of_pages(geom, pages)
+    }
+
+    fn kv_store_of_pages(
+        &self,
+        geom: KvGeometry,
+        pages: usize,
+    ) -> Result<Arc<KvStore>, ModelError> {
+        let bytes = pages.saturating_mul(geom.page_bytes());
+        let tokens = pages.saturating_mul(geom.page_tokens);
+        let what = || format!("a KV pool of {tokens} tokens");
+        check_fits(what, bytes)?;
+        let nodes: Vec<Option<usize>> = (0..geom.node_heads.len())
+            .map(|n| self.pool.layout().nodes.get(n).and_then(|p| p.memory_node))
+            .collect();
+        KvStore::new(geom, pages, &nodes).map_err(|e| ModelError::OutOfMemory {
+            what: format!("{what}: {e}", what = what()),
+            bytes,
+        })
+    }
+
+    /// An empty KV cache for up to `capacity` tokens, in a store of its
+    /// own (the model's KV options).
+    pub fn new_cache(&self, capacity: usize) -> Result<KvCache, ModelError> {
+        let geom = self.kv_geometry(self.kv);
+        let pages = capacity.div_ceil(geom.page_tokens).max(1);
+        let store = self.kv_store_of_pages(geom, pages)?;
+        Ok(store.sequence_with_capacity(capacity).with_limit(capacity))
     }
 
     /// Runs `tokens` at the positions following what `cache` holds, appends
@@ -441,14 +506,15 @@ impl Model {
             return Ok(());
         }
         for s in seqs.iter() {
-            let needed = s.cache.len() + s.tokens.len();
-            if needed > s.cache.capacity() {
-                return Err(ModelError::ContextFull {
-                    needed,
-                    capacity: s.cache.capacity(),
-                });
-            }
-            if s.cache.kv_dim() != kv_dim || s.cache.n_layers() != c.n_layers {
+            let g = s.cache.store().geometry();
+            if g.n_layers != c.n_layers
+                || g.head_dim != hd
+                || g.node_heads.len() != self.layers.first().map_or(1, |l| l.kv_ranges.len())
+                || self
+                    .layers
+                    .first()
+                    .is_some_and(|l| l.kv_ranges != g.node_heads)
+            {
                 return Err(ModelError::BadBatch(
                     "KV cache made for another model".into(),
                 ));
@@ -459,6 +525,18 @@ impl Model {
                     vocab: c.vocab_size,
                 });
             }
+        }
+        // Pages for the new positions (copy-on-write of a shared last page).
+        for s in seqs.iter_mut() {
+            s.cache.reserve(s.tokens.len()).map_err(|e| match e {
+                tandem_kv::KvError::OutOfPages { .. } | tandem_kv::KvError::LimitReached { .. } => {
+                    ModelError::ContextFull {
+                        needed: s.cache.len() + s.tokens.len(),
+                        capacity: s.cache.capacity(),
+                    }
+                }
+                e => ModelError::Kernel(e.to_string()),
+            })?;
         }
         let mut guard = self.workspace.lock().unwrap_or_else(|p| p.into_inner());
         let ws = &mut *guard;
@@ -475,7 +553,13 @@ impl Model {
                 n_nodes,
                 n_threads: pool.n_threads(),
                 // Matmul chunks, or attention's tiles.
-                scratch: SCRATCH.max(8 * n).max(crate::attention::scratch_len(hd)),
+                scratch: SCRATCH.max(8 * n).max(crate::attention::scratch_len(
+                    hd,
+                    seqs.iter()
+                        .map(|s| s.cache.store().geometry().page_tokens)
+                        .max()
+                        .unwrap_or(1),
+                )),
             },
         );
 
@@ -553,12 +637,10 @@ impl Model {
             let mut row0 = 0;
             let views_buf = &mut ws.seq_views;
             views_buf.clear();
-            for s in seqs.iter_mut() {
-                let (kp, vp) = s.cache.layer_raw(li);
+            for s in seqs.iter() {
                 views_buf.push(SeqView {
-                    k: kp,
-                    v: vp,
-                    capacity: s.cache.capacity(),
+                    seq: &*s.cache,
+                    layer: li,
                     p0: s.cache.len(),
                     row0,
                     n_rows: s.tokens.len(),
@@ -599,7 +681,9 @@ impl Model {
             self.project_add(ws, &l.w_down, n, c.ffn_hidden, Buf::Gate)?;
         }
         for s in seqs.iter_mut() {
-            s.cache.advance(s.tokens.len());
+            s.cache
+                .commit(s.tokens)
+                .map_err(|e| ModelError::Kernel(e.to_string()))?;
         }
 
         // Output head on the rows that want logits.

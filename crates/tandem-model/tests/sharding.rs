@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use tandem_model::{
-    KvCache, LoadOptions, Logits, Model, ModelFiles, NumaMode, SeqInput, TensorParallel,
+    KvCache, KvStore, LoadOptions, Logits, Model, ModelFiles, NumaMode, SeqInput, TensorParallel,
 };
 
 fn fixtures() -> PathBuf {
@@ -271,9 +271,11 @@ fn bad_batches_are_errors() {
         "context full"
     );
     // A cache shaped for another model (one layer more) is refused.
-    let c = &model.config;
-    let mut foreign =
-        vec![KvCache::new(c.n_layers + 1, c.n_kv_heads * c.head_dim, 4).expect("cache")];
+    let mut geom = model.kv_geometry(model.kv_options());
+    geom.n_layers += 1;
+    let mut foreign = vec![KvStore::new(geom, 1, &[None])
+        .expect("store")
+        .new_sequence()];
     assert!(model.decode_batch(&[1], &mut foreign, &mut logits).is_err());
     // A sequence without new tokens contributes no rows and no logits.
     let mut a = model.new_cache(4).expect("cache");
@@ -295,7 +297,7 @@ fn bad_batches_are_errors() {
             &mut logits,
         )
         .expect("empty sequence");
-    assert_eq!(logits.len(), c.vocab_size);
+    assert_eq!(logits.len(), model.config.vocab_size);
 }
 
 #[test]

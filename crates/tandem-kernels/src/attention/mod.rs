@@ -66,6 +66,18 @@ impl KvFormat {
     }
 }
 
+impl std::str::FromStr for KvFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" => Ok(KvFormat::F32),
+            "f16" => Ok(KvFormat::F16),
+            "bf16" => Ok(KvFormat::BF16),
+            _ => Err(format!("unknown KV type {s:?} (expected f16, bf16 or f32)")),
+        }
+    }
+}
+
 impl std::fmt::Display for KvFormat {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
@@ -284,6 +296,31 @@ pub fn merge(
         .iter_mut()
         .zip(src_acc)
         .for_each(|(d, &s)| *d = *d * cd + s * cs);
+    Ok(())
+}
+
+/// Stores a row of f32 values in `format` (f16 and bf16 round to nearest
+/// even, as ggml's conversions do).
+pub fn encode_row(format: KvFormat, src: &[f32], dst: &mut [u8]) -> Result<(), KernelError> {
+    check(
+        "stored row bytes",
+        src.len() * format.value_bytes(),
+        dst.len(),
+    )?;
+    match format {
+        KvFormat::F32 => src
+            .iter()
+            .zip(dst.chunks_exact_mut(4))
+            .for_each(|(&x, d)| d.copy_from_slice(&x.to_le_bytes())),
+        KvFormat::F16 => src
+            .iter()
+            .zip(dst.chunks_exact_mut(2))
+            .for_each(|(&x, d)| d.copy_from_slice(&crate::convert::f32_to_f16(x).to_le_bytes())),
+        KvFormat::BF16 => src
+            .iter()
+            .zip(dst.chunks_exact_mut(2))
+            .for_each(|(&x, d)| d.copy_from_slice(&crate::convert::f32_to_bf16(x).to_le_bytes())),
+    }
     Ok(())
 }
 

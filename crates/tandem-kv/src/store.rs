@@ -1,0 +1,463 @@
+//! The store: page memory on every node, the page table behind a mutex, and
+//! [`Sequence`], a block table that holds references to pages.
+//!
+//! # Memory protocol
+//!
+//! Page memory is read and written through raw pointers by the decode
+//! engine's workers, without the mutex. That is sound because of three
+//! rules, each kept by this file:
+//!
+//! 1. A sequence writes only positions `len..len + n` after
+//!    [`Sequence::reserve`]`(n)`, and `reserve` makes the pages holding them
+//!    private (one reference, not indexed), copying a shared partial last
+//!    page first (copy-on-write). No one else can reach a private page.
+//! 2. Pages shared between sequences, or indexed in the prefix cache, are
+//!    only read, and only at positions below every holder's `len`.
+//! 3. A page returns to the free list or the LRU only when its last
+//!    reference is dropped, so memory a sequence reads stays its own until
+//!    it releases it, and `&mut Sequence` is needed for every change.
+//!
+//! The mutex guards the page table only (allocation, reference counts, the
+//! index); it is taken per page event, never per token row.
+
+use std::ops::Range;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tandem_kernels::attention::KvFormat;
+use tandem_numa::NodeMemory;
+
+use crate::pages::{chain_hash, PageCounts, PageId, PageTable, ROOT_HASH};
+use crate::KvError;
+
+/// Shape of the store: what a page of each node holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KvGeometry {
+    pub n_layers: usize,
+    pub head_dim: usize,
+    /// Tokens per page.
+    pub page_tokens: usize,
+    pub format: KvFormat,
+    /// KV heads held by each node's pool (the decode engine's head split),
+    /// in order and together covering `0..n_kv_heads`.
+    pub node_heads: Vec<Range<usize>>,
+}
+
+impl KvGeometry {
+    fn validate(&self) -> Result<(), KvError> {
+        let bad = |m: &str| Err(KvError::Geometry(m.to_string()));
+        if self.n_layers == 0 || self.head_dim == 0 || self.page_tokens == 0 {
+            return bad("layers, head size and page tokens must be positive");
+        }
+        if self.node_heads.is_empty() {
+            return bad("no nodes");
+        }
+        let mut next = 0;
+        for r in &self.node_heads {
+            if r.start != next || r.end < r.start {
+                return bad("node head ranges must be consecutive");
+            }
+            next = r.end;
+        }
+        if next == 0 {
+            return bad("no KV heads");
+        }
+        Ok(())
+    }
+
+    /// Bytes of one token's values of one head.
+    pub fn row_bytes(&self) -> usize {
+        self.head_dim * self.format.value_bytes()
+    }
+
+    /// Bytes of one head's rows in one page (a contiguous `page_tokens ×
+    /// head_dim` slab).
+    pub fn slab_bytes(&self) -> usize {
+        self.page_tokens * self.row_bytes()
+    }
+
+    /// Bytes of one page in `node`'s pool.
+    pub fn node_page_bytes(&self, node: usize) -> usize {
+        self.n_layers * 2 * self.node_heads[node].len() * self.slab_bytes()
+    }
+
+    /// Bytes of one page summed over nodes.
+    pub fn page_bytes(&self) -> usize {
+        (0..self.node_heads.len())
+            .map(|n| self.node_page_bytes(n))
+            .sum()
+    }
+
+    /// KV bytes one token occupies (all layers, heads, K and V).
+    pub fn token_bytes(&self) -> usize {
+        self.page_bytes() / self.page_tokens
+    }
+
+    /// Offset of a head's slab within a node's page: layer-major, then K
+    /// (0) or V (1), then the node-local head.
+    pub fn slab_offset(&self, node: usize, layer: usize, kv: usize, local_head: usize) -> usize {
+        ((layer * 2 + kv) * self.node_heads[node].len() + local_head) * self.slab_bytes()
+    }
+}
+
+/// A page pool on every node, shared by sequences (see the module docs for
+/// who may touch which bytes).
+pub struct KvStore {
+    geom: KvGeometry,
+    n_pages: usize,
+    /// Base of each node's pages (inside `_memory`).
+    bases: Vec<*mut u8>,
+    _memory: Vec<NodeMemory>,
+    table: Mutex<PageTable>,
+}
+
+// SAFETY: the raw bases point into `_memory`, owned by the store and
+// never moved or freed while it lives; access to page bytes follows the
+// protocol of the module docs, and the page table is behind a mutex.
+unsafe impl Send for KvStore {}
+unsafe impl Sync for KvStore {}
+
+impl std::fmt::Debug for KvStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvStore")
+            .field("geometry", &self.geom)
+            .field("n_pages", &self.n_pages)
+            .field("counts", &self.counts())
+            .finish()
+    }
+}
+
+impl KvStore {
+    /// A store of `n_pages` pages; node `i`'s memory is placed on machine
+    /// node `machine_nodes[i]` (None: anywhere). Memory is mapped, not yet
+    /// touched.
+    pub fn new(
+        geom: KvGeometry,
+        n_pages: usize,
+        machine_nodes: &[Option<usize>],
+    ) -> Result<Arc<KvStore>, KvError> {
+        geom.validate()?;
+        if machine_nodes.len() != geom.node_heads.len() {
+            return Err(KvError::Geometry(format!(
+                "{} memory nodes for {} engine nodes",
+                machine_nodes.len(),
+                geom.node_heads.len()
+            )));
+        }
+        if n_pages == 0 || n_pages > PageId::MAX as usize {
+            return Err(KvError::Geometry(format!("{n_pages} pages")));
+        }
+        let mut memory = Vec::with_capacity(machine_nodes.len());
+        for (node, &m) in machine_nodes.iter().enumerate() {
+            let bytes = geom
+                .node_page_bytes(node)
+                .checked_mul(n_pages)
+                .ok_or(KvError::TooLarge)?;
+            memory.push(NodeMemory::new(bytes, m).map_err(|e| KvError::Memory(e.to_string()))?);
+        }
+        let bases = memory.iter_mut().map(|m| m.as_mut_ptr()).collect();
+        let table = Mutex::new(PageTable::new(n_pages, geom.page_tokens));
+        Ok(Arc::new(KvStore {
+            geom,
+            n_pages,
+            bases,
+            _memory: memory,
+            table,
+        }))
+    }
+
+    /// A store of as many pages as fit in `bytes` (at least one).
+    pub fn with_memory(
+        geom: KvGeometry,
+        bytes: usize,
+        machine_nodes: &[Option<usize>],
+    ) -> Result<Arc<KvStore>, KvError> {
+        geom.validate()?;
+        let pages = (bytes / geom.page_bytes().max(1)).max(1);
+        KvStore::new(geom, pages, machine_nodes)
+    }
+
+    pub fn geometry(&self) -> &KvGeometry {
+        &self.geom
+    }
+
+    pub fn n_pages(&self) -> usize {
+        self.n_pages
+    }
+
+    /// Tokens the pool holds when every page is full.
+    pub fn capacity_tokens(&self) -> usize {
+        self.n_pages * self.geom.page_tokens
+    }
+
+    pub fn counts(&self) -> PageCounts {
+        self.lock().counts()
+    }
+
+    /// Forgets every cached (unreferenced) page.
+    pub fn clear_cache(&self) {
+        self.lock().clear_cache();
+    }
+
+    fn lock(&self) -> MutexGuard<'_, PageTable> {
+        // The table's invariants hold between calls; a panic elsewhere
+        // while holding the lock cannot break them halfway.
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Start of page `page` in `node`'s pool. Reading or writing through
+    /// it must follow the module's protocol.
+    pub fn page_ptr(&self, node: usize, page: PageId) -> *mut u8 {
+        assert!((page as usize) < self.n_pages && node < self.bases.len());
+        // SAFETY: in bounds of the node's mapping (asserted above).
+        unsafe { self.bases[node].add(page as usize * self.geom.node_page_bytes(node)) }
+    }
+
+    /// An empty sequence.
+    pub fn new_sequence(self: &Arc<Self>) -> Sequence {
+        self.sequence_with_capacity(0)
+    }
+
+    /// An empty sequence whose block table is sized for `tokens` tokens, so
+    /// growing up to there allocates nothing.
+    pub fn sequence_with_capacity(self: &Arc<Self>, tokens: usize) -> Sequence {
+        let pages = tokens.div_ceil(self.geom.page_tokens);
+        Sequence {
+            store: Arc::clone(self),
+            pages: Vec::with_capacity(pages),
+            len: 0,
+            tokens: Vec::with_capacity(tokens),
+            hashes: Vec::with_capacity(pages),
+            limit: None,
+        }
+    }
+
+    /// A sequence that starts with the longest cached prefix of `tokens`
+    /// (whole pages, leaving at least one token to compute so there are
+    /// logits to sample from). Its `len()` says how many tokens it holds.
+    pub fn sequence_with_prefix(self: &Arc<Self>, tokens: &[u32]) -> Sequence {
+        let p = self.geom.page_tokens;
+        let mut seq = self.new_sequence();
+        let mut t = self.lock();
+        let mut parent = ROOT_HASH;
+        for chunk in tokens[..tokens.len().saturating_sub(1)].chunks_exact(p) {
+            let h = chain_hash(parent, chunk);
+            let Some(page) = t.lookup(h, parent, chunk) else {
+                break;
+            };
+            t.retain(page);
+            seq.pages.push(page);
+            seq.hashes.push(h);
+            parent = h;
+        }
+        drop(t);
+        seq.len = seq.pages.len() * p;
+        seq.tokens.extend_from_slice(&tokens[..seq.len]);
+        seq
+    }
+
+    /// Copies every node's bytes of page `from` to page `to`.
+    fn copy_page(&self, from: PageId, to: PageId) {
+        for node in 0..self.bases.len() {
+            let n = self.geom.node_page_bytes(node);
+            // SAFETY: `to` is private to the caller (just allocated) and
+            // `from` is only read; both are in bounds and distinct pages.
+            unsafe {
+                std::ptr::copy_nonoverlapping(self.page_ptr(node, from), self.page_ptr(node, to), n)
+            };
+        }
+    }
+}
+
+/// One sequence's cached tokens: a block table of page references.
+/// Dropping it releases the pages (indexed full pages stay cached).
+pub struct Sequence {
+    store: Arc<KvStore>,
+    pages: Vec<PageId>,
+    len: usize,
+    /// The token at each cached position (the prefix cache's keys).
+    tokens: Vec<u32>,
+    /// Chain hash of each full page, in order.
+    hashes: Vec<u64>,
+    /// Most tokens the sequence may hold (None: what the pool gives).
+    limit: Option<usize>,
+}
+
+impl std::fmt::Debug for Sequence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sequence")
+            .field("len", &self.len)
+            .field("pages", &self.pages)
+            .finish()
+    }
+}
+
+impl Sequence {
+    /// Tokens cached (the next token's position).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The cached tokens.
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    /// The block table: page `i` holds positions `i·P..(i+1)·P`.
+    pub fn pages(&self) -> &[PageId] {
+        &self.pages
+    }
+
+    pub fn store(&self) -> &Arc<KvStore> {
+        &self.store
+    }
+
+    /// Caps the tokens this sequence may hold (a context length), below
+    /// what its pool could give it.
+    pub fn with_limit(mut self, tokens: usize) -> Sequence {
+        self.limit = Some(tokens);
+        self
+    }
+
+    /// The most tokens the sequence can hold now: its limit, else what it
+    /// has plus every page the pool could still hand out.
+    pub fn capacity(&self) -> usize {
+        let p = self.store.geom.page_tokens;
+        let pool = self.pages.len() * p + self.store.lock().available() * p;
+        self.limit.map_or(pool, |l| l.min(pool.max(self.len)))
+    }
+
+    /// Makes positions `len..len + n` writable: allocates the pages they
+    /// need and copies a shared or indexed partial last page. All or
+    /// nothing: on error the sequence is unchanged.
+    pub fn reserve(&mut self, n: usize) -> Result<(), KvError> {
+        let p = self.store.geom.page_tokens;
+        if let Some(limit) = self.limit {
+            if self.len + n > limit {
+                return Err(KvError::LimitReached {
+                    needed: self.len + n,
+                    limit,
+                });
+            }
+        }
+        let need_pages = (self.len + n).div_ceil(p);
+        let new_pages = need_pages.saturating_sub(self.pages.len());
+        let partial = !self.len.is_multiple_of(p) && n > 0;
+        let mut t = self.store.lock();
+        let cow = partial && !t.is_private(self.pages[self.len / p]);
+        let wanted = new_pages + usize::from(cow);
+        if t.available() < wanted {
+            return Err(KvError::OutOfPages {
+                needed: wanted,
+                available: t.available(),
+                total: t.n_pages(),
+            });
+        }
+        if cow {
+            let i = self.len / p;
+            let (fresh, _) = t.alloc().ok_or(KvError::Internal("alloc after check"))?;
+            self.store.copy_page(self.pages[i], fresh);
+            t.release(self.pages[i]);
+            self.pages[i] = fresh;
+        }
+        for _ in 0..new_pages {
+            let (fresh, _) = t.alloc().ok_or(KvError::Internal("alloc after check"))?;
+            self.pages.push(fresh);
+        }
+        Ok(())
+    }
+
+    /// Records that positions `len..len + tokens.len()` were written (after
+    /// `reserve`), and indexes the pages this fills.
+    pub fn commit(&mut self, tokens: &[u32]) -> Result<(), KvError> {
+        let p = self.store.geom.page_tokens;
+        if (self.len + tokens.len()).div_ceil(p) > self.pages.len() {
+            return Err(KvError::Internal("commit beyond reserved pages"));
+        }
+        self.tokens.extend_from_slice(tokens);
+        self.len += tokens.len();
+        let full = self.len / p;
+        if full > self.hashes.len() {
+            let mut t = self.store.lock();
+            for i in self.hashes.len()..full {
+                let parent = i.checked_sub(1).map_or(ROOT_HASH, |j| self.hashes[j]);
+                let chunk = &self.tokens[i * p..(i + 1) * p];
+                let h = chain_hash(parent, chunk);
+                t.register(self.pages[i], h, parent, chunk);
+                self.hashes.push(h);
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets positions `n..` (pages past them are released).
+    pub fn truncate(&mut self, n: usize) {
+        if n >= self.len {
+            return;
+        }
+        let p = self.store.geom.page_tokens;
+        let keep = n.div_ceil(p);
+        let mut t = self.store.lock();
+        for &page in &self.pages[keep..] {
+            t.release(page);
+        }
+        drop(t);
+        self.pages.truncate(keep);
+        self.hashes.truncate(n / p);
+        self.tokens.truncate(n);
+        self.len = n;
+    }
+
+    /// Forgets everything.
+    pub fn clear(&mut self) {
+        self.truncate(0);
+    }
+
+    /// A second sequence sharing every page of this one (copy-on-write on
+    /// the next write to a shared partial page).
+    pub fn fork(&self) -> Sequence {
+        let mut t = self.store.lock();
+        for &page in &self.pages {
+            t.retain(page);
+        }
+        drop(t);
+        Sequence {
+            store: Arc::clone(&self.store),
+            pages: self.pages.clone(),
+            len: self.len,
+            tokens: self.tokens.clone(),
+            hashes: self.hashes.clone(),
+            limit: self.limit,
+        }
+    }
+
+    /// Where position `pos`'s row of (`layer`, K = 0 / V = 1, node-local
+    /// head) is in `node`'s pool. `pos` must be below `len + reserved`.
+    pub fn row_ptr(
+        &self,
+        node: usize,
+        layer: usize,
+        kv: usize,
+        local_head: usize,
+        pos: usize,
+    ) -> *mut u8 {
+        let g = &self.store.geom;
+        let page = self.pages[pos / g.page_tokens];
+        let off =
+            g.slab_offset(node, layer, kv, local_head) + (pos % g.page_tokens) * g.row_bytes();
+        // SAFETY: `off` is within the node's page (slab offsets are).
+        unsafe { self.store.page_ptr(node, page).add(off) }
+    }
+}
+
+impl Drop for Sequence {
+    fn drop(&mut self) {
+        let mut t = self.store.lock();
+        for &page in &self.pages {
+            t.release(page);
+        }
+    }
+}
