@@ -1,0 +1,151 @@
+//! The model on the paged KV store: a second turn that reuses the cached
+//! pages of the first prefills only its new tokens and gives the logits of
+//! a cold run of the whole conversation; chunked prefill equals one-shot
+//! prefill; page sizes and KV types change nothing they should not; a pool
+//! too small for a sequence is an error that leaves the sequence intact.
+
+use std::path::PathBuf;
+
+use tandem_model::{
+    KvFormat, KvOptions, LoadOptions, Logits, Model, ModelError, ModelFiles, NumaMode,
+};
+
+fn model(file: &str, kv: KvOptions, numa: NumaMode) -> Model {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures/models")
+        .join(file);
+    let files = ModelFiles::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let opts = LoadOptions {
+        numa,
+        threads: Some(2),
+        pin: false,
+        kv,
+        ..LoadOptions::default()
+    };
+    Model::load_with(files, &opts).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn kv(format: KvFormat, page_tokens: usize) -> KvOptions {
+    KvOptions {
+        format,
+        page_tokens,
+    }
+}
+
+/// Token ids in the model's vocabulary, deterministic.
+fn tokens(m: &Model, n: usize, seed: u32) -> Vec<u32> {
+    let v = m.config.vocab_size as u32;
+    (0..n as u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) ^ seed).wrapping_mul(40_503) % v)
+        .collect()
+}
+
+const FILES: [&str; 3] = [
+    "tiny-llama3/gguf/tiny-llama3-F32.gguf",
+    "tiny-qwen2/gguf/tiny-qwen2-Q8_0.gguf",
+    "tandem-tiny/gguf/tandem-tiny-Q4_K_M.gguf",
+];
+
+#[test]
+fn second_turn_reuses_the_prefix_and_matches_a_cold_run() {
+    for file in FILES {
+        for numa in [NumaMode::Off, NumaMode::Virtual(2)] {
+            let m = model(file, kv(KvFormat::F16, 16), numa);
+            let store = m.new_kv_store(m.kv_options(), 1 << 22).expect("store");
+            let turn1 = tokens(&m, 53, 1);
+            let turn2: Vec<u32> = [turn1.clone(), tokens(&m, 11, 2)].concat();
+            {
+                let mut s = store.new_sequence();
+                m.forward(&turn1, &mut s, Logits::Last).expect("turn 1");
+            }
+            // 53 tokens = 3 full pages cached (the partial one is not).
+            let mut s = store.sequence_with_prefix(&turn2);
+            assert_eq!(s.len(), 48, "{file}: cached prefix");
+            let warm = m
+                .forward(&turn2[s.len()..], &mut s, Logits::Last)
+                .expect("turn 2");
+            let mut cold_seq = m.new_cache(turn2.len()).expect("cache");
+            let cold = m
+                .forward(&turn2, &mut cold_seq, Logits::Last)
+                .expect("cold");
+            // Same pages, same blocks, per-row kernels: bit for bit.
+            assert_eq!(warm, cold, "{file} {numa:?}: warm turn 2 vs cold run");
+        }
+    }
+}
+
+#[test]
+fn chunked_prefill_equals_one_shot() {
+    for file in FILES {
+        let m = model(file, kv(KvFormat::F16, 16), NumaMode::Off);
+        let prompt = tokens(&m, 70, 3);
+        let mut one = m.new_cache(prompt.len()).expect("cache");
+        let want = m.forward(&prompt, &mut one, Logits::All).expect("one shot");
+        for chunk in [1usize, 7, 16, 33] {
+            let mut c = m.new_cache(prompt.len()).expect("cache");
+            let mut got = Vec::new();
+            for part in prompt.chunks(chunk) {
+                got.extend(m.forward(part, &mut c, Logits::All).expect("chunk"));
+            }
+            assert_eq!(got, want, "{file}: chunks of {chunk}");
+        }
+    }
+}
+
+#[test]
+fn page_size_does_not_change_logits_and_kv_types_stay_close() {
+    let file = FILES[0];
+    let prompt: Vec<u32> = tokens(&model(file, KvOptions::default(), NumaMode::Off), 45, 4);
+    let run = |o: KvOptions| {
+        let m = model(file, o, NumaMode::Off);
+        let mut c = m.new_cache(prompt.len()).expect("cache");
+        m.forward(&prompt, &mut c, Logits::All).expect("forward")
+    };
+    let f32_16 = run(kv(KvFormat::F32, 16));
+    for pt in [1usize, 5, 32, 64] {
+        let other = run(kv(KvFormat::F32, pt));
+        let d = rel_max(&other, &f32_16);
+        // Blocks of another size change only where the softmax rescales.
+        assert!(d < 1e-5, "page {pt}: rel diff {d:.2e}");
+    }
+    for f in [KvFormat::F16, KvFormat::BF16] {
+        let d = rel_max(&run(kv(f, 16)), &f32_16);
+        let bound = if f == KvFormat::F16 { 5e-3 } else { 3e-2 };
+        assert!(d > 0.0 && d < bound, "{f}: rel diff {d:.2e}");
+    }
+}
+
+fn rel_max(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-30);
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs() / scale)
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn a_full_pool_is_context_full_and_the_sequence_survives() {
+    let m = model(FILES[0], kv(KvFormat::F16, 16), NumaMode::Off);
+    let page = m.kv_geometry(m.kv_options()).page_bytes();
+    let store = m.new_kv_store(m.kv_options(), 2 * page).expect("store");
+    let mut s = store.new_sequence();
+    let prompt = tokens(&m, 30, 5);
+    m.forward(&prompt, &mut s, Logits::Last)
+        .expect("fits in 2 pages");
+    match m.forward(&tokens(&m, 3, 6), &mut s, Logits::Last) {
+        Err(ModelError::ContextFull {
+            needed: 33,
+            capacity: 32,
+        }) => {}
+        other => panic!("expected ContextFull, got {other:?}"),
+    }
+    assert_eq!(s.len(), 30);
+    assert_eq!(s.tokens(), &prompt[..]);
+    // Two more tokens still fit and continue the same sequence.
+    m.forward(&tokens(&m, 2, 7), &mut s, Logits::Last)
+        .expect("fits");
+    assert_eq!(s.len(), 32);
+    drop(s);
+    assert_eq!(store.counts().in_use, 0);
+}
