@@ -132,6 +132,59 @@ struct Prims {
     axpy: fn(&mut [f32], f32, &[u8]),
 }
 
+/// Const-generic tags of the stored formats, shared by the primitive
+/// families (`F` parameters).
+mod tag {
+    pub const F32: u8 = 0;
+    pub const F16: u8 = 1;
+    pub const BF16: u8 = 2;
+}
+
+/// Bytes of one stored value of tag `F`.
+const fn tag_bytes(f: u8) -> usize {
+    if f == tag::F32 {
+        4
+    } else {
+        2
+    }
+}
+
+/// Value `i` of a stored row of tag `F`, widened.
+///
+/// # Safety
+/// `p` must hold at least `i + 1` values.
+#[inline]
+unsafe fn read_value<const F: u8>(p: *const u8, i: usize) -> f32 {
+    match F {
+        tag::F32 => (p.add(4 * i) as *const f32).read_unaligned(),
+        tag::F16 => crate::convert::f16_to_f32((p.add(2 * i) as *const u16).read_unaligned()),
+        _ => crate::convert::bf16_to_f32((p.add(2 * i) as *const u16).read_unaligned()),
+    }
+}
+
+/// The [`Prims`] of one family: `$dot` and `$axpy` instantiated for the tag
+/// of `$format`.
+macro_rules! prims_of {
+    ($format:expr, $dot:ident, $axpy:ident) => {{
+        use $crate::attention::{tag, KvFormat, Prims};
+        match $format {
+            KvFormat::F32 => Prims {
+                dot: $dot::<{ tag::F32 }>,
+                axpy: $axpy::<{ tag::F32 }>,
+            },
+            KvFormat::F16 => Prims {
+                dot: $dot::<{ tag::F16 }>,
+                axpy: $axpy::<{ tag::F16 }>,
+            },
+            KvFormat::BF16 => Prims {
+                dot: $dot::<{ tag::BF16 }>,
+                axpy: $axpy::<{ tag::BF16 }>,
+            },
+        }
+    }};
+}
+pub(crate) use prims_of;
+
 fn prims(isa: Isa, format: KvFormat) -> Result<Prims, KernelError> {
     if !isa.is_available() {
         return Err(KernelError::IsaUnavailable(isa));

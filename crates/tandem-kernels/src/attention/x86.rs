@@ -9,90 +9,42 @@
 
 use std::arch::x86_64::*;
 
-use super::{KvFormat, Prims};
-use crate::convert::{bf16_to_f32, f16_to_f32};
-
-const F32: u8 = 0;
-const F16: u8 = 1;
-const BF16: u8 = 2;
-
-const fn value_bytes(f: u8) -> usize {
-    if f == F32 {
-        4
-    } else {
-        2
-    }
-}
+use super::tag::{F16, F32};
+use super::{read_value, tag_bytes, KvFormat, Prims};
 
 /// The AVX-512 primitives; call only when `avx512_available()`.
 pub(super) fn avx512_prims(format: KvFormat) -> Prims {
-    match format {
-        KvFormat::F32 => Prims {
-            dot: dot512::<F32>,
-            axpy: axpy512::<F32>,
-        },
-        KvFormat::F16 => Prims {
-            dot: dot512::<F16>,
-            axpy: axpy512::<F16>,
-        },
-        KvFormat::BF16 => Prims {
-            dot: dot512::<BF16>,
-            axpy: axpy512::<BF16>,
-        },
-    }
+    super::prims_of!(format, dot512, axpy512)
 }
 
 /// The AVX2 primitives; call only when `avx2_available()`.
 pub(super) fn avx2_prims(format: KvFormat) -> Prims {
-    match format {
-        KvFormat::F32 => Prims {
-            dot: dot256::<F32>,
-            axpy: axpy256::<F32>,
-        },
-        KvFormat::F16 => Prims {
-            dot: dot256::<F16>,
-            axpy: axpy256::<F16>,
-        },
-        KvFormat::BF16 => Prims {
-            dot: dot256::<BF16>,
-            axpy: axpy256::<BF16>,
-        },
-    }
+    super::prims_of!(format, dot256, axpy256)
 }
 
 fn dot512<const F: u8>(q: &[f32], k: &[u8]) -> f32 {
-    assert!(k.len() >= q.len() * value_bytes(F));
+    assert!(k.len() >= q.len() * tag_bytes(F));
     // SAFETY: handed out by `avx512_prims` only, after the CPU check; the
     // kernel reads `q.len()` values of both slices (asserted above).
     unsafe { avx512::dot::<F>(q, k.as_ptr()) }
 }
 
 fn axpy512<const F: u8>(acc: &mut [f32], p: f32, v: &[u8]) {
-    assert!(v.len() >= acc.len() * value_bytes(F));
+    assert!(v.len() >= acc.len() * tag_bytes(F));
     // SAFETY: as in `dot512`.
     unsafe { avx512::axpy::<F>(acc, p, v.as_ptr()) }
 }
 
 fn dot256<const F: u8>(q: &[f32], k: &[u8]) -> f32 {
-    assert!(k.len() >= q.len() * value_bytes(F));
+    assert!(k.len() >= q.len() * tag_bytes(F));
     // SAFETY: handed out by `avx2_prims` only, after the CPU check.
     unsafe { avx2::dot::<F>(q, k.as_ptr()) }
 }
 
 fn axpy256<const F: u8>(acc: &mut [f32], p: f32, v: &[u8]) {
-    assert!(v.len() >= acc.len() * value_bytes(F));
+    assert!(v.len() >= acc.len() * tag_bytes(F));
     // SAFETY: as in `dot256`.
     unsafe { avx2::axpy::<F>(acc, p, v.as_ptr()) }
-}
-
-/// Value `i` of a stored row, widened (the scalar tail of AVX2).
-#[inline]
-unsafe fn read<const F: u8>(p: *const u8, i: usize) -> f32 {
-    match F {
-        F32 => (p.add(4 * i) as *const f32).read_unaligned(),
-        F16 => f16_to_f32((p.add(2 * i) as *const u16).read_unaligned()),
-        _ => bf16_to_f32((p.add(2 * i) as *const u16).read_unaligned()),
-    }
 }
 
 mod avx512 {
@@ -205,7 +157,7 @@ mod avx2 {
         }
         let mut s = hsum(_mm256_add_ps(a0, a1));
         while i < n {
-            s += q[i] * read::<F>(k, i);
+            s += q[i] * read_value::<F>(k, i);
             i += 1;
         }
         s
@@ -225,7 +177,7 @@ mod avx2 {
             i += 8;
         }
         while i < n {
-            acc[i] += p * read::<F>(v, i);
+            acc[i] += p * read_value::<F>(v, i);
             i += 1;
         }
     }
