@@ -159,7 +159,7 @@ pub(crate) fn attention(
 
 /// Query rows attended together: all heads of a KV group, for as many
 /// sequence rows as fit (so each K/V page is read once per tile).
-const MAX_QUERIES: usize = 64;
+pub(crate) const MAX_QUERIES: usize = 64;
 
 /// Per-worker scratch floats attention needs for heads of `head_dim` and
 /// pages of `page_tokens`.
@@ -210,15 +210,8 @@ unsafe fn attend_item(
     let mut r0 = 0;
     while r0 < s.n_rows {
         let nr = tile_rows.min(s.n_rows - r0);
+        // ≤ MAX_QUERIES: `Model::load_with` refuses larger groups.
         let nq = nr * group;
-        if nq > MAX_QUERIES {
-            // group > MAX_QUERIES: one row's heads in several passes is
-            // not implemented; refuse instead of overrunning.
-            return Err(ModelError::InvalidHyperparameter {
-                key: "head_count / head_count_kv".into(),
-                detail: format!("{group} query heads per KV head (at most {MAX_QUERIES})"),
-            });
-        }
         for r in 0..nr {
             let row = s.row0 + r0 + r;
             qbuf[r * gq..(r + 1) * gq].copy_from_slice(q.slice(row * q_dim + kvh * gq, gq));

@@ -190,6 +190,18 @@ impl Model {
             ));
         }
         let group = c.n_heads / c.n_kv_heads;
+        if group > crate::attention::MAX_QUERIES {
+            return Err(ModelError::invalid(
+                "attention.head_count_kv",
+                format!(
+                    "{group} query heads per KV head (at most {})",
+                    crate::attention::MAX_QUERIES
+                ),
+            ));
+        }
+        if opts.kv.page_tokens == 0 {
+            return Err(ModelError::BadBatch("KV pages of 0 tokens".into()));
+        }
         let mut placer = Placer::new(&pool);
         let isa = tandem_kernels::detected_isa();
         let lay = |m: &Matrix| match opts.repack {
@@ -507,14 +519,11 @@ impl Model {
         }
         for s in seqs.iter() {
             let g = s.cache.store().geometry();
-            if g.n_layers != c.n_layers
-                || g.head_dim != hd
-                || g.node_heads.len() != self.layers.first().map_or(1, |l| l.kv_ranges.len())
-                || self
-                    .layers
-                    .first()
-                    .is_some_and(|l| l.kv_ranges != g.node_heads)
-            {
+            let same_heads = self
+                .layers
+                .first()
+                .is_none_or(|l| l.kv_ranges == g.node_heads);
+            if g.n_layers != c.n_layers || g.head_dim != hd || !same_heads {
                 return Err(ModelError::BadBatch(
                     "KV cache made for another model".into(),
                 ));
