@@ -5,9 +5,9 @@ use anyhow::Context;
 use clap::Args;
 use tandem_engine::chat::{ChatMessage, ChatTemplate};
 use tandem_engine::generate::{generate, GenerateOptions, StopReason};
-use tandem_engine::sampler::SamplingParams;
 
 use crate::load::load_model;
+use crate::sampling_args::SamplingArgs;
 use crate::Common;
 
 #[derive(Args)]
@@ -17,30 +17,8 @@ pub struct RunArgs {
     /// The prompt (with --chat: the user's message).
     #[arg(long, short = 'p', default_value = "The Python language")]
     prompt: String,
-    /// Tokens to generate at most.
-    #[arg(long, short = 'n', default_value_t = 128)]
-    max_tokens: usize,
-    /// 0 is greedy.
-    #[arg(long, default_value_t = 0.8)]
-    temperature: f32,
-    /// 0 disables.
-    #[arg(long, default_value_t = 40)]
-    top_k: usize,
-    /// 1.0 disables.
-    #[arg(long, default_value_t = 0.95)]
-    top_p: f32,
-    /// 0 disables.
-    #[arg(long, default_value_t = 0.05)]
-    min_p: f32,
-    /// 1.0 disables.
-    #[arg(long, default_value_t = 1.0)]
-    repeat_penalty: f32,
-    /// Tokens the repeat penalty looks back over.
-    #[arg(long, default_value_t = 64)]
-    repeat_last_n: usize,
-    /// RNG seed (default: random).
-    #[arg(long)]
-    seed: Option<u64>,
+    #[command(flatten)]
+    sampling: SamplingArgs,
     /// Apply the model's chat template to the prompt.
     #[arg(long)]
     chat: bool,
@@ -55,28 +33,12 @@ pub struct RunArgs {
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
-    let sampling = SamplingParams {
-        temperature: args.temperature,
-        top_k: args.top_k,
-        top_p: args.top_p,
-        min_p: args.min_p,
-        repeat_penalty: args.repeat_penalty,
-        repeat_last_n: args.repeat_last_n,
-        seed: args.seed.unwrap_or_else(rand_seed),
-    };
-    sampling.validate()?;
+    let sampling = args.sampling.params()?;
     let model = load_model(args.model.as_deref(), &args.common.load_options())?;
     let tok = &model.tokenizer;
 
     let (text, add_special) = if args.chat {
-        let template = match tok.chat_template() {
-            Some(src) => ChatTemplate::new(src, tok.bos_text(), tok.eos_text())
-                .context("the model's chat template")?,
-            None => {
-                tracing::warn!("the model has no chat template; using ChatML");
-                ChatTemplate::chatml()
-            }
-        };
+        let template = ChatTemplate::of_tokenizer(tok).context("the model's chat template")?;
         let mut messages = Vec::new();
         if let Some(system) = &args.system {
             messages.push(ChatMessage {
@@ -109,9 +71,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let mut cache = model.new_cache(ctx)?;
     let opts = GenerateOptions {
-        max_tokens: args.max_tokens,
+        max_tokens: args.sampling.max_tokens,
         sampling,
-        ..GenerateOptions::default()
+        prefill_batch: args.common.prefill_chunk as usize,
     };
     let mut out = std::io::stdout().lock();
     if !args.chat {
@@ -136,13 +98,4 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         stats.generation_tokens_per_second(),
     );
     Ok(())
-}
-
-fn rand_seed() -> u64 {
-    use std::time::{SystemTime, UNIX_EPOCH};
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    (nanos as u64) ^ u64::from(std::process::id()).rotate_left(32)
 }

@@ -1,16 +1,20 @@
 //! `tandem`: the command-line front end.
 //!
-//! Subcommands: `run` (generate text), `perplexity` (llama.cpp-compatible
+//! Subcommands: `run` (generate text), `chat` (a multi-turn REPL on the
+//! prefix cache), `perplexity` (llama.cpp-compatible
 //! evaluation), `inspect` (what a model file holds) and `bench` (speed and
 //! bandwidth; synthetic models). Errors end the
 //! process with one line on stderr and a non-zero exit code.
 
 mod bundled;
 mod cmd_bench;
+mod cmd_chat;
 mod cmd_inspect;
 mod cmd_perplexity;
 mod cmd_run;
+mod kv_pool;
 mod load;
+mod sampling_args;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -50,6 +54,16 @@ pub struct Common {
     #[arg(long, global = true, default_value_t = tandem_model::kv_cache::DEFAULT_PAGE_TOKENS as u64,
           value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub kv_page_tokens: u64,
+    /// Memory of the shared KV page pool of `chat` (e.g. 8GiB, 512MB;
+    /// default: half the memory available after loading, at most 16 full
+    /// contexts).
+    #[arg(long, global = true)]
+    pub kv_memory: Option<bytesize::ByteSize>,
+    /// Prompt tokens per forward pass when prefilling (chunked prefill:
+    /// each chunk attends to the cache the earlier ones filled).
+    #[arg(long, global = true, default_value_t = 512,
+          value_parser = clap::value_parser!(u64).range(1..=65536))]
+    pub prefill_chunk: u64,
 }
 
 impl Common {
@@ -72,6 +86,9 @@ impl Common {
 enum Command {
     /// Generate a continuation of a prompt (or a chat reply with --chat).
     Run(cmd_run::RunArgs),
+    /// Talk with a model, turn by turn (stdin to stdout); turns reuse the
+    /// KV cache of the conversation so far through the prefix cache.
+    Chat(cmd_chat::ChatArgs),
     /// Perplexity of a text file, computed as llama.cpp's llama-perplexity does.
     Perplexity(cmd_perplexity::PerplexityArgs),
     /// Show a model's architecture, hyperparameters and tensor types.
@@ -88,6 +105,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(a) => cmd_run::run(a),
+        Command::Chat(a) => cmd_chat::run(a),
         Command::Perplexity(a) => cmd_perplexity::run(a),
         Command::Inspect(a) => cmd_inspect::run(a),
         Command::Bench(a) => cmd_bench::run(a),

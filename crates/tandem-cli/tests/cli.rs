@@ -202,3 +202,101 @@ fn impossible_context_size_is_a_clean_error() {
     let o = tandem(&["run", "--ctx-size", "100000000000000", "--prompt", "x"]);
     assert_clean_error(&o, "out of memory");
 }
+
+/// Runs `tandem` with `input` on stdin.
+fn tandem_stdin(args: &[&str], input: &str) -> Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run tandem");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write stdin");
+    child.wait_with_output().expect("wait for tandem")
+}
+
+/// `(prompt tokens, from cache, prefilled)` of each `[turn N]` line.
+fn turn_stats(err: &str) -> Vec<(usize, usize, usize)> {
+    err.lines()
+        .filter(|l| l.starts_with("[turn "))
+        .map(|l| {
+            let num = |after: &str| -> usize {
+                let i = l.find(after).expect(after) + after.len();
+                let digits: String = l[i..].chars().take_while(|c| c.is_ascii_digit()).collect();
+                digits.parse().expect("number")
+            };
+            (num("prompt "), num("tokens: "), num("from cache, "))
+        })
+        .collect()
+}
+
+#[test]
+fn chat_turns_prefill_only_what_the_cache_lacks() {
+    let o = tandem_stdin(
+        &[
+            "chat",
+            "--temperature",
+            "0",
+            "-n",
+            "12",
+            "--kv-memory",
+            "4MiB",
+            "--system",
+            "You are a helpful assistant who answers in one sentence.",
+        ],
+        "What is a list in Python?\n\nAnd a tuple?\nThanks.\n",
+    );
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("KV cache: 4.0 MiB f16"), "{err}");
+    let turns = turn_stats(&err);
+    assert_eq!(turns.len(), 3, "{err}");
+    assert_eq!(turns[0].1, 0, "nothing is cached before turn 1: {err}");
+    for w in turns.windows(2) {
+        let ((p1, _, _), (p2, cached, prefilled)) = (w[0], w[1]);
+        assert_eq!(cached + prefilled, p2, "{err}");
+        assert!(p2 > p1, "the conversation grows: {err}");
+        // Reused: at least every full page of the previous prompt, less the
+        // page a template's rewrite of the reply may touch.
+        assert!(cached >= (p1 / 16).saturating_sub(1) * 16, "{err}");
+        assert!(cached > 0, "{err}");
+    }
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.lines().filter(|l| !l.is_empty()).count() >= 3, "{out}");
+}
+
+#[test]
+fn chat_refuses_a_conversation_larger_than_its_pool_and_goes_on() {
+    // One 16-token page: every turn is too long, and each says so.
+    let o = tandem_stdin(
+        &[
+            "chat",
+            "--temperature",
+            "0",
+            "-n",
+            "4",
+            "--kv-memory",
+            "1KiB",
+        ],
+        "Hello, how are you today, my dear friend?\n/reset\nHi again, my friend, how are things?\n",
+    );
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert_eq!(err.matches("the context holds 16").count(), 2, "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn bad_kv_memory_is_refused() {
+    let o = tandem(&["chat", "--kv-memory", "lots"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--kv-memory"), "{}", stderr(&o));
+}

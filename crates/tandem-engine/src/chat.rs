@@ -204,6 +204,18 @@ impl ChatTemplate {
         Self::new(CHATML_TEMPLATE, None, None).expect("the built-in ChatML template compiles")
     }
 
+    /// The template a model's tokenizer carries, else ChatML (as llama.cpp
+    /// does; logged as a warning).
+    pub fn of_tokenizer(tok: &tandem_tokenizer::Tokenizer) -> Result<Self, ChatTemplateError> {
+        match tok.chat_template() {
+            Some(src) => Self::new(src, tok.bos_text(), tok.eos_text()),
+            None => {
+                tracing::warn!("the model has no chat template; using ChatML");
+                Ok(Self::chatml())
+            }
+        }
+    }
+
     /// Renders `messages`; with `add_generation_prompt`, the output ends with the header that
     /// starts the assistant's reply.
     pub fn render(

@@ -21,6 +21,10 @@ pub enum EngineError {
         ctx: usize,
         needed: usize,
     },
+    /// The cache handed to `generate` does not hold a proper prefix of the
+    /// prompt (a caller's bug, reported instead of wrong output).
+    #[error("the KV cache holds {cached} tokens that are not a proper prefix of the {prompt}-token prompt")]
+    CacheMismatch { cached: usize, prompt: usize },
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 }

@@ -1,6 +1,10 @@
 //! Generation: prefill the prompt, then sample token by token, streaming
 //! complete UTF-8 text to a callback until EOS, the token limit or the end
 //! of the context.
+//!
+//! The cache handed in may already hold a prefix of the prompt (a sequence
+//! started from the prefix cache, or the previous turn of a chat): only the
+//! rest is prefilled, and the statistics say how much was reused.
 
 use std::time::{Duration, Instant};
 
@@ -38,7 +42,10 @@ pub enum StopReason {
 
 #[derive(Debug, Clone)]
 pub struct GenerationStats {
+    /// Tokens of the whole prompt.
     pub prompt_tokens: usize,
+    /// Of those, tokens the cache already held (not prefilled).
+    pub cached_tokens: usize,
     pub generated_tokens: usize,
     pub prompt_time: Duration,
     pub generation_time: Duration,
@@ -48,8 +55,13 @@ pub struct GenerationStats {
 }
 
 impl GenerationStats {
+    /// Tokens prefilled (the prompt less its cached prefix).
+    pub fn prefilled_tokens(&self) -> usize {
+        self.prompt_tokens - self.cached_tokens
+    }
+    /// Prefill speed over the tokens actually prefilled.
     pub fn prompt_tokens_per_second(&self) -> f64 {
-        self.prompt_tokens as f64 / self.prompt_time.as_secs_f64().max(1e-9)
+        self.prefilled_tokens() as f64 / self.prompt_time.as_secs_f64().max(1e-9)
     }
     pub fn generation_tokens_per_second(&self) -> f64 {
         self.generated_tokens as f64 / self.generation_time.as_secs_f64().max(1e-9)
@@ -88,6 +100,10 @@ pub fn prefill(
 }
 
 /// Generates after `prompt`, calling `on_text` with each new piece of text.
+///
+/// `cache` holds a prefix of `prompt` (possibly empty, never all of it):
+/// its tokens must be the prompt's first `cache.len()` tokens, and only
+/// the rest is prefilled.
 pub fn generate(
     model: &Model,
     cache: &mut KvCache,
@@ -96,8 +112,15 @@ pub fn generate(
     mut on_text: impl FnMut(&str),
 ) -> Result<GenerationStats, EngineError> {
     let mut sampler = Sampler::new(opts.sampling.clone())?;
+    let cached = cache.len();
+    if cached >= prompt.len() || cache.tokens() != &prompt[..cached] {
+        return Err(EngineError::CacheMismatch {
+            cached,
+            prompt: prompt.len(),
+        });
+    }
     let t0 = Instant::now();
-    let mut logits = prefill(model, cache, prompt, opts.prefill_batch)?;
+    let mut logits = prefill(model, cache, &prompt[cached..], opts.prefill_batch)?;
     let prompt_time = t0.elapsed();
 
     let t1 = Instant::now();
@@ -136,6 +159,7 @@ pub fn generate(
     };
     Ok(GenerationStats {
         prompt_tokens: prompt.len(),
+        cached_tokens: cached,
         generated_tokens: generated.len(),
         prompt_time,
         generation_time: t1.elapsed(),
