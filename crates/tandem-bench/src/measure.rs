@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use tandem_model::{Logits, Model, ModelFiles};
+use tandem_model::{KvCache, Logits, Model, ModelFiles};
 
 use crate::BenchError;
 
@@ -21,6 +21,9 @@ pub struct BenchConfig {
     /// Sequences of the batched decode test (≤ 1 skips it).
     pub batch: usize,
     pub reps: usize,
+    /// Context the decode tests start after (llama-bench's depth): each
+    /// sequence first holds this many positions of synthetic K/V rows.
+    pub ctx: usize,
 }
 
 /// Bytes read per generated token, from the weights actually in the file.
@@ -30,7 +33,8 @@ pub struct TokenBytes {
     pub weights: u64,
     /// One embedding row (the token's input vector).
     pub embedding_row: u64,
-    /// K and V (f32) of one cached position, all layers.
+    /// K and V of one cached position, all layers, as stored (set from the
+    /// loaded model's KV geometry: [`TokenBytes::with_kv`]).
     pub kv_per_position: u64,
     /// Every tensor's bytes: the file's size without metadata.
     pub model_size: u64,
@@ -68,6 +72,14 @@ impl TokenBytes {
         }
     }
 
+    /// The same with `kv` bytes per cached position (the KV type's).
+    pub fn with_kv(self, kv: u64) -> TokenBytes {
+        TokenBytes {
+            kv_per_position: kv,
+            ..self
+        }
+    }
+
     /// Bytes read by one decode step of `batch` sequences whose new tokens
     /// sit at position `pos` (attending over `pos + 1` positions). The
     /// weights are counted once per step: the engine reads them once for the
@@ -96,6 +108,8 @@ pub struct TestResult {
     pub n_prompt: usize,
     pub n_gen: usize,
     pub batch: usize,
+    /// Positions cached before the test's first token (`tg` only).
+    pub ctx: usize,
     /// tok/s of each repetition (a batch counts all its sequences' tokens).
     pub samples_ts: Vec<f64>,
     pub avg_ts: f64,
@@ -226,7 +240,7 @@ pub fn run(
             vec![1]
         };
         for b in batches {
-            let r = decode_test(model, bytes, cfg.n_gen, b, reps, &mut rng)?;
+            let r = decode_test(model, bytes, cfg.n_gen, cfg.ctx, b, reps, &mut rng)?;
             on_test(&r);
             results.push(r);
         }
@@ -234,25 +248,31 @@ pub fn run(
     Ok(results)
 }
 
-/// `n_gen` steps of `batch` sequences, each after a one-token prompt.
+/// `n_gen` steps of `batch` sequences, each after `ctx` synthetic
+/// positions and a one-token prompt.
 fn decode_test(
     model: &Model,
     bytes: &TokenBytes,
     n_gen: usize,
+    ctx: usize,
     batch: usize,
     reps: usize,
     rng: &mut SmallRng,
 ) -> Result<TestResult, BenchError> {
     let vocab = model.config.vocab_size;
     let mut caches = (0..batch)
-        .map(|_| model.new_cache(n_gen + 1))
+        .map(|_| model.new_cache(ctx + n_gen + 1))
         .collect::<Result<Vec<_>, _>>()?;
+    let rows = SyntheticRows::new(model, rng)?;
     let mut logits = vec![0.0f32; batch * vocab];
     let mut samples = Vec::with_capacity(reps);
     for _ in 0..reps {
         let mut toks = random_tokens(rng, batch, vocab);
         for (c, &t) in caches.iter_mut().zip(&toks) {
-            c.clear();
+            c.truncate(ctx);
+            if c.len() < ctx {
+                rows.fill(c, ctx, rng)?;
+            }
             model.forward(&[t], c, Logits::None)?;
         }
         let t0 = Instant::now();
@@ -265,22 +285,62 @@ fn decode_test(
         }
         samples.push((n_gen * batch) as f64 / t0.elapsed().as_secs_f64().max(1e-9));
     }
-    // Positions 1..=n_gen: the mean step attends over (n_gen + 1) / 2 + 1.
-    let per_step = bytes.per_step(batch, (n_gen as f64 + 1.0) / 2.0);
-    let name = if batch == 1 {
-        format!("tg{n_gen}")
-    } else {
-        format!("tg{n_gen}@b{batch}")
-    };
-    Ok(summarise(
-        name,
-        TestKind::Tg,
-        0,
-        n_gen,
-        batch,
-        samples,
-        Some(per_step),
-    ))
+    // Positions ctx+1..=ctx+n_gen: the mean step attends over
+    // ctx + (n_gen + 1) / 2 + 1.
+    let per_step = bytes.per_step(batch, ctx as f64 + (n_gen as f64 + 1.0) / 2.0);
+    let mut name = format!("tg{n_gen}");
+    if batch > 1 {
+        name += &format!("@b{batch}");
+    }
+    if ctx > 0 {
+        name += &format!("@d{ctx}");
+    }
+    Ok(TestResult {
+        ctx,
+        ..summarise(name, TestKind::Tg, 0, n_gen, batch, samples, Some(per_step))
+    })
+}
+
+/// Stored K/V rows of random values, to fill a context without running
+/// the model: decode's speed depends on how many rows it reads, not on
+/// their values (attention's arithmetic is the same for any finite
+/// input), so a 16k-token context is ready in seconds instead of the
+/// minutes a prefill would take on a small machine.
+struct SyntheticRows {
+    /// `N_ROWS` encoded rows of the model's KV type.
+    bytes: Vec<u8>,
+    row_bytes: usize,
+}
+
+const N_ROWS: usize = 1024;
+
+impl SyntheticRows {
+    fn new(model: &Model, rng: &mut SmallRng) -> Result<SyntheticRows, BenchError> {
+        let g = model.kv_geometry(model.kv_options());
+        let row_bytes = g.row_bytes();
+        let mut bytes = vec![0u8; N_ROWS * row_bytes];
+        let mut vals = vec![0.0f32; g.head_dim];
+        for row in bytes.chunks_exact_mut(row_bytes) {
+            vals.iter_mut()
+                .for_each(|v| *v = rng.random_range(-1.0..1.0));
+            tandem_kernels::attention::encode_row(g.format, &vals, row)
+                .map_err(|e| BenchError::Invalid(format!("synthetic KV rows: {e}")))?;
+        }
+        Ok(SyntheticRows { bytes, row_bytes })
+    }
+
+    /// Appends positions up to `ctx` to `cache`, of random rows and tokens.
+    fn fill(&self, cache: &mut KvCache, ctx: usize, rng: &mut SmallRng) -> Result<(), BenchError> {
+        let n = ctx - cache.len();
+        let tokens: Vec<u32> = (0..n).map(|_| rng.random()).collect();
+        let offset = rng.random_range(0..N_ROWS);
+        cache
+            .append_rows(&tokens, |key, row| {
+                let i = (key.pos * 31 + key.layer * 7 + key.head * 3 + key.kv + offset) % N_ROWS;
+                row.copy_from_slice(&self.bytes[i * self.row_bytes..(i + 1) * self.row_bytes]);
+            })
+            .map_err(|e| BenchError::Invalid(format!("cannot fill a {ctx}-token context: {e}")))
+    }
 }
 
 /// Greedy next token: keeps the decode data-dependent, as in real use.
@@ -310,6 +370,7 @@ fn summarise(
         n_prompt,
         n_gen,
         batch,
+        ctx: 0,
         gbps: bytes_per_step.map(|b| b * avg / batch.max(1) as f64 / 1e9),
         bytes_per_step,
         samples_ts: samples,

@@ -11,8 +11,9 @@
 //!   decode step reads), `model_size`, `n_params`.
 //! * `probe`: `bytes`, `threads`, `samples_gbps`, `gbps` (best), `isa`;
 //!   `null` with `--probe-mib 0`.
-//! * `tests[]`: `name` (`pp512`, `tg128`, `tg128@b8`), `kind` (`pp`/`tg`),
-//!   `n_prompt`, `n_gen`, `batch`, `samples_ts`, `avg_ts`, `stddev_ts`
+//! * `tests[]`: `name` (`pp512`, `tg128`, `tg128@b8`, `tg128@d16384`),
+//!   `kind` (`pp`/`tg`), `n_prompt`, `n_gen`, `batch`, `ctx` (positions
+//!   cached before the first decoded token, `--ctx`), `samples_ts`, `avg_ts`, `stddev_ts`
 //!   (tok/s, as llama-bench's fields of the same names; a batch counts all
 //!   its sequences' tokens), `bytes_per_step`, `gbps` (effective: bytes per
 //!   step × steps/s / 10^9), `pct_of_probe` (`null` for `pp`).

@@ -30,6 +30,11 @@ pub struct BenchArgs {
     /// Sequences decoding together in the batched test (1 skips it).
     #[arg(long, short = 'b', default_value_t = 8)]
     batch: usize,
+    /// Context the decode tests start after, in tokens (llama-bench's
+    /// depth): each sequence first holds this many positions of synthetic
+    /// K/V rows (decode speed does not depend on their values).
+    #[arg(long, short = 'd', default_value_t = 0)]
+    ctx: usize,
     /// Repetitions of each test (mean ± stddev, as llama-bench).
     #[arg(long, short = 'r', default_value_t = 3)]
     reps: usize,
@@ -116,6 +121,8 @@ fn bench(args: &BenchArgs, path: &Path) -> anyhow::Result<()> {
     let files = open_files(Some(path))?;
     let bytes = TokenBytes::from_files(&files);
     let model = load_files(files, Some(path), &args.common.load_options())?;
+    let kv = model.kv_geometry(model.kv_options()).token_bytes();
+    let bytes = bytes.with_kv(kv as u64);
     let threads = model.pool().n_threads();
     let c = &model.config;
     let info = ModelInfo {
@@ -146,6 +153,7 @@ fn bench(args: &BenchArgs, path: &Path) -> anyhow::Result<()> {
         n_gen: args.n_gen,
         batch: args.batch,
         reps: args.reps,
+        ctx: args.ctx,
     };
     let tests = measure::run(&model, &bytes, &cfg, &mut |t| {
         if show {

@@ -104,6 +104,40 @@ fn synthetic_then_bench_json() {
         table.contains("| pp4") && table.contains("| tg2"),
         "{table}"
     );
+    // Decode after a context: the KV rows it reads count in the bytes.
+    let deep = |ctx: &str| -> serde_json::Value {
+        let o = tandem(&[
+            "bench",
+            p,
+            "-p",
+            "0",
+            "-n",
+            "2",
+            "--batch",
+            "1",
+            "--reps",
+            "1",
+            "--json",
+            "--probe-mib",
+            "0",
+            "--ctx",
+            ctx,
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let j: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+        j["tests"][0].clone()
+    };
+    let (short, long) = (deep("0"), deep("300"));
+    assert_eq!(long["name"], "tg2@d300");
+    assert_eq!(long["ctx"], 300);
+    let kv = j["token_bytes"]["kv_per_position"].as_f64().unwrap();
+    let extra =
+        long["bytes_per_step"].as_f64().unwrap() - short["bytes_per_step"].as_f64().unwrap();
+    assert!(
+        (extra - 300.0 * kv).abs() < 1.0,
+        "{extra} vs {}",
+        300.0 * kv
+    );
     let _ = std::fs::remove_file(&path);
 }
 

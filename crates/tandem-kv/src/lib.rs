@@ -24,7 +24,7 @@ mod pages;
 mod store;
 
 pub use pages::{chain_hash, Evicted, PageCounts, PageId, PageTable, ROOT_HASH};
-pub use store::{KvGeometry, KvStore, Sequence};
+pub use store::{KvGeometry, KvStore, RowKey, Sequence};
 pub use tandem_kernels::attention::KvFormat;
 
 /// Errors of the KV store.

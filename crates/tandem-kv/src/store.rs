@@ -268,6 +268,18 @@ impl KvStore {
     }
 }
 
+/// Which stored row [`Sequence::append_rows`] asks for.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct RowKey {
+    pub node: usize,
+    pub layer: usize,
+    /// 0: key, 1: value.
+    pub kv: usize,
+    /// Head index within the node's heads.
+    pub head: usize,
+    pub pos: usize,
+}
+
 /// One sequence's cached tokens: a block table of page references.
 /// Dropping it releases the pages (indexed full pages stay cached).
 pub struct Sequence {
@@ -432,6 +444,47 @@ impl Sequence {
             hashes: self.hashes.clone(),
             limit: self.limit,
         }
+    }
+
+    /// Appends `tokens` whose stored K/V rows `write` fills in, without a
+    /// model: for benchmarks that need a long context in seconds, and for
+    /// tests. `write` is called once per (node, layer, K/V, node-local head,
+    /// position) with that row's bytes. All or nothing, as `reserve`.
+    pub fn append_rows(
+        &mut self,
+        tokens: &[u32],
+        mut write: impl FnMut(RowKey, &mut [u8]),
+    ) -> Result<(), KvError> {
+        self.reserve(tokens.len())?;
+        let g = &self.store.geom;
+        for (node, heads) in g.node_heads.iter().enumerate() {
+            for layer in 0..g.n_layers {
+                for kv in 0..2 {
+                    for head in 0..heads.len() {
+                        for pos in self.len..self.len + tokens.len() {
+                            let key = RowKey {
+                                node,
+                                layer,
+                                kv,
+                                head,
+                                pos,
+                            };
+                            // SAFETY: `pos` was reserved just now (a private
+                            // page, rule 1 of the module docs) and the row is
+                            // `row_bytes` inside it.
+                            let row = unsafe {
+                                std::slice::from_raw_parts_mut(
+                                    self.row_ptr(node, layer, kv, head, pos),
+                                    g.row_bytes(),
+                                )
+                            };
+                            write(key, row);
+                        }
+                    }
+                }
+            }
+        }
+        self.commit(tokens)
     }
 
     /// Where position `pos`'s row of (`layer`, K = 0 / V = 1, node-local

@@ -6,7 +6,7 @@
 //! [`KvStore`]. Many sequences can share one store (and its prefix cache);
 //! `Model::new_cache` makes a store of its own for one sequence.
 
-pub use tandem_kv::{KvFormat, KvStore, Sequence as KvCache};
+pub use tandem_kv::{KvFormat, KvStore, RowKey, Sequence as KvCache};
 
 use crate::ModelError;
 

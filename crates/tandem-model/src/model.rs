@@ -14,7 +14,7 @@ use smallvec::SmallVec;
 use tandem_numa::{NumaMode, Pool};
 use tandem_tokenizer::Tokenizer;
 
-use crate::attention::{attention, AttnLayer, SeqView};
+use crate::attention::{attention, choose_splits, AttnLayer, SeqView, SplitState};
 use crate::config::ModelConfig;
 use crate::kv_cache::{check_fits, KvCache, KvOptions, KvStore};
 use crate::linear::Matrix;
@@ -23,7 +23,7 @@ use crate::parallel::{col_split, gate_up, row_split, RowTarget, SCRATCH};
 use crate::shard::{aligned_ranges, kv_head_ranges, Placer, ShardedMatrix, Split};
 use crate::source::{ModelFiles, SourceFormat};
 use crate::tensor::Tensor;
-use crate::workspace::{Dims, SharedOut, Workspace};
+use crate::workspace::{grow, Dims, SharedOut, Workspace};
 use crate::ModelError;
 use tandem_kernels::GROUP_ROWS;
 use tandem_kv::KvGeometry;
@@ -94,6 +94,10 @@ pub struct LoadOptions {
     pub repack: bool,
     /// KV type and page size of the caches this model makes.
     pub kv: KvOptions,
+    /// Parts each decode head's context is split into across workers
+    /// (flash-decoding); None: chosen from the threads, heads and context
+    /// length. For tests and experiments.
+    pub attention_splits: Option<usize>,
 }
 
 impl Default for LoadOptions {
@@ -105,6 +109,7 @@ impl Default for LoadOptions {
             pin: false,
             repack: true,
             kv: KvOptions::default(),
+            attention_splits: None,
         }
     }
 }
@@ -135,6 +140,7 @@ pub struct Model {
     workspace: Mutex<Workspace>,
     allreduce_ns: std::sync::atomic::AtomicU64,
     kv: KvOptions,
+    attention_splits: Option<usize>,
 }
 
 fn vector(files: &ModelFiles, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
@@ -340,6 +346,7 @@ impl Model {
             workspace: Mutex::new(Workspace::default()),
             allreduce_ns: Default::default(),
             kv: opts.kv,
+            attention_splits: opts.attention_splits,
         })
     }
 
@@ -401,6 +408,27 @@ impl Model {
             format: kv.format,
             node_heads: self.kv_node_heads(),
         }
+    }
+
+    /// Parts each (sequence, KV head) of this batch's attention is split
+    /// into (`attention::choose_splits`).
+    fn attention_splits(&self, seqs: &[SeqInput<'_>]) -> usize {
+        let pool = &*self.pool;
+        let page_tokens = seqs
+            .iter()
+            .map(|s| s.cache.store().geometry().page_tokens)
+            .min()
+            .unwrap_or(1);
+        choose_splits(
+            seqs.iter().map(|s| (s.cache.len(), s.tokens.len())),
+            self.config.n_heads / self.config.n_kv_heads,
+            page_tokens,
+            (0..pool.n_nodes()).map(|n| {
+                let heads = self.layers.first().map_or(0, |l| l.kv_ranges[n].len());
+                (pool.threads_in_node(n), heads)
+            }),
+            self.attention_splits,
+        )
     }
 
     #[allow(clippy::single_range_in_vec_init)] // one node's range
@@ -601,6 +629,19 @@ impl Model {
             }
         }
 
+        // Flash-decoding: parts per (sequence, KV head), and their buffers.
+        let splits = self.attention_splits(seqs);
+        if splits > 1 {
+            let heads = seqs.len() * c.n_kv_heads;
+            grow(
+                &mut ws.attn_partials,
+                heads * splits * crate::attention::partial_slot_len(hd),
+            );
+            if ws.attn_done.len() < heads {
+                ws.attn_done.resize_with(heads, Default::default);
+            }
+        }
+
         for (li, l) in self.layers.iter().enumerate() {
             // Attention block.
             rms_norm(
@@ -656,6 +697,11 @@ impl Model {
                 });
                 row0 += s.tokens.len();
             }
+            let split = SplitState {
+                splits,
+                partials: SharedOut::new(&mut ws.attn_partials),
+                done: &ws.attn_done,
+            };
             attention(
                 pool,
                 c,
@@ -675,6 +721,7 @@ impl Model {
                 attn_out,
                 &ws.rope,
                 &ws.scratch,
+                &split,
             )?;
             self.project_add(ws, &l.wo, n, q_dim, Buf::Attn)?;
 

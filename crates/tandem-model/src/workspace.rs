@@ -90,6 +90,10 @@ pub(crate) struct Workspace {
     pub seq_views: Vec<crate::attention::SeqView>,
     /// Per worker scratch (matmul transposes, attention scores).
     pub scratch: PerWorker<Vec<f32>>,
+    /// Split attention's partial results and per-head counters
+    /// (`attention::SplitState`).
+    pub attn_partials: Vec<f32>,
+    pub attn_done: Vec<std::sync::atomic::AtomicUsize>,
 }
 
 /// Grows `v` to `n` values (never shrinks; allocates only when growing).
