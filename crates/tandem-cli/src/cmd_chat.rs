@@ -17,6 +17,11 @@
 //! The same path serves a conversation that resumes after other traffic
 //! evicted part of it: whatever full pages are still cached are reused,
 //! the rest is recomputed. Per turn, stderr gets one line of statistics.
+//!
+//! With `--kv-disk DIR`, pages evicted from memory are written there and
+//! found again by the same lookup, and every cached page is saved at exit:
+//! piping the same conversation into a new process prefills only its new
+//! turn.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
@@ -126,7 +131,9 @@ pub fn run(args: ChatArgs) -> anyhow::Result<()> {
             continue;
         }
         turn += 1;
+        let read_before = store.disk().map_or(0, |d| d.stats().read);
         let mut next = store.sequence_with_prefix(&prompt).with_limit(ctx);
+        let from_disk = store.disk().map_or(0, |d| d.stats().read) - read_before;
         // The previous turn's pages are now either shared with `next` or
         // cached (indexed) or free (its partial last page).
         drop(seq.take());
@@ -153,8 +160,20 @@ pub fn run(args: ChatArgs) -> anyhow::Result<()> {
             role: "assistant".into(),
             content: reply,
         });
-        eprintln!("{}", turn_line(turn, &stats));
+        eprintln!(
+            "{}",
+            turn_line(
+                turn,
+                &stats,
+                from_disk as usize * store.geometry().page_tokens
+            )
+        );
         seq = Some(next);
+    }
+    drop(seq);
+    if store.disk().is_some() {
+        let n = store.persist();
+        eprintln!("KV disk tier: saved {n} new pages");
     }
     Ok(())
 }
@@ -167,14 +186,14 @@ struct History {
 }
 
 /// The per-turn statistics line.
-fn turn_line(turn: usize, s: &GenerationStats) -> String {
+fn turn_line(turn: usize, s: &GenerationStats, from_disk: usize) -> String {
     let stop = match s.stop {
         StopReason::Eos => "end of turn",
         StopReason::MaxTokens => "token limit",
         StopReason::ContextFull => "context full",
     };
     format!(
-        "[turn {turn}] prompt {} tokens: {} from cache, {} prefilled at {:.1} tokens/s ({:.3} s) | reply {} tokens at {:.1} tokens/s | stopped: {stop}",
+        "[turn {turn}] prompt {} tokens: {} from cache ({from_disk} from disk), {} prefilled at {:.1} tokens/s ({:.3} s) | reply {} tokens at {:.1} tokens/s | stopped: {stop}",
         s.prompt_tokens,
         s.cached_tokens,
         s.prefilled_tokens(),

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use tandem_model::kv_cache::{available_memory, KvStore};
+use tandem_model::DiskTier;
 use tandem_model::Model;
 
 use crate::Common;
@@ -31,11 +32,19 @@ pub fn pool_bytes(model: &Model, common: &Common, ctx: usize) -> usize {
     }
 }
 
-/// Makes the pool and reports it on stderr: size, type, page size, tokens.
+/// Makes the pool (over the disk tier of `--kv-disk`) and reports it on
+/// stderr: size, type, page size, tokens; the tier's directory and size.
 pub fn open_pool(model: &Model, common: &Common, ctx: usize) -> anyhow::Result<Arc<KvStore>> {
     let bytes = pool_bytes(model, common, ctx);
+    let disk = match &common.kv_disk {
+        Some(dir) => Some(
+            DiskTier::open(dir, model.identity(), common.kv_disk_size.as_u64())
+                .context("--kv-disk")?,
+        ),
+        None => None,
+    };
     let store = model
-        .new_kv_store(model.kv_options(), bytes)
+        .new_kv_store_tiered(model.kv_options(), bytes, disk)
         .context("cannot allocate the KV cache (lower --kv-memory)")?;
     let g = store.geometry();
     eprintln!(
@@ -54,5 +63,15 @@ pub fn open_pool(model: &Model, common: &Common, ctx: usize) -> anyhow::Result<A
             " [default; --kv-memory to change]"
         },
     );
+    if let Some(d) = store.disk() {
+        let st = d.stats();
+        eprintln!(
+            "KV disk tier: {} holds {} pages ({} of at most {})",
+            d.dir().display(),
+            st.files,
+            bytesize::ByteSize(st.bytes).display().iec(),
+            bytesize::ByteSize(d.max_bytes()).display().iec(),
+        );
+    }
     Ok(store)
 }

@@ -59,6 +59,14 @@ pub struct Common {
     /// contexts).
     #[arg(long, global = true)]
     pub kv_memory: Option<bytesize::ByteSize>,
+    /// Directory of the KV cache's disk tier (`chat`): pages evicted from
+    /// memory go there, and conversations are saved there at exit, so a
+    /// prefix is found again later or after a restart.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub kv_disk: Option<PathBuf>,
+    /// Most bytes the disk tier keeps (oldest pages go first).
+    #[arg(long, global = true, default_value = "64GiB")]
+    pub kv_disk_size: bytesize::ByteSize,
     /// Prompt tokens per forward pass when prefilling (chunked prefill:
     /// each chunk attends to the cache the earlier ones filled).
     #[arg(long, global = true, default_value_t = 512,

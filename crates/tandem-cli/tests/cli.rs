@@ -233,7 +233,7 @@ fn turn_stats(err: &str) -> Vec<(usize, usize, usize)> {
                 let digits: String = l[i..].chars().take_while(|c| c.is_ascii_digit()).collect();
                 digits.parse().expect("number")
             };
-            (num("prompt "), num("tokens: "), num("from cache, "))
+            (num("prompt "), num("tokens: "), num("from disk), "))
         })
         .collect()
 }
@@ -299,4 +299,31 @@ fn bad_kv_memory_is_refused() {
     let o = tandem(&["chat", "--kv-memory", "lots"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("--kv-memory"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_chat_resumed_after_a_restart_reuses_its_saved_pages() {
+    let dir = tmp("kv-disk");
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = dir.to_str().expect("utf-8 path");
+    let args = ["chat", "--temperature", "0", "-n", "10", "--kv-disk", d];
+    let talk = "Tell me about lists in Python.\nAnd tuples?\n";
+    let first = tandem_stdin(&args, talk);
+    let err1 = stderr(&first);
+    assert!(first.status.success(), "{err1}");
+    assert!(err1.contains("saved"), "{err1}");
+    let second = tandem_stdin(&args, talk);
+    let err2 = stderr(&second);
+    assert!(second.status.success(), "{err2}");
+    // The second process finds turn 1's pages on disk ...
+    let line = err2
+        .lines()
+        .find(|l| l.starts_with("[turn 1]"))
+        .expect("turn line");
+    assert!(!line.contains("(0 from disk)"), "{err2}");
+    let t1 = turn_stats(&err2)[0];
+    assert!(t1.1 >= 16, "{err2}");
+    // ... and, greedy, says exactly what the first one said.
+    assert_eq!(first.stdout, second.stdout);
+    let _ = std::fs::remove_dir_all(&dir);
 }

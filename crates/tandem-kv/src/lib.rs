@@ -9,6 +9,7 @@
 //! | --- | --- |
 //! | `pages` | [`PageTable`]: reference counts, free list, prefix index, LRU of cached pages (no memory) |
 //! | `store` | [`KvStore`] (page memory per node + the table) and [`Sequence`] (a block table) |
+//! | `disk` | [`DiskTier`]: evicted and persisted pages as checked files, read back on a prefix hit |
 //!
 //! A page id names the same page in every node's pool: node `n`'s part
 //! holds the KV heads `node_heads[n]` that node computes attention for, so
@@ -20,9 +21,11 @@
 //! Does not know: models, tokens' meaning, attention arithmetic, threads.
 //! It is told the geometry and the token ids that filled each page.
 
+mod disk;
 mod pages;
 mod store;
 
+pub use disk::{DiskStats, DiskTier, ModelIdentity};
 pub use pages::{chain_hash, Evicted, PageCounts, PageId, PageTable, ROOT_HASH};
 pub use store::{KvGeometry, KvStore, RowKey, Sequence};
 pub use tandem_kernels::attention::KvFormat;
@@ -47,6 +50,9 @@ pub enum KvError {
     TooLarge,
     #[error("KV memory: {0}")]
     Memory(String),
+    /// The disk tier's directory cannot be used.
+    #[error("KV disk tier: {0}")]
+    Disk(String),
     /// A broken invariant of this crate (a bug), reported instead of a panic.
     #[error("KV store internal error: {0}")]
     Internal(&'static str),

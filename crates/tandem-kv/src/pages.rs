@@ -44,7 +44,8 @@ pub struct PageCounts {
     pub cached: usize,
 }
 
-/// A cached page evicted to make room: what the store may spill.
+/// An indexed page's identity: a cached page evicted to make room (what
+/// the store may spill), or a page to persist.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Evicted {
     pub page: PageId,
@@ -207,6 +208,25 @@ impl PageTable {
     pub fn lookup(&self, hash: u64, parent: u64, tokens: &[u32]) -> Option<PageId> {
         let &p = self.index.get(&hash)?;
         (self.meta[p as usize].parent == parent && self.page_tokens_of(p) == tokens).then_some(p)
+    }
+
+    /// Every indexed page (in use or cached) with its hash, parent and
+    /// tokens, retained once each so none is evicted while the caller
+    /// reads it; the caller releases them.
+    pub fn retain_indexed(&mut self) -> Vec<Evicted> {
+        let mut out = Vec::with_capacity(self.index.len());
+        for (&hash, &p) in &self.index {
+            out.push(Evicted {
+                page: p,
+                hash,
+                parent: self.meta[p as usize].parent,
+                tokens: self.page_tokens_of(p).into(),
+            });
+        }
+        for e in &out {
+            self.retain(e.page);
+        }
+        out
     }
 
     /// Drops every cached page from the index (they become free).

@@ -19,6 +19,13 @@
 //!
 //! The mutex guards the page table only (allocation, reference counts, the
 //! index); it is taken per page event, never per token row.
+//!
+//! The disk tier follows the same rules: an evicted page is written to
+//! disk by the sequence that just allocated it (it is private, and that
+//! sequence writes it only after `reserve` returns); a page restored from
+//! disk is read into a just-allocated page before it is indexed; pages
+//! persisted are indexed (read-only) and retained while they are written.
+//! File I/O never happens under the table's lock.
 
 use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -26,7 +33,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tandem_kernels::attention::KvFormat;
 use tandem_numa::NodeMemory;
 
-use crate::pages::{chain_hash, PageCounts, PageId, PageTable, ROOT_HASH};
+use crate::disk::DiskTier;
+use crate::pages::{chain_hash, Evicted, PageCounts, PageId, PageTable, ROOT_HASH};
 use crate::KvError;
 
 /// Shape of the store: what a page of each node holds.
@@ -92,6 +100,21 @@ impl KvGeometry {
         self.page_bytes() / self.page_tokens
     }
 
+    /// KV heads over all nodes.
+    pub fn n_kv_heads(&self) -> usize {
+        self.node_heads.last().map_or(0, |r| r.end)
+    }
+
+    /// The node holding global KV head `head`, and its index there.
+    pub fn head_home(&self, head: usize) -> (usize, usize) {
+        for (node, r) in self.node_heads.iter().enumerate() {
+            if r.contains(&head) {
+                return (node, head - r.start);
+            }
+        }
+        (0, 0)
+    }
+
     /// Offset of a head's slab within a node's page: layer-major, then K
     /// (0) or V (1), then the node-local head.
     pub fn slab_offset(&self, node: usize, layer: usize, kv: usize, local_head: usize) -> usize {
@@ -108,6 +131,8 @@ pub struct KvStore {
     bases: Vec<*mut u8>,
     _memory: Vec<NodeMemory>,
     table: Mutex<PageTable>,
+    /// Where evicted pages go and prefix lookups continue.
+    disk: Option<DiskTier>,
 }
 
 // SAFETY: the raw bases point into `_memory`, owned by the store and
@@ -134,6 +159,17 @@ impl KvStore {
         geom: KvGeometry,
         n_pages: usize,
         machine_nodes: &[Option<usize>],
+    ) -> Result<Arc<KvStore>, KvError> {
+        KvStore::new_tiered(geom, n_pages, machine_nodes, None)
+    }
+
+    /// [`KvStore::new`] with a disk tier below the pool: evicted pages are
+    /// written there and prefix lookups continue there.
+    pub fn new_tiered(
+        geom: KvGeometry,
+        n_pages: usize,
+        machine_nodes: &[Option<usize>],
+        disk: Option<DiskTier>,
     ) -> Result<Arc<KvStore>, KvError> {
         geom.validate()?;
         if machine_nodes.len() != geom.node_heads.len() {
@@ -162,6 +198,7 @@ impl KvStore {
             bases,
             _memory: memory,
             table,
+            disk,
         }))
     }
 
@@ -191,6 +228,82 @@ impl KvStore {
 
     pub fn counts(&self) -> PageCounts {
         self.lock().counts()
+    }
+
+    /// The disk tier, if any.
+    pub fn disk(&self) -> Option<&DiskTier> {
+        self.disk.as_ref()
+    }
+
+    /// Writes every indexed page the disk tier lacks to it (e.g. before
+    /// exiting, so a restarted process finds the conversations); returns
+    /// how many were written. Without a disk tier, does nothing.
+    pub fn persist(&self) -> usize {
+        let Some(disk) = &self.disk else { return 0 };
+        let pages = self.lock().retain_indexed();
+        let mut written = 0;
+        for e in &pages {
+            if !disk.contains(e.hash) {
+                // SAFETY: indexed pages are full and read-only (rule 2),
+                // and retained until released below.
+                unsafe { self.spill(disk, e) };
+                written += 1;
+            }
+        }
+        let mut t = self.lock();
+        for e in &pages {
+            t.release(e.page);
+        }
+        written
+    }
+
+    /// Writes page `e` to the disk tier.
+    ///
+    /// # Safety
+    /// Nobody may write the page meanwhile (the caller holds it, or it is
+    /// indexed and retained).
+    unsafe fn spill(&self, disk: &DiskTier, e: &Evicted) {
+        let g = &self.geom;
+        disk.write_page(g, e.hash, e.parent, &e.tokens, |layer, kv, head| {
+            let (node, local) = g.head_home(head);
+            // SAFETY: the slab is inside the page, which the caller keeps
+            // unwritten for the call.
+            unsafe {
+                std::slice::from_raw_parts(
+                    self.slab_ptr(node, e.page, layer, kv, local),
+                    g.slab_bytes(),
+                )
+            }
+        });
+    }
+
+    /// Spills pages the pool evicted, now held by the caller and not yet
+    /// written (rule 1: a just-allocated page is private).
+    fn spill_evicted(&self, evicted: &[Evicted]) {
+        if let Some(disk) = &self.disk {
+            for e in evicted {
+                if !disk.contains(e.hash) {
+                    // SAFETY: the page was just allocated by the caller,
+                    // who writes it only after this returns.
+                    unsafe { self.spill(disk, e) };
+                }
+            }
+        }
+    }
+
+    /// Start of the slab of (`layer`, K/V, node-local head) of `page` in
+    /// `node`'s pool.
+    fn slab_ptr(
+        &self,
+        node: usize,
+        page: PageId,
+        layer: usize,
+        kv: usize,
+        local: usize,
+    ) -> *mut u8 {
+        let off = self.geom.slab_offset(node, layer, kv, local);
+        // SAFETY: slab offsets are inside the node's page.
+        unsafe { self.page_ptr(node, page).add(off) }
     }
 
     /// Forgets every cached (unreferenced) page.
@@ -237,22 +350,70 @@ impl KvStore {
     pub fn sequence_with_prefix(self: &Arc<Self>, tokens: &[u32]) -> Sequence {
         let p = self.geom.page_tokens;
         let mut seq = self.new_sequence();
-        let mut t = self.lock();
         let mut parent = ROOT_HASH;
-        for chunk in tokens[..tokens.len().saturating_sub(1)].chunks_exact(p) {
+        let mut chunks = tokens[..tokens.len().saturating_sub(1)].chunks_exact(p);
+        let mut t = self.lock();
+        for chunk in chunks.by_ref() {
             let h = chain_hash(parent, chunk);
-            let Some(page) = t.lookup(h, parent, chunk) else {
-                break;
-            };
-            t.retain(page);
-            seq.pages.push(page);
-            seq.hashes.push(h);
-            parent = h;
+            if let Some(page) = t.lookup(h, parent, chunk) {
+                t.retain(page);
+                seq.pages.push(page);
+                seq.hashes.push(h);
+                parent = h;
+                continue;
+            }
+            drop(t);
+            // Not in RAM: this page and the ones after it may be on disk.
+            if self.restore(&mut seq, parent, h, chunk) {
+                parent = h;
+                for chunk in chunks.by_ref() {
+                    let h = chain_hash(parent, chunk);
+                    if !self.restore(&mut seq, parent, h, chunk) {
+                        break;
+                    }
+                    parent = h;
+                }
+            }
+            break;
         }
-        drop(t);
         seq.len = seq.pages.len() * p;
         seq.tokens.extend_from_slice(&tokens[..seq.len]);
         seq
+    }
+
+    /// Reads the page of (`parent`, `chunk`) from the disk tier into a new
+    /// page appended to `seq` and indexes it. False (nothing changed) when
+    /// there is no disk tier, no usable file or no page to put it in.
+    fn restore(&self, seq: &mut Sequence, parent: u64, h: u64, chunk: &[u32]) -> bool {
+        let Some(disk) = &self.disk else { return false };
+        if !disk.contains(h) {
+            return false;
+        }
+        let Some((page, evicted)) = self.lock().alloc() else {
+            return false;
+        };
+        self.spill_evicted(evicted.as_slice());
+        let g = &self.geom;
+        let ok = disk.read_page(g, h, parent, chunk, |layer, kv, head| {
+            let (node, local) = g.head_home(head);
+            // SAFETY: `page` was just allocated (private, rule 1) and its
+            // slab is inside it.
+            unsafe {
+                std::slice::from_raw_parts_mut(
+                    self.slab_ptr(node, page, layer, kv, local),
+                    g.slab_bytes(),
+                )
+            }
+        });
+        let mut t = self.lock();
+        if !ok {
+            t.release(page);
+            return false;
+        }
+        t.register(page, h, parent, chunk);
+        seq.pages.push(page);
+        seq.hashes.push(h);
+        true
     }
 
     /// Copies every node's bytes of page `from` to page `to`.
@@ -358,6 +519,7 @@ impl Sequence {
         let need_pages = (self.len + n).div_ceil(p);
         let new_pages = need_pages.saturating_sub(self.pages.len());
         let partial = !self.len.is_multiple_of(p) && n > 0;
+        let mut evicted: Vec<Evicted> = Vec::new();
         let mut t = self.store.lock();
         let cow = partial && !t.is_private(self.pages[self.len / p]);
         let wanted = new_pages + usize::from(cow);
@@ -368,16 +530,30 @@ impl Sequence {
                 total: t.n_pages(),
             });
         }
-        if cow {
-            let i = self.len / p;
-            let (fresh, _) = t.alloc().ok_or(KvError::Internal("alloc after check"))?;
-            self.store.copy_page(self.pages[i], fresh);
-            t.release(self.pages[i]);
-            self.pages[i] = fresh;
-        }
+        let copy = if cow {
+            let (fresh, ev) = t.alloc().ok_or(KvError::Internal("alloc after check"))?;
+            evicted.extend(ev);
+            Some(fresh)
+        } else {
+            None
+        };
         for _ in 0..new_pages {
-            let (fresh, _) = t.alloc().ok_or(KvError::Internal("alloc after check"))?;
+            let (fresh, ev) = t.alloc().ok_or(KvError::Internal("alloc after check"))?;
+            evicted.extend(ev);
             self.pages.push(fresh);
+        }
+        drop(t);
+        // The new pages are this sequence's alone and written only after
+        // `reserve` returns: their old contents can go to disk now,
+        // outside the table's lock.
+        self.store.spill_evicted(&evicted);
+        if let Some(fresh) = copy {
+            // Copy-on-write: the shared page stays retained by this
+            // sequence until the copy is done, so it cannot be reused.
+            let i = self.len / p;
+            self.store.copy_page(self.pages[i], fresh);
+            self.store.lock().release(self.pages[i]);
+            self.pages[i] = fresh;
         }
         Ok(())
     }

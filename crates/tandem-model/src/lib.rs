@@ -36,5 +36,6 @@ pub use error::ModelError;
 pub use kv_cache::{KvCache, KvFormat, KvOptions, KvStore};
 pub use model::{LoadOptions, Logits, Model, SeqInput, TensorParallel};
 pub use source::{ModelFiles, SourceFormat};
+pub use tandem_kv::{DiskStats, DiskTier, ModelIdentity};
 pub use tandem_numa::{NumaMode, Pool, SyncStats};
 pub use tensor::Tensor;

@@ -141,6 +141,8 @@ pub struct Model {
     allreduce_ns: std::sync::atomic::AtomicU64,
     kv: KvOptions,
     attention_splits: Option<usize>,
+    /// What names these weights to the KV disk tier.
+    identity: tandem_kv::ModelIdentity,
 }
 
 fn vector(files: &ModelFiles, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
@@ -185,6 +187,7 @@ impl Model {
         let pool = Arc::new(Pool::with_layout(layout)?);
         let n_nodes = pool.n_nodes();
         let c = files.config.clone();
+        let identity = files.identity();
         let (q_dim, kv_dim) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
         if c.n_kv_heads == 0 || !c.n_heads.is_multiple_of(c.n_kv_heads) {
             return Err(ModelError::invalid(
@@ -347,6 +350,7 @@ impl Model {
             allreduce_ns: Default::default(),
             kv: opts.kv,
             attention_splits: opts.attention_splits,
+            identity,
         })
     }
 
@@ -443,18 +447,37 @@ impl Model {
     /// each node's pages on that node's memory. Memory is mapped, not
     /// touched: pages become resident as sequences fill them.
     pub fn new_kv_store(&self, kv: KvOptions, bytes: usize) -> Result<Arc<KvStore>, ModelError> {
+        self.new_kv_store_tiered(kv, bytes, None)
+    }
+
+    /// [`Model::new_kv_store`] over a disk tier (opened with
+    /// [`Model::identity`]) that takes evicted pages and serves prefix
+    /// lookups the pool misses.
+    pub fn new_kv_store_tiered(
+        &self,
+        kv: KvOptions,
+        bytes: usize,
+        disk: Option<tandem_kv::DiskTier>,
+    ) -> Result<Arc<KvStore>, ModelError> {
         let geom = self.kv_geometry(kv);
         if kv.page_tokens == 0 {
             return Err(ModelError::BadBatch("KV pages of 0 tokens".into()));
         }
         let pages = (bytes / geom.page_bytes().max(1)).max(1);
-        self.kv_store_of_pages(geom, pages)
+        self.kv_store_of_pages(geom, pages, disk)
+    }
+
+    /// What identifies these weights (`ModelFiles::identity`): the KV disk
+    /// tier keeps each model's pages apart by it.
+    pub fn identity(&self) -> tandem_kv::ModelIdentity {
+        self.identity
     }
 
     fn kv_store_of_pages(
         &self,
         geom: KvGeometry,
         pages: usize,
+        disk: Option<tandem_kv::DiskTier>,
     ) -> Result<Arc<KvStore>, ModelError> {
         let bytes = pages.saturating_mul(geom.page_bytes());
         let tokens = pages.saturating_mul(geom.page_tokens);
@@ -463,7 +486,7 @@ impl Model {
         let nodes: Vec<Option<usize>> = (0..geom.node_heads.len())
             .map(|n| self.pool.layout().nodes.get(n).and_then(|p| p.memory_node))
             .collect();
-        KvStore::new(geom, pages, &nodes).map_err(|e| ModelError::OutOfMemory {
+        KvStore::new_tiered(geom, pages, &nodes, disk).map_err(|e| ModelError::OutOfMemory {
             what: format!("{what}: {e}", what = what()),
             bytes,
         })
@@ -474,7 +497,7 @@ impl Model {
     pub fn new_cache(&self, capacity: usize) -> Result<KvCache, ModelError> {
         let geom = self.kv_geometry(self.kv);
         let pages = capacity.div_ceil(geom.page_tokens).max(1);
-        let store = self.kv_store_of_pages(geom, pages)?;
+        let store = self.kv_store_of_pages(geom, pages, None)?;
         Ok(store.sequence_with_capacity(capacity).with_limit(capacity))
     }
 

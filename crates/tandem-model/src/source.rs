@@ -84,6 +84,24 @@ impl ModelFiles {
     }
 
     /// All tensors in file order, under their names in the file.
+    /// What identifies these weights for the KV disk tier: a hash of the
+    /// configuration, every tensor's name, type and shape, and the first
+    /// and last 4 KiB of its data (reading all of a 400B model's weights
+    /// to name it would take minutes).
+    pub fn identity(&self) -> tandem_kv::ModelIdentity {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        h.update(format!("{:?}", self.config).as_bytes());
+        for t in self.tensors() {
+            h.update(t.name().as_bytes());
+            h.update(format!("{:?}{:?}", t.format(), t.dims()).as_bytes());
+            let b = t.bytes();
+            let n = b.len().min(4096);
+            h.update(&b[..n]);
+            h.update(&b[b.len() - n..]);
+        }
+        tandem_kv::ModelIdentity(h.digest128())
+    }
+
     pub fn tensors(&self) -> impl Iterator<Item = &Tensor> {
         self.order.iter().filter_map(|n| self.tensors.get(n))
     }
