@@ -45,8 +45,9 @@ pub struct Common {
     /// the kernels at load time (for comparisons; slower).
     #[arg(long, global = true)]
     pub no_repack: bool,
-    /// Element type of the KV cache: f16 (as llama.cpp), bf16, or f32
-    /// (exact, twice the memory).
+    /// Element type of the KV cache: f16 (as llama.cpp), bf16, f32
+    /// (exact, twice the memory), or q8_0 (half of f16's memory, head size
+    /// a multiple of 32).
     #[arg(long, global = true, default_value = "f16")]
     pub kv_type: tandem_model::KvFormat,
     /// Tokens per KV cache page (the unit of the block tables and of

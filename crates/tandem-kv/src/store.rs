@@ -51,10 +51,21 @@ pub struct KvGeometry {
 }
 
 impl KvGeometry {
-    fn validate(&self) -> Result<(), KvError> {
+    /// Checks the shape: positive sizes, consecutive node head ranges, a
+    /// head size the format can store as whole rows (Q8_0: a multiple of
+    /// 32), and a page size that fits in `usize`. [`KvStore::new`] calls
+    /// it; the size methods below assume it passed.
+    pub fn validate(&self) -> Result<(), KvError> {
         let bad = |m: &str| Err(KvError::Geometry(m.to_string()));
         if self.n_layers == 0 || self.head_dim == 0 || self.page_tokens == 0 {
             return bad("layers, head size and page tokens must be positive");
+        }
+        let block = self.format.block_len();
+        if !self.head_dim.is_multiple_of(block) {
+            return Err(KvError::Geometry(format!(
+                "{} KV needs a head size that is a multiple of {block}, this model's is {}",
+                self.format, self.head_dim
+            )));
         }
         if self.node_heads.is_empty() {
             return bad("no nodes");
@@ -69,12 +80,24 @@ impl KvGeometry {
         if next == 0 {
             return bad("no KV heads");
         }
+        let page = self
+            .format
+            .row_bytes(self.head_dim)
+            .and_then(|r| r.checked_mul(self.page_tokens))
+            .and_then(|s| s.checked_mul(self.n_layers))
+            .and_then(|s| s.checked_mul(2))
+            .and_then(|s| s.checked_mul(next));
+        if page.is_none() {
+            return Err(KvError::TooLarge);
+        }
         Ok(())
     }
 
-    /// Bytes of one token's values of one head.
+    /// Bytes of one token's values of one head (`format.row_bytes`). For a
+    /// geometry that [`validate`](Self::validate) refuses because of its
+    /// head size, 0.
     pub fn row_bytes(&self) -> usize {
-        self.head_dim * self.format.value_bytes()
+        self.format.row_bytes(self.head_dim).unwrap_or(0)
     }
 
     /// Bytes of one head's rows in one page (a contiguous `page_tokens ×

@@ -111,6 +111,37 @@ fn geometry_layout() {
 }
 
 #[test]
+fn q8_0_rows_are_whole_blocks() {
+    let q8 = |head_dim| KvGeometry {
+        head_dim,
+        format: KvFormat::Q8_0,
+        ..geometry(16)
+    };
+    let g = q8(64);
+    assert_eq!(g.validate(), Ok(()));
+    assert_eq!(g.row_bytes(), 2 * 34);
+    assert_eq!(g.slab_bytes(), 16 * 68);
+    assert_eq!(g.token_bytes(), 2 * 2 * 3 * 68);
+    assert!(KvStore::new(g, 4, &[None, None]).is_ok());
+    for hd in [16, 48] {
+        let err = KvStore::new(q8(hd), 4, &[None, None]).expect_err("partial blocks");
+        assert_eq!(
+            err,
+            KvError::Geometry(format!(
+                "q8_0 KV needs a head size that is a multiple of 32, this model's is {hd}"
+            ))
+        );
+        assert!(KvStore::with_memory(q8(hd), 1 << 20, &[None, None]).is_err());
+    }
+    // A page whose size overflows is refused, not wrapped.
+    let huge = KvGeometry {
+        page_tokens: usize::MAX / 64,
+        ..geometry(16)
+    };
+    assert_eq!(huge.validate(), Err(KvError::TooLarge));
+}
+
+#[test]
 fn prefix_cache_reuses_whole_pages_of_an_equal_prefix() {
     let s = store(16, 4);
     let prompt: Vec<u32> = (100..114).collect(); // 3.5 pages

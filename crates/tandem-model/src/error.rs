@@ -42,6 +42,10 @@ pub enum ModelError {
     Numa(#[from] tandem_numa::NumaError),
     #[error("batch: {0}")]
     BadBatch(String),
+    /// The KV options do not fit the model (e.g. a Q8_0 KV cache for a head
+    /// size that is not a multiple of 32), or the KV store refused them.
+    #[error("{0}")]
+    Kv(#[from] tandem_kv::KvError),
 }
 
 impl ModelError {

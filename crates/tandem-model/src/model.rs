@@ -171,6 +171,18 @@ struct LayerPlan {
     ids: [usize; 7],
 }
 
+/// The KV store shape of a model of config `c` with KV options `kv`, node
+/// `n` holding the KV heads `node_heads[n]`.
+fn kv_shape(c: &ModelConfig, kv: KvOptions, node_heads: Vec<Range<usize>>) -> KvGeometry {
+    KvGeometry {
+        n_layers: c.n_layers,
+        head_dim: c.head_dim,
+        page_tokens: kv.page_tokens,
+        format: kv.format,
+        node_heads,
+    }
+}
+
 impl Model {
     /// Builds the model from opened files with default options (every
     /// machine node, every CPU, unpinned).
@@ -211,6 +223,12 @@ impl Model {
         if opts.kv.page_tokens == 0 {
             return Err(ModelError::BadBatch("KV pages of 0 tokens".into()));
         }
+        // The KV type against the head size (Q8_0 rows are whole 32-value
+        // blocks): refused here, before any weight is placed, rather than
+        // at the first cache.
+        #[allow(clippy::single_range_in_vec_init)] // all heads on one node
+        let shape = kv_shape(&c, opts.kv, vec![0..c.n_kv_heads]);
+        shape.validate()?;
         let mut placer = Placer::new(&pool);
         let isa = tandem_kernels::detected_isa();
         let lay = |m: &Matrix| match opts.repack {
@@ -404,14 +422,7 @@ impl Model {
     /// The shape of a KV store for this model: each engine node holds the
     /// KV heads it computes attention for.
     pub fn kv_geometry(&self, kv: KvOptions) -> KvGeometry {
-        let c = &self.config;
-        KvGeometry {
-            n_layers: c.n_layers,
-            head_dim: c.head_dim,
-            page_tokens: kv.page_tokens,
-            format: kv.format,
-            node_heads: self.kv_node_heads(),
-        }
+        kv_shape(&self.config, kv, self.kv_node_heads())
     }
 
     /// Parts each (sequence, KV head) of this batch's attention is split
@@ -463,6 +474,7 @@ impl Model {
         if kv.page_tokens == 0 {
             return Err(ModelError::BadBatch("KV pages of 0 tokens".into()));
         }
+        geom.validate()?;
         let pages = (bytes / geom.page_bytes().max(1)).max(1);
         self.kv_store_of_pages(geom, pages, disk)
     }
@@ -479,6 +491,8 @@ impl Model {
         pages: usize,
         disk: Option<tandem_kv::DiskTier>,
     ) -> Result<Arc<KvStore>, ModelError> {
+        // A shape error is the options' fault, not memory's.
+        geom.validate()?;
         let bytes = pages.saturating_mul(geom.page_bytes());
         let tokens = pages.saturating_mul(geom.page_tokens);
         let what = || format!("a KV pool of {tokens} tokens");

@@ -1,8 +1,10 @@
 //! The model on the paged KV store: a second turn that reuses the cached
 //! pages of the first prefills only its new tokens and gives the logits of
 //! a cold run of the whole conversation; chunked prefill equals one-shot
-//! prefill; page sizes and KV types change nothing they should not; a pool
-//! too small for a sequence is an error that leaves the sequence intact.
+//! prefill; page sizes and KV types change nothing they should not (q8_0
+//! KV only where the head size is whole 32-value blocks; elsewhere it is a
+//! load error); a pool too small for a sequence is an error that leaves the
+//! sequence intact.
 
 use std::path::PathBuf;
 
@@ -10,7 +12,7 @@ use tandem_model::{
     KvFormat, KvOptions, LoadOptions, Logits, Model, ModelError, ModelFiles, NumaMode,
 };
 
-fn model(file: &str, kv: KvOptions, numa: NumaMode) -> Model {
+fn try_model(file: &str, kv: KvOptions, numa: NumaMode) -> Result<Model, ModelError> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../fixtures/models")
         .join(file);
@@ -22,7 +24,11 @@ fn model(file: &str, kv: KvOptions, numa: NumaMode) -> Model {
         kv,
         ..LoadOptions::default()
     };
-    Model::load_with(files, &opts).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    Model::load_with(files, &opts)
+}
+
+fn model(file: &str, kv: KvOptions, numa: NumaMode) -> Model {
+    try_model(file, kv, numa).unwrap_or_else(|e| panic!("{file}: {e}"))
 }
 
 fn kv(format: KvFormat, page_tokens: usize) -> KvOptions {
@@ -113,6 +119,55 @@ fn page_size_does_not_change_logits_and_kv_types_stay_close() {
         let bound = if f == KvFormat::F16 { 5e-3 } else { 3e-2 };
         assert!(d > 0.0 && d < bound, "{f}: rel diff {d:.2e}");
     }
+}
+
+/// Measured on 45 tokens (max relative logit difference against f32 KV):
+/// tiny-qwen3 F32 weights (head size 32) 5.3e-3, where f16 KV gives 2.0e-4
+/// and bf16 2.1e-3 — a Q8_0 value is within half a step of 1/127 of its
+/// block's largest magnitude, about twice bf16's relative rounding;
+/// tandem-tiny Q8_0 weights (head size 64) 9.5e-3, where f16 KV already
+/// gives 6.4e-3, because the KV difference flips roundings of the 8-bit
+/// activations downstream. Bounds are about 2.7x those.
+const Q8_0_KV_FIXTURES: [(&str, f32); 2] = [
+    ("tiny-qwen3/hf", 1.5e-2),
+    ("tandem-tiny/gguf/tandem-tiny-Q8_0.gguf", 2.5e-2),
+];
+
+#[test]
+fn q8_0_kv_stays_close_to_f32_kv() {
+    for (file, bound) in Q8_0_KV_FIXTURES {
+        let prompt: Vec<u32> = tokens(&model(file, KvOptions::default(), NumaMode::Off), 45, 4);
+        let run = |o: KvOptions| {
+            let m = model(file, o, NumaMode::Off);
+            let mut c = m.new_cache(prompt.len()).expect("cache");
+            m.forward(&prompt, &mut c, Logits::All).expect("forward")
+        };
+        let d = rel_max(&run(kv(KvFormat::Q8_0, 16)), &run(kv(KvFormat::F32, 16)));
+        eprintln!("{file}: q8_0 vs f32 KV: max rel logit diff {d:.3e} (bound {bound:.1e})");
+        assert!(d > 0.0 && d < bound, "{file}: q8_0 rel diff {d:.2e}");
+    }
+}
+
+#[test]
+fn q8_0_kv_for_a_head_size_of_partial_blocks_is_a_load_error() {
+    // tiny-llama3: head size 16.
+    match try_model(FILES[0], kv(KvFormat::Q8_0, 16), NumaMode::Off) {
+        Err(e @ ModelError::Kv(_)) => {
+            let msg = e.to_string();
+            assert!(
+                msg.contains("multiple of 32") && msg.contains("is 16"),
+                "{msg}"
+            );
+        }
+        Err(e) => panic!("expected a KV error, got {e:?}"),
+        Ok(_) => panic!("q8_0 KV with a head size of 16 loaded"),
+    }
+    // A store asked of a model loaded with another KV type: the same error.
+    let m = model(FILES[0], kv(KvFormat::F16, 16), NumaMode::Off);
+    assert!(matches!(
+        m.new_kv_store(kv(KvFormat::Q8_0, 16), 1 << 20),
+        Err(ModelError::Kv(_))
+    ));
 }
 
 fn rel_max(a: &[f32], b: &[f32]) -> f32 {

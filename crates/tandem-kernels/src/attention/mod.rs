@@ -19,14 +19,20 @@
 //! and the parts are merged), which is the same rescaling applied to a whole
 //! state.
 //!
-//! Stored rows are [`KvFormat`] values (f32, f16 or bf16), widened to f32;
-//! all arithmetic is f32. The only ISA-specific parts are the two vector
-//! primitives — `q · k` and `acc += p · v` — in `scalar` (the reference,
-//! summing in index order) and `x86` (AVX2 and AVX-512, several
-//! accumulators); the algorithm around them is this file's, shared by all.
-//! SIMD and scalar results therefore differ only by the reassociation of the
-//! dot products, and the tests bound exactly that. The NEON family uses the
+//! Stored rows are [`KvFormat`] values (f32, f16, bf16, or ggml's Q8_0
+//! blocks: an f16 scale and 32 `i8`s), widened to f32; all arithmetic is
+//! f32. The only ISA-specific parts are the two vector primitives — `q · k`
+//! and `acc += p · v` — in `scalar` (the reference, summing in index order)
+//! and `x86` (AVX2 and AVX-512, several accumulators); the algorithm around
+//! them is this file's, shared by all. SIMD and scalar results therefore
+//! differ only by the reassociation of the dot products (for Q8_0 also by
+//! where a block's scale is multiplied in: once per block instead of once
+//! per value), and the tests bound exactly that. The NEON family uses the
 //! scalar primitives for now.
+//!
+//! Row sizes come from [`KvFormat::row_bytes`], never from a per-value
+//! width: a Q8_0 row is whole blocks (34 bytes per 32 values), so its head
+//! size must be a multiple of 32 and every entry point checks that.
 //!
 //! Numerics versus a two-pass softmax: the online form reaches the same
 //! values up to a few ulps (the rescaling multiplies by `exp(m − m')`
@@ -37,31 +43,59 @@ mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
+use crate::blocks::{Q8_0_BYTES, QK8_0};
 use crate::{Isa, KernelError, KernelFamily};
 
 /// Element type of stored K/V rows.
+#[allow(non_camel_case_types)]
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 pub enum KvFormat {
     F32,
     F16,
     BF16,
+    /// ggml's `block_q8_0`: per 32 values an f16 scale `d` then 32 `i8`
+    /// `q` (value = `d · q`), 34 bytes; half of f16's memory (+6%).
+    Q8_0,
 }
 
 impl KvFormat {
-    /// Bytes of one stored value.
-    pub const fn value_bytes(self) -> usize {
+    /// Every format, in declaration order.
+    pub const ALL: [KvFormat; 4] = [KvFormat::F32, KvFormat::F16, KvFormat::BF16, KvFormat::Q8_0];
+
+    /// Values per block (1 for the float formats).
+    pub const fn block_len(self) -> usize {
         match self {
-            KvFormat::F32 => 4,
-            KvFormat::F16 | KvFormat::BF16 => 2,
+            KvFormat::F32 | KvFormat::F16 | KvFormat::BF16 => 1,
+            KvFormat::Q8_0 => QK8_0,
         }
     }
 
-    /// Lower-case name (`f32`, `f16`, `bf16`).
+    /// Bytes per block.
+    pub const fn block_bytes(self) -> usize {
+        match self {
+            KvFormat::F32 => 4,
+            KvFormat::F16 | KvFormat::BF16 => 2,
+            KvFormat::Q8_0 => Q8_0_BYTES,
+        }
+    }
+
+    /// Bytes of one stored row of `head_dim` values; `None` when `head_dim`
+    /// is not a whole number of blocks (Q8_0: not a multiple of 32) or the
+    /// size overflows.
+    pub const fn row_bytes(self, head_dim: usize) -> Option<usize> {
+        if !head_dim.is_multiple_of(self.block_len()) {
+            return None;
+        }
+        (head_dim / self.block_len()).checked_mul(self.block_bytes())
+    }
+
+    /// Lower-case name (`f32`, `f16`, `bf16`, `q8_0`).
     pub const fn name(self) -> &'static str {
         match self {
             KvFormat::F32 => "f32",
             KvFormat::F16 => "f16",
             KvFormat::BF16 => "bf16",
+            KvFormat::Q8_0 => "q8_0",
         }
     }
 }
@@ -73,7 +107,10 @@ impl std::str::FromStr for KvFormat {
             "f32" => Ok(KvFormat::F32),
             "f16" => Ok(KvFormat::F16),
             "bf16" => Ok(KvFormat::BF16),
-            _ => Err(format!("unknown KV type {s:?} (expected f16, bf16 or f32)")),
+            "q8_0" => Ok(KvFormat::Q8_0),
+            _ => Err(format!(
+                "unknown KV type {s:?} (expected f16, bf16, f32 or q8_0)"
+            )),
         }
     }
 }
@@ -138,27 +175,43 @@ mod tag {
     pub const F32: u8 = 0;
     pub const F16: u8 = 1;
     pub const BF16: u8 = 2;
+    pub const Q8_0: u8 = 3;
 }
 
-/// Bytes of one stored value of tag `F`.
-const fn tag_bytes(f: u8) -> usize {
-    if f == tag::F32 {
-        4
-    } else {
-        2
+/// The format of tag `F`.
+const fn tag_format(f: u8) -> KvFormat {
+    match f {
+        tag::F32 => KvFormat::F32,
+        tag::F16 => KvFormat::F16,
+        tag::BF16 => KvFormat::BF16,
+        _ => KvFormat::Q8_0,
     }
 }
 
-/// Value `i` of a stored row of tag `F`, widened.
+/// Whether `row` holds `n` stored values of tag `F` (and `n` is a whole
+/// number of blocks): what the primitives assert before reading.
+fn holds<const F: u8>(row: &[u8], n: usize) -> bool {
+    tag_format(F).row_bytes(n).is_some_and(|b| row.len() >= b)
+}
+
+/// Value `i` of a stored row of tag `F`, widened. A Q8_0 value is found
+/// through its block (`i / 32`): the scale at the block's start, the quant
+/// 2 + `i % 32` bytes in.
 ///
 /// # Safety
-/// `p` must hold at least `i + 1` values.
+/// `p` must hold the row's values up to `i` (Q8_0: up to the end of the
+/// block of `i`).
 #[inline]
 unsafe fn read_value<const F: u8>(p: *const u8, i: usize) -> f32 {
     match F {
         tag::F32 => (p.add(4 * i) as *const f32).read_unaligned(),
         tag::F16 => crate::convert::f16_to_f32((p.add(2 * i) as *const u16).read_unaligned()),
-        _ => crate::convert::bf16_to_f32((p.add(2 * i) as *const u16).read_unaligned()),
+        tag::BF16 => crate::convert::bf16_to_f32((p.add(2 * i) as *const u16).read_unaligned()),
+        _ => {
+            let blk = p.add(i / QK8_0 * Q8_0_BYTES);
+            let d = crate::convert::f16_to_f32((blk as *const u16).read_unaligned());
+            d * f32::from((blk.add(2 + i % QK8_0) as *const i8).read())
+        }
     }
 }
 
@@ -179,6 +232,10 @@ macro_rules! prims_of {
             KvFormat::BF16 => Prims {
                 dot: $dot::<{ tag::BF16 }>,
                 axpy: $axpy::<{ tag::BF16 }>,
+            },
+            KvFormat::Q8_0 => Prims {
+                dot: $dot::<{ tag::Q8_0 }>,
+                axpy: $axpy::<{ tag::Q8_0 }>,
             },
         }
     }};
@@ -207,6 +264,20 @@ fn check(what: &'static str, expected: usize, actual: usize) -> Result<(), Kerne
             expected,
             actual,
         })
+    }
+}
+
+/// Bytes of a stored row of `n` values: an error when `n` is not a whole
+/// number of the format's blocks.
+fn checked_row_bytes(format: KvFormat, n: usize) -> Result<usize, KernelError> {
+    match format.row_bytes(n) {
+        Some(b) => Ok(b),
+        None if !n.is_multiple_of(format.block_len()) => Err(KernelError::NotBlockAligned {
+            format: format.name(),
+            n_cols: n,
+            block_len: format.block_len(),
+        }),
+        None => Err(KernelError::Overflow),
     }
 }
 
@@ -245,9 +316,7 @@ pub fn attend_block<'a>(
     check("query values", q_len, q.len())?;
     check("accumulator values", q_len, acc.len())?;
     check("softmax states", nq, states.len())?;
-    let row_bytes = head_dim
-        .checked_mul(block.format.value_bytes())
-        .ok_or(KernelError::Overflow)?;
+    let row_bytes = checked_row_bytes(block.format, head_dim)?;
     if block.n > 0 && block.stride < row_bytes {
         return Err(KernelError::SizeMismatch {
             what: "KV row stride",
@@ -353,11 +422,12 @@ pub fn merge(
 }
 
 /// Stores a row of f32 values in `format` (f16 and bf16 round to nearest
-/// even, as ggml's conversions do).
+/// even, as ggml's conversions do; Q8_0 quantizes as ggml's
+/// `quantize_row_q8_0_ref`: `d = amax / 127`, `q = roundf(x / d)`).
 pub fn encode_row(format: KvFormat, src: &[f32], dst: &mut [u8]) -> Result<(), KernelError> {
     check(
         "stored row bytes",
-        src.len() * format.value_bytes(),
+        checked_row_bytes(format, src.len())?,
         dst.len(),
     )?;
     match format {
@@ -373,6 +443,17 @@ pub fn encode_row(format: KvFormat, src: &[f32], dst: &mut [u8]) -> Result<(), K
             .iter()
             .zip(dst.chunks_exact_mut(2))
             .for_each(|(&x, d)| d.copy_from_slice(&crate::convert::f32_to_bf16(x).to_le_bytes())),
+        KvFormat::Q8_0 => {
+            for (x, blk) in src
+                .chunks_exact(QK8_0)
+                .zip(dst.chunks_exact_mut(Q8_0_BYTES))
+            {
+                let (mut qs, mut d_bits, mut d) = ([0i8; QK8_0], [0u16], [0f32]);
+                crate::reference::quantize::q8_0_ref(x, &mut qs, &mut d_bits, &mut d);
+                blk[..2].copy_from_slice(&d_bits[0].to_le_bytes());
+                blk[2..].iter_mut().zip(qs).for_each(|(b, q)| *b = q as u8);
+            }
+        }
     }
     Ok(())
 }
@@ -380,7 +461,7 @@ pub fn encode_row(format: KvFormat, src: &[f32], dst: &mut [u8]) -> Result<(), K
 /// `q · k` for one stored key row: the primitive [`attend_block`] uses,
 /// exposed for tests and benchmarks.
 pub fn dot(isa: Isa, format: KvFormat, q: &[f32], k: &[u8]) -> Result<f32, KernelError> {
-    check("key bytes", q.len() * format.value_bytes(), k.len())?;
+    check("key bytes", checked_row_bytes(format, q.len())?, k.len())?;
     Ok((prims(isa, format)?.dot)(q, k))
 }
 
@@ -392,7 +473,11 @@ pub fn axpy(
     p: f32,
     v: &[u8],
 ) -> Result<(), KernelError> {
-    check("value bytes", acc.len() * format.value_bytes(), v.len())?;
+    check(
+        "value bytes",
+        checked_row_bytes(format, acc.len())?,
+        v.len(),
+    )?;
     (prims(isa, format)?.axpy)(acc, p, v);
     Ok(())
 }

@@ -1,23 +1,37 @@
 //! Blockwise attention: the SIMD primitives against the scalar reference,
 //! and the whole online-softmax algorithm against a naive two-pass
 //! attention computed in f64, across block splits, causal limits, head
-//! sizes with tails, and every stored format.
+//! sizes with tails, and every stored format. Q8_0 takes only head sizes
+//! that are whole blocks (multiples of 32; others must be errors), and the
+//! naive reference sees its dequantized values, so the comparison tests the
+//! attention arithmetic, not the quantization (which has tests of its own).
 
 use rand::Rng;
 
 use super::rng;
-use crate::attention::{attend_block, axpy, dot, finish, merge, KvBlock, KvFormat, SoftmaxState};
+use crate::attention::{
+    attend_block, axpy, dot, encode_row, finish, merge, KvBlock, KvFormat, SoftmaxState,
+};
 use crate::convert::{bf16_to_f32, f16_to_f32, f32_to_bf16, f32_to_f16};
-use crate::{Isa, KernelError};
+use crate::{dequantize_row, Isa, KernelError, WeightFormat};
 
-const FORMATS: [KvFormat; 3] = [KvFormat::F32, KvFormat::F16, KvFormat::BF16];
+const FORMATS: [KvFormat; 4] = KvFormat::ALL;
 
 fn isas() -> Vec<Isa> {
     Isa::ALL.into_iter().filter(|i| i.is_available()).collect()
 }
 
 /// Stores `x` in `format`; returns the bytes and the values as stored.
+/// Q8_0 goes through `encode_row` (whole blocks of `x`) and comes back
+/// through the Q8_0 weight dequantizer, which reads ggml's `block_q8_0`.
 fn store(format: KvFormat, x: &[f32]) -> (Vec<u8>, Vec<f32>) {
+    if format == KvFormat::Q8_0 {
+        let mut bytes = vec![0u8; format.row_bytes(x.len()).expect("whole blocks")];
+        encode_row(format, x, &mut bytes).expect("encode");
+        let mut vals = vec![0f32; x.len()];
+        dequantize_row(WeightFormat::Q8_0, &bytes, &mut vals).expect("dequantize");
+        return (bytes, vals);
+    }
     let mut bytes = Vec::new();
     let mut vals = Vec::new();
     for &v in x {
@@ -36,6 +50,7 @@ fn store(format: KvFormat, x: &[f32]) -> (Vec<u8>, Vec<f32>) {
                 bytes.extend_from_slice(&h.to_le_bytes());
                 vals.push(bf16_to_f32(h));
             }
+            KvFormat::Q8_0 => unreachable!("stored by blocks above"),
         }
     }
     (bytes, vals)
@@ -50,16 +65,22 @@ fn random(n: usize, amp: f32, seed: u64) -> Vec<f32> {
 fn simd_primitives_match_the_scalar_reference() {
     for isa in isas() {
         for format in FORMATS {
-            for (t, n) in [1usize, 7, 8, 15, 16, 17, 31, 32, 33, 64, 100, 128, 129, 256]
-                .into_iter()
-                .enumerate()
+            for (t, n) in [
+                1usize, 7, 8, 15, 16, 17, 31, 32, 33, 64, 96, 100, 128, 129, 256,
+            ]
+            .into_iter()
+            .enumerate()
             {
+                if format.row_bytes(n).is_none() {
+                    continue; // Q8_0: whole blocks only
+                }
                 let q = random(n, 2.0, 100 + t as u64);
                 let (k, kv) = store(format, &random(n, 3.0, 200 + t as u64));
                 let ours = dot(isa, format, &q, &k).expect("dot");
                 let want = dot(Isa::Scalar, format, &q, &k).expect("ref dot");
                 // Two summation orders of n products: each partial sum is
-                // bounded by Σ|q·k|, and each side rounds at most n times.
+                // bounded by Σ|q·k|, and each side rounds at most n times
+                // (Q8_0's SIMD scaling per block adds one rounding).
                 let mag: f32 = q.iter().zip(&kv).map(|(a, b)| (a * b).abs()).sum();
                 let bound = 2.0 * n as f32 * f32::EPSILON * mag;
                 assert!(
@@ -72,7 +93,8 @@ fn simd_primitives_match_the_scalar_reference() {
                 axpy(isa, format, &mut a, 0.37, &k).expect("axpy");
                 axpy(Isa::Scalar, format, &mut b, 0.37, &k).expect("ref axpy");
                 for i in 0..n {
-                    // fused vs unfused multiply-add: one rounding apart.
+                    // fused vs unfused multiply-add: one rounding apart
+                    // (Q8_0's SIMD rounds p·d once, the reference p·(d·q)).
                     let tol = 2.0 * f32::EPSILON * (base[i].abs() + (0.37 * kv[i]).abs());
                     assert!(
                         (a[i] - b[i]).abs() <= tol,
@@ -180,15 +202,21 @@ fn blockwise_attention_matches_naive_attention() {
         for format in FORMATS {
             for &(hd, n_keys, block, amp) in &[
                 (64usize, 1usize, 16usize, 1.0f32),
+                (32, 40, 16, 1.0),
                 (128, 100, 16, 1.0),
                 (128, 100, 32, 4.0),
+                (96, 70, 32, 2.0),
                 (80, 257, 64, 2.0),
                 (17, 33, 16, 1.0),
                 (128, 513, 128, 8.0), // sharp softmax: max moves often
             ] {
-                // A stride with other heads' values between rows.
+                if format.row_bytes(hd).is_none() {
+                    continue; // Q8_0 with a head size of partial blocks
+                }
+                // A stride with other heads' values between rows (whole
+                // Q8_0 blocks: each row is quantized on its own).
                 let pad = 3 * hd;
-                let stride = (hd + pad) * format.value_bytes();
+                let stride = format.row_bytes(hd + pad).expect("row bytes");
                 let kf = random(n_keys * (hd + pad), amp, r.random());
                 let vf = random(n_keys * (hd + pad), 1.0, r.random());
                 let (k, kst) = store(format, &kf);
@@ -337,4 +365,139 @@ fn bad_sizes_are_errors() {
         })
     ));
     assert!(dot(Isa::Scalar, KvFormat::F16, &q, &k[..3]).is_err());
+}
+
+#[test]
+fn kv_format_names_and_row_sizes() {
+    for f in KvFormat::ALL {
+        assert_eq!(f.name().parse::<KvFormat>(), Ok(f));
+        assert_eq!(f.name().to_uppercase().parse::<KvFormat>(), Ok(f));
+    }
+    let err = "q4_0".parse::<KvFormat>().expect_err("unknown");
+    assert!(err.contains("q8_0"), "{err}");
+    assert_eq!(KvFormat::F32.row_bytes(17), Some(68));
+    assert_eq!(KvFormat::BF16.row_bytes(17), Some(34));
+    assert_eq!(KvFormat::Q8_0.row_bytes(64), Some(68));
+    assert_eq!(KvFormat::Q8_0.row_bytes(128), Some(136));
+    assert_eq!(KvFormat::Q8_0.row_bytes(16), None);
+    assert_eq!(KvFormat::Q8_0.row_bytes(48), None);
+    assert_eq!(KvFormat::F32.row_bytes(usize::MAX / 2), None);
+}
+
+#[test]
+fn q8_0_head_sizes_of_partial_blocks_are_errors() {
+    let f = KvFormat::Q8_0;
+    let bytes = vec![0u8; 4 * 34];
+    for hd in [17usize, 48] {
+        let x = vec![0.5f32; hd];
+        let not_aligned = |r: Result<(), KernelError>| {
+            matches!(
+                r,
+                Err(KernelError::NotBlockAligned {
+                    format: "q8_0",
+                    block_len: 32,
+                    ..
+                })
+            )
+        };
+        // Whatever the destination's size: the head size itself is refused.
+        for len in [hd, hd / 32 * 34, hd.div_ceil(32) * 34] {
+            let r = encode_row(f, &x, &mut vec![0u8; len]);
+            assert!(not_aligned(r.clone()), "hd={hd} len={len}: {r:?}");
+        }
+        for isa in isas() {
+            let r = dot(isa, f, &x, &bytes[..hd.div_ceil(32) * 34]).map(|_| ());
+            assert!(not_aligned(r.clone()), "{isa} hd={hd}: dot {r:?}");
+            let mut acc = vec![0f32; hd];
+            let r = axpy(isa, f, &mut acc, 1.0, &bytes[..hd.div_ceil(32) * 34]);
+            assert!(not_aligned(r.clone()), "{isa} hd={hd}: axpy {r:?}");
+            let blk = KvBlock {
+                format: f,
+                k: &bytes,
+                v: &bytes,
+                stride: 2 * 34,
+                n: 2,
+            };
+            let mut st = [SoftmaxState::EMPTY];
+            let r = attend_block(
+                isa,
+                &x,
+                hd,
+                1.0,
+                &blk,
+                &[2],
+                &mut st,
+                &mut acc,
+                &mut [0.0; 2],
+            );
+            assert!(not_aligned(r.clone()), "{isa} hd={hd}: attend_block {r:?}");
+        }
+    }
+}
+
+/// The bytes `encode_row` gives one Q8_0 block.
+fn q8_0_block(x: &[f32; 32]) -> Vec<u8> {
+    let mut b = vec![0u8; 34];
+    encode_row(KvFormat::Q8_0, x, &mut b).expect("encode");
+    b
+}
+
+#[test]
+fn q8_0_encodes_as_ggml_quantize_row_q8_0_ref() {
+    // amax = 127: d = 1 exactly (f16 0x3C00), quants are x rounded half
+    // away from zero (C's roundf; ties to even would give 2 for 2.5).
+    let mut x = [0f32; 32];
+    x[..8].copy_from_slice(&[127.0, -127.0, 0.5, -0.5, 1.49, 2.5, -2.5, 126.6]);
+    let mut want = vec![0x00, 0x3C, 127, (-127i8) as u8, 1, (-1i8) as u8, 1, 3];
+    want.extend([(-3i8) as u8, 127]);
+    want.resize(34, 0);
+    assert_eq!(q8_0_block(&x), want);
+
+    // amax = 63.5: d = 0.5 (f16 0x3800); 0.25 is half a step: 1 (away
+    // from zero); -0.75 is a step and a half: -2.
+    let mut x = [0f32; 32];
+    x[..4].copy_from_slice(&[-63.5, 0.25, -0.75, 10.0]);
+    x[31] = 63.5;
+    let mut want = vec![0x00, 0x38, (-127i8) as u8, 1, (-2i8) as u8, 20];
+    want.resize(33, 0);
+    want.push(127);
+    assert_eq!(q8_0_block(&x), want);
+
+    // All zeros: d = 0, quants 0 (no division by zero).
+    assert_eq!(q8_0_block(&[0.0; 32]), vec![0u8; 34]);
+}
+
+#[test]
+fn q8_0_round_trips_within_half_a_step() {
+    let mut x = random(16 * 32, 5.0, 21);
+    // Blocks of other magnitudes: tiny (subnormal f16 scale), zero, large.
+    x[32..64].iter_mut().for_each(|v| *v *= 1e-6);
+    x[64..96].fill(0.0);
+    x[96..128].iter_mut().for_each(|v| *v *= 1e3);
+    let (bytes, vals) = store(KvFormat::Q8_0, &x);
+    assert_eq!(bytes.len(), 16 * 34);
+    for (b, blk) in bytes.chunks_exact(34).enumerate() {
+        let xb = &x[b * 32..(b + 1) * 32];
+        let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let exact_d = amax / 127.0;
+        let bits = u16::from_le_bytes([blk[0], blk[1]]);
+        assert_eq!(bits, f32_to_f16(exact_d), "block {b}: scale");
+        let d = f16_to_f32(bits);
+        let qs: Vec<i8> = blk[2..].iter().map(|&q| q as i8).collect();
+        if amax > 0.0 {
+            assert!(qs.iter().any(|&q| q.unsigned_abs() == 127), "block {b}");
+        }
+        for (j, (&v, &q)) in xb.iter().zip(&qs).enumerate() {
+            let back = vals[b * 32 + j];
+            assert_eq!(back, d * f32::from(q), "block {b} value {j}");
+            // Half a step of the scale quantized with (x / d rounded; a
+            // relative 1e-4 for the rounding of x · (1/d)), plus the
+            // scale's rounding to f16, times the quant.
+            let bound = exact_d * 0.5 * (1.0 + 1e-4) + f32::from(q).abs() * (d - exact_d).abs();
+            assert!(
+                (v - back).abs() <= bound,
+                "block {b} value {j}: {v} -> {back} (bound {bound})"
+            );
+        }
+    }
 }
