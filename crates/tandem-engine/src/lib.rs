@@ -11,3 +11,4 @@ pub mod perplexity;
 pub use error::EngineError;
 pub mod chat;
 pub mod sampler;
+pub mod scheduler;
