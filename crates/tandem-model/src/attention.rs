@@ -1,15 +1,26 @@
-//! Causal self-attention, one work item per (sequence, KV head), run by the
-//! node that owns the KV head (its Q/K/V rows were computed there).
+//! Causal self-attention, run by the node that owns each KV head (its
+//! Q/K/V rows were computed there).
 //!
-//! An item first finishes the new keys and values of its head (bias,
-//! QK-norm, RoPE) and stores them in the sequence's cache, then finishes
-//! (a copy of) the group's query heads and attends: tiles of query rows (all heads of
-//! the group, several rows) fold the cache block by block into
-//! online-softmax states (`tandem_kernels::attention`), so each block of
-//! keys and values is read once per tile and the worker's scratch does not
-//! grow with the context. In decode, a long context is also split into
-//! parts attended by different workers and merged (flash-decoding; the
-//! protocol is on [`SplitState`]).
+//! A work item covers some KV heads of one sequence over some of its
+//! pages. It finishes the new keys and values of its heads (bias,
+//! QK-norm, RoPE) and stores them in the sequence's cache (if its pages
+//! hold the new positions), finishes a copy of the heads' query rows, and
+//! attends: tiles of query rows (all heads of a group, several rows) fold
+//! the cache page by page into online-softmax states
+//! (`tandem_kernels::attention`), so each page is read once per tile and
+//! the worker's scratch does not grow with the context.
+//!
+//! The items are cut one of two ways ([`AttnPlan`]):
+//!
+//! - **Prefill** (a sequence has more new rows than one tile): one item per
+//!   (sequence, KV head), over all pages.
+//! - **Decode**: one item per (sequence, part of the pages), over all the
+//!   node's KV heads. A page of one layer holds the node's heads' keys and
+//!   then their values as two contiguous runs, so an item streams whole
+//!   runs instead of one head's 4 KiB slabs scattered over the pool (which
+//!   left decode at a third of the memory bandwidth on long contexts).
+//!   With several parts (flash-decoding: threads share a long context),
+//!   the parts' states are merged per head (protocol on [`SplitState`]).
 //!
 //! Numerics: the online softmax and the SIMD dot products reach llama.cpp's
 //! two-pass (non-flash) attention only up to a few ulps. On tiny quantized
@@ -22,7 +33,9 @@ use tandem_numa::{Pool, Worker};
 use crate::config::ModelConfig;
 use crate::ops::Rope;
 use crate::workspace::{PerWorker, SharedOut};
-use tandem_kernels::attention::{attend_block, encode_row, finish, merge, KvBlock, SoftmaxState};
+use tandem_kernels::attention::{
+    attend_block, encode_row, finish, merge, prefetch, KvBlock, SoftmaxState,
+};
 
 use crate::kv_cache::KvCache;
 
@@ -59,15 +72,22 @@ pub(crate) struct AttnLayer<'a> {
     pub k_norm: Option<&'a [f32]>,
 }
 
+/// How a layer's attention is cut into work items (module docs).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) struct AttnPlan {
+    /// Items over all of a node's heads (decode) instead of one head.
+    pub all_heads: bool,
+    /// Parts each sequence's pages are split into (1 for prefill).
+    pub parts: usize,
+}
+
 /// Where split attention leaves its partial results, and how the last
-/// split of a head learns that it is last.
+/// part of a head learns that it is last.
 ///
 /// # Protocol (flash-decoding)
 ///
-/// A decode step has one query row per sequence, so one work item per
-/// (sequence, KV head) leaves threads idle on a machine with more threads
-/// per node than KV heads. Each item's context is therefore split into
-/// `splits` parts over its pages, each part its own item:
+/// With `parts > 1`, each (sequence, KV head) is attended by `parts`
+/// items, each over its share of the pages:
 ///
 /// 1. The last part also finishes the new rows' keys and values and stores
 ///    them: it is the only part whose pages hold the new positions.
@@ -75,58 +95,64 @@ pub(crate) struct AttnLayer<'a> {
 ///    into online-softmax states, and writes the states and accumulators
 ///    to its slot in `partials` (plain stores).
 /// 3. It then increments the head's counter in `done` (`AcqRel`). The
-///    part that brings the counter to `splits` is the last to finish: the
+///    part that brings the counter to `parts` is the last to finish: the
 ///    acquire half of its increment sees every other part's slot (their
 ///    release increments precede it in the counter's modification order).
-/// 4. That part merges the slots in split order (so the result does not
+/// 4. That part merges the slots in part order (so the result does not
 ///    depend on which thread finished last) and writes the output.
 ///
 /// The driver zeroes `done` before the run; the run's end is the barrier
 /// after which the next layer may reuse both buffers.
 pub(crate) struct SplitState<'a> {
-    pub splits: usize,
-    /// `MAX_QUERIES · (head_dim + 2)` floats per (sequence, KV head, split).
+    pub plan: AttnPlan,
+    /// `MAX_QUERIES · (head_dim + 2)` floats per (sequence, KV head, part).
     pub partials: SharedOut,
     /// One counter per (sequence, KV head).
     pub done: &'a [std::sync::atomic::AtomicUsize],
 }
 
-/// Floats of one split's slot in `SplitState::partials`.
+/// Floats of one part's slot in `SplitState::partials`.
 pub(crate) fn partial_slot_len(head_dim: usize) -> usize {
     MAX_QUERIES * (head_dim + 2)
 }
 
-/// Context tokens below which a head's context is not split further.
+/// Context tokens below which a sequence's pages are not split further.
 const MIN_SPLIT_TOKENS: usize = 256;
 
-/// How many parts each (sequence, KV head) of a batch is split into: 1
-/// unless every sequence's new rows fit in one query tile (decode) and
-/// the nodes have more threads than items; then enough parts to give
-/// every thread work, none shorter than `MIN_SPLIT_TOKENS`. `forced`
-/// (tests) overrides the count, at most one part per page.
+/// The plan for a batch: decode items (all heads) when every sequence's
+/// new rows fit in one query tile, with enough parts per sequence to give
+/// every thread of the busiest node work, none shorter than
+/// `MIN_SPLIT_TOKENS`; prefill items otherwise. `forced` (tests) sets the
+/// decode parts, at most one per page.
 ///
 /// `seqs` gives each sequence's cached positions and new rows.
-pub(crate) fn choose_splits(
+pub(crate) fn choose_plan(
     seqs: impl Iterator<Item = (usize, usize)> + Clone,
     group: usize,
     page_tokens: usize,
-    node_threads_heads: impl Iterator<Item = (usize, usize)>,
+    node_threads: impl Iterator<Item = usize>,
     forced: Option<usize>,
-) -> usize {
+) -> AttnPlan {
     let tile_rows = (MAX_QUERIES / group.max(1)).max(1);
     let n_seqs = seqs.clone().count();
     if n_seqs == 0 || seqs.clone().any(|(_, rows)| rows > tile_rows) {
-        return 1;
+        return AttnPlan {
+            all_heads: false,
+            parts: 1,
+        };
     }
     let longest = seqs.map(|(p0, rows)| p0 + rows).max().unwrap_or(1);
-    if let Some(f) = forced {
-        return f.clamp(1, longest.div_ceil(page_tokens.max(1)).max(1));
+    let parts = match forced {
+        Some(f) => f.clamp(1, longest.div_ceil(page_tokens.max(1)).max(1)),
+        None => {
+            let want = node_threads.map(|t| t.div_ceil(n_seqs)).max().unwrap_or(1);
+            want.min(longest.div_ceil(MIN_SPLIT_TOKENS)).max(1)
+        }
+    };
+    AttnPlan {
+        all_heads: true,
+        parts,
     }
-    let want = node_threads_heads
-        .map(|(threads, heads)| threads.div_ceil((heads * n_seqs).max(1)))
-        .max()
-        .unwrap_or(1);
-    want.min(longest.div_ceil(MIN_SPLIT_TOKENS)).max(1)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -143,12 +169,10 @@ pub(crate) fn attention(
     out: SharedOut,
     rope_table: &[(f32, f32)],
     scratch: &PerWorker<Vec<f32>>,
+    states: &PerWorker<Vec<SoftmaxState>>,
     split: &SplitState<'_>,
 ) -> Result<(), ModelError> {
-    let hd = c.head_dim;
-    let kv_dim = c.n_kv_heads * hd;
-    let pairs = rope.table_len();
-    let splits = split.splits.max(1);
+    let plan = split.plan;
     for d in split.done {
         d.store(0, std::sync::atomic::Ordering::Relaxed);
     }
@@ -158,81 +182,50 @@ pub(crate) fn attention(
         layer,
         rope_table,
         q,
+        k,
+        v,
         out,
         split,
     };
     pool.try_run(|w: Worker<'_>| -> Result<(), ModelError> {
         let heads = kv_ranges[w.node].clone();
-        let per_seq = heads.len() * splits;
+        let per_seq = if plan.all_heads {
+            plan.parts
+        } else {
+            heads.len()
+        };
         let n_items = per_seq * seqs.len();
         // SAFETY: worker `w.index` is the only user of its scratch.
-        let (tmp, rest) = unsafe { scratch.get(w.index).split_at_mut(hd) };
+        let (scratch, states) = unsafe { (scratch.get(w.index), states.get(w.index)) };
         loop {
             let item = w.claim();
             if item >= n_items {
                 return Ok(());
             }
             let si = item / per_seq;
-            let (local, part) = ((item % per_seq) / splits, item % splits);
-            let (s, kvh) = (&seqs[si], heads.start + local);
-            // SAFETY: see `SeqView::seq`.
-            let seq = unsafe { &*s.seq };
-            if part + 1 == splits {
-                let row_bytes = seq.store().geometry().row_bytes();
-                let format = seq.store().geometry().format;
-                for i in 0..s.n_rows {
-                    let row = s.row0 + i;
-                    let pos = s.p0 + i;
-                    let table = &rope_table[row * pairs..(row + 1) * pairs];
-                    // SAFETY: (row, kvh) of K and V belongs to this item only
-                    // (the last part of the head).
-                    let kr = unsafe { k.slice(row * kv_dim + kvh * hd, hd) };
-                    let vr = unsafe { v.slice(row * kv_dim + kvh * hd, hd) };
-                    finish_head(
-                        kr,
-                        layer.bk.map(|b| &b[kvh * hd..(kvh + 1) * hd]),
-                        layer.k_norm,
-                        c.norm_eps,
-                        Some((rope, table)),
-                        tmp,
-                    );
-                    finish_head(
-                        vr,
-                        layer.bv.map(|b| &b[kvh * hd..(kvh + 1) * hd]),
-                        None,
-                        c.norm_eps,
-                        None,
-                        tmp,
-                    );
-                    for (kv, src) in [(0, &*kr), (1, &*vr)] {
-                        // SAFETY: position `pos` was reserved (a private
-                        // page) and its row of (layer, kv, kvh) is written
-                        // by this item only.
-                        let dst = unsafe {
-                            std::slice::from_raw_parts_mut(
-                                seq.row_ptr(w.node, s.layer, kv, local, pos),
-                                row_bytes,
-                            )
-                        };
-                        encode_row(format, src, dst)
-                            .map_err(|e| ModelError::Kernel(e.to_string()))?;
-                    }
-                }
-            }
-            let item = Item {
+            let (local, part) = if plan.all_heads {
+                (0..heads.len(), item % per_seq)
+            } else {
+                let h = item % per_seq;
+                (h..h + 1, 0)
+            };
+            let s = &seqs[si];
+            let it = Item {
                 s,
                 si,
-                seq,
+                // SAFETY: see `SeqView::seq`.
+                seq: unsafe { &*s.seq },
                 node: w.node,
+                head0: heads.start,
                 local,
-                kvh,
                 part,
             };
-            // SAFETY: positions before the part's pages' end were stored,
+            // SAFETY: positions below the part's pages' end were stored,
             // by this item (the last part) or by earlier forward passes,
-            // and nothing writes them during the run; the item owns its
-            // output slots (one part) or its partial slot (several).
-            unsafe { attend_item(&ctx, &item, tmp, rest) }?;
+            // and nothing else writes them during the run; the item owns
+            // its heads' new K/V rows (last part), their output slots (one
+            // part) or its partial slots (several).
+            unsafe { run_item(&ctx, &it, scratch, states) }?;
         }
     })
 }
@@ -244,19 +237,22 @@ struct ItemCtx<'a> {
     layer: &'a AttnLayer<'a>,
     rope_table: &'a [(f32, f32)],
     q: SharedOut,
+    k: SharedOut,
+    v: SharedOut,
     out: SharedOut,
     split: &'a SplitState<'a>,
 }
 
-/// One work item: part `part` of (sequence `si`, KV head `kvh`).
+/// One work item: node-local KV heads `local` of sequence `si`, part
+/// `part` of its pages.
 struct Item<'a> {
     s: &'a SeqView,
     si: usize,
     seq: &'a KvCache,
     node: usize,
-    /// `kvh` within the node's heads.
-    local: usize,
-    kvh: usize,
+    /// Global index of the node's first KV head.
+    head0: usize,
+    local: std::ops::Range<usize>,
     part: usize,
 }
 
@@ -264,20 +260,28 @@ struct Item<'a> {
 /// sequence rows as fit (so each K/V page is read once per tile).
 pub(crate) const MAX_QUERIES: usize = 64;
 
-/// Per-worker scratch floats attention needs for heads of `head_dim` and
-/// pages of `page_tokens`.
-pub(crate) fn scratch_len(head_dim: usize, page_tokens: usize) -> usize {
-    head_dim + page_tokens + 2 * MAX_QUERIES * head_dim
+/// How many pages ahead attention prefetches K and V.
+const PREFETCH_PAGES: usize = 2;
+
+/// Per-worker scratch floats attention needs for heads of `head_dim`,
+/// pages of `page_tokens` and items of up to `heads` KV heads.
+pub(crate) fn scratch_len(head_dim: usize, page_tokens: usize, heads: usize) -> usize {
+    head_dim + MAX_QUERIES * (page_tokens + 2 * heads.max(1) * head_dim)
 }
 
-/// The pages part `part` of `splits` reads of a sequence whose rows see
+/// Per-worker softmax states for items of up to `heads` KV heads.
+pub(crate) fn states_len(heads: usize) -> usize {
+    heads.max(1) * MAX_QUERIES
+}
+
+/// The pages part `part` of `parts` reads of a sequence whose rows see
 /// positions `0..seen`, the new ones starting at `p0`: the context's pages
 /// cut evenly, except that the last part starts no later than the page of
 /// `p0` (it alone stored the new rows).
-fn part_pages(part: usize, splits: usize, p0: usize, seen: usize, pt: usize) -> (usize, usize) {
+fn part_pages(part: usize, parts: usize, p0: usize, seen: usize, pt: usize) -> (usize, usize) {
     let pages = seen.div_ceil(pt);
-    let bound = |j: usize| (j * pages / splits).min(p0 / pt);
-    let end = if part + 1 == splits {
+    let bound = |j: usize| (j * pages / parts).min(p0 / pt);
+    let end = if part + 1 == parts {
         pages
     } else {
         bound(part + 1)
@@ -285,136 +289,211 @@ fn part_pages(part: usize, splits: usize, p0: usize, seen: usize, pt: usize) -> 
     (bound(part), end)
 }
 
-/// `softmax(q·Kᵀ · scale) · V` for every query head of KV head `kvh` and
-/// every new row of sequence `s`, causally (row `i` sees positions
-/// `0..=p0 + i`), over the item's part of the pages. Rows are taken in
-/// tiles of `MAX_QUERIES / group`; each tile folds pages, one block per
-/// page, into online-softmax states (`tandem_kernels::attention`). With
-/// one part the result goes to the output; with several, to the part's
-/// slot, and the last part to finish merges (see [`SplitState`]).
+/// Finishes and stores the new rows' keys and values of node-local head
+/// `local` (global `kvh`).
 ///
 /// # Safety
-/// Positions below the part's pages' end are stored in the sequence's
-/// pages of this head; the caller owns the output slots of (rows of `s`,
-/// heads of `kvh`) or, when split, the item's partial slot.
-unsafe fn attend_item(
+/// The item owns these K/V rows and their reserved cache positions.
+unsafe fn store_new_rows(
     x: &ItemCtx<'_>,
     it: &Item<'_>,
+    local: usize,
     tmp: &mut [f32],
-    scratch: &mut [f32],
 ) -> Result<(), ModelError> {
-    let (s, seq) = (it.s, it.seq);
+    let (c, s, seq) = (x.c, it.s, it.seq);
+    let hd = c.head_dim;
+    let kv_dim = c.n_kv_heads * hd;
+    let kvh = it.head0 + local;
+    let pairs = x.rope.table_len();
+    let geom = seq.store().geometry();
+    let (row_bytes, format) = (geom.row_bytes(), geom.format);
+    for i in 0..s.n_rows {
+        let row = s.row0 + i;
+        let table = &x.rope_table[row * pairs..(row + 1) * pairs];
+        let kr = x.k.slice(row * kv_dim + kvh * hd, hd);
+        let vr = x.v.slice(row * kv_dim + kvh * hd, hd);
+        finish_head(
+            kr,
+            x.layer.bk.map(|b| &b[kvh * hd..(kvh + 1) * hd]),
+            x.layer.k_norm,
+            c.norm_eps,
+            Some((x.rope, table)),
+            tmp,
+        );
+        finish_head(
+            vr,
+            x.layer.bv.map(|b| &b[kvh * hd..(kvh + 1) * hd]),
+            None,
+            c.norm_eps,
+            None,
+            tmp,
+        );
+        for (kv, src) in [(0, &*kr), (1, &*vr)] {
+            // Position s.p0 + i was reserved (a private page); its row of
+            // (layer, kv, head) is written by this item only.
+            let dst = std::slice::from_raw_parts_mut(
+                seq.row_ptr(it.node, s.layer, kv, local, s.p0 + i),
+                row_bytes,
+            );
+            encode_row(format, src, dst).map_err(|e| ModelError::Kernel(e.to_string()))?;
+        }
+    }
+    Ok(())
+}
+
+/// `softmax(q·Kᵀ · scale) · V` for every query head of the item's KV heads
+/// and every new row of its sequence, causally (row `i` sees positions
+/// `0..=p0 + i`), over the item's part of the pages. Rows are taken in
+/// tiles of `MAX_QUERIES / group`; each tile folds pages — per page, each
+/// head's block — into online-softmax states. With one part the result
+/// goes to the output; with several, to the part's slots, and the last
+/// part of a head to finish merges it (see [`SplitState`]).
+///
+/// # Safety
+/// As in [`attention`]'s call.
+unsafe fn run_item(
+    x: &ItemCtx<'_>,
+    it: &Item<'_>,
+    scratch: &mut [f32],
+    states: &mut [SoftmaxState],
+) -> Result<(), ModelError> {
+    let (s, seq, c) = (it.s, it.seq, x.c);
+    let (hd, group) = (c.head_dim, c.n_heads / c.n_kv_heads);
+    let parts = x.split.plan.parts;
+    let (tmp, scratch) = scratch.split_at_mut(hd);
+    if it.part + 1 == parts {
+        for local in it.local.clone() {
+            store_new_rows(x, it, local, tmp)?;
+        }
+    }
     if s.n_rows == 0 {
         return Ok(());
     }
-    let c = x.c;
-    let (hd, group) = (c.head_dim, c.n_heads / c.n_kv_heads);
     let q_dim = c.n_heads * hd;
     let scale = 1.0 / (hd as f32).sqrt();
     let pairs = x.rope.table_len();
-    let splits = x.split.splits.max(1);
     let kernel_err = |e: tandem_kernels::KernelError| ModelError::Kernel(e.to_string());
     let isa = tandem_kernels::detected_isa();
     let geom = seq.store().geometry();
     let (pt, row_bytes, slab) = (geom.page_tokens, geom.row_bytes(), geom.slab_bytes());
-    let (k_off, v_off) = (
-        geom.slab_offset(it.node, s.layer, 0, it.local),
-        geom.slab_offset(it.node, s.layer, 1, it.local),
-    );
-    let (scores, rest) = scratch.split_at_mut(pt);
-    let (qbuf, acc) = rest.split_at_mut(MAX_QUERIES * hd);
-    let mut states = [SoftmaxState::EMPTY; MAX_QUERIES];
+    let nh = it.local.len();
+    let (scores, rest) = scratch.split_at_mut(MAX_QUERIES * pt);
+    let (qbuf, rest) = rest.split_at_mut(nh * MAX_QUERIES * hd);
+    let acc = &mut rest[..nh * MAX_QUERIES * hd];
+    // The heads' K slabs of a page are one run, and so are their V slabs.
+    let k_run = geom.slab_offset(it.node, s.layer, 0, it.local.start);
+    let v_run = geom.slab_offset(it.node, s.layer, 1, it.local.start);
     let mut visible = [0usize; MAX_QUERIES];
     let tile_rows = (MAX_QUERIES / group).max(1);
-    let gq = group * hd; // a row's query values of this group
+    let gq = group * hd; // a row's query values of one group
     let mut r0 = 0;
     while r0 < s.n_rows {
         let nr = tile_rows.min(s.n_rows - r0);
         // ≤ MAX_QUERIES: `Model::load_with` refuses larger groups.
         let nq = nr * group;
-        for r in 0..nr {
-            let row = s.row0 + r0 + r;
-            let table = &x.rope_table[row * pairs..(row + 1) * pairs];
-            let dst = &mut qbuf[r * gq..(r + 1) * gq];
-            // Read only: every part finishes its own copy.
-            dst.copy_from_slice(x.q.slice(row * q_dim + it.kvh * gq, gq));
-            for (h, qh) in dst.chunks_exact_mut(hd).zip(it.kvh * group..) {
-                finish_head(
-                    h,
-                    x.layer.bq.map(|b| &b[qh * hd..(qh + 1) * hd]),
-                    x.layer.q_norm,
-                    c.norm_eps,
-                    Some((x.rope, table)),
-                    tmp,
-                );
+        for (hi, local) in it.local.clone().enumerate() {
+            let kvh = it.head0 + local;
+            let qh = &mut qbuf[hi * nq * hd..(hi + 1) * nq * hd];
+            for r in 0..nr {
+                let row = s.row0 + r0 + r;
+                let table = &x.rope_table[row * pairs..(row + 1) * pairs];
+                let dst = &mut qh[r * gq..(r + 1) * gq];
+                // Read only: every part finishes its own copy.
+                dst.copy_from_slice(x.q.slice(row * q_dim + kvh * gq, gq));
+                for (h, qi) in dst.chunks_exact_mut(hd).zip(kvh * group..) {
+                    finish_head(
+                        h,
+                        x.layer.bq.map(|b| &b[qi * hd..(qi + 1) * hd]),
+                        x.layer.q_norm,
+                        c.norm_eps,
+                        Some((x.rope, table)),
+                        tmp,
+                    );
+                }
             }
         }
-        states[..nq].fill(SoftmaxState::EMPTY);
-        acc[..nq * hd].fill(0.0);
+        states[..nh * nq].fill(SoftmaxState::EMPTY);
+        acc[..nh * nq * hd].fill(0.0);
         let seen = s.p0 + r0 + nr; // positions the tile's last row sees
-        let (first, end) = part_pages(it.part, splits, s.p0, seen, pt);
-        for pi in first..end.min(seen.div_ceil(pt)) {
-            let page = seq.pages()[pi];
+        let (first, end) = part_pages(it.part, parts, s.p0, seen, pt);
+        let last = end.min(seen.div_ceil(pt));
+        for pi in first..last {
+            if pi + PREFETCH_PAGES < last {
+                let next = seq
+                    .store()
+                    .page_ptr(it.node, seq.pages()[pi + PREFETCH_PAGES]);
+                // The heads' K and V runs of that page, in bounds.
+                prefetch(std::slice::from_raw_parts(next.add(k_run), nh * slab));
+                prefetch(std::slice::from_raw_parts(next.add(v_run), nh * slab));
+            }
+            let base = seq.store().page_ptr(it.node, seq.pages()[pi]);
             let b0 = pi * pt;
             let bn = pt.min(seen - b0);
             for r in 0..nr {
                 let v = (s.p0 + r0 + r + 1).saturating_sub(b0).min(bn);
                 visible[r * group..(r + 1) * group].fill(v);
             }
-            let base = seq.store().page_ptr(it.node, page);
-            // SAFETY: the head's K and V slabs of this page: `slab` bytes
-            // each inside the node's page, rows below `seen` initialised.
-            let block = KvBlock {
-                format: geom.format,
-                k: std::slice::from_raw_parts(base.add(k_off), slab),
-                v: std::slice::from_raw_parts(base.add(v_off), slab),
-                stride: row_bytes,
-                n: bn,
-            };
-            attend_block(
-                isa,
-                &qbuf[..nq * hd],
-                hd,
-                scale,
-                &block,
-                &visible[..nq],
-                &mut states[..nq],
-                &mut acc[..nq * hd],
-                scores,
-            )
-            .map_err(kernel_err)?;
+            for hi in 0..nh {
+                // This head's K and V slabs of the page: `slab` bytes each
+                // inside the node's page, rows below `seen` initialised.
+                let block = KvBlock {
+                    format: geom.format,
+                    k: std::slice::from_raw_parts(base.add(k_run + hi * slab), slab),
+                    v: std::slice::from_raw_parts(base.add(v_run + hi * slab), slab),
+                    stride: row_bytes,
+                    n: bn,
+                };
+                let (q0, q1) = (hi * nq, (hi + 1) * nq);
+                attend_block(
+                    isa,
+                    &qbuf[q0 * hd..q1 * hd],
+                    hd,
+                    scale,
+                    &block,
+                    &visible[..nq],
+                    &mut states[q0..q1],
+                    &mut acc[q0 * hd..q1 * hd],
+                    scores,
+                )
+                .map_err(kernel_err)?;
+            }
         }
-        if splits == 1 {
-            for r in 0..nr {
-                let row = s.row0 + r0 + r;
-                let o = x.out.slice(row * q_dim + it.kvh * gq, gq);
-                for h in 0..group {
-                    let qi = r * group + h;
-                    finish(
-                        &states[qi],
-                        &acc[qi * hd..(qi + 1) * hd],
-                        &mut o[h * hd..(h + 1) * hd],
-                    )
-                    .map_err(kernel_err)?;
+        for (hi, local) in it.local.clone().enumerate() {
+            let kvh = it.head0 + local;
+            let (q0, q1) = (hi * nq, (hi + 1) * nq);
+            let (st, ac) = (&states[q0..q1], &acc[q0 * hd..q1 * hd]);
+            if parts == 1 {
+                for r in 0..nr {
+                    let row = s.row0 + r0 + r;
+                    let o = x.out.slice(row * q_dim + kvh * gq, gq);
+                    for h in 0..group {
+                        let qi = r * group + h;
+                        finish(
+                            &st[qi],
+                            &ac[qi * hd..(qi + 1) * hd],
+                            &mut o[h * hd..(h + 1) * hd],
+                        )
+                        .map_err(kernel_err)?;
+                    }
                 }
-            }
-        } else {
-            // One tile only (`choose_splits`): publish, and merge if last.
-            let head = it.si * c.n_kv_heads + it.kvh;
-            let slot_len = partial_slot_len(hd);
-            let slot = x
-                .split
-                .partials
-                .slice((head * splits + it.part) * slot_len, slot_len);
-            for (i, st) in states[..nq].iter().enumerate() {
-                slot[2 * i] = st.max;
-                slot[2 * i + 1] = st.sum;
-            }
-            let accs = 2 * MAX_QUERIES;
-            slot[accs..accs + nq * hd].copy_from_slice(&acc[..nq * hd]);
-            let prev = x.split.done[head].fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-            if prev + 1 == splits {
-                merge_parts(x, it, nq, head, acc)?;
+            } else {
+                // One tile only (`choose_plan`): publish, and merge if last.
+                let head = it.si * c.n_kv_heads + kvh;
+                let slot_len = partial_slot_len(hd);
+                let slot = x
+                    .split
+                    .partials
+                    .slice((head * parts + it.part) * slot_len, slot_len);
+                for (i, sti) in st.iter().enumerate() {
+                    slot[2 * i] = sti.max;
+                    slot[2 * i + 1] = sti.sum;
+                }
+                let accs = 2 * MAX_QUERIES;
+                slot[accs..accs + nq * hd].copy_from_slice(ac);
+                let prev = x.split.done[head].fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                if prev + 1 == parts {
+                    merge_parts(x, it.s, kvh, nq, head, tmp)?;
+                }
             }
         }
         r0 += nr;
@@ -422,35 +501,36 @@ unsafe fn attend_item(
     Ok(())
 }
 
-/// Merges the `splits` partial slots of `head` in split order and writes
-/// the finished rows to the output (step 4 of [`SplitState`]'s protocol).
+/// Merges the `parts` partial slots of `head` (sequence × KV head index)
+/// in part order and writes the finished rows of KV head `kvh` to the
+/// output (step 4 of [`SplitState`]'s protocol).
 ///
 /// # Safety
 /// Every part of `head` has published its slot (the caller saw the
-/// counter reach `splits`); the caller owns the head's output slots.
+/// counter reach `parts`); the caller owns the head's output slots.
 unsafe fn merge_parts(
     x: &ItemCtx<'_>,
-    it: &Item<'_>,
+    s: &SeqView,
+    kvh: usize,
     nq: usize,
     head: usize,
-    acc: &mut [f32],
+    a: &mut [f32],
 ) -> Result<(), ModelError> {
     let c = x.c;
     let (hd, group) = (c.head_dim, c.n_heads / c.n_kv_heads);
     let (q_dim, gq) = (c.n_heads * hd, group * hd);
-    let splits = x.split.splits;
+    let parts = x.split.plan.parts;
     let slot_len = partial_slot_len(hd);
     let accs = 2 * MAX_QUERIES;
     let kernel_err = |e: tandem_kernels::KernelError| ModelError::Kernel(e.to_string());
     for qi in 0..nq {
         let mut st = SoftmaxState::EMPTY;
-        let a = &mut acc[..hd];
         a.fill(0.0);
-        for part in 0..splits {
+        for part in 0..parts {
             let slot = x
                 .split
                 .partials
-                .slice((head * splits + part) * slot_len, slot_len);
+                .slice((head * parts + part) * slot_len, slot_len);
             let src = SoftmaxState {
                 max: slot[2 * qi],
                 sum: slot[2 * qi + 1],
@@ -464,8 +544,8 @@ unsafe fn merge_parts(
             .map_err(kernel_err)?;
         }
         let (r, h) = (qi / group, qi % group);
-        let row = it.s.row0 + r;
-        let o = x.out.slice(row * q_dim + it.kvh * gq + h * hd, hd);
+        let row = s.row0 + r;
+        let o = x.out.slice(row * q_dim + kvh * gq + h * hd, hd);
         finish(&st, a, o).map_err(kernel_err)?;
     }
     Ok(())
@@ -496,35 +576,38 @@ fn finish_head(
 mod tests {
     use super::*;
 
-    fn splits(
-        seqs: &[(usize, usize)],
-        threads: usize,
-        heads: usize,
-        forced: Option<usize>,
-    ) -> usize {
-        choose_splits(
-            seqs.iter().copied(),
-            3,
-            16,
-            [(threads, heads)].into_iter(),
-            forced,
-        )
+    fn plan(seqs: &[(usize, usize)], threads: usize, forced: Option<usize>) -> AttnPlan {
+        choose_plan(seqs.iter().copied(), 3, 16, [threads].into_iter(), forced)
+    }
+
+    fn decode(parts: usize) -> AttnPlan {
+        AttnPlan {
+            all_heads: true,
+            parts,
+        }
     }
 
     #[test]
-    fn splits_give_idle_threads_work_on_long_decode_contexts_only() {
-        // 64 threads, 8 KV heads, one sequence: 8 parts of a 16k context.
-        assert_eq!(splits(&[(16384, 1)], 64, 8, None), 8);
+    fn decode_items_cover_all_heads_and_long_contexts_give_every_thread_a_part() {
+        // 64 threads, one sequence: 64 parts of a 16k context.
+        assert_eq!(plan(&[(16384, 1)], 64, None), decode(64));
         // Short contexts are not cut below MIN_SPLIT_TOKENS.
-        assert_eq!(splits(&[(300, 1)], 64, 8, None), 2);
-        // Enough items already: two threads, eight heads.
-        assert_eq!(splits(&[(16384, 1)], 2, 8, None), 1);
-        // Eight sequences fill 64 threads.
-        assert_eq!(splits(&[(16384, 1); 8], 64, 8, None), 1);
-        // Prefill (rows beyond one query tile) is never split.
-        assert_eq!(splits(&[(16384, 100)], 64, 8, None), 1);
+        assert_eq!(plan(&[(300, 1)], 64, None), decode(2));
+        assert_eq!(plan(&[(30, 1)], 2, None), decode(1));
+        // Two threads, one sequence: two halves.
+        assert_eq!(plan(&[(16384, 1)], 2, None), decode(2));
+        // Eight sequences on eight threads: one item each.
+        assert_eq!(plan(&[(16384, 1); 8], 8, None), decode(1));
+        // Prefill (rows beyond one query tile): one item per head.
+        assert_eq!(
+            plan(&[(16384, 100)], 64, None),
+            AttnPlan {
+                all_heads: false,
+                parts: 1
+            }
+        );
         // Forced: at most one part per page.
-        assert_eq!(splits(&[(20, 1)], 2, 8, Some(5)), 2);
+        assert_eq!(plan(&[(20, 1)], 2, Some(5)), decode(2));
     }
 
     #[test]
@@ -537,16 +620,16 @@ mod tests {
             (33, 1, 5),
         ] {
             let seen = p0 + rows;
-            for splits in 1..9 {
+            for parts in 1..9 {
                 let mut next = 0;
-                for part in 0..splits {
-                    let (a, b) = part_pages(part, splits, p0, seen, pt);
-                    assert_eq!(a, next, "{p0} {splits} {part}");
+                for part in 0..parts {
+                    let (a, b) = part_pages(part, parts, p0, seen, pt);
+                    assert_eq!(a, next, "{p0} {parts} {part}");
                     assert!(b >= a);
                     next = b;
                 }
                 assert_eq!(next, seen.div_ceil(pt));
-                let (last, _) = part_pages(splits - 1, splits, p0, seen, pt);
+                let (last, _) = part_pages(parts - 1, parts, p0, seen, pt);
                 assert!(last <= p0 / pt);
             }
         }

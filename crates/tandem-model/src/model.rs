@@ -14,7 +14,7 @@ use smallvec::SmallVec;
 use tandem_numa::{NumaMode, Pool};
 use tandem_tokenizer::Tokenizer;
 
-use crate::attention::{attention, choose_splits, AttnLayer, SeqView, SplitState};
+use crate::attention::{attention, choose_plan, AttnLayer, AttnPlan, SeqView, SplitState};
 use crate::config::ModelConfig;
 use crate::kv_cache::{check_fits, KvCache, KvOptions, KvStore};
 use crate::linear::Matrix;
@@ -94,9 +94,9 @@ pub struct LoadOptions {
     pub repack: bool,
     /// KV type and page size of the caches this model makes.
     pub kv: KvOptions,
-    /// Parts each decode head's context is split into across workers
-    /// (flash-decoding); None: chosen from the threads, heads and context
-    /// length. For tests and experiments.
+    /// Parts each decoding sequence's pages are split into across workers
+    /// (flash-decoding); None: chosen from the threads and context length.
+    /// For tests and experiments.
     pub attention_splits: Option<usize>,
 }
 
@@ -425,23 +425,20 @@ impl Model {
         kv_shape(&self.config, kv, self.kv_node_heads())
     }
 
-    /// Parts each (sequence, KV head) of this batch's attention is split
-    /// into (`attention::choose_splits`).
-    fn attention_splits(&self, seqs: &[SeqInput<'_>]) -> usize {
+    /// How this batch's attention is cut into items
+    /// (`attention::choose_plan`).
+    fn attention_plan(&self, seqs: &[SeqInput<'_>]) -> AttnPlan {
         let pool = &*self.pool;
         let page_tokens = seqs
             .iter()
             .map(|s| s.cache.store().geometry().page_tokens)
             .min()
             .unwrap_or(1);
-        choose_splits(
+        choose_plan(
             seqs.iter().map(|s| (s.cache.len(), s.tokens.len())),
             self.config.n_heads / self.config.n_kv_heads,
             page_tokens,
-            (0..pool.n_nodes()).map(|n| {
-                let heads = self.layers.first().map_or(0, |l| l.kv_ranges[n].len());
-                (pool.threads_in_node(n), heads)
-            }),
+            (0..pool.n_nodes()).map(|n| pool.threads_in_node(n)),
             self.attention_splits,
         )
     }
@@ -616,6 +613,9 @@ impl Model {
         let ws = &mut *guard;
         let pool = &*self.pool;
         let n_nodes = pool.n_nodes();
+        let max_node_heads = self.layers.first().map_or(1, |l| {
+            l.kv_ranges.iter().map(|r| r.len()).max().unwrap_or(1)
+        });
         ws.ensure(
             n,
             &Dims {
@@ -633,7 +633,9 @@ impl Model {
                         .map(|s| s.cache.store().geometry().page_tokens)
                         .max()
                         .unwrap_or(1),
+                    max_node_heads,
                 )),
+                attn_states: crate::attention::states_len(max_node_heads),
             },
         );
 
@@ -666,13 +668,13 @@ impl Model {
             }
         }
 
-        // Flash-decoding: parts per (sequence, KV head), and their buffers.
-        let splits = self.attention_splits(seqs);
-        if splits > 1 {
+        // Attention items; flash-decoding's buffers when split.
+        let plan = self.attention_plan(seqs);
+        if plan.parts > 1 {
             let heads = seqs.len() * c.n_kv_heads;
             grow(
                 &mut ws.attn_partials,
-                heads * splits * crate::attention::partial_slot_len(hd),
+                heads * plan.parts * crate::attention::partial_slot_len(hd),
             );
             if ws.attn_done.len() < heads {
                 ws.attn_done.resize_with(heads, Default::default);
@@ -735,7 +737,7 @@ impl Model {
                 row0 += s.tokens.len();
             }
             let split = SplitState {
-                splits,
+                plan,
                 partials: SharedOut::new(&mut ws.attn_partials),
                 done: &ws.attn_done,
             };
@@ -758,6 +760,7 @@ impl Model {
                 attn_out,
                 &ws.rope,
                 &ws.scratch,
+                &ws.attn_states,
                 &split,
             )?;
             self.project_add(ws, &l.wo, n, q_dim, Buf::Attn)?;

@@ -90,6 +90,8 @@ pub(crate) struct Workspace {
     pub seq_views: Vec<crate::attention::SeqView>,
     /// Per worker scratch (matmul transposes, attention scores).
     pub scratch: PerWorker<Vec<f32>>,
+    /// Per worker online-softmax states of attention items.
+    pub attn_states: PerWorker<Vec<tandem_kernels::attention::SoftmaxState>>,
     /// Split attention's partial results and per-head counters
     /// (`attention::SplitState`).
     pub attn_partials: Vec<f32>,
@@ -113,6 +115,7 @@ pub(crate) struct Dims {
     pub n_nodes: usize,
     pub n_threads: usize,
     pub scratch: usize,
+    pub attn_states: usize,
 }
 
 impl Workspace {
@@ -146,6 +149,7 @@ impl Workspace {
             self.logit_rows.reserve(n - self.logit_rows.len());
         }
         self.scratch.ensure(d.n_threads, d.scratch);
+        self.attn_states.ensure(d.n_threads, d.attn_states);
     }
 }
 
@@ -156,14 +160,19 @@ pub(crate) struct PerWorker<T>(Vec<UnsafeCell<T>>);
 // SAFETY: worker `i` only ever accesses element `i` (see `get`).
 unsafe impl<T: Send> Sync for PerWorker<T> {}
 
-impl PerWorker<Vec<f32>> {
+impl<T: Clone + Default> PerWorker<Vec<T>> {
+    /// At least `n_workers` vectors of at least `len` values (allocates
+    /// only when growing).
     fn ensure(&mut self, n_workers: usize, len: usize) {
         if self.0.len() < n_workers {
             self.0
                 .resize_with(n_workers, || UnsafeCell::new(Vec::new()));
         }
         for cell in &mut self.0 {
-            grow(cell.get_mut(), len);
+            let v = cell.get_mut();
+            if v.len() < len {
+                v.resize(len, T::default());
+            }
         }
     }
 }

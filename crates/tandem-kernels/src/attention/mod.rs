@@ -158,15 +158,83 @@ impl Default for SoftmaxState {
     }
 }
 
-/// The two vector primitives of one ISA family and K/V format. The SIMD
-/// ones are handed out only after the CPU was checked, which is what makes
-/// them safe to call.
+/// The vector primitives of one ISA family and K/V format. The SIMD ones
+/// are handed out only after the CPU was checked, which is what makes them
+/// safe to call.
+///
+/// `dot` and `axpy` work on one row. `scores` and `accumulate` do the same
+/// for a whole block and several queries; a family may implement them
+/// directly (widening each stored row once for all queries, keeping
+/// accumulators in registers) or use [`rows`]'s loops over `dot`/`axpy`,
+/// which sum in the same order. `exp_sum` is the softmax's exponential.
 #[derive(Copy, Clone)]
 struct Prims {
     /// `q · k`, `k` holding `q.len()` stored values.
     dot: fn(&[f32], &[u8]) -> f32,
     /// `acc += p · v`, `v` holding `acc.len()` stored values.
     axpy: fn(&mut [f32], f32, &[u8]),
+    /// `out[i·n + j] = q_i · k_j` for the `q.len() / hd` query rows and the
+    /// `n` key rows at `stride` (checked by the caller).
+    scores: ScoresFn,
+    /// `acc_i += Σ_j p[i·n + j] · v_j`, rows in order.
+    accumulate: AccumulateFn,
+    /// `x_j = exp(x_j − m)` for every j; returns the sum of the results.
+    exp_sum: fn(&mut [f32], f32) -> f32,
+}
+
+/// `scores(prims, q, head_dim, k, stride, n, out)`.
+type ScoresFn = fn(&Prims, &[f32], usize, &[u8], usize, usize, &mut [f32]);
+/// `accumulate(prims, acc, head_dim, p, v, stride, n)`.
+type AccumulateFn = fn(&Prims, &mut [f32], usize, &[f32], &[u8], usize, usize);
+
+/// Block primitives as loops over the row primitives: the reference
+/// order (rows in order; for `accumulate`, each query's rows in order).
+mod rows {
+    use super::Prims;
+
+    pub(super) fn scores(
+        p: &Prims,
+        q: &[f32],
+        hd: usize,
+        k: &[u8],
+        stride: usize,
+        n: usize,
+        out: &mut [f32],
+    ) {
+        for (i, qi) in q.chunks_exact(hd).enumerate() {
+            for j in 0..n {
+                out[i * n + j] = (p.dot)(qi, &k[j * stride..]);
+            }
+        }
+    }
+
+    pub(super) fn accumulate(
+        p: &Prims,
+        acc: &mut [f32],
+        hd: usize,
+        probs: &[f32],
+        v: &[u8],
+        stride: usize,
+        n: usize,
+    ) {
+        for j in 0..n {
+            for (i, ai) in acc.chunks_exact_mut(hd).enumerate() {
+                let pij = probs[i * n + j];
+                if pij != 0.0 {
+                    (p.axpy)(ai, pij, &v[j * stride..]);
+                }
+            }
+        }
+    }
+
+    pub(super) fn exp_sum(x: &mut [f32], m: f32) -> f32 {
+        let mut sum = 0.0;
+        for v in x.iter_mut() {
+            *v = (*v - m).exp();
+            sum += *v;
+        }
+        sum
+    }
 }
 
 /// Const-generic tags of the stored formats, shared by the primitive
@@ -216,27 +284,23 @@ unsafe fn read_value<const F: u8>(p: *const u8, i: usize) -> f32 {
 }
 
 /// The [`Prims`] of one family: `$dot` and `$axpy` instantiated for the tag
-/// of `$format`.
+/// of `$format`, with the block primitives of [`rows`] and its `exp_sum`.
+/// A family with its own block primitives replaces fields afterwards.
 macro_rules! prims_of {
     ($format:expr, $dot:ident, $axpy:ident) => {{
         use $crate::attention::{tag, KvFormat, Prims};
-        match $format {
-            KvFormat::F32 => Prims {
-                dot: $dot::<{ tag::F32 }>,
-                axpy: $axpy::<{ tag::F32 }>,
-            },
-            KvFormat::F16 => Prims {
-                dot: $dot::<{ tag::F16 }>,
-                axpy: $axpy::<{ tag::F16 }>,
-            },
-            KvFormat::BF16 => Prims {
-                dot: $dot::<{ tag::BF16 }>,
-                axpy: $axpy::<{ tag::BF16 }>,
-            },
-            KvFormat::Q8_0 => Prims {
-                dot: $dot::<{ tag::Q8_0 }>,
-                axpy: $axpy::<{ tag::Q8_0 }>,
-            },
+        let (dot, axpy): (fn(&[f32], &[u8]) -> f32, fn(&mut [f32], f32, &[u8])) = match $format {
+            KvFormat::F32 => ($dot::<{ tag::F32 }>, $axpy::<{ tag::F32 }>),
+            KvFormat::F16 => ($dot::<{ tag::F16 }>, $axpy::<{ tag::F16 }>),
+            KvFormat::BF16 => ($dot::<{ tag::BF16 }>, $axpy::<{ tag::BF16 }>),
+            KvFormat::Q8_0 => ($dot::<{ tag::Q8_0 }>, $axpy::<{ tag::Q8_0 }>),
+        };
+        Prims {
+            dot,
+            axpy,
+            scores: $crate::attention::rows::scores,
+            accumulate: $crate::attention::rows::accumulate,
+            exp_sum: $crate::attention::rows::exp_sum,
         }
     }};
 }
@@ -295,7 +359,7 @@ fn span(n: usize, stride: usize, row_bytes: usize) -> Option<usize> {
 /// `q` holds the query rows (`head_dim` floats each), `acc` their
 /// accumulators and `states` their softmax states; query `i` sees the
 /// first `visible[i]` positions of the block (≤ `block.n`; 0 skips it).
-/// `scores` is scratch of at least `block.n` floats.
+/// `scores` is scratch of at least `visible.len() × block.n` floats.
 #[allow(clippy::too_many_arguments)]
 pub fn attend_block<'a>(
     isa: Isa,
@@ -334,10 +398,11 @@ pub fn attend_block<'a>(
             });
         }
     }
-    if scores.len() < block.n {
+    let need_scores = nq.checked_mul(block.n).ok_or(KernelError::Overflow)?;
+    if scores.len() < need_scores {
         return Err(KernelError::SizeMismatch {
             what: "score scratch",
-            expected: block.n,
+            expected: need_scores,
             actual: scores.len(),
         });
     }
@@ -349,35 +414,60 @@ pub fn attend_block<'a>(
         });
     }
     let p = prims(isa, block.format)?;
-    let (stride, k, v) = (block.stride, block.k, block.v);
-    let row = |buf: &'a [u8], j: usize| -> &'a [u8] { &buf[j * stride..j * stride + row_bytes] };
-    for (i, &n) in visible.iter().enumerate() {
-        if n == 0 {
+    let n = block.n;
+    if n == 0 || visible.iter().all(|&v| v == 0) {
+        return Ok(());
+    }
+    let sc = &mut scores[..nq * n];
+    (p.scores)(&p, q, head_dim, block.k, block.stride, n, sc);
+    for (i, &vis) in visible.iter().enumerate() {
+        let row = &mut sc[i * n..(i + 1) * n];
+        row[vis..].fill(0.0);
+        if vis == 0 {
             continue;
         }
-        let qi = &q[i * head_dim..(i + 1) * head_dim];
-        let ai = &mut acc[i * head_dim..(i + 1) * head_dim];
-        let st = &mut states[i];
-        let sc = &mut scores[..n];
+        let seen = &mut row[..vis];
         let mut block_max = f32::NEG_INFINITY;
-        for (j, s) in sc.iter_mut().enumerate() {
-            *s = (p.dot)(qi, row(k, j)) * scale;
+        for s in seen.iter_mut() {
+            *s *= scale;
             block_max = block_max.max(*s);
         }
+        let st = &mut states[i];
         let m = st.max.max(block_max);
         if m > st.max && st.sum > 0.0 {
             let c = (st.max - m).exp();
             st.sum *= c;
-            ai.iter_mut().for_each(|a| *a *= c);
+            acc[i * head_dim..(i + 1) * head_dim]
+                .iter_mut()
+                .for_each(|a| *a *= c);
         }
         st.max = m;
-        for (j, &s) in sc.iter().enumerate() {
-            let e = (s - m).exp();
-            st.sum += e;
-            (p.axpy)(ai, e, row(v, j));
+        st.sum += (p.exp_sum)(seen, m);
+    }
+    (p.accumulate)(&p, acc, head_dim, sc, block.v, block.stride, n);
+    Ok(())
+}
+
+/// Asks the CPU to start loading `bytes` into cache (a hint; no effect on
+/// results). Attention calls it on the next page's K and V slabs while it
+/// works on the current one: pages sit anywhere in the pool, so hardware
+/// prefetchers, which follow streams within a 4 KiB page, would otherwise
+/// start every slab cold.
+pub fn prefetch(bytes: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+        let p = bytes.as_ptr();
+        let mut off = 0;
+        while off < bytes.len() {
+            // SAFETY: a prefetch of an address inside `bytes` (SSE is part
+            // of x86_64); it cannot fault or change memory.
+            unsafe { _mm_prefetch::<_MM_HINT_T1>(p.add(off) as *const i8) };
+            off += 64;
         }
     }
-    Ok(())
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = bytes;
 }
 
 /// `out = acc / sum`: the attention output of a query row whose keys have
@@ -456,6 +546,13 @@ pub fn encode_row(format: KvFormat, src: &[f32], dst: &mut [u8]) -> Result<(), K
         }
     }
     Ok(())
+}
+
+/// The softmax exponential of `isa`'s family, `x = exp(x − m)` with the
+/// sum returned (for tests against `f64::exp`).
+#[cfg(test)]
+pub(crate) fn exp_sum(isa: Isa, x: &mut [f32], m: f32) -> Result<f32, KernelError> {
+    Ok((prims(isa, KvFormat::F32)?.exp_sum)(x, m))
 }
 
 /// `q · k` for one stored key row: the primitive [`attend_block`] uses,

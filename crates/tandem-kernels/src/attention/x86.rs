@@ -22,9 +22,70 @@ use super::tag::{F16, F32, Q8_0};
 use super::{holds, read_value, KvFormat, Prims};
 use crate::blocks::{Q8_0_BYTES, QK8_0};
 
-/// The AVX-512 primitives; call only when `avx512_available()`.
+/// The AVX-512 primitives; call only when `avx512_available()`. F32, F16
+/// and BF16 rows also get block primitives of their own (each stored row
+/// widened once for all queries of the tile, accumulators in registers)
+/// and a vector exponential.
 pub(super) fn avx512_prims(format: KvFormat) -> Prims {
-    super::prims_of!(format, dot512, axpy512)
+    let mut p = super::prims_of!(format, dot512, axpy512);
+    p.exp_sum = exp_sum512;
+    match format {
+        KvFormat::F32 => {
+            p.scores = scores512::<F32>;
+            p.accumulate = accumulate512::<F32>;
+        }
+        KvFormat::F16 => {
+            p.scores = scores512::<F16>;
+            p.accumulate = accumulate512::<F16>;
+        }
+        KvFormat::BF16 => {
+            p.scores = scores512::<{ super::tag::BF16 }>;
+            p.accumulate = accumulate512::<{ super::tag::BF16 }>;
+        }
+        KvFormat::Q8_0 => {}
+    }
+    p
+}
+
+/// Bytes `n` rows at `stride` of `hd` values of tag `F` span.
+fn block_holds<const F: u8>(buf: &[u8], hd: usize, stride: usize, n: usize) -> bool {
+    n == 0 || ((n - 1) * stride < buf.len() && holds::<F>(&buf[(n - 1) * stride..], hd))
+}
+
+fn scores512<const F: u8>(
+    _: &Prims,
+    q: &[f32],
+    hd: usize,
+    k: &[u8],
+    stride: usize,
+    n: usize,
+    out: &mut [f32],
+) {
+    assert!(block_holds::<F>(k, hd, stride, n) && hd > 0);
+    assert!(out.len() >= q.len() / hd * n);
+    // SAFETY: handed out by `avx512_prims` only, after the CPU check; the
+    // rows and outputs it touches are in bounds (asserted above).
+    unsafe { avx512::scores::<F>(q, hd, k.as_ptr(), stride, n, out) }
+}
+
+fn accumulate512<const F: u8>(
+    _: &Prims,
+    acc: &mut [f32],
+    hd: usize,
+    p: &[f32],
+    v: &[u8],
+    stride: usize,
+    n: usize,
+) {
+    assert!(block_holds::<F>(v, hd, stride, n) && hd > 0);
+    assert!(p.len() >= acc.len() / hd * n);
+    // SAFETY: as in `scores512`.
+    unsafe { avx512::accumulate::<F>(acc, hd, p, v.as_ptr(), stride, n) }
+}
+
+fn exp_sum512(x: &mut [f32], m: f32) -> f32 {
+    // SAFETY: handed out by `avx512_prims` only, after the CPU check.
+    unsafe { avx512::exp_sum(x, m) }
 }
 
 /// The AVX2 primitives; call only when `avx2_available()`.
@@ -72,6 +133,255 @@ unsafe fn q8_0_scale(blk: *const u8) -> f32 {
 
 mod avx512 {
     use super::*;
+
+    /// Query rows whose accumulators one pass keeps in registers.
+    const GROUP: usize = 8;
+
+    /// `out[i·n + j] = q_i · k_j`: per key row, each 16-value chunk is
+    /// widened once and multiplied into up to `GROUP` queries' registers.
+    ///
+    /// # Safety
+    /// AVX-512 F/BW/VL; `k` holds `n` rows of `hd` values at `stride`;
+    /// `out` holds `q.len() / hd × n` floats.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    pub(super) unsafe fn scores<const F: u8>(
+        q: &[f32],
+        hd: usize,
+        k: *const u8,
+        stride: usize,
+        n: usize,
+        out: &mut [f32],
+    ) {
+        let nq = q.len() / hd;
+        let mut i0 = 0;
+        while i0 < nq {
+            let g = GROUP.min(nq - i0);
+            match g {
+                1 => scores_group::<F, 1>(q, hd, i0, k, stride, n, out),
+                2 => scores_group::<F, 2>(q, hd, i0, k, stride, n, out),
+                3 => scores_group::<F, 3>(q, hd, i0, k, stride, n, out),
+                4 => scores_group::<F, 4>(q, hd, i0, k, stride, n, out),
+                5 => scores_group::<F, 5>(q, hd, i0, k, stride, n, out),
+                6 => scores_group::<F, 6>(q, hd, i0, k, stride, n, out),
+                7 => scores_group::<F, 7>(q, hd, i0, k, stride, n, out),
+                _ => scores_group::<F, 8>(q, hd, i0, k, stride, n, out),
+            }
+            i0 += g;
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn scores_group<const F: u8, const G: usize>(
+        q: &[f32],
+        hd: usize,
+        i0: usize,
+        k: *const u8,
+        stride: usize,
+        n: usize,
+        out: &mut [f32],
+    ) {
+        let qp = q.as_ptr().add(i0 * hd);
+        for j in 0..n {
+            let row = k.add(j * stride);
+            let mut acc = [_mm512_setzero_ps(); G];
+            let mut c = 0;
+            while c < hd {
+                let m = tail_mask(hd - c);
+                let kv = load::<F>(row, c, m);
+                for (g, a) in acc.iter_mut().enumerate() {
+                    *a = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, qp.add(g * hd + c)), kv, *a);
+                }
+                c += 16;
+            }
+            for (g, a) in acc.iter().enumerate() {
+                *out.get_unchecked_mut((i0 + g) * n + j) = _mm512_reduce_add_ps(*a);
+            }
+        }
+    }
+
+    /// `acc_i += Σ_j p[i·n + j] · v_j`, chunk by chunk: up to `GROUP`
+    /// queries' 16 accumulator values stay in registers while the rows
+    /// stream past, each row chunk widened once per group.
+    ///
+    /// # Safety
+    /// As [`scores`], with `p` holding `acc.len() / hd × n` floats.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    pub(super) unsafe fn accumulate<const F: u8>(
+        acc: &mut [f32],
+        hd: usize,
+        p: &[f32],
+        v: *const u8,
+        stride: usize,
+        n: usize,
+    ) {
+        let nq = acc.len() / hd;
+        // Head sizes of 64 and 128: whole rows in registers (row order,
+        // sequential reads of the block, independent FMA chains).
+        if hd == 128 || hd == 64 {
+            let per = if hd == 128 { 3 } else { 6 };
+            let mut i0 = 0;
+            while i0 < nq {
+                let g = per.min(nq - i0);
+                match (hd, g) {
+                    (128, 1) => accumulate_rows::<F, 1, 8>(acc, i0, p, v, stride, n),
+                    (128, 2) => accumulate_rows::<F, 2, 8>(acc, i0, p, v, stride, n),
+                    (128, _) => accumulate_rows::<F, 3, 8>(acc, i0, p, v, stride, n),
+                    (_, 1) => accumulate_rows::<F, 1, 4>(acc, i0, p, v, stride, n),
+                    (_, 2) => accumulate_rows::<F, 2, 4>(acc, i0, p, v, stride, n),
+                    (_, 3) => accumulate_rows::<F, 3, 4>(acc, i0, p, v, stride, n),
+                    (_, 4) => accumulate_rows::<F, 4, 4>(acc, i0, p, v, stride, n),
+                    (_, 5) => accumulate_rows::<F, 5, 4>(acc, i0, p, v, stride, n),
+                    _ => accumulate_rows::<F, 6, 4>(acc, i0, p, v, stride, n),
+                }
+                i0 += g;
+            }
+            return;
+        }
+        let mut i0 = 0;
+        while i0 < nq {
+            let g = GROUP.min(nq - i0);
+            match g {
+                1 => accumulate_group::<F, 1>(acc, hd, i0, p, v, stride, n),
+                2 => accumulate_group::<F, 2>(acc, hd, i0, p, v, stride, n),
+                3 => accumulate_group::<F, 3>(acc, hd, i0, p, v, stride, n),
+                4 => accumulate_group::<F, 4>(acc, hd, i0, p, v, stride, n),
+                5 => accumulate_group::<F, 5>(acc, hd, i0, p, v, stride, n),
+                6 => accumulate_group::<F, 6>(acc, hd, i0, p, v, stride, n),
+                7 => accumulate_group::<F, 7>(acc, hd, i0, p, v, stride, n),
+                _ => accumulate_group::<F, 8>(acc, hd, i0, p, v, stride, n),
+            }
+            i0 += g;
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn accumulate_group<const F: u8, const G: usize>(
+        acc: &mut [f32],
+        hd: usize,
+        i0: usize,
+        p: &[f32],
+        v: *const u8,
+        stride: usize,
+        n: usize,
+    ) {
+        let ap = acc.as_mut_ptr().add(i0 * hd);
+        let pp = p.as_ptr().add(i0 * n);
+        let mut c = 0;
+        while c < hd {
+            let m = tail_mask(hd - c);
+            let mut a = [_mm512_setzero_ps(); G];
+            for (g, r) in a.iter_mut().enumerate() {
+                *r = _mm512_maskz_loadu_ps(m, ap.add(g * hd + c));
+            }
+            for j in 0..n {
+                let vv = load::<F>(v.add(j * stride), c, m);
+                for (g, r) in a.iter_mut().enumerate() {
+                    *r = _mm512_fmadd_ps(_mm512_set1_ps(*pp.add(g * n + j)), vv, *r);
+                }
+            }
+            for (g, r) in a.iter().enumerate() {
+                _mm512_mask_storeu_ps(ap.add(g * hd + c), m, *r);
+            }
+            c += 16;
+        }
+    }
+
+    /// [`accumulate`] for `G` queries of `C` × 16 values, all `G × C`
+    /// accumulator registers live across the rows (≤ 24 of the 32).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    #[allow(clippy::needless_range_loop)] // `c` indexes the row and `a[g]`
+    unsafe fn accumulate_rows<const F: u8, const G: usize, const C: usize>(
+        acc: &mut [f32],
+        i0: usize,
+        p: &[f32],
+        v: *const u8,
+        stride: usize,
+        n: usize,
+    ) {
+        let hd = C * 16;
+        let ap = acc.as_mut_ptr().add(i0 * hd);
+        let pp = p.as_ptr().add(i0 * n);
+        let mut a = [[_mm512_setzero_ps(); C]; G];
+        for (g, ag) in a.iter_mut().enumerate() {
+            for (c, r) in ag.iter_mut().enumerate() {
+                *r = _mm512_loadu_ps(ap.add(g * hd + c * 16));
+            }
+        }
+        for j in 0..n {
+            let row = v.add(j * stride);
+            let mut pj = [_mm512_setzero_ps(); G];
+            for (g, x) in pj.iter_mut().enumerate() {
+                *x = _mm512_set1_ps(*pp.add(g * n + j));
+            }
+            for c in 0..C {
+                let vv = load::<F>(row, c * 16, 0xFFFF);
+                for g in 0..G {
+                    a[g][c] = _mm512_fmadd_ps(pj[g], vv, a[g][c]);
+                }
+            }
+        }
+        for (g, ag) in a.iter().enumerate() {
+            for (c, r) in ag.iter().enumerate() {
+                _mm512_storeu_ps(ap.add(g * hd + c * 16), *r);
+            }
+        }
+    }
+
+    /// `exp(x)` of 16 lanes: Cephes' `expf` (range reduction by ln 2 in
+    /// two parts, degree-6 polynomial) with `vscalefps` for the 2^n, within
+    /// 2 ulp of the correctly rounded result on [−87, 88]; smaller inputs
+    /// give 0.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    pub(super) unsafe fn exp16(x: __m512) -> __m512 {
+        let under = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_set1_ps(-87.336_55));
+        let x = _mm512_min_ps(x, _mm512_set1_ps(88.376_26));
+        let x = _mm512_max_ps(x, _mm512_set1_ps(-87.336_55));
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
+        );
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
+        let mut y = _mm512_set1_ps(1.987_569_1e-4);
+        for c in [
+            1.398_199_9e-3,
+            8.333_452e-3,
+            4.166_579_6e-2,
+            0.166_666_65,
+            0.5,
+        ] {
+            y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(c));
+        }
+        let r2 = _mm512_mul_ps(r, r);
+        y = _mm512_fmadd_ps(y, r2, _mm512_add_ps(r, _mm512_set1_ps(1.0)));
+        _mm512_maskz_mov_ps(!under, _mm512_scalef_ps(y, n))
+    }
+
+    /// `x = exp(x − m)`, returning the sum.
+    ///
+    /// # Safety
+    /// AVX-512 F/BW/VL.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    pub(super) unsafe fn exp_sum(x: &mut [f32], m: f32) -> f32 {
+        let (n, p) = (x.len(), x.as_mut_ptr());
+        let mv = _mm512_set1_ps(m);
+        let mut sum = _mm512_setzero_ps();
+        let mut i = 0;
+        while i < n {
+            let k = tail_mask(n - i);
+            let e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, p.add(i)), mv));
+            let e = _mm512_maskz_mov_ps(k, e);
+            _mm512_mask_storeu_ps(p.add(i), k, e);
+            sum = _mm512_add_ps(sum, e);
+            i += 16;
+        }
+        _mm512_reduce_add_ps(sum)
+    }
 
     /// 16 values of a stored row from value `i`, as f32; lanes off in
     /// `m` are not read and are zero.

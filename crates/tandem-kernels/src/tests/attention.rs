@@ -146,7 +146,7 @@ fn blockwise(
     let n = *limits.iter().max().unwrap_or(&0);
     let mut states = vec![SoftmaxState::EMPTY; nq];
     let mut acc = vec![0f32; nq * hd];
-    let mut scores = vec![0f32; block];
+    let mut scores = vec![0f32; nq * block];
     let mut p0 = 0;
     while p0 < n {
         let bn = block.min(n - p0);
@@ -228,9 +228,10 @@ fn blockwise_attention_matches_naive_attention() {
                         .collect()
                 };
                 let (kh, vh) = (head(&kst), head(&vst));
-                // Causal-like limits: the last rows of a prefill chunk, plus
+                // Causal-like limits: the last rows of a prefill chunk (more
+                // than one register group of queries), plus
                 // a query that sees everything and one on a block boundary.
-                let mut limits: Vec<usize> = (0..4).map(|i| n_keys.saturating_sub(i)).collect();
+                let mut limits: Vec<usize> = (0..11).map(|i| n_keys.saturating_sub(i)).collect();
                 limits.push(block.min(n_keys));
                 limits.retain(|&l| l > 0);
                 let q = random(limits.len() * hd, 1.0, r.random());
@@ -499,5 +500,43 @@ fn q8_0_round_trips_within_half_a_step() {
                 "block {b} value {j}: {v} -> {back} (bound {bound})"
             );
         }
+    }
+}
+
+#[test]
+fn softmax_exponential_is_within_a_few_ulp_of_f64() {
+    // Scores minus the running max: from 0 down past f32's underflow.
+    let xs: Vec<f32> = (0..20_000)
+        .map(|i| -(i as f32) * 0.0051)
+        .chain([-1e-7, -200.0, f32::NEG_INFINITY])
+        .collect();
+    for isa in isas() {
+        let mut y = xs.clone();
+        let sum = crate::attention::exp_sum(isa, &mut y, 0.0).expect("exp_sum");
+        let mut want_sum = 0f64;
+        for (&x, &got) in xs.iter().zip(&y) {
+            let want = (x as f64).exp();
+            want_sum += want;
+            if want < 1e-37 {
+                assert!(got.abs() < 1e-37, "{isa:?} exp({x}) = {got}");
+                continue;
+            }
+            let rel = ((got as f64 - want) / want).abs();
+            assert!(
+                rel < 3.0 * f32::EPSILON as f64,
+                "{isa:?} exp({x}) = {got}, want {want}: {rel:e}"
+            );
+        }
+        assert!(
+            ((sum as f64 - want_sum) / want_sum).abs() < 1e-5,
+            "{isa:?} sum"
+        );
+        // The shift by m is applied: exp(x − m).
+        let mut z = [3.0f32, 1.0];
+        crate::attention::exp_sum(isa, &mut z, 3.0).expect("exp_sum");
+        assert!(
+            (z[0] - 1.0).abs() < 1e-7 && (z[1] - (-2f32).exp()).abs() < 1e-7,
+            "{isa:?} {z:?}"
+        );
     }
 }
