@@ -9,7 +9,9 @@
 //!   effective GB/s (bytes read per token × tok/s);
 //! * [`probe`]: the read bandwidth a plain, multi-threaded scan of a large
 //!   buffer achieves on the same threads, and hence the % of it decode gets;
-//! * [`report`]: a llama-bench-like table or one JSON document.
+//! * [`report`]: a llama-bench-like table or one JSON document;
+//! * [`restore`]: turn 2 of a conversation on its cached turn 1, and
+//!   restoring a prefix from the KV disk tier against recomputing it.
 //!
 //! [`synthetic`] writes GGUF files with random weights in the shapes of real
 //! models (Llama 3.x, Qwen 2.5, a slice of Llama 3.1 405B) and a valid
@@ -20,6 +22,7 @@ mod error;
 pub mod measure;
 pub mod probe;
 pub mod report;
+pub mod restore;
 pub mod synthetic;
 
 pub use error::BenchError;

@@ -21,6 +21,10 @@
 //!   pool per decoded token), `empty_run_us` (cost of one empty fork-join),
 //!   `barrier_us_per_token` (driver waiting for workers at the end of runs),
 //!   `allreduce_us_per_token` (adding nodes' results into the residual).
+//! * `restore`: `--restore N` only: `turn1_tokens`, `turn2_tokens`,
+//!   `prefill_turn1_s`, `turn2_ttft_s`, `turn2_pct_of_cold`, `persist_s`,
+//!   `restored_tokens`, `restore_s`, `restore_gbps`, `restore_speedup`
+//!   (see tandem-bench's `restore` module).
 
 use std::fmt::Write;
 
@@ -52,6 +56,9 @@ pub struct Report {
     pub tests: Vec<TestResult>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sync: Option<SyncStats>,
+    /// `--restore N` only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restore: Option<crate::restore::RestoreResult>,
 }
 
 pub const SCHEMA: &str = "tandem-bench/1";
@@ -78,6 +85,7 @@ impl Report {
             probe,
             tests,
             sync,
+            restore: None,
         }
     }
 
@@ -190,6 +198,9 @@ impl Report {
                 );
             }
             let _ = writeln!(out, "isa: {}", self.isa);
+        }
+        if let Some(r) = &self.restore {
+            let _ = write!(out, "\n{}", r.to_text());
         }
         out
     }

@@ -35,6 +35,15 @@ pub struct BenchArgs {
     /// K/V rows (decode speed does not depend on their values).
     #[arg(long, short = 'd', default_value_t = 0)]
     ctx: usize,
+    /// Also time a conversation whose turn 1 is N tokens: turn 2's time to
+    /// first token on the cached turn 1 against a cold prefill, and
+    /// restoring turn 1 from the KV disk tier (`--kv-disk`, default a
+    /// temporary directory) against recomputing it.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    restore: usize,
+    /// New tokens of turn 2 for `--restore`.
+    #[arg(long, default_value_t = 64)]
+    turn2: usize,
     /// Repetitions of each test (mean ± stddev, as llama-bench).
     #[arg(long, short = 'r', default_value_t = 3)]
     reps: usize,
@@ -165,7 +174,28 @@ fn bench(args: &BenchArgs, path: &Path) -> anyhow::Result<()> {
     } else {
         None
     };
-    let report = Report::new(info, threads, bytes, probe, tests, sync);
+    let mut report = Report::new(info, threads, bytes, probe, tests, sync);
+    if args.restore > 0 {
+        let tmp;
+        let dir = match &args.common.kv_disk {
+            Some(d) => d.as_path(),
+            None => {
+                tmp = std::env::temp_dir().join(format!("tandem-bench-kv-{}", std::process::id()));
+                tmp.as_path()
+            }
+        };
+        let r = tandem_bench::restore::run(
+            &model,
+            args.restore,
+            args.turn2.max(1),
+            args.common.prefill_chunk as usize,
+            dir,
+        );
+        if args.common.kv_disk.is_none() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        report.restore = Some(r?);
+    }
     if args.json {
         println!("{}", report.to_json());
     } else {
