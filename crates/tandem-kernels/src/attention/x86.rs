@@ -170,6 +170,13 @@ mod avx512 {
         }
     }
 
+    /// Scores of `G` queries (from `i0`) against every row: rows in fours
+    /// (`G` ≤ 4) or twos, so each widened key chunk feeds `G × R`
+    /// independent accumulators and the horizontal sums are shared
+    /// ([`hsum4`]); leftover rows one at a time. Every (query, row) sum is
+    /// reduced by the same tree whatever `G` and `R`, so a score does not
+    /// depend on how many queries or rows were computed with it (decode
+    /// and prefill agree bit for bit).
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
     #[allow(clippy::too_many_arguments)]
@@ -183,22 +190,86 @@ mod avx512 {
         out: &mut [f32],
     ) {
         let qp = q.as_ptr().add(i0 * hd);
-        for j in 0..n {
-            let row = k.add(j * stride);
-            let mut acc = [_mm512_setzero_ps(); G];
-            let mut c = 0;
-            while c < hd {
-                let m = tail_mask(hd - c);
-                let kv = load::<F>(row, c, m);
-                for (g, a) in acc.iter_mut().enumerate() {
-                    *a = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, qp.add(g * hd + c)), kv, *a);
-                }
-                c += 16;
+        let op = out.as_mut_ptr().add(i0 * n);
+        let mut j = 0;
+        if G <= 4 {
+            while j + 4 <= n {
+                scores_rows::<F, G, 4>(qp, hd, k, stride, j, n, op);
+                j += 4;
             }
-            for (g, a) in acc.iter().enumerate() {
-                *out.get_unchecked_mut((i0 + g) * n + j) = _mm512_reduce_add_ps(*a);
+        } else {
+            while j + 2 <= n {
+                scores_rows::<F, G, 2>(qp, hd, k, stride, j, n, op);
+                j += 2;
             }
         }
+        while j < n {
+            scores_rows::<F, G, 1>(qp, hd, k, stride, j, n, op);
+            j += 1;
+        }
+    }
+
+    /// Rows `j..j + R` of [`scores_group`].
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+    unsafe fn scores_rows<const F: u8, const G: usize, const R: usize>(
+        qp: *const f32,
+        hd: usize,
+        k: *const u8,
+        stride: usize,
+        j: usize,
+        n: usize,
+        op: *mut f32,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); R]; G];
+        let mut c = 0;
+        while c < hd {
+            let m = tail_mask(hd - c);
+            let mut kv = [_mm512_setzero_ps(); R];
+            for r in 0..R {
+                kv[r] = load::<F>(k.add((j + r) * stride), c, m);
+            }
+            for g in 0..G {
+                let qv = _mm512_maskz_loadu_ps(m, qp.add(g * hd + c));
+                for r in 0..R {
+                    acc[g][r] = _mm512_fmadd_ps(qv, kv[r], acc[g][r]);
+                }
+            }
+            c += 16;
+        }
+        let z = _mm512_setzero_ps();
+        for g in 0..G {
+            let a = &acc[g];
+            let at = |r: usize| if r < R { a[r] } else { z };
+            let sums = hsum4(at(0), at(1), at(2), at(3));
+            let mut lanes = [0f32; 4];
+            _mm_storeu_ps(lanes.as_mut_ptr(), sums);
+            for r in 0..R {
+                *op.add(g * n + j + r) = lanes[r];
+            }
+        }
+    }
+
+    /// `[Σ a0, Σ a1, Σ a2, Σ a3]`: each vector's 16 lanes summed by the same
+    /// tree (within each 128-bit lane `(x0 + x2) + (x1 + x3)`, then the
+    /// lanes `(l0 + l2) + (l1 + l3)`), sharing the shuffles of four sums.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    unsafe fn hsum4(a0: __m512, a1: __m512, a2: __m512, a3: __m512) -> __m128 {
+        // Per 128-bit lane: [x0+x2, y0+y2, x1+x3, y1+y3].
+        let t0 = _mm512_add_ps(_mm512_unpacklo_ps(a0, a1), _mm512_unpackhi_ps(a0, a1));
+        let t1 = _mm512_add_ps(_mm512_unpacklo_ps(a2, a3), _mm512_unpackhi_ps(a2, a3));
+        // Per lane: [Σx, Σy, Σz, Σw] of that lane.
+        let (d0, d1) = (_mm512_castps_pd(t0), _mm512_castps_pd(t1));
+        let u = _mm512_add_ps(
+            _mm512_castpd_ps(_mm512_unpacklo_pd(d0, d1)),
+            _mm512_castpd_ps(_mm512_unpackhi_pd(d0, d1)),
+        );
+        // Lanes (l0 + l2) + (l1 + l3).
+        let v = _mm512_add_ps(u, _mm512_shuffle_f32x4::<0b01_00_11_10>(u, u));
+        let w = _mm512_add_ps(v, _mm512_shuffle_f32x4::<0b10_11_00_01>(v, v));
+        _mm512_castps512_ps128(w)
     }
 
     /// `acc_i += Σ_j p[i·n + j] · v_j`, chunk by chunk: up to `GROUP`
