@@ -21,9 +21,10 @@ pub struct BenchConfig {
     /// Sequences of the batched decode test (≤ 1 skips it).
     pub batch: usize,
     pub reps: usize,
-    /// Context the decode tests start after (llama-bench's depth): each
-    /// sequence first holds this many positions of synthetic K/V rows.
-    pub ctx: usize,
+    /// Contexts the decode tests start after (llama-bench's depths), one
+    /// test each: each sequence first holds this many positions of
+    /// synthetic K/V rows. Empty: no context.
+    pub ctx: Vec<usize>,
 }
 
 /// Bytes read per generated token, from the weights actually in the file.
@@ -239,10 +240,17 @@ pub fn run(
         } else {
             vec![1]
         };
+        let depths = if cfg.ctx.is_empty() {
+            vec![0]
+        } else {
+            cfg.ctx.clone()
+        };
         for b in batches {
-            let r = decode_test(model, bytes, cfg.n_gen, cfg.ctx, b, reps, &mut rng)?;
-            on_test(&r);
-            results.push(r);
+            for &d in &depths {
+                let r = decode_test(model, bytes, cfg.n_gen, d, b, reps, &mut rng)?;
+                on_test(&r);
+                results.push(r);
+            }
         }
     }
     Ok(results)

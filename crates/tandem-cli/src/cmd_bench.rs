@@ -30,11 +30,12 @@ pub struct BenchArgs {
     /// Sequences decoding together in the batched test (1 skips it).
     #[arg(long, short = 'b', default_value_t = 8)]
     batch: usize,
-    /// Context the decode tests start after, in tokens (llama-bench's
-    /// depth): each sequence first holds this many positions of synthetic
-    /// K/V rows (decode speed does not depend on their values).
-    #[arg(long, short = 'd', default_value_t = 0)]
-    ctx: usize,
+    /// Contexts the decode tests start after, in tokens (llama-bench's
+    /// depth; a comma-separated list gives one test each, side by side in
+    /// one run): each sequence first holds this many positions of
+    /// synthetic K/V rows (decode speed does not depend on their values).
+    #[arg(long, short = 'd', value_delimiter = ',', default_value = "0")]
+    ctx: Vec<usize>,
     /// Also time a conversation whose turn 1 is N tokens: turn 2's time to
     /// first token on the cached turn 1 against a cold prefill, and
     /// restoring turn 1 from the KV disk tier (`--kv-disk`, default a
@@ -162,7 +163,7 @@ fn bench(args: &BenchArgs, path: &Path) -> anyhow::Result<()> {
         n_gen: args.n_gen,
         batch: args.batch,
         reps: args.reps,
-        ctx: args.ctx,
+        ctx: args.ctx.clone(),
     };
     let tests = measure::run(&model, &bytes, &cfg, &mut |t| {
         if show {

@@ -128,6 +128,33 @@ fn synthetic_then_bench_json() {
         j["tests"][0].clone()
     };
     let (short, long) = (deep("0"), deep("300"));
+    // A list of depths: one test each, in order.
+    let o = tandem(&[
+        "bench",
+        p,
+        "-p",
+        "0",
+        "-n",
+        "2",
+        "--batch",
+        "1",
+        "--reps",
+        "1",
+        "--json",
+        "--probe-mib",
+        "0",
+        "--ctx",
+        "16,48",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let jl: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    let names: Vec<&str> = jl["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["tg2@d16", "tg2@d48"]);
     assert_eq!(long["name"], "tg2@d300");
     assert_eq!(long["ctx"], 300);
     let kv = j["token_bytes"]["kv_per_position"].as_f64().unwrap();

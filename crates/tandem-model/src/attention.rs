@@ -261,7 +261,7 @@ struct Item<'a> {
 pub(crate) const MAX_QUERIES: usize = 64;
 
 /// How many pages ahead attention prefetches K and V.
-const PREFETCH_PAGES: usize = 2;
+const PREFETCH_PAGES: usize = 4;
 
 /// Per-worker scratch floats attention needs for heads of `head_dim`,
 /// pages of `page_tokens` and items of up to `heads` KV heads.
