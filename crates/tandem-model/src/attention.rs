@@ -418,14 +418,13 @@ unsafe fn run_item(
         let (first, end) = part_pages(it.part, parts, s.p0, seen, pt);
         let last = end.min(seen.div_ceil(pt));
         for pi in first..last {
-            if pi + PREFETCH_PAGES < last {
-                let next = seq
-                    .store()
-                    .page_ptr(it.node, seq.pages()[pi + PREFETCH_PAGES]);
-                // The heads' K and V runs of that page, in bounds.
-                prefetch(std::slice::from_raw_parts(next.add(k_run), nh * slab));
-                prefetch(std::slice::from_raw_parts(next.add(v_run), nh * slab));
-            }
+            // Prefetches are spread over the heads' work (a head's slabs of
+            // the page PREFETCH_PAGES ahead before each head), not issued
+            // in one burst that would fill the miss queues.
+            let ahead = (pi + PREFETCH_PAGES < last).then(|| {
+                seq.store()
+                    .page_ptr(it.node, seq.pages()[pi + PREFETCH_PAGES])
+            });
             let base = seq.store().page_ptr(it.node, seq.pages()[pi]);
             let b0 = pi * pt;
             let bn = pt.min(seen - b0);
@@ -434,6 +433,17 @@ unsafe fn run_item(
                 visible[r * group..(r + 1) * group].fill(v);
             }
             for hi in 0..nh {
+                if let Some(next) = ahead {
+                    // This head's slabs of that page, in bounds.
+                    prefetch(std::slice::from_raw_parts(
+                        next.add(k_run + hi * slab),
+                        slab,
+                    ));
+                    prefetch(std::slice::from_raw_parts(
+                        next.add(v_run + hi * slab),
+                        slab,
+                    ));
+                }
                 // This head's K and V slabs of the page: `slab` bytes each
                 // inside the node's page, rows below `seen` initialised.
                 let block = KvBlock {
