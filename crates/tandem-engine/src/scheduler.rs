@@ -32,7 +32,7 @@ use std::sync::Arc;
 
 use tandem_model::{KvCache, KvStore, Logits, Model, ModelError, SeqInput};
 
-use crate::generate::StopReason;
+use crate::generate::{prefill, StopReason};
 use crate::sampler::{Sampler, SamplingParams};
 use crate::EngineError;
 
@@ -201,22 +201,11 @@ impl<'m> Scheduler<'m> {
             let cached = seq.len();
             self.stats.reused_tokens += cached as u64;
             let rest = &e.tokens[cached..];
-            let mut logits = Vec::new();
-            let mut result = Ok(());
-            for (i, chunk) in rest.chunks(self.prefill_chunk).enumerate() {
-                let last = (i + 1) * self.prefill_chunk >= rest.len();
-                let want = if last { Logits::Last } else { Logits::None };
-                match self.model.forward(chunk, &mut seq, want) {
-                    Ok(l) => logits = l,
-                    Err(err) => {
-                        result = Err(err);
-                        break;
-                    }
-                }
-            }
-            match result {
-                Ok(()) => {}
-                Err(ModelError::ContextFull { .. }) => {
+            let logits = match prefill(self.model, &mut seq, rest, self.prefill_chunk) {
+                Ok(logits) => logits,
+                // The pool (or the context) cannot hold the prefill now.
+                Err(EngineError::PromptTooLong { .. })
+                | Err(EngineError::Model(ModelError::ContextFull { .. })) => {
                     drop(seq);
                     if self.running.is_empty() {
                         let error = format!(
@@ -232,8 +221,8 @@ impl<'m> Scheduler<'m> {
                     self.waiting.push_front(e);
                     break;
                 }
-                Err(err) => return Err(err.into()),
-            }
+                Err(err) => return Err(err),
+            };
             self.stats.admitted += 1;
             self.stats.prefilled_tokens += rest.len() as u64;
             e.seq = Some(seq);

@@ -59,7 +59,8 @@ pub(crate) struct SeqView {
 
 // SAFETY: the sequence outlives the run and is not changed during it;
 // workers write disjoint (position, head) rows of its private pages (the
-// `tandem-kv` protocol): each item owns one KV head of one sequence.
+// `tandem-kv` protocol): the last part of each (sequence, KV head) writes
+// that head's new rows, and no other item does.
 unsafe impl Send for SeqView {}
 unsafe impl Sync for SeqView {}
 
