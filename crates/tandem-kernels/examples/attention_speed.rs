@@ -39,12 +39,16 @@ fn run(mib: usize, reps: usize, pf: usize) -> f64 {
     let t0 = Instant::now();
     for _ in 0..reps {
         for s in 0..n_slabs {
-            if pf > 0 && s + pf < n_slabs {
-                let t = s + pf;
-                tandem_kernels::attention::prefetch(&kb[t * slab..(t + 1) * slab]);
-                tandem_kernels::attention::prefetch(&vb[t * slab..(t + 1) * slab]);
-            }
+            // The kernel spreads the prefetch of the slabs `pf` ahead over
+            // its rows (as decode does).
+            let t = s + pf;
+            let ahead = if pf > 0 && t < n_slabs {
+                [&kb[t * slab..(t + 1) * slab], &vb[t * slab..(t + 1) * slab]]
+            } else {
+                KvBlock::NOTHING_AHEAD
+            };
             let blk = KvBlock {
+                ahead,
                 format,
                 k: &kb[s * slab..(s + 1) * slab],
                 v: &vb[s * slab..(s + 1) * slab],

@@ -19,7 +19,7 @@
 use std::arch::x86_64::*;
 
 use super::tag::{F16, F32, Q8_0};
-use super::{holds, read_value, KvFormat, Prims};
+use super::{holds, read_value, KvBlock, KvFormat, Prims, SoftmaxState};
 use crate::blocks::{Q8_0_BYTES, QK8_0};
 
 /// The AVX-512 primitives; call only when `avx512_available()`. F32, F16
@@ -33,14 +33,17 @@ pub(super) fn avx512_prims(format: KvFormat) -> Prims {
         KvFormat::F32 => {
             p.scores = scores512::<F32>;
             p.accumulate = accumulate512::<F32>;
+            p.fused = Some(fused512::<F32>);
         }
         KvFormat::F16 => {
             p.scores = scores512::<F16>;
             p.accumulate = accumulate512::<F16>;
+            p.fused = Some(fused512::<F16>);
         }
         KvFormat::BF16 => {
             p.scores = scores512::<{ super::tag::BF16 }>;
             p.accumulate = accumulate512::<{ super::tag::BF16 }>;
+            p.fused = Some(fused512::<{ super::tag::BF16 }>);
         }
         KvFormat::Q8_0 => {}
     }
@@ -81,6 +84,33 @@ fn accumulate512<const F: u8>(
     assert!(p.len() >= acc.len() / hd * n);
     // SAFETY: as in `scores512`.
     unsafe { avx512::accumulate::<F>(acc, hd, p, v.as_ptr(), stride, n) }
+}
+
+/// [`avx512::fused`] for blocks of at most 16 rows and heads of 64 or 128
+/// values; `false` for any other shape.
+fn fused512<const F: u8>(
+    q: &[f32],
+    hd: usize,
+    scale: f32,
+    block: &KvBlock<'_>,
+    visible: &[usize],
+    states: &mut [SoftmaxState],
+    acc: &mut [f32],
+) -> bool {
+    let n = block.n;
+    if n > avx512::FUSED_ROWS || !(hd == 64 || hd == 128) {
+        return false;
+    }
+    assert!(block_holds::<F>(block.k, hd, block.stride, n));
+    assert!(block_holds::<F>(block.v, hd, block.stride, n));
+    let nq = visible.len();
+    assert!(q.len() == nq * hd && acc.len() == nq * hd && states.len() == nq);
+    assert!(visible.iter().all(|&v| v <= n));
+    // SAFETY: handed out by `avx512_prims` only, after the CPU check; the
+    // rows, queries, accumulators and states it touches are in bounds
+    // (asserted above).
+    unsafe { avx512::fused::<F>(q, hd, scale, block, visible, states, acc) };
+    true
 }
 
 fn exp_sum512(x: &mut [f32], m: f32) -> f32 {
@@ -271,6 +301,170 @@ mod avx512 {
         let w = _mm512_add_ps(v, _mm512_shuffle_f32x4::<0b10_11_00_01>(v, v));
         _mm512_castps512_ps128(w)
     }
+
+    /// Most rows [`fused`] takes: one score register per query.
+    pub(super) const FUSED_ROWS: usize = 16;
+
+    /// `attend_block` in registers for a block of at most [`FUSED_ROWS`]
+    /// rows: per group of queries, the scores of all rows (as
+    /// [`scores_rows`] computes them), the softmax step on one register per
+    /// query, and the weighted sum of the value rows into accumulators
+    /// held in registers. Each step is the unfused path's arithmetic in the
+    /// same order (the scaled score is rounded before the max, the rescale
+    /// factor is `f32::exp`, the block sum is `exp_sum`'s reduction, the
+    /// accumulators are rescaled and then take the rows in order), so the
+    /// bits do not depend on which path ran.
+    ///
+    /// # Safety
+    /// AVX-512 F/BW/VL; `hd` is 64 or 128; the block holds `n ≤ 16` rows
+    /// of K and V; `q` and `acc` hold `visible.len() × hd` floats, `states`
+    /// `visible.len()` states; every `visible[i] ≤ n`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    pub(super) unsafe fn fused<const F: u8>(
+        q: &[f32],
+        hd: usize,
+        scale: f32,
+        block: &KvBlock<'_>,
+        visible: &[usize],
+        states: &mut [SoftmaxState],
+        acc: &mut [f32],
+    ) {
+        let nq = visible.len();
+        // As many queries as `accumulate` keeps in registers at once.
+        let per = if hd == 128 { 3 } else { 4 };
+        let mut i0 = 0;
+        while i0 < nq {
+            let g = per.min(nq - i0);
+            let (vis, st) = (&visible[i0..i0 + g], &mut states[i0..i0 + g]);
+            let (qp, ap) = (q.as_ptr().add(i0 * hd), acc.as_mut_ptr().add(i0 * hd));
+            // The first group issues the prefetches.
+            let ahead = if i0 == 0 {
+                block.ahead
+            } else {
+                KvBlock::NOTHING_AHEAD
+            };
+            match (hd, g) {
+                (128, 1) => fused_group::<F, 1, 8>(qp, scale, block, ahead, vis, st, ap),
+                (128, 2) => fused_group::<F, 2, 8>(qp, scale, block, ahead, vis, st, ap),
+                (128, _) => fused_group::<F, 3, 8>(qp, scale, block, ahead, vis, st, ap),
+                (_, 1) => fused_group::<F, 1, 4>(qp, scale, block, ahead, vis, st, ap),
+                (_, 2) => fused_group::<F, 2, 4>(qp, scale, block, ahead, vis, st, ap),
+                (_, 3) => fused_group::<F, 3, 4>(qp, scale, block, ahead, vis, st, ap),
+                _ => fused_group::<F, 4, 4>(qp, scale, block, ahead, vis, st, ap),
+            }
+            i0 += g;
+        }
+    }
+
+    /// [`fused`] for `G` queries of `C` × 16 values from `qp`, their
+    /// accumulators at `ap`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    #[allow(clippy::needless_range_loop)] // `g` indexes several arrays
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn fused_group<const F: u8, const G: usize, const C: usize>(
+        qp: *const f32,
+        scale: f32,
+        block: &KvBlock<'_>,
+        ahead: [&[u8]; 2],
+        vis: &[usize],
+        states: &mut [SoftmaxState],
+        ap: *mut f32,
+    ) {
+        let (hd, n, stride) = (C * 16, block.n, block.stride);
+        // Scores, one row of 16 per query (lanes from `n` stay zero).
+        let mut s = [[0f32; FUSED_ROWS]; G];
+        let sp = s.as_mut_ptr() as *mut f32;
+        let k = block.k.as_ptr();
+        // `ahead[0]` is prefetched during the scores, `ahead[1]` during the
+        // weighted sum: rows `j..j + r` take lines `j·L/n..(j + r)·L/n`.
+        let lines = |b: &[u8]| b.len().div_ceil(64);
+        let (lk, lv) = (lines(ahead[0]), lines(ahead[1]));
+        let mut j = 0;
+        while j + 4 <= n {
+            prefetch_lines(ahead[0], j * lk / n, (j + 4) * lk / n);
+            scores_rows::<F, G, 4>(qp, hd, k, stride, j, FUSED_ROWS, sp);
+            j += 4;
+        }
+        while j < n {
+            prefetch_lines(ahead[0], j * lk / n, (j + 1) * lk / n);
+            scores_rows::<F, G, 1>(qp, hd, k, stride, j, FUSED_ROWS, sp);
+            j += 1;
+        }
+        // The softmax step: probabilities `p` (zero past `vis`) and each
+        // query's rescale factor.
+        let mut p = [[0f32; FUSED_ROWS]; G];
+        let mut rescale = [None; G];
+        for g in 0..G {
+            if vis[g] == 0 {
+                continue;
+            }
+            let m_vis = tail_mask(vis[g]);
+            let sv = _mm512_mul_ps(_mm512_loadu_ps(s[g].as_ptr()), _mm512_set1_ps(scale));
+            let block_max = _mm512_reduce_max_ps(_mm512_mask_mov_ps(
+                _mm512_set1_ps(f32::NEG_INFINITY),
+                m_vis,
+                sv,
+            ));
+            let st = &mut states[g];
+            let m = st.max.max(block_max);
+            if m > st.max && st.sum > 0.0 {
+                let c = (st.max - m).exp();
+                st.sum *= c;
+                rescale[g] = Some(c);
+            }
+            st.max = m;
+            let e = _mm512_maskz_mov_ps(m_vis, exp16(_mm512_sub_ps(sv, _mm512_set1_ps(m))));
+            st.sum += _mm512_reduce_add_ps(e);
+            _mm512_storeu_ps(p[g].as_mut_ptr(), e);
+        }
+        // `acc_g = acc_g · c_g + Σ_j p_gj · v_j`, rows in order.
+        let mut a = [[_mm512_setzero_ps(); C]; G];
+        for g in 0..G {
+            for c in 0..C {
+                let x = _mm512_loadu_ps(ap.add(g * hd + c * 16));
+                a[g][c] = match rescale[g] {
+                    Some(f) => _mm512_mul_ps(x, _mm512_set1_ps(f)),
+                    None => x,
+                };
+            }
+        }
+        let v = block.v.as_ptr();
+        for j in 0..n {
+            prefetch_lines(ahead[1], j * lv / n, (j + 1) * lv / n);
+            let row = v.add(j * stride);
+            let mut pj = [_mm512_setzero_ps(); G];
+            for g in 0..G {
+                pj[g] = _mm512_set1_ps(p[g][j]);
+            }
+            for c in 0..C {
+                let vv = load::<F>(row, c * 16, 0xFFFF);
+                for g in 0..G {
+                    a[g][c] = _mm512_fmadd_ps(pj[g], vv, a[g][c]);
+                }
+            }
+        }
+        for g in 0..G {
+            for c in 0..C {
+                _mm512_storeu_ps(ap.add(g * hd + c * 16), a[g][c]);
+            }
+        }
+    }
+
+    /// Asks for the 64-byte lines `from..to` of `b` (a hint).
+    #[inline(always)]
+    fn prefetch_lines(b: &[u8], from: usize, to: usize) {
+        let p = b.as_ptr();
+        for l in from..to.min(b.len().div_ceil(64)) {
+            // SAFETY: an address inside `b`; a prefetch cannot fault or
+            // change memory.
+            unsafe { _mm_prefetch::<PREFETCH_HINT>(p.add(l * 64) as *const i8) };
+        }
+    }
+
+    /// Cache level the prefetches of [`fused`] aim at: L2, as
+    /// `attention::prefetch` (whose docs say why).
+    const PREFETCH_HINT: i32 = _MM_HINT_T1;
 
     /// `acc_i += Σ_j p[i·n + j] · v_j`, chunk by chunk: up to `GROUP`
     /// queries' 16 accumulator values stay in registers while the rows

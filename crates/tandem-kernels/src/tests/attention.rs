@@ -155,6 +155,7 @@ fn blockwise(
             .map(|&l| l.saturating_sub(p0).min(bn))
             .collect();
         let blk = KvBlock {
+            ahead: KvBlock::NOTHING_AHEAD,
             format,
             k: &k[p0 * stride..],
             v: &v[p0 * stride..],
@@ -250,6 +251,83 @@ fn blockwise_attention_matches_naive_attention() {
     }
 }
 
+/// The fused decode path (a family's whole block step in registers) gives
+/// the bits of the step-by-step path, whatever the query count, causal
+/// limits, running state (a later block with a larger max rescales) and
+/// format: so decode and prefill agree bit for bit whichever path each
+/// takes.
+#[test]
+fn fused_block_step_equals_the_unfused_steps_bit_for_bit() {
+    use crate::attention::attend_block_unfused;
+    let mut r = rng(21);
+    for isa in isas() {
+        for format in [KvFormat::F32, KvFormat::F16, KvFormat::BF16, KvFormat::Q8_0] {
+            for &(hd, n, nq) in &[
+                (128usize, 16usize, 3usize),
+                (128, 16, 8),
+                (64, 13, 6),
+                (128, 5, 1),
+                (64, 16, 9),
+                (96, 16, 3),
+            ] {
+                let stride = format.row_bytes(hd + 64).expect("row bytes");
+                let rows = 2 * n; // two blocks: the second rescales
+                let (k, _) = store(format, &random(rows * (hd + 64), 3.0, r.random()));
+                let (v, _) = store(format, &random(rows * (hd + 64), 1.0, r.random()));
+                let q = random(nq * hd, 1.0, r.random());
+                let mut vis: Vec<usize> = (0..nq).map(|i| n.saturating_sub(i % 4)).collect();
+                vis[0] = 0; // a query that sees nothing of the first block
+                let mut out = Vec::new();
+                for fused in [true, false] {
+                    let mut states = vec![SoftmaxState::EMPTY; nq];
+                    let mut acc = vec![0f32; nq * hd];
+                    let mut scores = vec![0f32; nq * n];
+                    for b in 0..2 {
+                        let blk = KvBlock {
+                            ahead: KvBlock::NOTHING_AHEAD,
+                            format,
+                            k: &k[b * n * stride..],
+                            v: &v[b * n * stride..],
+                            stride,
+                            n,
+                        };
+                        let step = if fused {
+                            attend_block
+                        } else {
+                            attend_block_unfused
+                        };
+                        let vis_b: Vec<usize> = if b == 0 { vis.clone() } else { vec![n; nq] };
+                        step(
+                            isa,
+                            &q,
+                            hd,
+                            0.3,
+                            &blk,
+                            &vis_b,
+                            &mut states,
+                            &mut acc,
+                            &mut scores,
+                        )
+                        .expect("attend");
+                    }
+                    out.push((states, acc));
+                }
+                let bits = |(s, a): &(Vec<SoftmaxState>, Vec<f32>)| -> Vec<u32> {
+                    s.iter()
+                        .flat_map(|x| [x.max.to_bits(), x.sum.to_bits()])
+                        .chain(a.iter().map(|x| x.to_bits()))
+                        .collect()
+                };
+                assert_eq!(
+                    bits(&out[0]),
+                    bits(&out[1]),
+                    "{isa} {format} hd={hd} n={n} nq={nq}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn merged_parts_equal_one_pass() {
     let (hd, n) = (64usize, 200usize);
@@ -274,6 +352,7 @@ fn merged_parts_equal_one_pass() {
         let mut parts = Vec::new();
         for (a, b) in [(0, split), (split, n)] {
             let blk = KvBlock {
+                ahead: KvBlock::NOTHING_AHEAD,
                 format: KvFormat::F32,
                 k: &k[a * stride..],
                 v: &v[a * stride..],
@@ -318,6 +397,7 @@ fn bad_sizes_are_errors() {
     let hd = 16;
     let k = vec![0u8; 4 * hd * 3];
     let blk = |n, stride| KvBlock {
+        ahead: KvBlock::NOTHING_AHEAD,
         format: KvFormat::F32,
         k: &k,
         v: &k,
@@ -413,6 +493,7 @@ fn q8_0_head_sizes_of_partial_blocks_are_errors() {
             let r = axpy(isa, f, &mut acc, 1.0, &bytes[..hd.div_ceil(32) * 34]);
             assert!(not_aligned(r.clone()), "{isa} hd={hd}: axpy {r:?}");
             let blk = KvBlock {
+                ahead: KvBlock::NOTHING_AHEAD,
                 format: f,
                 k: &bytes,
                 v: &bytes,
