@@ -25,10 +25,11 @@
 //! and `acc += p · v` — in `scalar` (the reference, summing in index order)
 //! and `x86` (AVX2 and AVX-512, several accumulators); the algorithm around
 //! them is this file's, shared by all. One exception, for speed: a family
-//! may also run a whole block step itself ([`Prims`]'s `fused`, AVX-512 for
-//! decode-sized blocks: no score round trip through memory, one register of
-//! scores per query, prefetches of [`KvBlock::ahead`] spread over the
-//! rows); it must give this file's bits exactly, and a test compares. SIMD and scalar results therefore
+//! may also run a whole block step itself ([`Prims`]'s `fused`, AVX-512 and
+//! AVX2 for decode-sized blocks: scores kept in registers or on the stack,
+//! each stored row widened once, prefetches of [`KvBlock::ahead`] spread
+//! over the rows); it must give this file's bits with the family's
+//! primitives exactly, and a test compares. SIMD and scalar results therefore
 //! differ only by the reassociation of the dot products (for Q8_0 also by
 //! where a block's scale is multiplied in: once per block instead of once
 //! per value), and the tests bound exactly that. The NEON family uses the

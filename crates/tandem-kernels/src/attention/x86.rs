@@ -1,6 +1,9 @@
 //! AVX2 and AVX-512 primitives: the same loop as `scalar`, several values
 //! per instruction and two accumulators, so a dot product sums in another
-//! order than the reference (the only difference the tests allow).
+//! order than the reference (the only difference the tests allow). Both
+//! families also have a vector exponential (one Cephes polynomial) and a
+//! fused block step for decode (`fused`), which must match their own
+//! step-by-step primitives bit for bit.
 //!
 //! Stored values are widened in registers: f16 with `vcvtph2ps`, bf16 by
 //! shifting into the high half of an f32, Q8_0 quants by sign-extending
@@ -119,8 +122,49 @@ fn exp_sum512(x: &mut [f32], m: f32) -> f32 {
 }
 
 /// The AVX2 primitives; call only when `avx2_available()`.
+/// AVX2 also has a vector exponential, and for F32, F16 and BF16 rows a
+/// fused step ([`avx2::fused`]).
 pub(super) fn avx2_prims(format: KvFormat) -> Prims {
-    super::prims_of!(format, dot256, axpy256)
+    let mut p = super::prims_of!(format, dot256, axpy256);
+    p.exp_sum = exp_sum256;
+    p.fused = match format {
+        KvFormat::F32 => Some(fused256::<F32>),
+        KvFormat::F16 => Some(fused256::<F16>),
+        KvFormat::BF16 => Some(fused256::<{ super::tag::BF16 }>),
+        KvFormat::Q8_0 => None,
+    };
+    p
+}
+
+fn exp_sum256(x: &mut [f32], m: f32) -> f32 {
+    // SAFETY: handed out by `avx2_prims` only, after the CPU check.
+    unsafe { avx2::exp_sum(x, m) }
+}
+
+/// [`avx2::fused`] for blocks of at most 16 rows and head sizes that are
+/// multiples of 16; `false` for any other shape.
+fn fused256<const F: u8>(
+    q: &[f32],
+    hd: usize,
+    scale: f32,
+    block: &KvBlock<'_>,
+    visible: &[usize],
+    states: &mut [SoftmaxState],
+    acc: &mut [f32],
+) -> bool {
+    let n = block.n;
+    if n > avx2::FUSED_ROWS || hd == 0 || !hd.is_multiple_of(16) {
+        return false;
+    }
+    assert!(block_holds::<F>(block.k, hd, block.stride, n));
+    assert!(block_holds::<F>(block.v, hd, block.stride, n));
+    let nq = visible.len();
+    assert!(q.len() == nq * hd && acc.len() == nq * hd && states.len() == nq);
+    assert!(visible.iter().all(|&v| v <= n));
+    // SAFETY: handed out by `avx2_prims` only, after the CPU check; what
+    // it touches is in bounds (asserted above).
+    unsafe { avx2::fused::<F>(q, hd, scale, block, visible, states, acc) };
+    true
 }
 
 fn dot512<const F: u8>(q: &[f32], k: &[u8]) -> f32 {
@@ -773,6 +817,231 @@ mod avx512 {
 
 mod avx2 {
     use super::*;
+
+    /// Most rows [`fused`] takes (two registers of scores per query).
+    pub(super) const FUSED_ROWS: usize = 16;
+
+    /// `attend_block` in registers for a block of at most [`FUSED_ROWS`]
+    /// rows and a head size that is a multiple of 16, as the AVX-512
+    /// `fused` but with AVX2's step-by-step arithmetic: each score is
+    /// [`dot`]'s sum (two accumulators, one horizontal sum), the block sum
+    /// is [`exp_sum`]'s, and the weighted sum skips zero probabilities and
+    /// takes rows in order, as `rows::accumulate` with [`axpy`] does. The
+    /// accumulators are kept 16 values at a time (two registers per
+    /// query), so each value row is read and widened once.
+    ///
+    /// # Safety
+    /// AVX2/FMA/F16C; `hd` is a multiple of 16; the block holds `n ≤ 16`
+    /// rows of K and V; `q` and `acc` hold `visible.len() × hd` floats,
+    /// `states` `visible.len()` states; every `visible[i] ≤ n`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn fused<const F: u8>(
+        q: &[f32],
+        hd: usize,
+        scale: f32,
+        block: &KvBlock<'_>,
+        visible: &[usize],
+        states: &mut [SoftmaxState],
+        acc: &mut [f32],
+    ) {
+        let nq = visible.len();
+        let mut i0 = 0;
+        while i0 < nq {
+            let g = 4.min(nq - i0);
+            let (vis, st) = (&visible[i0..i0 + g], &mut states[i0..i0 + g]);
+            let (qp, ap) = (q.as_ptr().add(i0 * hd), acc.as_mut_ptr().add(i0 * hd));
+            // The first group issues the prefetches.
+            let ahead = if i0 == 0 {
+                block.ahead
+            } else {
+                KvBlock::NOTHING_AHEAD
+            };
+            match g {
+                1 => fused_group::<F, 1>(qp, hd, scale, block, ahead, vis, st, ap),
+                2 => fused_group::<F, 2>(qp, hd, scale, block, ahead, vis, st, ap),
+                3 => fused_group::<F, 3>(qp, hd, scale, block, ahead, vis, st, ap),
+                _ => fused_group::<F, 4>(qp, hd, scale, block, ahead, vis, st, ap),
+            }
+            i0 += g;
+        }
+    }
+
+    /// [`fused`] for `G` queries of `hd` values from `qp`, their
+    /// accumulators at `ap`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+    unsafe fn fused_group<const F: u8, const G: usize>(
+        qp: *const f32,
+        hd: usize,
+        scale: f32,
+        block: &KvBlock<'_>,
+        ahead: [&[u8]; 2],
+        vis: &[usize],
+        states: &mut [SoftmaxState],
+        ap: *mut f32,
+    ) {
+        let (n, stride) = (block.n, block.stride);
+        let lines = |b: &[u8]| b.len().div_ceil(64);
+        let (lk, lv) = (lines(ahead[0]), lines(ahead[1]));
+        // Scores: per row, each 16-value piece of the key widened once for
+        // the `G` queries ([`dot`]'s two accumulators per query).
+        let mut s = [[0f32; FUSED_ROWS]; G];
+        let k = block.k.as_ptr();
+        for j in 0..n {
+            prefetch_lines(ahead[0], j * lk / n, (j + 1) * lk / n);
+            let row = k.add(j * stride);
+            let mut a0 = [_mm256_setzero_ps(); G];
+            let mut a1 = [_mm256_setzero_ps(); G];
+            let mut i = 0;
+            while i < hd {
+                let (k0, k1) = (load::<F>(row, i), load::<F>(row, i + 8));
+                for g in 0..G {
+                    let qg = qp.add(g * hd + i);
+                    a0[g] = _mm256_fmadd_ps(_mm256_loadu_ps(qg), k0, a0[g]);
+                    a1[g] = _mm256_fmadd_ps(_mm256_loadu_ps(qg.add(8)), k1, a1[g]);
+                }
+                i += 16;
+            }
+            for g in 0..G {
+                s[g][j] = hsum(_mm256_add_ps(a0[g], a1[g]));
+            }
+        }
+        // The softmax step, as `attend_block` does it.
+        let mut p = [[0f32; FUSED_ROWS]; G];
+        let mut rescale = [None; G];
+        for g in 0..G {
+            let seen = &mut s[g][..vis[g]];
+            if seen.is_empty() {
+                continue;
+            }
+            let mut block_max = f32::NEG_INFINITY;
+            for x in seen.iter_mut() {
+                *x *= scale;
+                block_max = block_max.max(*x);
+            }
+            let st = &mut states[g];
+            let m = st.max.max(block_max);
+            if m > st.max && st.sum > 0.0 {
+                let c = (st.max - m).exp();
+                st.sum *= c;
+                rescale[g] = Some(c);
+            }
+            st.max = m;
+            p[g][..seen.len()].copy_from_slice(seen);
+            st.sum += exp_sum(&mut p[g][..seen.len()], m);
+        }
+        // `acc_g = acc_g · c_g + Σ_j p_gj · v_j` 16 values at a time.
+        let v = block.v.as_ptr();
+        let mut c = 0;
+        while c < hd {
+            let mut a = [[_mm256_setzero_ps(); 2]; G];
+            for g in 0..G {
+                for h in 0..2 {
+                    let x = _mm256_loadu_ps(ap.add(g * hd + c + 8 * h));
+                    a[g][h] = match rescale[g] {
+                        Some(f) => _mm256_mul_ps(x, _mm256_set1_ps(f)),
+                        None => x,
+                    };
+                }
+            }
+            for j in 0..n {
+                if c == 0 {
+                    prefetch_lines(ahead[1], j * lv / n, (j + 1) * lv / n);
+                }
+                let row = v.add(j * stride);
+                let (v0, v1) = (load::<F>(row, c), load::<F>(row, c + 8));
+                for g in 0..G {
+                    let pj = p[g][j];
+                    if pj != 0.0 {
+                        let pv = _mm256_set1_ps(pj);
+                        a[g][0] = _mm256_fmadd_ps(pv, v0, a[g][0]);
+                        a[g][1] = _mm256_fmadd_ps(pv, v1, a[g][1]);
+                    }
+                }
+            }
+            for g in 0..G {
+                for h in 0..2 {
+                    _mm256_storeu_ps(ap.add(g * hd + c + 8 * h), a[g][h]);
+                }
+            }
+            c += 16;
+        }
+    }
+
+    /// Asks for the 64-byte lines `from..to` of `b` (a hint, at the level
+    /// `attention::prefetch` uses).
+    #[inline(always)]
+    fn prefetch_lines(b: &[u8], from: usize, to: usize) {
+        let p = b.as_ptr();
+        for l in from..to.min(b.len().div_ceil(64)) {
+            // SAFETY: an address inside `b`; a prefetch cannot fault or
+            // change memory.
+            unsafe { _mm_prefetch::<_MM_HINT_T1>(p.add(l * 64) as *const i8) };
+        }
+    }
+
+    /// `exp(x)` of 8 lanes for `x ≤ 88` (softmax passes `x ≤ 0`): the
+    /// AVX-512 `exp16`'s Cephes polynomial, with `2^n` built in the
+    /// exponent bits (the same product as `vscalefps`, so the same bits);
+    /// inputs below −87.34 give 0.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn exp8(x: __m256) -> __m256 {
+        let under = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(-87.336_55));
+        let x = _mm256_min_ps(x, _mm256_set1_ps(88.0));
+        let x = _mm256_max_ps(x, _mm256_set1_ps(-87.336_55));
+        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
+        );
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
+        let mut y = _mm256_set1_ps(1.987_569_1e-4);
+        for c in [
+            1.398_199_9e-3,
+            8.333_452e-3,
+            4.166_579_6e-2,
+            0.166_666_65,
+            0.5,
+        ] {
+            y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(c));
+        }
+        let r2 = _mm256_mul_ps(r, r);
+        y = _mm256_fmadd_ps(y, r2, _mm256_add_ps(r, _mm256_set1_ps(1.0)));
+        // n ∈ [−126, 127]: 2^n is a normal float.
+        let pow2n = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
+            _mm256_cvtps_epi32(n),
+            _mm256_set1_epi32(127),
+        )));
+        _mm256_andnot_ps(under, _mm256_mul_ps(y, pow2n))
+    }
+
+    /// `x = exp(x − m)`, returning the sum (8 lanes at a time, a partial
+    /// last piece padded with −∞, lanes summed by [`hsum`] at the end).
+    ///
+    /// # Safety
+    /// AVX2/FMA/F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn exp_sum(x: &mut [f32], m: f32) -> f32 {
+        let mv = _mm256_set1_ps(m);
+        let mut sum = _mm256_setzero_ps();
+        let mut pieces = x.chunks_exact_mut(8);
+        for piece in &mut pieces {
+            let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(piece.as_ptr()), mv));
+            _mm256_storeu_ps(piece.as_mut_ptr(), e);
+            sum = _mm256_add_ps(sum, e);
+        }
+        let rest = pieces.into_remainder();
+        if !rest.is_empty() {
+            let mut buf = [f32::NEG_INFINITY; 8];
+            buf[..rest.len()].copy_from_slice(rest);
+            let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(buf.as_ptr()), mv));
+            _mm256_storeu_ps(buf.as_mut_ptr(), e);
+            rest.copy_from_slice(&buf[..rest.len()]);
+            sum = _mm256_add_ps(sum, e);
+        }
+        hsum(sum)
+    }
 
     /// 8 values of a stored row from value `i`, as f32.
     #[inline]
