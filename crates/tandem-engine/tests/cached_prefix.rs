@@ -3,24 +3,13 @@
 //! tokens a cold run of the whole conversation produces (greedy), and a
 //! cache that is not a prefix of the prompt is refused.
 
-use std::path::PathBuf;
+mod tiny_model;
+
+use tiny_model::tiny_model as model;
 
 use tandem_engine::generate::{generate, GenerateOptions};
 use tandem_engine::sampler::SamplingParams;
 use tandem_engine::EngineError;
-use tandem_model::{LoadOptions, Model, ModelFiles};
-
-fn model() -> Model {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fixtures/models/tandem-tiny/gguf/tandem-tiny-Q4_K_M.gguf");
-    let files = ModelFiles::open(&path).expect("fixture");
-    let opts = LoadOptions {
-        threads: Some(2),
-        pin: false,
-        ..LoadOptions::default()
-    };
-    Model::load_with(files, &opts).expect("load")
-}
 
 fn greedy(max_tokens: usize, prefill_batch: usize) -> GenerateOptions {
     GenerateOptions {

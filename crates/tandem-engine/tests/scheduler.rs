@@ -5,25 +5,16 @@
 //! cleanly; and after many requests, some cancelled midway, no page is in
 //! use.
 
+mod tiny_model;
+
+use tiny_model::tiny_model as model;
+
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 use tandem_engine::generate::{generate, GenerateOptions, StopReason};
 use tandem_engine::sampler::SamplingParams;
 use tandem_engine::scheduler::{Event, Request, Scheduler};
-use tandem_model::{DiskTier, LoadOptions, Model, ModelFiles};
-
-fn model() -> Model {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fixtures/models/tandem-tiny/gguf/tandem-tiny-Q4_K_M.gguf");
-    let files = ModelFiles::open(&path).expect("fixture");
-    let opts = LoadOptions {
-        threads: Some(2),
-        pin: false,
-        ..LoadOptions::default()
-    };
-    Model::load_with(files, &opts).expect("load")
-}
+use tandem_model::{DiskTier, Model};
 
 fn greedy() -> SamplingParams {
     SamplingParams {

@@ -494,26 +494,11 @@ fn attend(
     for (i, &vis) in visible.iter().enumerate() {
         let row = &mut sc[i * n..(i + 1) * n];
         row[vis..].fill(0.0);
-        if vis == 0 {
-            continue;
-        }
-        let seen = &mut row[..vis];
-        let mut block_max = f32::NEG_INFINITY;
-        for s in seen.iter_mut() {
-            *s *= scale;
-            block_max = block_max.max(*s);
-        }
-        let st = &mut states[i];
-        let m = st.max.max(block_max);
-        if m > st.max && st.sum > 0.0 {
-            let c = (st.max - m).exp();
-            st.sum *= c;
+        if let Some(c) = row_softmax_step(&mut row[..vis], scale, &mut states[i], p.exp_sum) {
             acc[i * head_dim..(i + 1) * head_dim]
                 .iter_mut()
                 .for_each(|a| *a *= c);
         }
-        st.max = m;
-        st.sum += (p.exp_sum)(seen, m);
     }
     (p.accumulate)(&p, acc, head_dim, sc, block.v, block.stride, n);
     Ok(())
@@ -526,20 +511,65 @@ fn attend(
 /// three blocks ahead (24 KiB) crowd the 32 KiB L1 and gave 16k-context
 /// decode 5.3–5.9 tok/s, T1 7.0–7.8.
 pub fn prefetch(bytes: &[u8]) {
+    prefetch_lines(bytes, 0, usize::MAX);
+}
+
+/// [`prefetch`] of the 64-byte lines `from..to` of `bytes` (those inside
+/// it).
+#[inline(always)]
+pub(crate) fn prefetch_lines(bytes: &[u8], from: usize, to: usize) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
         let p = bytes.as_ptr();
-        let mut off = 0;
-        while off < bytes.len() {
+        for l in from..to.min(bytes.len().div_ceil(64)) {
             // SAFETY: a prefetch of an address inside `bytes` (SSE is part
             // of x86_64); it cannot fault or change memory.
-            unsafe { _mm_prefetch::<_MM_HINT_T1>(p.add(off) as *const i8) };
-            off += 64;
+            unsafe { _mm_prefetch::<_MM_HINT_T1>(p.add(l * 64) as *const i8) };
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = bytes;
+    let _ = (bytes, from, to);
+}
+
+/// The share of `bytes` a fused step prefetches while it works on rows
+/// `rows` of its `n`: lines `start·L/n..end·L/n` of the `L` lines, so
+/// the requests are spread evenly over the block.
+#[inline(always)]
+pub(crate) fn prefetch_share(bytes: &[u8], rows: std::ops::Range<usize>, n: usize) {
+    let lines = bytes.len().div_ceil(64);
+    prefetch_lines(bytes, rows.start * lines / n, rows.end * lines / n);
+}
+
+/// The softmax step of one query over the scores of the keys it sees in a
+/// block (`seen`, raw dot products): scales them, turns them into
+/// `exp(s − m')` with `exp_sum` in place, and folds them into `st`.
+/// Returns the factor `exp(m − m')` its accumulator must be multiplied by
+/// when the max grew from `m` to `m'` (None when nothing needs rescaling).
+pub(crate) fn row_softmax_step(
+    seen: &mut [f32],
+    scale: f32,
+    st: &mut SoftmaxState,
+    exp_sum: fn(&mut [f32], f32) -> f32,
+) -> Option<f32> {
+    if seen.is_empty() {
+        return None;
+    }
+    let mut block_max = f32::NEG_INFINITY;
+    for s in seen.iter_mut() {
+        *s *= scale;
+        block_max = block_max.max(*s);
+    }
+    let m = st.max.max(block_max);
+    let mut rescale = None;
+    if m > st.max && st.sum > 0.0 {
+        let c = (st.max - m).exp();
+        st.sum *= c;
+        rescale = Some(c);
+    }
+    st.max = m;
+    st.sum += exp_sum(seen, m);
+    rescale
 }
 
 /// `out = acc / sum`: the attention output of a query row whose keys have

@@ -66,14 +66,12 @@ unsafe fn fused_group<const F: u8, const G: usize>(
     ap: *mut f32,
 ) {
     let (n, stride) = (block.n, block.stride);
-    let lines = |b: &[u8]| b.len().div_ceil(64);
-    let (lk, lv) = (lines(ahead[0]), lines(ahead[1]));
     // Scores: per row, each 16-value piece of the key widened once for
     // the `G` queries ([`dot`]'s two accumulators per query).
     let mut s = [[0f32; FUSED_ROWS]; G];
     let k = block.k.as_ptr();
     for j in 0..n {
-        prefetch_lines(ahead[0], j * lk / n, (j + 1) * lk / n);
+        prefetch_share(ahead[0], j..j + 1, n);
         let row = k.add(j * stride);
         let mut a0 = [_mm256_setzero_ps(); G];
         let mut a1 = [_mm256_setzero_ps(); G];
@@ -91,30 +89,14 @@ unsafe fn fused_group<const F: u8, const G: usize>(
             s[g][j] = hsum(_mm256_add_ps(a0[g], a1[g]));
         }
     }
-    // The softmax step, as `attend_block` does it.
-    let mut p = [[0f32; FUSED_ROWS]; G];
+    // The softmax step, `attend_block`'s own: `s` becomes the
+    // probabilities (zero past `vis`).
     let mut rescale = [None; G];
     for g in 0..G {
-        let seen = &mut s[g][..vis[g]];
-        if seen.is_empty() {
-            continue;
-        }
-        let mut block_max = f32::NEG_INFINITY;
-        for x in seen.iter_mut() {
-            *x *= scale;
-            block_max = block_max.max(*x);
-        }
-        let st = &mut states[g];
-        let m = st.max.max(block_max);
-        if m > st.max && st.sum > 0.0 {
-            let c = (st.max - m).exp();
-            st.sum *= c;
-            rescale[g] = Some(c);
-        }
-        st.max = m;
-        p[g][..seen.len()].copy_from_slice(seen);
-        st.sum += exp_sum(&mut p[g][..seen.len()], m);
+        s[g][vis[g]..].fill(0.0);
+        rescale[g] = row_softmax_step(&mut s[g][..vis[g]], scale, &mut states[g], exp_sum256);
     }
+    let p = &s;
     // `acc_g = acc_g · c_g + Σ_j p_gj · v_j` 16 values at a time.
     let v = block.v.as_ptr();
     let mut c = 0;
@@ -131,7 +113,7 @@ unsafe fn fused_group<const F: u8, const G: usize>(
         }
         for j in 0..n {
             if c == 0 {
-                prefetch_lines(ahead[1], j * lv / n, (j + 1) * lv / n);
+                prefetch_share(ahead[1], j..j + 1, n);
             }
             let row = v.add(j * stride);
             let (v0, v1) = (load::<F>(row, c), load::<F>(row, c + 8));
@@ -150,18 +132,6 @@ unsafe fn fused_group<const F: u8, const G: usize>(
             }
         }
         c += 16;
-    }
-}
-
-/// Asks for the 64-byte lines `from..to` of `b` (a hint, at the level
-/// `attention::prefetch` uses).
-#[inline(always)]
-fn prefetch_lines(b: &[u8], from: usize, to: usize) {
-    let p = b.as_ptr();
-    for l in from..to.min(b.len().div_ceil(64)) {
-        // SAFETY: an address inside `b`; a prefetch cannot fault or
-        // change memory.
-        unsafe { _mm_prefetch::<_MM_HINT_T1>(p.add(l * 64) as *const i8) };
     }
 }
 

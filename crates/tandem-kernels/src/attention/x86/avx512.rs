@@ -225,17 +225,15 @@ unsafe fn fused_group<const F: u8, const G: usize, const C: usize>(
     let sp = s.as_mut_ptr() as *mut f32;
     let k = block.k.as_ptr();
     // `ahead[0]` is prefetched during the scores, `ahead[1]` during the
-    // weighted sum: rows `j..j + r` take lines `j·L/n..(j + r)·L/n`.
-    let lines = |b: &[u8]| b.len().div_ceil(64);
-    let (lk, lv) = (lines(ahead[0]), lines(ahead[1]));
+    // weighted sum.
     let mut j = 0;
     while j + 4 <= n {
-        prefetch_lines(ahead[0], j * lk / n, (j + 4) * lk / n);
+        prefetch_share(ahead[0], j..j + 4, n);
         scores_rows::<F, G, 4>(qp, hd, k, stride, j, FUSED_ROWS, sp);
         j += 4;
     }
     while j < n {
-        prefetch_lines(ahead[0], j * lk / n, (j + 1) * lk / n);
+        prefetch_share(ahead[0], j..j + 1, n);
         scores_rows::<F, G, 1>(qp, hd, k, stride, j, FUSED_ROWS, sp);
         j += 1;
     }
@@ -253,7 +251,7 @@ unsafe fn fused_group<const F: u8, const G: usize, const C: usize>(
     }
     let v = block.v.as_ptr();
     for j in 0..n {
-        prefetch_lines(ahead[1], j * lv / n, (j + 1) * lv / n);
+        prefetch_share(ahead[1], j..j + 1, n);
         let row = v.add(j * stride);
         let mut pj = [_mm512_setzero_ps(); G];
         for g in 0..G {
@@ -335,12 +333,10 @@ unsafe fn fused_group_q8_0<const G: usize>(
     ap: *mut f32,
 ) {
     let (n, stride, nb) = (block.n, block.stride, hd / QK8_0);
-    let lines = |b: &[u8]| b.len().div_ceil(64);
-    let (lk, lv) = (lines(ahead[0]), lines(ahead[1]));
     let mut s = [[0f32; FUSED_ROWS]; G];
     let k = block.k.as_ptr();
     for j in 0..n {
-        prefetch_lines(ahead[0], j * lk / n, (j + 1) * lk / n);
+        prefetch_share(ahead[0], j..j + 1, n);
         let row = k.add(j * stride);
         let mut a = [[_mm512_setzero_ps(); 2]; G];
         for b in 0..nb {
@@ -373,7 +369,7 @@ unsafe fn fused_group_q8_0<const G: usize>(
         }
         for j in 0..n {
             if b == 0 {
-                prefetch_lines(ahead[1], j * lv / n, (j + 1) * lv / n);
+                prefetch_share(ahead[1], j..j + 1, n);
             }
             let blk = v.add(j * stride + b * Q8_0_BYTES);
             let (lo, hi) = (widen_q8(blk.add(2)), widen_q8(blk.add(18)));
@@ -394,21 +390,6 @@ unsafe fn fused_group_q8_0<const G: usize>(
         }
     }
 }
-
-/// Asks for the 64-byte lines `from..to` of `b` (a hint).
-#[inline(always)]
-fn prefetch_lines(b: &[u8], from: usize, to: usize) {
-    let p = b.as_ptr();
-    for l in from..to.min(b.len().div_ceil(64)) {
-        // SAFETY: an address inside `b`; a prefetch cannot fault or
-        // change memory.
-        unsafe { _mm_prefetch::<PREFETCH_HINT>(p.add(l * 64) as *const i8) };
-    }
-}
-
-/// Cache level the prefetches of [`fused`] aim at: L2, as
-/// `attention::prefetch` (whose docs say why).
-const PREFETCH_HINT: i32 = _MM_HINT_T1;
 
 /// `acc_i += Σ_j p[i·n + j] · v_j`, chunk by chunk: up to `GROUP`
 /// queries' 16 accumulator values stay in registers while the rows

@@ -22,7 +22,9 @@
 use std::arch::x86_64::*;
 
 use super::tag::{F16, F32, Q8_0};
-use super::{holds, read_value, KvBlock, KvFormat, Prims, SoftmaxState};
+use super::{
+    holds, prefetch_share, read_value, row_softmax_step, KvBlock, KvFormat, Prims, SoftmaxState,
+};
 use crate::blocks::{Q8_0_BYTES, QK8_0};
 
 /// The AVX-512 primitives; call only when `avx512_available()`. F32, F16
@@ -89,6 +91,27 @@ fn accumulate512<const F: u8>(
     unsafe { avx512::accumulate::<F>(acc, hd, p, v.as_ptr(), stride, n) }
 }
 
+/// What both families' fused steps read and write is in bounds: the
+/// block's K and V rows, and `q`, `acc`, `states` for every query, whose
+/// `visible` counts stay within the block (`attend_block` checked all of
+/// it; the fused steps assert it again before their unchecked reads).
+fn fused_args_hold<const F: u8>(
+    q: &[f32],
+    hd: usize,
+    block: &KvBlock<'_>,
+    visible: &[usize],
+    states: &[SoftmaxState],
+    acc: &[f32],
+) -> bool {
+    let (n, nq) = (block.n, visible.len());
+    block_holds::<F>(block.k, hd, block.stride, n)
+        && block_holds::<F>(block.v, hd, block.stride, n)
+        && q.len() == nq * hd
+        && acc.len() == nq * hd
+        && states.len() == nq
+        && visible.iter().all(|&v| v <= n)
+}
+
 /// [`avx512::fused`] for blocks of at most 16 rows and heads of 64 or 128
 /// values (Q8_0: any whole number of blocks); `false` for any other shape.
 fn fused512<const F: u8>(
@@ -108,11 +131,7 @@ fn fused512<const F: u8>(
     if n > avx512::FUSED_ROWS || !head_ok {
         return false;
     }
-    assert!(block_holds::<F>(block.k, hd, block.stride, n));
-    assert!(block_holds::<F>(block.v, hd, block.stride, n));
-    let nq = visible.len();
-    assert!(q.len() == nq * hd && acc.len() == nq * hd && states.len() == nq);
-    assert!(visible.iter().all(|&v| v <= n));
+    assert!(fused_args_hold::<F>(q, hd, block, visible, states, acc));
     // SAFETY: handed out by `avx512_prims` only, after the CPU check; the
     // rows, queries, accumulators and states it touches are in bounds
     // (asserted above).
@@ -160,11 +179,7 @@ fn fused256<const F: u8>(
     if n > avx2::FUSED_ROWS || hd == 0 || !hd.is_multiple_of(16) {
         return false;
     }
-    assert!(block_holds::<F>(block.k, hd, block.stride, n));
-    assert!(block_holds::<F>(block.v, hd, block.stride, n));
-    let nq = visible.len();
-    assert!(q.len() == nq * hd && acc.len() == nq * hd && states.len() == nq);
-    assert!(visible.iter().all(|&v| v <= n));
+    assert!(fused_args_hold::<F>(q, hd, block, visible, states, acc));
     // SAFETY: handed out by `avx2_prims` only, after the CPU check; what
     // it touches is in bounds (asserted above).
     unsafe { avx2::fused::<F>(q, hd, scale, block, visible, states, acc) };
