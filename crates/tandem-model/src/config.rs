@@ -34,6 +34,86 @@ pub struct ModelConfig {
     pub context_length: usize,
     pub norm_eps: f32,
     pub rope: RopeConfig,
+    /// Mixture-of-experts hyperparameters; None for a dense model.
+    pub moe: Option<MoeConfig>,
+}
+
+/// How a router turns its logits into expert weights.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Gating {
+    /// Softmax over all experts, then the top k (Mixtral, Qwen-MoE).
+    Softmax,
+    /// Sigmoid per expert; selection on sigmoid + a learned bias
+    /// (`exp_probs_b`), weights from the sigmoid alone (DeepSeek-V3, GLM-4.5).
+    Sigmoid,
+}
+
+/// Mixture-of-experts hyperparameters (GGUF `{arch}.expert_*`, HF
+/// `num_experts`, `num_experts_per_tok`, ...).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MoeConfig {
+    /// Routed experts per MoE layer.
+    pub n_experts: usize,
+    /// Experts each token is routed to.
+    pub top_k: usize,
+    /// FFN width of one routed expert.
+    pub expert_ffn: usize,
+    /// FFN width of the shared expert(s) (0: none).
+    pub shared_ffn: usize,
+    /// The first `leading_dense` layers have a dense FFN.
+    pub leading_dense: usize,
+    pub gating: Gating,
+    /// Renormalise the selected experts' weights to sum to one.
+    pub norm_top_k: bool,
+    /// Routed weights are multiplied by this (DeepSeek's
+    /// `routed_scaling_factor`).
+    pub scale: f32,
+    /// Grouped top-k (DeepSeek-V3): experts in `n_groups` groups, tokens
+    /// choose among the best `groups_used` groups only. 1/1: off.
+    pub n_groups: usize,
+    pub groups_used: usize,
+}
+
+impl MoeConfig {
+    fn validate(&self) -> Result<(), ModelError> {
+        let m = self;
+        if m.n_experts == 0 || m.n_experts > 4096 {
+            return Err(ModelError::invalid(
+                "expert_count",
+                format!("{} experts (1..=4096)", m.n_experts),
+            ));
+        }
+        if m.top_k == 0 || m.top_k > m.n_experts {
+            return Err(ModelError::invalid(
+                "expert_used_count",
+                format!("top-{} of {} experts", m.top_k, m.n_experts),
+            ));
+        }
+        if m.expert_ffn == 0 || m.expert_ffn > 1 << 20 || m.shared_ffn > 1 << 20 {
+            return Err(ModelError::invalid(
+                "expert_feed_forward_length",
+                format!("{} (shared {})", m.expert_ffn, m.shared_ffn),
+            ));
+        }
+        if m.n_groups == 0
+            || !m.n_experts.is_multiple_of(m.n_groups)
+            || m.groups_used == 0
+            || m.groups_used > m.n_groups
+            || m.top_k > m.groups_used * (m.n_experts / m.n_groups)
+        {
+            return Err(ModelError::invalid(
+                "expert_group_count",
+                format!(
+                    "{} groups ({} used) of {} experts, top-{}",
+                    m.n_groups, m.groups_used, m.n_experts, m.top_k
+                ),
+            ));
+        }
+        if !(m.scale.is_finite() && m.scale > 0.0) {
+            return Err(ModelError::invalid("expert_weights_scale", m.scale));
+        }
+        Ok(())
+    }
 }
 
 impl ModelConfig {
@@ -86,6 +166,15 @@ impl ModelConfig {
         if !(self.rope.theta.is_finite() && self.rope.theta > 0.0) {
             return Err(ModelError::invalid("rope_theta", self.rope.theta));
         }
+        if let Some(m) = &self.moe {
+            m.validate()?;
+            if m.leading_dense > self.n_layers {
+                return Err(ModelError::invalid(
+                    "leading_dense_block_count",
+                    format!("{} of {} layers", m.leading_dense, self.n_layers),
+                ));
+            }
+        }
         Ok(self)
     }
 
@@ -123,6 +212,13 @@ impl ModelConfig {
                 ))
             }
         };
+        let moe = moe_from_gguf(meta, arch, &key)?;
+        // A model whose every layer is MoE may state no dense FFN width.
+        let ffn_hidden = match (meta.get_usize(&key("feed_forward_length"))?, &moe) {
+            (Some(f), _) => f,
+            (None, Some(m)) => m.expert_ffn,
+            (None, None) => req("feed_forward_length")?,
+        };
         ModelConfig {
             arch,
             n_layers: req("block_count")?,
@@ -132,7 +228,7 @@ impl ModelConfig {
                 .get_usize(&key("attention.head_count_kv"))?
                 .unwrap_or(n_heads),
             head_dim,
-            ffn_hidden: req("feed_forward_length")?,
+            ffn_hidden,
             vocab_size: meta.get_usize(&key("vocab_size"))?.unwrap_or(0),
             context_length: meta.get_usize(&key("context_length"))?.unwrap_or(2048),
             norm_eps: meta
@@ -141,8 +237,8 @@ impl ModelConfig {
             rope: RopeConfig {
                 theta: meta.get_f32(&key("rope.freq_base"))?.unwrap_or(10000.0),
                 layout: match arch {
-                    Arch::Llama | Arch::Mistral => RopeLayout::Interleaved,
-                    Arch::Qwen2 | Arch::Qwen3 => RopeLayout::Halves,
+                    Arch::Llama | Arch::Mistral | Arch::Mixtral => RopeLayout::Interleaved,
+                    Arch::Qwen2 | Arch::Qwen3 | Arch::Qwen3Moe => RopeLayout::Halves,
                 },
                 n_rot: meta
                     .get_usize(&key("rope.dimension_count"))?
@@ -150,6 +246,7 @@ impl ModelConfig {
                 freq_scale,
                 freq_factors: None,
             },
+            moe,
         }
         .validate()
     }
@@ -234,6 +331,7 @@ impl ModelConfig {
                 ))
             }
         }
+        let moe = moe_from_hf(cfg, arch)?;
         ModelConfig {
             arch,
             n_layers: req("num_hidden_layers")?,
@@ -252,9 +350,130 @@ impl ModelConfig {
                 freq_scale,
                 freq_factors,
             },
+            moe,
         }
         .validate()
     }
+}
+
+/// MoE hyperparameters from GGUF metadata (`{arch}.expert_*`), None when
+/// the file has no experts. Defaults are llama.cpp's for each architecture.
+fn moe_from_gguf(
+    meta: &Metadata,
+    arch: Arch,
+    key: &dyn Fn(&str) -> String,
+) -> Result<Option<MoeConfig>, ModelError> {
+    let n_experts = meta.get_usize(&key("expert_count"))?.unwrap_or(0);
+    if n_experts == 0 {
+        if arch.is_moe() {
+            return Err(ModelError::MissingHyperparameter(key("expert_count")));
+        }
+        return Ok(None);
+    }
+    let top_k = meta
+        .get_usize(&key("expert_used_count"))?
+        .ok_or_else(|| ModelError::MissingHyperparameter(key("expert_used_count")))?;
+    let expert_ffn = match meta.get_usize(&key("expert_feed_forward_length"))? {
+        Some(f) => f,
+        // Mixtral files (architecture llama) give the expert width as the FFN width.
+        None => meta
+            .get_usize(&key("feed_forward_length"))?
+            .ok_or_else(|| ModelError::MissingHyperparameter(key("expert_feed_forward_length")))?,
+    };
+    let gating = match meta.get_u32(&key("expert_gating_func"))? {
+        None | Some(0) | Some(1) => Gating::Softmax,
+        Some(2) => Gating::Sigmoid,
+        Some(other) => {
+            return Err(ModelError::invalid(
+                &key("expert_gating_func"),
+                format!("{other} (1 softmax, 2 sigmoid)"),
+            ))
+        }
+    };
+    let n_shared = meta.get_usize(&key("expert_shared_count"))?.unwrap_or(0);
+    let shared_ffn = match meta.get_usize(&key("expert_shared_feed_forward_length"))? {
+        Some(f) => f,
+        None => n_shared.saturating_mul(expert_ffn),
+    };
+    Ok(Some(MoeConfig {
+        n_experts,
+        top_k,
+        expert_ffn,
+        shared_ffn,
+        leading_dense: meta
+            .get_usize(&key("leading_dense_block_count"))?
+            .unwrap_or(0),
+        gating,
+        // llama.cpp renormalises for llama (Mixtral) and qwen3moe always.
+        norm_top_k: match arch {
+            Arch::Llama | Arch::Mixtral | Arch::Qwen3Moe => true,
+            _ => meta.get_bool(&key("expert_weights_norm"))?.unwrap_or(false),
+        },
+        scale: meta.get_f32(&key("expert_weights_scale"))?.unwrap_or(1.0),
+        n_groups: meta.get_usize(&key("expert_group_count"))?.unwrap_or(1).max(1),
+        groups_used: meta
+            .get_usize(&key("expert_group_used_count"))?
+            .unwrap_or(1)
+            .max(1),
+    }))
+}
+
+/// MoE hyperparameters from an HF `config.json`.
+fn moe_from_hf(cfg: &Json, arch: Arch) -> Result<Option<MoeConfig>, ModelError> {
+    let get = |k: &str| {
+        cfg.get(k)
+            .and_then(Json::as_u64)
+            .and_then(|x| usize::try_from(x).ok())
+    };
+    let need = |k: &str| {
+        get(k).ok_or_else(|| ModelError::MissingHyperparameter(format!("config.json: {k}")))
+    };
+    let moe = match arch {
+        Arch::Mixtral => MoeConfig {
+            n_experts: need("num_local_experts")?,
+            top_k: need("num_experts_per_tok")?,
+            expert_ffn: need("intermediate_size")?,
+            shared_ffn: 0,
+            leading_dense: 0,
+            gating: Gating::Softmax,
+            norm_top_k: true,
+            scale: 1.0,
+            n_groups: 1,
+            groups_used: 1,
+        },
+        Arch::Qwen3Moe => {
+            // Layers listed in mlp_only_layers, or off the sparse step, are
+            // dense; tandem supports the common case (every layer MoE).
+            let step = get("decoder_sparse_step").unwrap_or(1);
+            let dense_layers = cfg
+                .get("mlp_only_layers")
+                .and_then(Json::as_array)
+                .is_some_and(|a| !a.is_empty());
+            if step != 1 || dense_layers {
+                return Err(ModelError::invalid(
+                    "decoder_sparse_step",
+                    "dense layers between MoE layers are not supported",
+                ));
+            }
+            MoeConfig {
+                n_experts: need("num_experts")?,
+                top_k: need("num_experts_per_tok")?,
+                expert_ffn: need("moe_intermediate_size")?,
+                shared_ffn: 0,
+                leading_dense: 0,
+                gating: Gating::Softmax,
+                norm_top_k: cfg
+                    .get("norm_topk_prob")
+                    .and_then(Json::as_bool)
+                    .unwrap_or(false),
+                scale: 1.0,
+                n_groups: 1,
+                groups_used: 1,
+            }
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some(moe))
 }
 
 /// Llama 3.1's frequency-dependent RoPE scaling, expressed as llama.cpp's

@@ -18,7 +18,7 @@ pub enum ModelError {
     Tokenizer(#[from] tandem_tokenizer::TokenizerError),
     #[error("{0}: not a .gguf file or a Hugging Face model directory (config.json + safetensors)")]
     UnknownFormat(PathBuf),
-    #[error("unsupported architecture '{0}' (supported: llama, mistral, qwen2, qwen3)")]
+    #[error("unsupported architecture '{0}' (supported: {supported})", supported = crate::arch::SUPPORTED)]
     UnsupportedArchitecture(String),
     #[error("missing hyperparameter {0}")]
     MissingHyperparameter(String),

@@ -5,7 +5,8 @@
 //! Code map:
 //! - [`source`]: file formats, split GGUF, safetensors shards, tokenizer metadata.
 //! - [`config`]: hyperparameters from either format.
-//! - [`names`]: the tensor-name map (canonical names are GGUF's).
+//! - [`arch`]: the families: config → per-layer [`spec`]s, and their HF
+//!   tensor-name maps (canonical names are GGUF's).
 //! - [`tensor`]: zero-copy views of weights in the mapped files.
 //! - [`model`]: the forward pass; [`linear`] its matmul driver; [`ops`] the
 //!   element-wise parts; [`kv_cache`] the model's view of the paged KV store (`tandem-kv`).
@@ -22,16 +23,17 @@ pub mod inspect;
 pub mod kv_cache;
 pub mod linear;
 pub mod model;
-pub mod names;
+mod moe;
 pub mod ops;
 mod parallel;
 pub mod shard;
 pub mod source;
+pub mod spec;
 pub mod tensor;
 mod workspace;
 
 pub use arch::{Arch, RopeLayout};
-pub use config::{ModelConfig, RopeConfig};
+pub use config::{Gating, ModelConfig, MoeConfig, RopeConfig};
 pub use error::ModelError;
 pub use kv_cache::{KvCache, KvFormat, KvOptions, KvStore};
 pub use model::{LoadOptions, Logits, Model, SeqInput, TensorParallel};

@@ -15,9 +15,11 @@ use tandem_numa::{NumaMode, Pool};
 use tandem_tokenizer::Tokenizer;
 
 use crate::attention::{attention, choose_plan, AttnLayer, AttnPlan, SeqView, SplitState};
-use crate::config::ModelConfig;
+use crate::config::{Gating, ModelConfig, MoeConfig};
 use crate::kv_cache::{check_fits, KvCache, KvOptions, KvStore};
 use crate::linear::Matrix;
+use crate::moe::{self, route_token, Expert, MoeFfn, Slot, SlotActs, SHARED};
+use crate::spec::FfnSpec;
 use crate::ops::{rms_norm, Rope};
 use crate::parallel::{col_split, gate_up, row_split, RowTarget, SCRATCH};
 use crate::shard::{aligned_ranges, kv_head_ranges, Placer, ShardedMatrix, Split};
@@ -53,11 +55,44 @@ struct Layer {
     q_norm: Option<Vec<f32>>,
     k_norm: Option<Vec<f32>>,
     ffn_norm: Vec<f32>,
-    w_gate: ShardedMatrix,
-    w_up: ShardedMatrix,
-    w_down: ShardedMatrix,
+    ffn: Ffn,
     /// KV heads per node (query heads follow their group).
     kv_ranges: Vec<Range<usize>>,
+}
+
+/// A layer's feed-forward block, by kind ([`FfnSpec`]).
+enum Ffn {
+    Dense {
+        gate: ShardedMatrix,
+        up: ShardedMatrix,
+        down: ShardedMatrix,
+    },
+    Moe(Box<MoeFfn>),
+}
+
+impl Layer {
+    /// Every weight matrix of the layer.
+    fn matrices(&self) -> impl Iterator<Item = &ShardedMatrix> {
+        let ffn: Vec<&ShardedMatrix> = match &self.ffn {
+            Ffn::Dense { gate, up, down } => vec![gate, up, down],
+            Ffn::Moe(m) => std::iter::once(&m.router)
+                .chain(m.experts.iter().chain(&m.shared).flat_map(Expert::matrices))
+                .collect(),
+        };
+        [&self.wq, &self.wk, &self.wv, &self.wo].into_iter().chain(ffn)
+    }
+
+    /// Weight bytes one token's decode reads in this layer.
+    fn bytes_per_token(&self) -> usize {
+        let attn: usize = [&self.wq, &self.wk, &self.wv, &self.wo]
+            .iter()
+            .map(|m| m.n_bytes())
+            .sum();
+        attn + match &self.ffn {
+            Ffn::Dense { gate, up, down } => gate.n_bytes() + up.n_bytes() + down.n_bytes(),
+            Ffn::Moe(m) => m.bytes_per_token(),
+        }
+    }
 }
 
 /// How the O and down projections are divided among nodes.
@@ -167,8 +202,23 @@ struct LayerPlan {
     q_norm: Option<Vec<f32>>,
     k_norm: Option<Vec<f32>>,
     kv_ranges: Vec<Range<usize>>,
-    /// Placer indices of wq, wk, wv, wo, gate, up, down.
-    ids: [usize; 7],
+    /// Placer indices of wq, wk, wv, wo.
+    attn_ids: [usize; 4],
+    ffn: FfnPlan,
+}
+
+/// Placer indices of a layer's FFN matrices.
+enum FfnPlan {
+    /// gate, up, down.
+    Dense([usize; 3]),
+    Moe {
+        cfg: MoeConfig,
+        router: usize,
+        bias: Option<Vec<f32>>,
+        /// gate, up, down of each routed expert, then of the shared one.
+        experts: Vec<[usize; 3]>,
+        shared: Option<[usize; 3]>,
+    },
 }
 
 /// The KV store shape of a model of config `c` with KV options `kv`, node
@@ -237,17 +287,18 @@ impl Model {
         };
         let mut plans = Vec::with_capacity(c.n_layers);
         for i in 0..c.n_layers {
+            let spec = c.arch.layer_spec(&c, i);
             let n = |s: &str| format!("blk.{i}.{s}");
             let m = |s: &str, rows, cols| Matrix::new(files.require(&n(s))?, rows, cols);
             let bias = |s: &str, len| -> Result<Option<Vec<f32>>, ModelError> {
-                if c.arch.has_qkv_bias() {
+                if spec.attn.qkv_bias {
                     vector(&files, &n(s), len).map(Some)
                 } else {
                     optional_vector(&files, &n(s), len)
                 }
             };
             let qk_norm = |s: &str| -> Result<Option<Vec<f32>>, ModelError> {
-                if c.arch.has_qk_norm() {
+                if spec.attn.qk_norm {
                     vector(&files, &n(s), c.head_dim).map(Some)
                 } else {
                     Ok(None)
@@ -259,13 +310,7 @@ impl Model {
                 m("attn_v.weight", kv_dim, c.hidden)?,
                 m("attn_output.weight", c.hidden, q_dim)?,
             );
-            let (gate, up, down) = (
-                m("ffn_gate.weight", c.ffn_hidden, c.hidden)?,
-                m("ffn_up.weight", c.ffn_hidden, c.hidden)?,
-                m("ffn_down.weight", c.hidden, c.ffn_hidden)?,
-            );
-            // Heads: whole KV groups, aligned to O's blocks. FFN: aligned to
-            // down's blocks.
+            // Heads: whole KV groups, aligned to O's blocks.
             let kv_ranges = kv_head_ranges(
                 c.n_kv_heads,
                 group,
@@ -279,24 +324,95 @@ impl Model {
                 .map(|r| scale(r, group * c.head_dim))
                 .collect();
             let kv_rows: Vec<_> = kv_ranges.iter().map(|r| scale(r, c.head_dim)).collect();
-            let ffn_ranges = aligned_ranges(c.ffn_hidden, down.format.block_len(), n_nodes);
             // Whole interleaved groups per node, so a row is computed the
             // same way whatever the node count (a row in a group and the
             // same row in a row-major tail round differently).
             let hidden_rows = aligned_ranges(c.hidden, GROUP_ROWS, n_nodes);
-            let (o_split, o_ranges, down_split, down_ranges) = match opts.tensor_parallel {
-                TensorParallel::Gather => (Split::Rows, &hidden_rows, Split::Rows, &hidden_rows),
-                TensorParallel::AllReduce => (Split::Cols, &q_rows, Split::Cols, &ffn_ranges),
+            let (o_split, o_ranges) = match opts.tensor_parallel {
+                TensorParallel::Gather => (Split::Rows, &hidden_rows),
+                TensorParallel::AllReduce => (Split::Cols, &q_rows),
             };
-            let ids = [
+            let attn_ids = [
                 placer.add(&wq, Split::Rows, &q_rows, lay(&wq))?,
                 placer.add(&wk, Split::Rows, &kv_rows, lay(&wk))?,
                 placer.add(&wv, Split::Rows, &kv_rows, lay(&wv))?,
                 placer.add(&wo, o_split, o_ranges, lay(&wo))?,
-                placer.add(&gate, Split::Rows, &ffn_ranges, lay(&gate))?,
-                placer.add(&up, Split::Rows, &ffn_ranges, lay(&up))?,
-                placer.add(&down, down_split, down_ranges, lay(&down))?,
             ];
+            // A SwiGLU block of width `ffn` from three matrices: gate/up by
+            // FFN rows aligned to down's blocks, down by hidden rows (or by
+            // FFN columns, Megatron, for dense layers).
+            let mut place_swiglu = |gate: Matrix,
+                                    up: Matrix,
+                                    down: Matrix,
+                                    megatron: bool|
+             -> Result<[usize; 3], ModelError> {
+                let ffn_ranges = aligned_ranges(gate.rows, down.format.block_len(), n_nodes);
+                let (down_split, down_ranges) = match megatron {
+                    false => (Split::Rows, &hidden_rows),
+                    true => (Split::Cols, &ffn_ranges),
+                };
+                Ok([
+                    placer.add(&gate, Split::Rows, &ffn_ranges, lay(&gate))?,
+                    placer.add(&up, Split::Rows, &ffn_ranges, lay(&up))?,
+                    placer.add(&down, down_split, down_ranges, lay(&down))?,
+                ])
+            };
+            let megatron = opts.tensor_parallel == TensorParallel::AllReduce;
+            let ffn = match &spec.ffn {
+                FfnSpec::Dense { width } => FfnPlan::Dense(place_swiglu(
+                    m("ffn_gate.weight", *width, c.hidden)?,
+                    m("ffn_up.weight", *width, c.hidden)?,
+                    m("ffn_down.weight", c.hidden, *width)?,
+                    megatron,
+                )?),
+                FfnSpec::Moe(mc) => {
+                    let (ne, f) = (mc.n_experts, mc.expert_ffn);
+                    let exps = |s: &str, rows, cols| {
+                        files.experts(&n(&format!("{s}.weight")), ne, rows, cols)
+                    };
+                    let gates = exps("ffn_gate_exps", f, c.hidden)?;
+                    let ups = exps("ffn_up_exps", f, c.hidden)?;
+                    let downs = exps("ffn_down_exps", c.hidden, f)?;
+                    let mut experts = Vec::with_capacity(ne);
+                    for ((g, u), d) in gates.iter().zip(&ups).zip(&downs) {
+                        experts.push(place_swiglu(
+                            Matrix::new(g, f, c.hidden)?,
+                            Matrix::new(u, f, c.hidden)?,
+                            Matrix::new(d, c.hidden, f)?,
+                            false,
+                        )?);
+                    }
+                    let shared = if mc.shared_ffn > 0 {
+                        let sf = mc.shared_ffn;
+                        Some(place_swiglu(
+                            m("ffn_gate_shexp.weight", sf, c.hidden)?,
+                            m("ffn_up_shexp.weight", sf, c.hidden)?,
+                            m("ffn_down_shexp.weight", c.hidden, sf)?,
+                            false,
+                        )?)
+                    } else {
+                        None
+                    };
+                    let router = m("ffn_gate_inp.weight", ne, c.hidden)?;
+                    let router = placer.add(
+                        &router,
+                        Split::Rows,
+                        &aligned_ranges(ne, GROUP_ROWS, n_nodes),
+                        tandem_kernels::WeightLayout::Rows,
+                    )?;
+                    let bias = match mc.gating {
+                        Gating::Sigmoid => optional_vector(&files, &n("exp_probs_b.bias"), ne)?,
+                        Gating::Softmax => None,
+                    };
+                    FfnPlan::Moe {
+                        cfg: mc.clone(),
+                        router,
+                        bias,
+                        experts,
+                        shared,
+                    }
+                }
+            };
             plans.push(LayerPlan {
                 attn_norm: vector(&files, &n("attn_norm.weight"), c.hidden)?,
                 ffn_norm: vector(&files, &n("ffn_norm.weight"), c.hidden)?,
@@ -306,7 +422,8 @@ impl Model {
                 q_norm: qk_norm("attn_q_norm.weight")?,
                 k_norm: qk_norm("attn_k_norm.weight")?,
                 kv_ranges,
-                ids,
+                attn_ids,
+                ffn,
             });
         }
         let embd = files.require("token_embd.weight")?.clone();
@@ -333,7 +450,43 @@ impl Model {
         };
         let mut layers = Vec::with_capacity(plans.len());
         for p in plans {
-            let [q, k, v, o, g, u, d] = p.ids;
+            let [q, k, v, o] = p.attn_ids;
+            fn expert(
+                take: &mut impl FnMut(usize) -> Result<ShardedMatrix, ModelError>,
+                [g, u, d]: [usize; 3],
+            ) -> Result<Expert, ModelError> {
+                Ok(Expert {
+                    gate: take(g)?,
+                    up: take(u)?,
+                    down: take(d)?,
+                })
+            }
+            let ffn = match p.ffn {
+                FfnPlan::Dense(ids) => {
+                    let e = expert(&mut take, ids)?;
+                    Ffn::Dense {
+                        gate: e.gate,
+                        up: e.up,
+                        down: e.down,
+                    }
+                }
+                FfnPlan::Moe {
+                    cfg,
+                    router,
+                    bias,
+                    experts,
+                    shared,
+                } => Ffn::Moe(Box::new(MoeFfn {
+                    cfg,
+                    router: take(router)?,
+                    bias,
+                    experts: experts
+                        .into_iter()
+                        .map(|ids| expert(&mut take, ids))
+                        .collect::<Result<_, _>>()?,
+                    shared: shared.map(|ids| expert(&mut take, ids)).transpose()?,
+                })),
+            };
             layers.push(Layer {
                 attn_norm: p.attn_norm,
                 wq: take(q)?,
@@ -346,9 +499,7 @@ impl Model {
                 q_norm: p.q_norm,
                 k_norm: p.k_norm,
                 ffn_norm: p.ffn_norm,
-                w_gate: take(g)?,
-                w_up: take(u)?,
-                w_down: take(d)?,
+                ffn,
                 kv_ranges: p.kv_ranges,
             });
         }
@@ -382,19 +533,12 @@ impl Model {
         self.allreduce_ns.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Weight bytes one decode step reads: every matrix once, plus one
-    /// embedding row.
+    /// Weight bytes one decode step of one sequence reads: every dense
+    /// matrix once, the router and `top_k` experts of each MoE layer (all
+    /// experts of a layer have the same size, so this is exact whichever
+    /// are routed), plus one embedding row.
     pub fn weight_bytes_per_token(&self) -> usize {
-        let layers: usize = self
-            .layers
-            .iter()
-            .map(|l| {
-                [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]
-                    .iter()
-                    .map(|m| m.n_bytes())
-                    .sum::<usize>()
-            })
-            .sum();
+        let layers: usize = self.layers.iter().map(Layer::bytes_per_token).sum();
         layers + self.output.n_bytes() + self.embd.n_bytes() / self.config.vocab_size.max(1)
     }
 
@@ -404,7 +548,7 @@ impl Model {
         let mats = self
             .layers
             .iter()
-            .flat_map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down])
+            .flat_map(Layer::matrices)
             .chain(std::iter::once(&self.output));
         for m in mats {
             for (node, s) in m.shards.iter().enumerate() {
@@ -768,13 +912,18 @@ impl Model {
             // Feed-forward block.
             rms_norm(&ws.x[..n * h], &l.ffn_norm, c.norm_eps, &mut ws.xn[..n * h]);
             ws.acts.invalidate();
-            for m in [&l.w_gate, &l.w_up] {
-                ws.acts
-                    .prepare(m.format.activation_format(), &ws.xn[..n * h], n, h)?;
+            match &l.ffn {
+                Ffn::Dense { gate, up, down } => {
+                    for m in [gate, up] {
+                        ws.acts
+                            .prepare(m.format.activation_format(), &ws.xn[..n * h], n, h)?;
+                    }
+                    let (g, u) = (SharedOut::new(&mut ws.gate), SharedOut::new(&mut ws.up));
+                    gate_up(pool, gate, up, g, u, &ws.acts, n, &ws.scratch)?;
+                    self.project_add(ws, down, n, gate.rows, Buf::Gate)?;
+                }
+                Ffn::Moe(m) => self.moe_add(ws, m, n)?,
             }
-            let (g, u) = (SharedOut::new(&mut ws.gate), SharedOut::new(&mut ws.up));
-            gate_up(pool, &l.w_gate, &l.w_up, g, u, &ws.acts, n, &ws.scratch)?;
-            self.project_add(ws, &l.w_down, n, c.ffn_hidden, Buf::Gate)?;
         }
         for s in seqs.iter_mut() {
             s.cache
@@ -921,6 +1070,164 @@ impl Model {
                 x.iter_mut().zip(p).for_each(|(a, &b)| *a += b);
             }
         }
+        self.allreduce_ns.fetch_add(
+            t0.elapsed().as_nanos() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        Ok(())
+    }
+}
+
+impl Model {
+    /// `x += moe(xn)` for the `n` rows of the batch: router, routing,
+    /// grouping by expert, then the gate/up and down runs of `crate::moe`.
+    fn moe_add(&self, ws: &mut Workspace, m: &MoeFfn, n: usize) -> Result<(), ModelError> {
+        let h = self.config.hidden;
+        let pool = &*self.pool;
+        let cfg = &m.cfg;
+        let (ne, k) = (cfg.n_experts, cfg.top_k);
+        // 1. Router logits.
+        let xn = &ws.xn[..n * h];
+        ws.acts
+            .prepare(m.router.format.activation_format(), xn, n, h)?;
+        let b = &mut ws.moe;
+        grow(&mut b.logits, n * ne);
+        row_split(
+            pool,
+            &[RowTarget {
+                m: &m.router,
+                out: SharedOut::new(&mut b.logits),
+                stride: ne,
+            }],
+            &ws.acts,
+            n,
+            &ws.scratch,
+        )?;
+        // 2. Routes, 3. grouped by expert (a counting sort): one slot per
+        // selected expert, then the shared expert over every token.
+        grow(&mut b.probs, ne);
+        grow(&mut b.choice, ne);
+        grow(&mut b.routes, n * k);
+        for t in 0..n {
+            route_token(
+                cfg,
+                &b.logits[t * ne..(t + 1) * ne],
+                m.bias.as_deref(),
+                &mut b.probs,
+                &mut b.choice,
+                &mut b.routes[t * k..(t + 1) * k],
+            );
+        }
+        b.starts.clear();
+        b.starts.resize(ne + 1, 0);
+        for &(e, _) in &b.routes[..n * k] {
+            b.starts[e as usize + 1] += 1;
+        }
+        for e in 0..ne {
+            b.starts[e + 1] += b.starts[e];
+        }
+        b.cursor.clear();
+        b.cursor.extend_from_slice(&b.starts[..ne]);
+        let shared_n = if m.shared.is_some() { n } else { 0 };
+        grow(&mut b.tokens, n * k + shared_n);
+        grow(&mut b.weights, n * k + shared_n);
+        for (i, &(e, w)) in b.routes[..n * k].iter().enumerate() {
+            let at = &mut b.cursor[e as usize];
+            b.tokens[*at] = (i / k) as u32;
+            b.weights[*at] = w;
+            *at += 1;
+        }
+        b.slots.clear();
+        let mut h_off = 0;
+        for e in 0..ne {
+            let rows = b.starts[e]..b.starts[e + 1];
+            if !rows.is_empty() {
+                let len = rows.len();
+                b.slots.push(Slot {
+                    expert: e,
+                    rows,
+                    h_off,
+                });
+                h_off += len * cfg.expert_ffn;
+            }
+        }
+        if let Some(sh) = &m.shared {
+            for t in 0..n {
+                b.tokens[n * k + t] = t as u32;
+                b.weights[n * k + t] = 1.0;
+            }
+            b.slots.push(Slot {
+                expert: SHARED,
+                rows: n * k..n * k + n,
+                h_off,
+            });
+            h_off += n * sh.gate.rows;
+        }
+        grow(&mut b.g, h_off);
+        grow(&mut b.u, h_off);
+        // 4. Each slot's input rows, quantized for its gate and up (one
+        // token: every slot reads the batch's one row).
+        let experts_of = |s: &Slot| if s.expert == SHARED { m.shared.as_ref() } else { m.experts.get(s.expert) };
+        if b.acts.len() < b.slots.len() {
+            b.acts.resize_with(b.slots.len(), Default::default);
+            b.h_acts.resize_with(b.slots.len(), Default::default);
+        }
+        for (si, s) in b.slots.iter().enumerate() {
+            let Some(e) = experts_of(s) else { continue };
+            let fmts = [e.gate.format.activation_format(), e.up.format.activation_format()];
+            if n == 1 {
+                for f in fmts {
+                    ws.acts.prepare(f, xn, 1, h)?;
+                }
+                continue;
+            }
+            let rows = s.rows.len();
+            grow(&mut b.x, rows * h);
+            for (dst, &t) in b.x.chunks_exact_mut(h).zip(&b.tokens[s.rows.clone()]) {
+                dst.copy_from_slice(&xn[t as usize * h..(t as usize + 1) * h]);
+            }
+            let a = &mut b.acts[si];
+            a.invalidate();
+            for f in fmts {
+                a.prepare(f, &b.x[..rows * h], rows, h)?;
+            }
+        }
+        let (g, u) = (SharedOut::new(&mut b.g), SharedOut::new(&mut b.u));
+        let acts = match n {
+            1 => SlotActs::Shared(&ws.acts),
+            _ => SlotActs::PerSlot(&b.acts),
+        };
+        moe::gate_up(pool, m, &b.slots, acts, g, u, &ws.scratch)?;
+        // 5. The SwiGLU rows quantized for down, then down.
+        for (si, s) in b.slots.iter().enumerate() {
+            let Some(e) = experts_of(s) else { continue };
+            let (rows, f) = (s.rows.len(), e.gate.rows);
+            let a = &mut b.h_acts[si];
+            a.invalidate();
+            a.prepare(
+                e.down.format.activation_format(),
+                &b.g[s.h_off..s.h_off + rows * f],
+                rows,
+                f,
+            )?;
+        }
+        let out = SharedOut::new(&mut ws.partial[0]);
+        moe::down(
+            pool,
+            m,
+            &b.slots,
+            &b.tokens,
+            &b.weights,
+            n,
+            SlotActs::PerSlot(&b.h_acts),
+            out,
+            &ws.scratch,
+        )?;
+        let t0 = std::time::Instant::now();
+        ws.x[..n * h]
+            .iter_mut()
+            .zip(&ws.partial[0][..n * h])
+            .for_each(|(a, &b)| *a += b);
         self.allreduce_ns.fetch_add(
             t0.elapsed().as_nanos() as u64,
             std::sync::atomic::Ordering::Relaxed,

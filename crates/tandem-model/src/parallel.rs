@@ -38,7 +38,7 @@ fn kernel_err(e: tandem_kernels::KernelError) -> ModelError {
 /// Multiplies shard rows `local` by `acts` (n rows) and stores
 /// `out[b*stride + col0 + r]` for each local row `r`.
 #[allow(clippy::too_many_arguments)]
-fn matmul_into(
+pub(crate) fn matmul_into(
     sh: &Shard,
     m: &ShardedMatrix,
     local: Range<usize>,

@@ -15,7 +15,6 @@ use tandem_gguf::{GgufFile, Metadata};
 use tandem_tokenizer::{GgufVocab, Tokenizer};
 
 use crate::config::ModelConfig;
-use crate::names::hf_name;
 use crate::tensor::Tensor;
 use crate::ModelError;
 
@@ -72,10 +71,43 @@ impl ModelFiles {
     /// A tensor by its canonical (GGUF) name.
     pub fn tensor(&self, canonical: &str) -> Option<&Tensor> {
         if self.hf_names {
-            self.tensors.get(&hf_name(canonical)?)
+            self.tensors
+                .get(&self.config.arch.hf_name(canonical, None)?)
         } else {
             self.tensors.get(canonical)
         }
+    }
+
+    /// The `n` experts of a stacked expert tensor (canonical name, e.g.
+    /// `blk.3.ffn_up_exps.weight`), each a `[rows, cols]` matrix view: a
+    /// slice of GGUF's 3-D tensor, or an HF checkpoint's per-expert tensor.
+    /// Refused unless the tensor holds exactly `n` experts of that shape.
+    pub fn experts(
+        &self,
+        canonical: &str,
+        n: usize,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Vec<Tensor>, ModelError> {
+        if !self.hf_names {
+            let t = self.require(canonical)?;
+            return (0..n).map(|e| t.expert(e, n, rows, cols)).collect();
+        }
+        (0..n)
+            .map(|e| {
+                let name = self
+                    .config
+                    .arch
+                    .hf_name(canonical, Some(e))
+                    .ok_or_else(|| ModelError::MissingTensor(format!("{canonical}[{e}]")))?;
+                let t = self
+                    .tensors
+                    .get(&name)
+                    .ok_or_else(|| ModelError::MissingTensor(name.clone()))?;
+                t.expect_matrix(rows, cols)?;
+                Ok(t.clone())
+            })
+            .collect()
     }
 
     pub fn require(&self, canonical: &str) -> Result<&Tensor, ModelError> {

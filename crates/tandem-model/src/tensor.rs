@@ -32,6 +32,9 @@ pub struct Tensor {
     dims: Vec<usize>,
     n_bytes: usize,
     blob: Blob,
+    /// Where this view starts in the blob's bytes (an expert of a stacked
+    /// tensor; 0 for a whole tensor).
+    offset: usize,
 }
 
 impl std::fmt::Debug for Tensor {
@@ -82,6 +85,7 @@ impl Tensor {
                 file: Arc::clone(file),
                 index,
             },
+            offset: 0,
         })
     }
 
@@ -118,6 +122,7 @@ impl Tensor {
                 map: Arc::clone(map),
                 range,
             },
+            offset: 0,
         })
     }
 
@@ -152,14 +157,53 @@ impl Tensor {
 
     /// The raw bytes. Bounds were validated when the tensor was made.
     pub fn bytes(&self) -> &[u8] {
-        match &self.blob {
+        let all = match &self.blob {
             Blob::Gguf { file, index } => file
                 .tensors()
                 .get(*index)
                 .map(|t| file.tensor_data(t))
                 .unwrap_or(&[]),
             Blob::Mapped { map, range } => map.get(range.clone()).unwrap_or(&[]),
+        };
+        all.get(self.offset..self.offset + self.n_bytes)
+            .unwrap_or(&[])
+    }
+
+    /// Expert `e` of a stacked `[n, rows, cols]` expert tensor, as a
+    /// `[rows, cols]` view of its bytes (no copy). Checks the shape, and
+    /// that the bytes are exactly `n` experts' worth.
+    pub fn expert(&self, e: usize, n: usize, rows: usize, cols: usize) -> Result<Tensor, ModelError> {
+        let fmt = self.require_format()?;
+        if self.dims != [n, rows, cols] {
+            return Err(ModelError::bad_tensor(
+                &self.name,
+                format!("shape {:?}, expected [{n}, {rows}, {cols}] ({n} experts)", self.dims),
+            ));
         }
+        let per = fmt
+            .row_bytes(cols)
+            .and_then(|r| r.checked_mul(rows))
+            .ok_or_else(|| {
+                ModelError::bad_tensor(
+                    &self.name,
+                    format!("{cols} columns do not fill whole {} blocks", fmt.name()),
+                )
+            })?;
+        if per.checked_mul(n) != Some(self.n_bytes) || e >= n {
+            return Err(ModelError::bad_tensor(
+                &self.name,
+                "byte size does not match shape and type",
+            ));
+        }
+        Ok(Tensor {
+            name: format!("{}[{e}]", self.name),
+            type_name: self.type_name,
+            format: self.format,
+            dims: vec![rows, cols],
+            n_bytes: per,
+            blob: self.blob.clone(),
+            offset: self.offset + e * per,
+        })
     }
 
     /// Drops this tensor's pages from the process's resident set when they

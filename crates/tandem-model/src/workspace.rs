@@ -96,12 +96,42 @@ pub(crate) struct Workspace {
     /// (`attention::SplitState`).
     pub attn_partials: Vec<f32>,
     pub attn_done: Vec<std::sync::atomic::AtomicUsize>,
+    /// Mixture-of-experts buffers (`crate::moe`).
+    pub moe: MoeBuffers,
+}
+
+/// The MoE block's buffers: router logits, each token's routes, the batch
+/// grouped by expert (slots), and the slots' activations.
+#[derive(Default)]
+pub(crate) struct MoeBuffers {
+    /// `[n × n_experts]` router logits.
+    pub logits: Vec<f32>,
+    /// Routing scratch (`n_experts` each).
+    pub probs: Vec<f32>,
+    pub choice: Vec<f32>,
+    /// `[n × top_k]` (expert, weight) per token.
+    pub routes: Vec<(u32, f32)>,
+    /// Per expert: first entry of its tokens, then a cursor while filling.
+    pub starts: Vec<usize>,
+    pub cursor: Vec<usize>,
+    /// Token index and weight of each entry, grouped by slot.
+    pub tokens: Vec<u32>,
+    pub weights: Vec<f32>,
+    pub slots: Vec<crate::moe::Slot>,
+    /// Gathered input rows of a slot before quantizing.
+    pub x: Vec<f32>,
+    /// Slots' gate (then SwiGLU) and up values.
+    pub g: Vec<f32>,
+    pub u: Vec<f32>,
+    /// Per slot: quantized input rows, quantized SwiGLU rows.
+    pub acts: Vec<ActsCache>,
+    pub h_acts: Vec<ActsCache>,
 }
 
 /// Grows `v` to `n` values (never shrinks; allocates only when growing).
-pub(crate) fn grow(v: &mut Vec<f32>, n: usize) {
+pub(crate) fn grow<T: Clone + Default>(v: &mut Vec<T>, n: usize) {
     if v.len() < n {
-        v.resize(n, 0.0);
+        v.resize(n, T::default());
     }
 }
 

@@ -1,0 +1,75 @@
+//! Layer specs: what one decoder layer computes, as data.
+//!
+//! An architecture module (`crate::arch`) turns a [`ModelConfig`] into one
+//! [`LayerSpec`] per layer; the loader fetches the tensors a spec names and
+//! the forward pass runs each layer by its kinds (a `match` per block, no
+//! trait objects). A backend implements the kinds, not the architectures:
+//! adding a family that only recombines existing kinds touches its arch
+//! module and nothing else.
+
+use crate::config::{ModelConfig, MoeConfig};
+
+/// One decoder layer: attention then feed-forward, each pre-normed with a
+/// residual connection.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerSpec {
+    pub attn: AttnSpec,
+    pub ffn: FfnSpec,
+}
+
+/// Grouped-query attention with RoPE.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttnSpec {
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    /// Q, K and V projections have biases (Qwen2).
+    pub qkv_bias: bool,
+    /// Each query and key head is RMS-normalised before RoPE (Qwen3).
+    pub qk_norm: bool,
+    /// Multiplies the scores before the softmax.
+    pub scale: f32,
+}
+
+/// The feed-forward block.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FfnSpec {
+    /// `down(silu(gate(x)) * up(x))` of width `width`.
+    Dense { width: usize },
+    /// A router picks `top_k` of `n_experts` SwiGLU experts per token; a
+    /// shared expert (if any) sees every token.
+    Moe(MoeConfig),
+}
+
+impl AttnSpec {
+    /// Plain GQA of the config's shape (the attention of every family
+    /// tandem runs so far), with the given switches.
+    pub fn gqa(c: &ModelConfig, qkv_bias: bool, qk_norm: bool) -> AttnSpec {
+        AttnSpec {
+            n_heads: c.n_heads,
+            n_kv_heads: c.n_kv_heads,
+            head_dim: c.head_dim,
+            qkv_bias,
+            qk_norm,
+            scale: 1.0 / (c.head_dim as f32).sqrt(),
+        }
+    }
+
+    /// Query heads per KV head.
+    pub fn group(&self) -> usize {
+        self.n_heads / self.n_kv_heads.max(1)
+    }
+}
+
+impl FfnSpec {
+    /// Layer `layer`'s FFN under the config: MoE past the leading dense
+    /// layers when the config has experts, dense otherwise.
+    pub fn of_layer(c: &ModelConfig, layer: usize) -> FfnSpec {
+        match &c.moe {
+            Some(m) if layer >= m.leading_dense => FfnSpec::Moe(m.clone()),
+            _ => FfnSpec::Dense {
+                width: c.ffn_hidden,
+            },
+        }
+    }
+}
