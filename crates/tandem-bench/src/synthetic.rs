@@ -18,7 +18,7 @@ use tandem_gguf::{Array, GgmlType, GgufWriter, Value};
 
 pub use blocks::{fill, WEIGHT_STD};
 pub use quant::{use_more_bits, Quant, Role};
-pub use shape::{Shape, VocabStyle};
+pub use shape::{MoeShape, Shape, VocabStyle};
 pub use vocab::{build as build_vocab, byte_char, Vocab};
 
 use crate::BenchError;
@@ -100,6 +100,11 @@ pub fn plan(shape: &Shape, quant: Quant) -> Vec<TensorPlan> {
                 );
             }
         }
+        if shape.qk_norm {
+            let hd = shape.head_dim() as u64;
+            push(n("attn_q_norm.weight"), vec![hd], GgmlType::F32, Init::Ones);
+            push(n("attn_k_norm.weight"), vec![hd], GgmlType::F32, Init::Ones);
+        }
         push(
             n("attn_output.weight"),
             vec![q, h],
@@ -107,6 +112,36 @@ pub fn plan(shape: &Shape, quant: Quant) -> Vec<TensorPlan> {
             Init::Random,
         );
         push(n("ffn_norm.weight"), vec![h], GgmlType::F32, Init::Ones);
+        if let Some(m) = &shape.moe {
+            // llama-quantize leaves the router in F32; experts follow the
+            // dense roles (ffn_down_exps gets ffn_down's extra bits).
+            let (e, f) = (m.n_experts as u64, m.expert_ffn as u64);
+            push(
+                n("ffn_gate_inp.weight"),
+                vec![h, e],
+                GgmlType::F32,
+                Init::Random,
+            );
+            push(
+                n("ffn_gate_exps.weight"),
+                vec![h, f, e],
+                ty(Role::FfnGate, i),
+                Init::Random,
+            );
+            push(
+                n("ffn_up_exps.weight"),
+                vec![h, f, e],
+                ty(Role::FfnUp, i),
+                Init::Random,
+            );
+            push(
+                n("ffn_down_exps.weight"),
+                vec![f, h, e],
+                ty(Role::FfnDown, i),
+                Init::Random,
+            );
+            continue;
+        }
         push(
             n("ffn_gate.weight"),
             vec![h, ffn],
@@ -179,6 +214,18 @@ pub fn writer(
         Value::F32(shape.norm_eps),
     );
     w.add_metadata(format!("{a}.rope.dimension_count"), u32v(shape.head_dim()));
+    if let Some(k) = shape.key_length {
+        w.add_metadata(format!("{a}.attention.key_length"), u32v(k));
+        w.add_metadata(format!("{a}.attention.value_length"), u32v(k));
+    }
+    if let Some(m) = &shape.moe {
+        w.add_metadata(format!("{a}.expert_count"), u32v(m.n_experts));
+        w.add_metadata(format!("{a}.expert_used_count"), u32v(m.top_k));
+        w.add_metadata(
+            format!("{a}.expert_feed_forward_length"),
+            u32v(m.expert_ffn),
+        );
+    }
     if a == "llama" {
         w.add_metadata(format!("{a}.vocab_size"), u32v(shape.vocab));
     }

@@ -409,8 +409,15 @@ fn moe_from_gguf(
             Arch::Llama | Arch::Mixtral | Arch::Qwen3Moe => true,
             _ => meta.get_bool(&key("expert_weights_norm"))?.unwrap_or(false),
         },
-        scale: meta.get_f32(&key("expert_weights_scale"))?.unwrap_or(1.0),
-        n_groups: meta.get_usize(&key("expert_group_count"))?.unwrap_or(1).max(1),
+        // llama.cpp reads an absent or zero scale as "no scaling".
+        scale: match meta.get_f32(&key("expert_weights_scale"))? {
+            Some(s) if s != 0.0 => s,
+            _ => 1.0,
+        },
+        n_groups: meta
+            .get_usize(&key("expert_group_count"))?
+            .unwrap_or(1)
+            .max(1),
         groups_used: meta
             .get_usize(&key("expert_group_used_count"))?
             .unwrap_or(1)

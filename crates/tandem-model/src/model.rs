@@ -19,11 +19,11 @@ use crate::config::{Gating, ModelConfig, MoeConfig};
 use crate::kv_cache::{check_fits, KvCache, KvOptions, KvStore};
 use crate::linear::Matrix;
 use crate::moe::{self, route_token, Expert, MoeFfn, Slot, SlotActs, SHARED};
-use crate::spec::FfnSpec;
 use crate::ops::{rms_norm, Rope};
 use crate::parallel::{col_split, gate_up, row_split, RowTarget, SCRATCH};
 use crate::shard::{aligned_ranges, kv_head_ranges, Placer, ShardedMatrix, Split};
 use crate::source::{ModelFiles, SourceFormat};
+use crate::spec::FfnSpec;
 use crate::tensor::Tensor;
 use crate::workspace::{grow, Dims, SharedOut, Workspace};
 use crate::ModelError;
@@ -79,7 +79,9 @@ impl Layer {
                 .chain(m.experts.iter().chain(&m.shared).flat_map(Expert::matrices))
                 .collect(),
         };
-        [&self.wq, &self.wk, &self.wv, &self.wo].into_iter().chain(ffn)
+        [&self.wq, &self.wk, &self.wv, &self.wo]
+            .into_iter()
+            .chain(ffn)
     }
 
     /// Weight bytes one token's decode reads in this layer.
@@ -1167,14 +1169,23 @@ impl Model {
         grow(&mut b.u, h_off);
         // 4. Each slot's input rows, quantized for its gate and up (one
         // token: every slot reads the batch's one row).
-        let experts_of = |s: &Slot| if s.expert == SHARED { m.shared.as_ref() } else { m.experts.get(s.expert) };
+        let experts_of = |s: &Slot| {
+            if s.expert == SHARED {
+                m.shared.as_ref()
+            } else {
+                m.experts.get(s.expert)
+            }
+        };
         if b.acts.len() < b.slots.len() {
             b.acts.resize_with(b.slots.len(), Default::default);
             b.h_acts.resize_with(b.slots.len(), Default::default);
         }
         for (si, s) in b.slots.iter().enumerate() {
             let Some(e) = experts_of(s) else { continue };
-            let fmts = [e.gate.format.activation_format(), e.up.format.activation_format()];
+            let fmts = [
+                e.gate.format.activation_format(),
+                e.up.format.activation_format(),
+            ];
             if n == 1 {
                 for f in fmts {
                     ws.acts.prepare(f, xn, 1, h)?;

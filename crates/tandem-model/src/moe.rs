@@ -137,7 +137,9 @@ pub(crate) fn route_token(
     probs.copy_from_slice(&logits[..n]);
     match cfg.gating {
         Gating::Softmax => crate::ops::softmax(probs),
-        Gating::Sigmoid => probs.iter_mut().for_each(|p| *p = 1.0 / (1.0 + (-*p).exp())),
+        Gating::Sigmoid => probs
+            .iter_mut()
+            .for_each(|p| *p = 1.0 / (1.0 + (-*p).exp())),
     }
     choice.copy_from_slice(probs);
     if let Some(b) = bias {
@@ -268,7 +270,8 @@ pub(crate) fn gate_up(
                     let off = s.h_off + t * ffn + gs.rows.start + local.start;
                     // SAFETY: this chunk's columns of this slot, written
                     // only by this worker.
-                    let (gv, uv) = unsafe { (g.slice(off, local.len()), u.slice(off, local.len())) };
+                    let (gv, uv) =
+                        unsafe { (g.slice(off, local.len()), u.slice(off, local.len())) };
                     crate::ops::silu_mul(gv, uv);
                 }
             }
@@ -343,9 +346,8 @@ pub(crate) fn down(
                     .enumerate()
                 {
                     // SAFETY: as above.
-                    let dst = unsafe {
-                        out.slice(tok as usize * hidden + rows.start + local.start, len)
-                    };
+                    let dst =
+                        unsafe { out.slice(tok as usize * hidden + rows.start + local.start, len) };
                     for (r, d) in dst.iter_mut().enumerate() {
                         *d += wt * tmp[r * n + b];
                     }

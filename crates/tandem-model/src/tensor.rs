@@ -172,12 +172,21 @@ impl Tensor {
     /// Expert `e` of a stacked `[n, rows, cols]` expert tensor, as a
     /// `[rows, cols]` view of its bytes (no copy). Checks the shape, and
     /// that the bytes are exactly `n` experts' worth.
-    pub fn expert(&self, e: usize, n: usize, rows: usize, cols: usize) -> Result<Tensor, ModelError> {
+    pub fn expert(
+        &self,
+        e: usize,
+        n: usize,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Tensor, ModelError> {
         let fmt = self.require_format()?;
         if self.dims != [n, rows, cols] {
             return Err(ModelError::bad_tensor(
                 &self.name,
-                format!("shape {:?}, expected [{n}, {rows}, {cols}] ({n} experts)", self.dims),
+                format!(
+                    "shape {:?}, expected [{n}, {rows}, {cols}] ({n} experts)",
+                    self.dims
+                ),
             ));
         }
         let per = fmt

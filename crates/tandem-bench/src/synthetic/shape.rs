@@ -14,6 +14,15 @@ pub enum VocabStyle {
     Qwen2,
 }
 
+/// The experts of a mixture-of-experts shape (every layer MoE, softmax
+/// routing).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MoeShape {
+    pub n_experts: usize,
+    pub top_k: usize,
+    pub expert_ffn: usize,
+}
+
 /// A decoder's hyperparameters (all GQA, SwiGLU, RMSNorm, RoPE).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Shape {
@@ -34,6 +43,12 @@ pub struct Shape {
     pub norm_eps: f32,
     pub context_length: usize,
     pub vocab_style: VocabStyle,
+    /// Head size when it is not `hidden / n_heads` (Qwen3).
+    pub key_length: Option<usize>,
+    /// Q and K heads are RMS-normalised (Qwen3).
+    pub qk_norm: bool,
+    /// Experts instead of a dense FFN in every layer.
+    pub moe: Option<MoeShape>,
 }
 
 impl Shape {
@@ -43,8 +58,10 @@ impl Shape {
         "llama3-8b",
         "qwen2.5-3b",
         "llama3.1-405b",
+        "qwen3-30b-a3b",
         "tiny",
         "tiny-qwen2",
+        "tiny-qwen3moe",
     ];
 
     /// A named shape. `layers` overrides the layer count (the 405B shape is
@@ -65,6 +82,26 @@ impl Shape {
             norm_eps: 1e-5,
             context_length: ctx,
             vocab_style: VocabStyle::Llama3,
+            key_length: None,
+            qk_norm: false,
+            moe: None,
+        };
+        // Qwen3-30B-A3B's config: 48 layers of 128 experts (top 8, 768
+        // wide), 32 query heads of 128 on 4 KV heads, hidden 2048.
+        let qwen3moe = |hidden, n_layers, n_heads, n_kv, head, experts, top_k, eff, vocab| Shape {
+            arch: "qwen3moe",
+            vocab,
+            rope_theta: 1_000_000.0,
+            norm_eps: 1e-6,
+            vocab_style: VocabStyle::Qwen2,
+            key_length: Some(head),
+            qk_norm: true,
+            moe: Some(MoeShape {
+                n_experts: experts,
+                top_k,
+                expert_ffn: eff,
+            }),
+            ..llama(hidden, 3 * hidden, n_layers, n_heads, n_kv, false, 40_960)
         };
         let mut s = match name {
             "llama3.2-3b" => llama(3072, 8192, 28, 24, 8, true, 131_072),
@@ -79,6 +116,7 @@ impl Shape {
                 vocab_style: VocabStyle::Qwen2,
                 ..llama(2048, 11008, 36, 16, 2, true, 32_768)
             },
+            "qwen3-30b-a3b" => qwen3moe(2048, 48, 32, 4, 128, 128, 8, 768, 151_936),
             // Test shapes: every dimension a multiple of 256 so all quant
             // types apply; small enough to write and run in milliseconds.
             "tiny" => Shape {
@@ -94,6 +132,7 @@ impl Shape {
                 vocab_style: VocabStyle::Qwen2,
                 ..llama(256, 512, 2, 4, 2, true, 2048)
             },
+            "tiny-qwen3moe" => qwen3moe(256, 2, 4, 2, 64, 8, 2, 256, 512),
             other => return Err(BenchError::UnknownShape(other.to_string())),
         };
         if let Some(n) = layers {
@@ -108,7 +147,7 @@ impl Shape {
     }
 
     pub fn head_dim(&self) -> usize {
-        self.hidden / self.n_heads
+        self.key_length.unwrap_or(self.hidden / self.n_heads)
     }
 
     pub fn q_dim(&self) -> usize {

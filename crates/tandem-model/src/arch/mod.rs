@@ -181,6 +181,9 @@ mod tests {
         );
         // An expert index on a tensor that has none is no name.
         assert_eq!(Arch::Qwen3Moe.hf_name("blk.0.attn_q.weight", Some(1)), None);
-        assert_eq!(Arch::Qwen3Moe.hf_name("blk.0.ffn_up_exps.weight", None), None);
+        assert_eq!(
+            Arch::Qwen3Moe.hf_name("blk.0.ffn_up_exps.weight", None),
+            None
+        );
     }
 }
