@@ -219,9 +219,18 @@ impl ModelConfig {
             (None, Some(m)) => m.expert_ffn,
             (None, None) => req("feed_forward_length")?,
         };
+        // NextN / MTP layers follow the trunk and are not run.
+        let nextn = meta.get_usize(&key("nextn_predict_layers"))?.unwrap_or(0);
+        let blocks = req("block_count")?;
+        let n_layers = blocks.checked_sub(nextn).ok_or_else(|| {
+            ModelError::invalid(
+                &key("nextn_predict_layers"),
+                format!("{nextn} of {blocks} blocks"),
+            )
+        })?;
         ModelConfig {
             arch,
-            n_layers: req("block_count")?,
+            n_layers,
             hidden,
             n_heads,
             n_kv_heads: meta
@@ -238,7 +247,9 @@ impl ModelConfig {
                 theta: meta.get_f32(&key("rope.freq_base"))?.unwrap_or(10000.0),
                 layout: match arch {
                     Arch::Llama | Arch::Mistral | Arch::Mixtral => RopeLayout::Interleaved,
-                    Arch::Qwen2 | Arch::Qwen3 | Arch::Qwen3Moe => RopeLayout::Halves,
+                    Arch::Qwen2 | Arch::Qwen3 | Arch::Qwen3Moe | Arch::Glm4Moe => {
+                        RopeLayout::Halves
+                    }
                 },
                 n_rot: meta
                     .get_usize(&key("rope.dimension_count"))?
@@ -346,7 +357,11 @@ impl ModelConfig {
             rope: RopeConfig {
                 theta: theta as f32,
                 layout: RopeLayout::Halves,
-                n_rot: head_dim,
+                // GLM rotates the first half of each head.
+                n_rot: match opt_f64(cfg, "partial_rotary_factor") {
+                    Some(f) if f > 0.0 && f <= 1.0 => (head_dim as f64 * f) as usize,
+                    _ => head_dim,
+                },
                 freq_scale,
                 freq_factors,
             },
@@ -381,6 +396,8 @@ fn moe_from_gguf(
             .ok_or_else(|| ModelError::MissingHyperparameter(key("expert_feed_forward_length")))?,
     };
     let gating = match meta.get_u32(&key("expert_gating_func"))? {
+        // GLM files that predate the key route by sigmoid.
+        None | Some(0) if arch == Arch::Glm4Moe => Gating::Sigmoid,
         None | Some(0) | Some(1) => Gating::Softmax,
         Some(2) => Gating::Sigmoid,
         Some(other) => {
@@ -478,6 +495,26 @@ fn moe_from_hf(cfg: &Json, arch: Arch) -> Result<Option<MoeConfig>, ModelError> 
                 groups_used: 1,
             }
         }
+        Arch::Glm4Moe => MoeConfig {
+            n_experts: need("n_routed_experts")?,
+            top_k: need("num_experts_per_tok")?,
+            expert_ffn: need("moe_intermediate_size")?,
+            shared_ffn: get("n_shared_experts")
+                .unwrap_or(0)
+                .saturating_mul(need("moe_intermediate_size")?),
+            leading_dense: get("first_k_dense_replace").unwrap_or(0),
+            gating: Gating::Sigmoid,
+            norm_top_k: cfg
+                .get("norm_topk_prob")
+                .and_then(Json::as_bool)
+                .unwrap_or(true),
+            scale: cfg
+                .get("routed_scaling_factor")
+                .and_then(Json::as_f64)
+                .unwrap_or(1.0) as f32,
+            n_groups: get("n_group").unwrap_or(1).max(1),
+            groups_used: get("topk_group").unwrap_or(1).max(1),
+        },
         _ => return Ok(None),
     };
     Ok(Some(moe))

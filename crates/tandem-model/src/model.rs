@@ -303,7 +303,7 @@ impl Model {
                 if spec.attn.qk_norm {
                     vector(&files, &n(s), c.head_dim).map(Some)
                 } else {
-                    Ok(None)
+                    optional_vector(&files, &n(s), c.head_dim)
                 }
             };
             let (wq, wk, wv, wo) = (
@@ -417,7 +417,7 @@ impl Model {
             };
             plans.push(LayerPlan {
                 attn_norm: vector(&files, &n("attn_norm.weight"), c.hidden)?,
-                ffn_norm: vector(&files, &n("ffn_norm.weight"), c.hidden)?,
+                ffn_norm: vector(&files, &n(&format!("{}.weight", spec.ffn_norm)), c.hidden)?,
                 bq: bias("attn_q.bias", q_dim)?,
                 bk: bias("attn_k.bias", kv_dim)?,
                 bv: bias("attn_v.bias", kv_dim)?,

@@ -15,6 +15,9 @@ use crate::config::{ModelConfig, MoeConfig};
 pub struct LayerSpec {
     pub attn: AttnSpec,
     pub ffn: FfnSpec,
+    /// GGUF stem of the FFN's pre-norm (`ffn_norm`; GLM calls it
+    /// `post_attention_norm`).
+    pub ffn_norm: &'static str,
 }
 
 /// Grouped-query attention with RoPE.
@@ -25,7 +28,9 @@ pub struct AttnSpec {
     pub head_dim: usize,
     /// Q, K and V projections have biases (Qwen2).
     pub qkv_bias: bool,
-    /// Each query and key head is RMS-normalised before RoPE (Qwen3).
+    /// Each query and key head is RMS-normalised before RoPE (Qwen3):
+    /// required. Otherwise the norms are used if the file has them (GLM's
+    /// `use_qk_norm`).
     pub qk_norm: bool,
     /// Multiplies the scores before the softmax.
     pub scale: f32,

@@ -9,6 +9,7 @@ pub(super) fn layer_spec(c: &ModelConfig, layer: usize) -> LayerSpec {
     LayerSpec {
         attn: AttnSpec::gqa(c, false, false),
         ffn: FfnSpec::of_layer(c, layer),
+        ffn_norm: "ffn_norm",
     }
 }
 

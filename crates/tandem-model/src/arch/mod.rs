@@ -8,6 +8,7 @@
 //! layout its GGUF files use (`config.rs`). New layer kinds go in
 //! `spec.rs` and the forward pass; see ARCHITECTURE.md.
 
+mod glm;
 mod llama;
 mod qwen;
 
@@ -17,7 +18,7 @@ use crate::ModelError;
 
 /// Every architecture name tandem accepts (GGUF `general.architecture`,
 /// HF `model_type`), for error messages.
-pub const SUPPORTED: &str = "llama, mistral, mixtral, qwen2, qwen3, qwen3moe";
+pub const SUPPORTED: &str = "llama, mistral, mixtral, qwen2, qwen3, qwen3moe, glm4moe";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arch {
@@ -28,6 +29,9 @@ pub enum Arch {
     Qwen2,
     Qwen3,
     Qwen3Moe,
+    /// GLM-4.5/4.6/4.7: sigmoid routing with a selection bias, a shared
+    /// expert, leading dense layers, partial RoPE; NextN layers skipped.
+    Glm4Moe,
 }
 
 impl Arch {
@@ -40,6 +44,7 @@ impl Arch {
             "qwen2" => Arch::Qwen2,
             "qwen3" => Arch::Qwen3,
             "qwen3moe" | "qwen3_moe" => Arch::Qwen3Moe,
+            "glm4moe" | "glm4_moe" => Arch::Glm4Moe,
             other => return Err(ModelError::UnsupportedArchitecture(other.to_string())),
         })
     }
@@ -52,12 +57,13 @@ impl Arch {
             Arch::Qwen2 => "qwen2",
             Arch::Qwen3 => "qwen3",
             Arch::Qwen3Moe => "qwen3moe",
+            Arch::Glm4Moe => "glm4moe",
         }
     }
 
     /// Architectures whose every file has experts.
     pub fn is_moe(self) -> bool {
-        matches!(self, Arch::Mixtral | Arch::Qwen3Moe)
+        matches!(self, Arch::Mixtral | Arch::Qwen3Moe | Arch::Glm4Moe)
     }
 
     /// What layer `layer` of a model of this architecture computes.
@@ -65,6 +71,7 @@ impl Arch {
         match self {
             Arch::Llama | Arch::Mistral | Arch::Mixtral => llama::layer_spec(c, layer),
             Arch::Qwen2 | Arch::Qwen3 | Arch::Qwen3Moe => qwen::layer_spec(self, c, layer),
+            Arch::Glm4Moe => glm::layer_spec(c, layer),
         }
     }
 
@@ -89,6 +96,7 @@ impl Arch {
         let hf = match self {
             Arch::Llama | Arch::Mistral | Arch::Mixtral => llama::hf_stem(stem, expert)?,
             Arch::Qwen2 | Arch::Qwen3 | Arch::Qwen3Moe => qwen::hf_stem(stem, expert)?,
+            Arch::Glm4Moe => return glm::hf_name(layer, stem, suffix, expert),
         };
         Some(format!("model.layers.{layer}.{hf}.{suffix}"))
     }
@@ -178,6 +186,24 @@ mod tests {
                 .hf_name("blk.0.ffn_gate_inp.weight", None)
                 .as_deref(),
             Some("model.layers.0.mlp.gate.weight")
+        );
+        assert_eq!(
+            Arch::Glm4Moe
+                .hf_name("blk.2.exp_probs_b.bias", None)
+                .as_deref(),
+            Some("model.layers.2.mlp.gate.e_score_correction_bias")
+        );
+        assert_eq!(
+            Arch::Glm4Moe
+                .hf_name("blk.2.ffn_down_shexp.weight", None)
+                .as_deref(),
+            Some("model.layers.2.mlp.shared_experts.down_proj.weight")
+        );
+        assert_eq!(
+            Arch::Glm4Moe
+                .hf_name("blk.2.post_attention_norm.weight", None)
+                .as_deref(),
+            Some("model.layers.2.post_attention_layernorm.weight")
         );
         // An expert index on a tensor that has none is no name.
         assert_eq!(Arch::Qwen3Moe.hf_name("blk.0.attn_q.weight", Some(1)), None);
