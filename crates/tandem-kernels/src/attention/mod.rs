@@ -380,6 +380,17 @@ fn span(n: usize, stride: usize, row_bytes: usize) -> Option<usize> {
     }
 }
 
+/// What limits a query's scores besides the causal end: the first position
+/// of the block it sees (a sliding window's start) and a soft-cap
+/// (`cap · tanh(s / cap)` of the scaled score, Gemma 2). The default limits
+/// nothing. Blocks with either take the step-by-step path.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ScoreLimits<'a> {
+    /// Per query: positions of the block before this one are not seen.
+    pub starts: Option<&'a [usize]>,
+    pub softcap: Option<f32>,
+}
+
 /// Folds one block of keys/values into the states of `visible.len()` query
 /// rows.
 ///
@@ -400,7 +411,38 @@ pub fn attend_block<'a>(
     scores: &mut [f32],
 ) -> Result<(), KernelError> {
     attend(
-        isa, q, head_dim, scale, block, visible, states, acc, scores, true,
+        isa,
+        q,
+        head_dim,
+        scale,
+        block,
+        visible,
+        ScoreLimits::default(),
+        states,
+        acc,
+        scores,
+        true,
+    )
+}
+
+/// [`attend_block`] where query `i` sees positions
+/// `limits.starts[i]..visible[i]` of the block (a sliding window), with
+/// scores soft-capped if asked.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_block_limited<'a>(
+    isa: Isa,
+    q: &[f32],
+    head_dim: usize,
+    scale: f32,
+    block: &KvBlock<'a>,
+    visible: &[usize],
+    limits: ScoreLimits<'_>,
+    states: &mut [SoftmaxState],
+    acc: &mut [f32],
+    scores: &mut [f32],
+) -> Result<(), KernelError> {
+    attend(
+        isa, q, head_dim, scale, block, visible, limits, states, acc, scores, true,
     )
 }
 
@@ -420,7 +462,17 @@ pub(crate) fn attend_block_unfused(
     scores: &mut [f32],
 ) -> Result<(), KernelError> {
     attend(
-        isa, q, head_dim, scale, block, visible, states, acc, scores, false,
+        isa,
+        q,
+        head_dim,
+        scale,
+        block,
+        visible,
+        ScoreLimits::default(),
+        states,
+        acc,
+        scores,
+        false,
     )
 }
 
@@ -432,12 +484,27 @@ fn attend(
     scale: f32,
     block: &KvBlock<'_>,
     visible: &[usize],
+    limits: ScoreLimits<'_>,
     states: &mut [SoftmaxState],
     acc: &mut [f32],
     scores: &mut [f32],
     allow_fused: bool,
 ) -> Result<(), KernelError> {
     let nq = visible.len();
+    if let Some(st) = limits.starts {
+        check("window starts", nq, st.len())?;
+    }
+    if let Some(c) = limits.softcap {
+        if !(c.is_finite() && c > 0.0) {
+            return Err(KernelError::SizeMismatch {
+                what: "soft-cap (must be positive)",
+                expected: 1,
+                actual: 0,
+            });
+        }
+    }
+    let starts_at = |i: usize| limits.starts.map_or(0, |s| s[i]);
+    let limited = limits.softcap.is_some() || (0..nq).any(|i| starts_at(i) > 0);
     if head_dim == 0 {
         return Err(KernelError::ZeroColumns);
     }
@@ -480,10 +547,10 @@ fn attend(
     }
     let p = prims(isa, block.format)?;
     let n = block.n;
-    if n == 0 || visible.iter().all(|&v| v == 0) {
+    if n == 0 || (0..nq).all(|i| visible[i] <= starts_at(i)) {
         return Ok(());
     }
-    if let Some(fused) = p.fused.filter(|_| allow_fused) {
+    if let Some(fused) = p.fused.filter(|_| allow_fused && !limited) {
         if fused(q, head_dim, scale, block, visible, states, acc) {
             return Ok(());
         }
@@ -493,12 +560,25 @@ fn attend(
     (p.scores)(&p, q, head_dim, block.k, block.stride, n, sc);
     for (i, &vis) in visible.iter().enumerate() {
         let row = &mut sc[i * n..(i + 1) * n];
+        let start = starts_at(i).min(vis);
         row[vis..].fill(0.0);
-        if let Some(c) = row_softmax_step(&mut row[..vis], scale, &mut states[i], p.exp_sum) {
+        let seen = &mut row[start..vis];
+        let step_scale = match limits.softcap {
+            // Scaled and capped here, so the step's own scaling is 1.
+            Some(cap) => {
+                seen.iter_mut()
+                    .for_each(|s| *s = cap * (*s * scale / cap).tanh());
+                1.0
+            }
+            None => scale,
+        };
+        if let Some(c) = row_softmax_step(seen, step_scale, &mut states[i], p.exp_sum) {
             acc[i * head_dim..(i + 1) * head_dim]
                 .iter_mut()
                 .for_each(|a| *a *= c);
         }
+        // Positions before the window weigh nothing.
+        row[..start].fill(0.0);
     }
     (p.accumulate)(&p, acc, head_dim, sc, block.v, block.stride, n);
     Ok(())
@@ -570,6 +650,23 @@ pub(crate) fn row_softmax_step(
     st.max = m;
     st.sum += exp_sum(seen, m);
     rescale
+}
+
+/// Folds an attention sink into a query's state: a learned logit (already
+/// scaled) that joins the softmax's denominator with no value (gpt-oss),
+/// so the weights of the real keys sum to less than one.
+pub fn add_sink(state: &mut SoftmaxState, acc: &mut [f32], sink: f32) {
+    let m = state.max.max(sink);
+    let c = if state.sum > 0.0 {
+        (state.max - m).exp()
+    } else {
+        0.0
+    };
+    if c != 1.0 {
+        acc.iter_mut().for_each(|a| *a *= c);
+    }
+    state.sum = state.sum * c + (sink - m).exp();
+    state.max = m;
 }
 
 /// `out = acc / sum`: the attention output of a query row whose keys have

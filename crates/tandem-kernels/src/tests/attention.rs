@@ -10,7 +10,8 @@ use rand::Rng;
 
 use super::rng;
 use crate::attention::{
-    attend_block, axpy, dot, encode_row, finish, merge, KvBlock, KvFormat, SoftmaxState,
+    add_sink, attend_block, attend_block_limited, axpy, dot, encode_row, finish, merge, KvBlock,
+    KvFormat, ScoreLimits, SoftmaxState,
 };
 use crate::convert::{bf16_to_f32, f16_to_f32, f32_to_bf16, f32_to_f16};
 use crate::{dequantize_row, Isa, KernelError, WeightFormat};
@@ -619,5 +620,114 @@ fn softmax_exponential_is_within_a_few_ulp_of_f64() {
             (z[0] - 1.0).abs() < 1e-7 && (z[1] - (-2f32).exp()).abs() < 1e-7,
             "{isa:?} {z:?}"
         );
+    }
+}
+
+/// Sliding windows (query `i` sees keys `starts[i]..ends[i]`), soft-caps
+/// and sinks against a naive f64 attention over the same keys, for every
+/// ISA and format, blocks of 16 (so windows start inside and at the edges
+/// of blocks, and some blocks are wholly outside a query's window).
+#[test]
+fn windows_soft_caps_and_sinks_match_naive_attention() {
+    let mut r = rng(33);
+    let (hd, n_keys, block) = (64usize, 100usize, 16usize);
+    for isa in isas() {
+        for format in FORMATS {
+            let stride = format.row_bytes(hd).expect("row bytes");
+            let kf = random(n_keys * hd, 3.0, r.random());
+            let vf = random(n_keys * hd, 1.0, r.random());
+            let (k, kst) = store(format, &kf);
+            let (v, vst) = store(format, &vf);
+            let ends: Vec<usize> = vec![100, 99, 64, 17, 5, 100];
+            let starts: Vec<usize> = vec![0, 40, 48, 16, 4, 99];
+            let q = random(ends.len() * hd, 1.0, r.random());
+            let scale = 1.0 / (hd as f32).sqrt();
+            for (softcap, sink) in [(None, None), (Some(2.0f32), None), (None, Some(1.5f32))] {
+                let nq = ends.len();
+                let mut states = vec![SoftmaxState::EMPTY; nq];
+                let mut acc = vec![0f32; nq * hd];
+                let mut scores = vec![0f32; nq * block];
+                for p0 in (0..n_keys).step_by(block) {
+                    let bn = block.min(n_keys - p0);
+                    let vis: Vec<usize> =
+                        ends.iter().map(|&e| e.saturating_sub(p0).min(bn)).collect();
+                    let st: Vec<usize> = starts
+                        .iter()
+                        .map(|&s| s.saturating_sub(p0).min(bn))
+                        .collect();
+                    let blk = KvBlock {
+                        ahead: KvBlock::NOTHING_AHEAD,
+                        format,
+                        k: &k[p0 * stride..],
+                        v: &v[p0 * stride..],
+                        stride,
+                        n: bn,
+                    };
+                    let limits = ScoreLimits {
+                        starts: Some(&st),
+                        softcap,
+                    };
+                    attend_block_limited(
+                        isa,
+                        &q,
+                        hd,
+                        scale,
+                        &blk,
+                        &vis,
+                        limits,
+                        &mut states,
+                        &mut acc,
+                        &mut scores,
+                    )
+                    .expect("attend");
+                }
+                for i in 0..nq {
+                    let a = &mut acc[i * hd..(i + 1) * hd];
+                    if let Some(s) = sink {
+                        add_sink(&mut states[i], a, s);
+                    }
+                    let mut out = vec![0f32; hd];
+                    finish(&states[i], a, &mut out).expect("finish");
+                    // Naive: scores of the window, capped, plus the sink.
+                    let qi = &q[i * hd..(i + 1) * hd];
+                    let mut sc: Vec<f64> = (starts[i]..ends[i])
+                        .map(|j| {
+                            let d: f64 = (0..hd)
+                                .map(|c| f64::from(qi[c]) * f64::from(kst[j * hd + c]))
+                                .sum::<f64>()
+                                * f64::from(scale);
+                            match softcap {
+                                Some(cap) => f64::from(cap) * (d / f64::from(cap)).tanh(),
+                                None => d,
+                            }
+                        })
+                        .collect();
+                    let extra = sink.map(f64::from);
+                    let m = sc
+                        .iter()
+                        .copied()
+                        .chain(extra)
+                        .fold(f64::NEG_INFINITY, f64::max);
+                    sc.iter_mut().for_each(|x| *x = (*x - m).exp());
+                    let z: f64 = sc.iter().sum::<f64>() + extra.map_or(0.0, |e| (e - m).exp());
+                    let want: Vec<f64> = (0..hd)
+                        .map(|c| {
+                            sc.iter()
+                                .zip(starts[i]..ends[i])
+                                .map(|(e, j)| e * f64::from(vst[j * hd + c]))
+                                .sum::<f64>()
+                                / z
+                        })
+                        .collect();
+                    let d = rel_max(&out, &want);
+                    assert!(
+                        d < 1e-5,
+                        "{isa} {format} query {i} ({}..{}) cap {softcap:?} sink {sink:?}: rel diff {d:.2e}",
+                        starts[i],
+                        ends[i]
+                    );
+                }
+            }
+        }
     }
 }
