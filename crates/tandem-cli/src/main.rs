@@ -12,6 +12,7 @@ mod cmd_chat;
 mod cmd_inspect;
 mod cmd_perplexity;
 mod cmd_run;
+mod cmd_serve;
 mod kv_pool;
 mod load;
 mod sampling_args;
@@ -104,6 +105,8 @@ enum Command {
     Inspect(cmd_inspect::InspectArgs),
     /// Measure prefill/decode speed and memory bandwidth, or write a synthetic model.
     Bench(cmd_bench::BenchArgs),
+    /// Serve the OpenAI API over HTTP (continuous batching).
+    Serve(cmd_serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -118,6 +121,7 @@ fn main() -> ExitCode {
         Command::Perplexity(a) => cmd_perplexity::run(a),
         Command::Inspect(a) => cmd_inspect::run(a),
         Command::Bench(a) => cmd_bench::run(a),
+        Command::Serve(a) => cmd_serve::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -233,6 +233,18 @@ impl ChatTemplate {
         add_generation_prompt: bool,
         kwargs: &TemplateKwargs,
     ) -> Result<String, ChatTemplateError> {
+        self.render_values(messages, add_generation_prompt, kwargs)
+    }
+
+    /// [`ChatTemplate::render_with`] for messages of any shape (an API's
+    /// JSON messages with `tool_calls`, `tool_call_id`, `name`, ...): each
+    /// is handed to the template as it serializes.
+    pub fn render_values<M: serde::Serialize>(
+        &self,
+        messages: &[M],
+        add_generation_prompt: bool,
+        kwargs: &TemplateKwargs,
+    ) -> Result<String, ChatTemplateError> {
         let mut ctx: BTreeMap<String, Value> = BTreeMap::new();
         ctx.insert("bos_token".into(), Value::from(self.bos_token.as_str()));
         ctx.insert("eos_token".into(), Value::from(self.eos_token.as_str()));

@@ -1,5 +1,6 @@
 //! The engine: what turns a model into answers. Sampling, chat templates,
-//! generation and perplexity, shared by the CLI and (later) the server.
+//! generation and perplexity, shared by the CLI and the server; the
+//! scheduler (continuous batching) and the engine thread that runs it.
 //!
 //! The engine knows nothing of file formats, kernels or threads: it sees a
 //! [`tandem_model::Model`] and its tokenizer.
@@ -10,5 +11,8 @@ pub mod perplexity;
 
 pub use error::EngineError;
 pub mod chat;
+pub mod engine;
+pub mod logprobs;
+pub mod penalties;
 pub mod sampler;
 pub mod scheduler;

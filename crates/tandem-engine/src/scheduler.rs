@@ -1,56 +1,90 @@
-//! Several generations at once on one KV pool, surviving memory pressure.
+//! Continuous batching: many generations at once on one KV pool, each
+//! step one forward pass that decodes every running request and folds in
+//! a budget of prompt tokens (chunked prefill beside decode), surviving
+//! memory pressure.
 //!
-//! A [`Scheduler`] holds requests *waiting* (no pages) and *running* (a
-//! sequence in the pool). Each [`Scheduler::step`]:
+//! A [`Scheduler`] holds requests *waiting* (no pages) and *active* (a
+//! sequence in the pool, in admission order). An active request has
+//! tokens the cache does not hold yet: its prompt (or what is left of it)
+//! while it prefills, then exactly one — the token it sampled last — while
+//! it decodes. Each [`Scheduler::step`]:
 //!
-//! 1. **Admits** waiting requests, oldest first, while the batch has room:
-//!    a request's sequence starts from the prefix cache
-//!    (`KvStore::sequence_with_prefix` — RAM, then the disk tier), the
-//!    rest of its tokens is prefilled in chunks, and its next token is
-//!    sampled. If the pool cannot hold the prefill, the request gives its
-//!    pages back and waits; a request that cannot fit even alone fails.
-//! 2. **Makes room** for one decode step: every running sequence whose
-//!    next position starts a page needs a free page. While the pool has
-//!    fewer than needed, the most recently admitted request is
-//!    **preempted**: its sequence is dropped — its full pages stay in the
-//!    prefix cache (and go to the disk tier if they are evicted) — and it
-//!    goes back to the front of the queue with every token it has so far,
-//!    to be readmitted (prefix hit + recompute of the rest) when there is
-//!    room. Its sampler keeps its state, so a preempted greedy or seeded
-//!    generation continues exactly as it would have.
-//! 3. **Decodes** one token for every running request in one batch, and
-//!    finishes those that hit EOS, their token limit or their context.
+//! 1. **Admits** waiting requests, oldest first, while the batch has room
+//!    and the pool can hold their prompts beside what the active
+//!    prefills still need: a request's sequence starts from the prefix
+//!    cache (`KvStore::sequence_with_prefix` — RAM, then the disk tier),
+//!    so requests that share a prefix (an agent's system prompt) compute
+//!    it once: a request whose prefix another active request is still
+//!    prefilling waits until those pages are committed, then finds them in
+//!    the cache. A request longer than the context or the whole pool fails.
+//! 2. **Plans decodes**: every decoding request gets its one token, and
+//!    its page reserved. While the pool cannot give a page, the most
+//!    recently admitted request is **preempted**: its sequence is dropped
+//!    — its full pages stay in the prefix cache (and go to the disk tier
+//!    if they are evicted) — and it goes back to the front of the queue
+//!    with every token it has so far, to be readmitted (prefix hit +
+//!    recompute of the rest) when there is room. Its sampler keeps its
+//!    state, so a preempted greedy or seeded generation continues exactly
+//!    as it would have.
+//! 3. **Plans prefill**: prefilling requests, oldest first, take chunks of
+//!    their remaining prompt until the step's prefill budget
+//!    ([`Scheduler::with_prefill_chunk`]) is spent or the pool has no
+//!    page left for them. A long prompt thus advances a chunk per step
+//!    while the running streams keep producing a token every step.
+//! 4. **Runs** all of it as one `forward_batch` (pages are reserved
+//!    already, so it cannot run out of them), samples a token for every
+//!    request whose pending tokens are all in the cache now, and finishes
+//!    those that hit EOS, their token limit or their context.
 //!
-//! Pages are returned when a sequence is dropped — finished, cancelled,
-//! or preempted — so when the scheduler is idle no page is in use.
+//! If nothing can run at all (every active request is a prefill the pool
+//! cannot advance), the newest is preempted; a lone request that cannot
+//! advance fails. Pages are returned when a sequence is dropped —
+//! finished, cancelled, failed or preempted — so when the scheduler is
+//! idle no page is in use.
 //!
 //! Does not know: HTTP, streaming text, threads (the model's pool runs
-//! each batch).
+//! each batch; `engine.rs` runs the scheduler on its own thread).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use tandem_model::{KvCache, KvStore, Logits, Model, ModelError, SeqInput};
+use tandem_model::{KvCache, KvStore, Logits, Model, SeqInput};
 
-use crate::generate::{prefill, StopReason};
+use crate::generate::StopReason;
+use crate::logprobs::{token_logprobs, TokenLogprobs};
+use crate::penalties::Penalties;
 use crate::sampler::{Sampler, SamplingParams};
 use crate::EngineError;
 
 /// One generation to run.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Request {
     /// The caller's name for it, echoed in events.
     pub id: u64,
     pub prompt: Vec<u32>,
     pub max_tokens: usize,
     pub sampling: SamplingParams,
+    /// OpenAI's presence and frequency penalties (over generated tokens).
+    pub penalties: Penalties,
+    /// Report each sampled token's log-probability and this many of the
+    /// most likely alternatives (None: no log-probabilities).
+    pub logprobs: Option<usize>,
+    /// Keep going past end-of-generation tokens (benchmarks, tests).
+    pub ignore_eos: bool,
 }
 
 /// What a step produced.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Event {
+    /// Request `id` was admitted for the first time; `cached` of its
+    /// prompt tokens came from the prefix cache.
+    Started { id: u64, cached: usize },
     /// Request `id` generated `token`.
-    Token { id: u64, token: u32 },
+    Token {
+        id: u64,
+        token: u32,
+        logprobs: Option<TokenLogprobs>,
+    },
     /// Request `id` ended; its pages are released.
     Finished { id: u64, reason: StopReason },
     /// Request `id` gave its pages back and waits (its tokens are kept).
@@ -61,19 +95,29 @@ pub enum Event {
 
 struct Entry {
     id: u64,
-    /// Prompt followed by the generated tokens.
+    /// Prompt followed by the generated tokens (the last one, while
+    /// decoding, not yet in the cache).
     tokens: Vec<u32>,
     prompt_len: usize,
     max_tokens: usize,
     sampler: Sampler,
-    /// The sampled token not yet in the cache (running entries only).
-    pending: Option<u32>,
+    penalties: Penalties,
+    logprobs: Option<usize>,
+    ignore_eos: bool,
+    /// Active entries only.
     seq: Option<KvCache>,
+    started: bool,
+    /// Tokens planned for this step.
+    chunk: usize,
 }
 
 impl Entry {
     fn generated(&self) -> usize {
         self.tokens.len() - self.prompt_len
+    }
+    /// Tokens not yet in the cache.
+    fn todo(&self) -> usize {
+        self.tokens.len() - self.seq.as_ref().map_or(0, |s| s.len())
     }
 }
 
@@ -82,10 +126,15 @@ impl Entry {
 pub struct SchedulerStats {
     pub admitted: u64,
     pub preempted: u64,
-    /// Tokens that readmission took from the prefix cache.
+    /// Tokens looked up in the prefix cache at admission.
+    pub queried_tokens: u64,
+    /// Tokens admission took from the prefix cache.
     pub reused_tokens: u64,
     /// Tokens prefilled (prompts, and recomputation after preemption).
     pub prefilled_tokens: u64,
+    /// Tokens decoded (one per running request per step).
+    pub decoded_tokens: u64,
+    pub steps: u64,
 }
 
 /// Runs requests in batches on one model and one KV pool.
@@ -93,12 +142,14 @@ pub struct Scheduler<'m> {
     model: &'m Model,
     store: Arc<KvStore>,
     waiting: VecDeque<Entry>,
-    running: Vec<Entry>,
+    active: Vec<Entry>,
     max_batch: usize,
     prefill_chunk: usize,
     /// Most tokens one sequence may hold.
     ctx: usize,
     logits: Vec<f32>,
+    /// Penalised logits of one row (only when penalties are on).
+    scratch: Vec<f32>,
     stats: SchedulerStats,
 }
 
@@ -110,16 +161,17 @@ impl<'m> Scheduler<'m> {
             model,
             store,
             waiting: VecDeque::new(),
-            running: Vec::new(),
+            active: Vec::new(),
             max_batch: max_batch.max(1),
             prefill_chunk: 512,
             ctx: ctx.max(1),
             logits: Vec::new(),
+            scratch: Vec::new(),
             stats: SchedulerStats::default(),
         }
     }
 
-    /// Prompt tokens per forward pass when prefilling.
+    /// Prompt tokens one step may prefill (beside its decodes).
     pub fn with_prefill_chunk(mut self, n: usize) -> Self {
         self.prefill_chunk = n.max(1);
         self
@@ -133,6 +185,11 @@ impl<'m> Scheduler<'m> {
         &self.store
     }
 
+    /// Most tokens one sequence may hold.
+    pub fn ctx(&self) -> usize {
+        self.ctx
+    }
+
     /// Queues a request.
     pub fn submit(&mut self, r: Request) -> Result<(), EngineError> {
         if r.prompt.is_empty() {
@@ -143,6 +200,7 @@ impl<'m> Scheduler<'m> {
                 "a request must allow at least one token".into(),
             ));
         }
+        r.penalties.validate()?;
         let prompt_len = r.prompt.len();
         self.waiting.push_back(Entry {
             id: r.id,
@@ -150,8 +208,12 @@ impl<'m> Scheduler<'m> {
             prompt_len,
             max_tokens: r.max_tokens,
             sampler: Sampler::new(r.sampling)?,
-            pending: None,
+            penalties: r.penalties,
+            logprobs: r.logprobs,
+            ignore_eos: r.ignore_eos,
             seq: None,
+            started: false,
+            chunk: 0,
         });
         Ok(())
     }
@@ -159,8 +221,8 @@ impl<'m> Scheduler<'m> {
     /// Drops request `id` wherever it is (its pages are released); false
     /// if there is no such request.
     pub fn cancel(&mut self, id: u64) -> bool {
-        if let Some(i) = self.running.iter().position(|e| e.id == id) {
-            self.running.remove(i);
+        if let Some(i) = self.active.iter().position(|e| e.id == id) {
+            self.active.remove(i);
             return true;
         }
         if let Some(i) = self.waiting.iter().position(|e| e.id == id) {
@@ -170,75 +232,313 @@ impl<'m> Scheduler<'m> {
         false
     }
 
+    /// Drops every request (after an error that leaves their state
+    /// unknown); returns their ids.
+    pub fn abort_all(&mut self) -> Vec<u64> {
+        let ids = self
+            .active
+            .iter()
+            .chain(self.waiting.iter())
+            .map(|e| e.id)
+            .collect();
+        self.active.clear();
+        self.waiting.clear();
+        ids
+    }
+
     /// Whether nothing is queued or running.
     pub fn is_idle(&self) -> bool {
-        self.waiting.is_empty() && self.running.is_empty()
+        self.waiting.is_empty() && self.active.is_empty()
     }
 
-    /// Requests (waiting, running).
+    /// Requests (waiting, active).
     pub fn load(&self) -> (usize, usize) {
-        (self.waiting.len(), self.running.len())
+        (self.waiting.len(), self.active.len())
     }
 
-    /// One round: admit, make room, decode (see the module docs).
+    /// One round: admit, plan, run (see the module docs).
     pub fn step(&mut self) -> Result<Vec<Event>, EngineError> {
         let mut events = Vec::new();
-        self.admit(&mut events)?;
-        self.make_room(&mut events);
-        self.decode(&mut events)?;
+        self.admit(&mut events);
+        loop {
+            self.plan_decodes(&mut events);
+            self.plan_prefill();
+            if self.active.is_empty() || self.active.iter().any(|e| e.chunk > 0) {
+                break;
+            }
+            // Nothing can advance: every active request is a prefill the
+            // pool has no page for.
+            if self.active.len() == 1 {
+                if let Some(e) = self.active.pop() {
+                    events.push(self.too_large(&e));
+                }
+                break;
+            }
+            self.preempt_newest(&mut events);
+        }
+        self.run(&mut events)?;
+        self.stats.steps += 1;
         Ok(events)
     }
 
-    fn admit(&mut self, events: &mut Vec<Event>) -> Result<(), EngineError> {
-        while self.running.len() < self.max_batch {
+    fn too_large(&self, e: &Entry) -> Event {
+        let error = format!(
+            "{} tokens do not fit in the KV pool ({} tokens) or the context ({})",
+            e.tokens.len(),
+            self.store.capacity_tokens(),
+            self.ctx
+        );
+        Event::Failed { id: e.id, error }
+    }
+
+    /// Pages the pool could hand out now.
+    fn available_pages(&self) -> usize {
+        let c = self.store.counts();
+        c.free + c.cached
+    }
+
+    fn pages_for(&self, tokens: usize) -> usize {
+        tokens.div_ceil(self.store.geometry().page_tokens)
+    }
+
+    fn admit(&mut self, events: &mut Vec<Event>) {
+        // Pages the active prefills still need.
+        let mut promised: usize = self
+            .active
+            .iter()
+            .map(|e| {
+                let held = e.seq.as_ref().map_or(0, |s| s.pages().len());
+                self.pages_for(e.tokens.len() + 1).saturating_sub(held)
+            })
+            .sum();
+        while self.active.len() < self.max_batch {
             let Some(mut e) = self.waiting.pop_front() else {
                 break;
             };
-            let mut seq = self
+            if e.tokens.len() > self.ctx || e.tokens.len() > self.store.capacity_tokens() {
+                events.push(self.too_large(&e));
+                continue;
+            }
+            let seq = self
                 .store
                 .sequence_with_prefix(&e.tokens)
                 .with_limit(self.ctx);
+            let need = self
+                .pages_for(e.tokens.len() + 1)
+                .saturating_sub(seq.pages().len());
+            let defer = self.shares_a_pending_prefix(&e.tokens, seq.len());
+            if defer || (!self.active.is_empty() && need + promised > self.available_pages()) {
+                // Wait for room (the prefix pages go back to the cache).
+                drop(seq);
+                self.waiting.push_front(e);
+                break;
+            }
+            promised += need;
             let cached = seq.len();
-            self.stats.reused_tokens += cached as u64;
-            let rest = &e.tokens[cached..];
-            let logits = match prefill(self.model, &mut seq, rest, self.prefill_chunk) {
-                Ok(logits) => logits,
-                // The pool (or the context) cannot hold the prefill now.
-                Err(EngineError::PromptTooLong { .. })
-                | Err(EngineError::Model(ModelError::ContextFull { .. })) => {
-                    drop(seq);
-                    if self.running.is_empty() {
-                        let error = format!(
-                            "{} tokens do not fit in the KV pool ({} tokens) or the context ({})",
-                            e.tokens.len(),
-                            self.store.capacity_tokens(),
-                            self.ctx
-                        );
-                        events.push(Event::Failed { id: e.id, error });
-                        continue;
-                    }
-                    // Wait for running requests to finish.
-                    self.waiting.push_front(e);
-                    break;
-                }
-                Err(err) => return Err(err),
-            };
             self.stats.admitted += 1;
-            self.stats.prefilled_tokens += rest.len() as u64;
+            self.stats.queried_tokens += e.tokens.len() as u64;
+            self.stats.reused_tokens += cached as u64;
+            if !e.started {
+                e.started = true;
+                events.push(Event::Started { id: e.id, cached });
+            }
             e.seq = Some(seq);
-            let token = e.sampler.sample(&logits, &e.tokens)?;
-            self.accept(e, token, events);
+            self.active.push(e);
+        }
+    }
+
+    /// Whether an active request is still prefilling full pages that
+    /// `tokens` starts with beyond the `cached` tokens the prefix cache
+    /// gave: admitting now would compute them twice, admitting once they
+    /// are committed finds them in the cache.
+    fn shares_a_pending_prefix(&self, tokens: &[u32], cached: usize) -> bool {
+        let pt = self.store.geometry().page_tokens;
+        // The prefix cache never gives the last token (it needs logits).
+        let usable = tokens.len().saturating_sub(1);
+        self.active.iter().any(|a| {
+            let done = a.seq.as_ref().map_or(0, |s| s.len());
+            let common = tokens
+                .iter()
+                .zip(&a.tokens)
+                .take(usable)
+                .take_while(|(x, y)| x == y)
+                .count();
+            let shared = common / pt * pt;
+            shared > cached && done < shared
+        })
+    }
+
+    /// Sends the newest active request back to the queue.
+    fn preempt_newest(&mut self, events: &mut Vec<Event>) {
+        if let Some(mut e) = self.active.pop() {
+            // Pages back to the pool (full ones stay cached). The sampled
+            // token stays in `tokens`: readmission prefills it with the
+            // rest and samples from its logits, which is the sample this
+            // decode step would have made.
+            e.seq = None;
+            e.chunk = 0;
+            self.stats.preempted += 1;
+            events.push(Event::Preempted { id: e.id });
+            self.waiting.push_front(e);
+        }
+    }
+
+    /// Reserves one position for every decoding request, preempting the
+    /// newest requests while the pool has no page for one.
+    fn plan_decodes(&mut self, events: &mut Vec<Event>) {
+        let mut i = 0;
+        while i < self.active.len() {
+            let e = &mut self.active[i];
+            if e.todo() != 1 {
+                e.chunk = 0;
+                i += 1;
+                continue;
+            }
+            let ok = e.seq.as_mut().is_some_and(|s| s.reserve(1).is_ok());
+            if ok {
+                e.chunk = 1;
+                i += 1;
+                continue;
+            }
+            if self.active.len() == 1 {
+                // Alone and still no page: its context is full.
+                if let Some(e) = self.active.pop() {
+                    events.push(Event::Finished {
+                        id: e.id,
+                        reason: StopReason::ContextFull,
+                    });
+                }
+                return;
+            }
+            // Preempt the newest (possibly this one) and retry.
+            self.preempt_newest(events);
+        }
+    }
+
+    /// Gives prefilling requests, oldest first, chunks of their prompts
+    /// within the step's budget and the pages the pool has.
+    fn plan_prefill(&mut self) {
+        let pt = self.store.geometry().page_tokens;
+        let mut budget = self.prefill_chunk;
+        for e in self.active.iter_mut() {
+            let todo = e.todo();
+            if todo == 1 || budget == 0 {
+                if todo != 1 {
+                    e.chunk = 0;
+                }
+                continue;
+            }
+            let Some(seq) = e.seq.as_mut() else {
+                e.chunk = 0;
+                continue;
+            };
+            let mut n = todo.min(budget);
+            if seq.reserve(n).is_err() {
+                // As much as the pages left hold (a shared partial last
+                // page would need one more for its copy: then nothing).
+                let c = self.store.counts();
+                let room = (seq.pages().len() + c.free + c.cached) * pt;
+                n = n.min(room.saturating_sub(seq.len()));
+                while n > 0 && seq.reserve(n).is_err() {
+                    n = n.saturating_sub(pt);
+                }
+            }
+            e.chunk = n;
+            budget -= n;
+        }
+    }
+
+    fn run(&mut self, events: &mut Vec<Event>) -> Result<(), EngineError> {
+        if !self.active.iter().any(|e| e.chunk > 0) {
+            return Ok(());
+        }
+        let mut seqs: Vec<SeqInput<'_>> = Vec::with_capacity(self.active.len());
+        for e in self.active.iter_mut().filter(|e| e.chunk > 0) {
+            let Entry {
+                tokens, seq, chunk, ..
+            } = e;
+            let Some(seq) = seq.as_mut() else {
+                return Err(EngineError::InvalidArgument(format!(
+                    "scheduler: active request {} has no sequence",
+                    e.id
+                )));
+            };
+            let start = seq.len();
+            let end = start + *chunk;
+            let want = if end == tokens.len() {
+                Logits::Last
+            } else {
+                Logits::None
+            };
+            seqs.push(SeqInput {
+                tokens: &tokens[start..end],
+                cache: seq,
+                want,
+            });
+        }
+        self.model.forward_batch(&mut seqs, &mut self.logits)?;
+        drop(seqs);
+        let vocab = self.model.config.vocab_size;
+        let active = std::mem::take(&mut self.active);
+        let mut row = 0;
+        for mut e in active {
+            let chunk = std::mem::take(&mut e.chunk);
+            if chunk == 0 || e.todo() > 0 {
+                if chunk > 0 {
+                    self.stats.prefilled_tokens += chunk as u64;
+                }
+                self.active.push(e);
+                continue;
+            }
+            if chunk == 1 && e.generated() > 0 {
+                self.stats.decoded_tokens += 1;
+            } else {
+                self.stats.prefilled_tokens += chunk as u64;
+            }
+            let Some(logits) = self.logits.get(row * vocab..(row + 1) * vocab) else {
+                return Err(EngineError::InvalidArgument(
+                    "scheduler: fewer logits than requests".into(),
+                ));
+            };
+            row += 1;
+            let logits = if e.penalties.is_active() {
+                self.scratch.clear();
+                self.scratch.extend_from_slice(logits);
+                e.penalties
+                    .apply(&mut self.scratch, &e.tokens[e.prompt_len..]);
+                &self.scratch[..]
+            } else {
+                logits
+            };
+            let token = e.sampler.sample(logits, &e.tokens)?;
+            // Log-probabilities of the model's distribution (before any
+            // penalty), as vLLM reports them.
+            let lp = e.logprobs.map(|n| {
+                let raw = &self.logits[(row - 1) * vocab..row * vocab];
+                token_logprobs(raw, token, n)
+            });
+            self.accept(e, token, lp, events);
         }
         Ok(())
     }
 
     /// Records a sampled token: the entry finishes or keeps running.
-    fn accept(&mut self, mut e: Entry, token: u32, events: &mut Vec<Event>) {
-        let reason = if self.model.tokenizer.is_eog(token) {
+    fn accept(
+        &mut self,
+        mut e: Entry,
+        token: u32,
+        logprobs: Option<TokenLogprobs>,
+        events: &mut Vec<Event>,
+    ) {
+        let reason = if !e.ignore_eos && self.model.tokenizer.is_eog(token) {
             Some(StopReason::Eos)
         } else {
             e.tokens.push(token);
-            events.push(Event::Token { id: e.id, token });
+            events.push(Event::Token {
+                id: e.id,
+                token,
+                logprobs,
+            });
             if e.generated() >= e.max_tokens {
                 Some(StopReason::MaxTokens)
             } else if e.tokens.len() >= self.ctx {
@@ -249,89 +549,7 @@ impl<'m> Scheduler<'m> {
         };
         match reason {
             Some(reason) => events.push(Event::Finished { id: e.id, reason }),
-            None => {
-                e.pending = Some(token);
-                self.running.push(e);
-            }
+            None => self.active.push(e),
         }
-    }
-
-    /// Preempts the newest running requests until every running sequence
-    /// can take one more token.
-    fn make_room(&mut self, events: &mut Vec<Event>) {
-        let pt = self.store.geometry().page_tokens;
-        loop {
-            let needed = self
-                .running
-                .iter()
-                .filter(|e| e.seq.as_ref().is_some_and(|s| s.len().is_multiple_of(pt)))
-                .count();
-            let c = self.store.counts();
-            if needed <= c.free + c.cached || self.running.len() <= 1 {
-                return;
-            }
-            if let Some(mut e) = self.running.pop() {
-                // Pages back to the pool (full ones stay cached). The
-                // pending token stays in `tokens`: readmission prefills it
-                // with the rest and samples from its logits, which is the
-                // sample this decode step would have made.
-                e.seq = None;
-                e.pending = None;
-                self.stats.preempted += 1;
-                events.push(Event::Preempted { id: e.id });
-                self.waiting.push_front(e);
-            }
-        }
-    }
-
-    fn decode(&mut self, events: &mut Vec<Event>) -> Result<(), EngineError> {
-        if self.running.is_empty() {
-            return Ok(());
-        }
-        let tokens: Vec<u32> = self
-            .running
-            .iter()
-            .map(|e| e.pending.unwrap_or(0))
-            .collect();
-        let mut seqs: Vec<SeqInput<'_>> = Vec::with_capacity(self.running.len());
-        for (e, t) in self.running.iter_mut().zip(&tokens) {
-            let (Some(seq), Some(_)) = (e.seq.as_mut(), e.pending) else {
-                return Err(EngineError::InvalidArgument(format!(
-                    "scheduler: running request {} has no sequence or token",
-                    e.id
-                )));
-            };
-            seqs.push(SeqInput {
-                tokens: std::slice::from_ref(t),
-                cache: seq,
-                want: Logits::Last,
-            });
-        }
-        match self.model.forward_batch(&mut seqs, &mut self.logits) {
-            Ok(()) => {}
-            // Only a lone request can get here (`make_room` preempts the
-            // others first): the pool cannot take its next token.
-            Err(ModelError::ContextFull { .. }) => {
-                drop(seqs);
-                for e in self.running.drain(..) {
-                    events.push(Event::Finished {
-                        id: e.id,
-                        reason: StopReason::ContextFull,
-                    });
-                }
-                return Ok(());
-            }
-            Err(err) => return Err(err.into()),
-        }
-        drop(seqs);
-        let vocab = self.model.config.vocab_size;
-        let running = std::mem::take(&mut self.running);
-        for (i, mut e) in running.into_iter().enumerate() {
-            let logits = &self.logits[i * vocab..(i + 1) * vocab];
-            let token = e.sampler.sample(logits, &e.tokens)?;
-            e.pending = None;
-            self.accept(e, token, events);
-        }
-        Ok(())
     }
 }

@@ -1,0 +1,133 @@
+//! `tandem serve`: the OpenAI-compatible HTTP server.
+//!
+//! The listener is bound first, so `/health` answers 503 while the model
+//! loads (under the progress bar) and 200 once the engine thread runs, as
+//! llama-server does. Loopback unless `--host` says otherwise. SIGTERM
+//! (or Ctrl-C) stops accepting connections, lets the requests in flight
+//! finish, and exits.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use tandem_engine::chat::ChatTemplate;
+use tandem_engine::engine::{Engine, EngineConfig};
+use tandem_server::{AppState, Ready, ServerConfig};
+
+use crate::kv_pool::open_pool;
+use crate::load::load_model;
+use crate::Common;
+
+#[derive(Args)]
+pub struct ServeArgs {
+    #[arg(long, short = 'm', help = crate::model_arg_help())]
+    model: Option<PathBuf>,
+    /// Address to listen on (loopback by default; 0.0.0.0 for every
+    /// interface).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Key clients must send (`Authorization: Bearer KEY`) on every route
+    /// but /health; default: the TANDEM_API_KEY environment variable.
+    #[arg(long)]
+    api_key: Option<String>,
+    /// The model name the API reports (default: the file's name).
+    #[arg(long)]
+    alias: Option<String>,
+    /// Tokens one request may hold, prompt and reply (default: the
+    /// model's context, at most what the KV pool holds).
+    #[arg(long, short = 'c')]
+    ctx_size: Option<usize>,
+    /// Requests decoded together at most.
+    #[arg(long, default_value_t = 32)]
+    max_batch: usize,
+    /// Requests waiting for a place in the batch at most; beyond, 429.
+    #[arg(long, default_value_t = 256)]
+    max_queue: usize,
+    /// Seconds a request may run (0: no limit).
+    #[arg(long, default_value_t = 600)]
+    request_timeout: u64,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let name = args.alias.clone().unwrap_or_else(|| match &args.model {
+        Some(p) => p
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| p.display().to_string()),
+        None => crate::bundled::NAME.to_string(),
+    });
+    let config = ServerConfig {
+        api_key: args
+            .api_key
+            .clone()
+            .or_else(|| std::env::var("TANDEM_API_KEY").ok())
+            .filter(|k| !k.is_empty()),
+        model_name: name,
+        request_timeout: (args.request_timeout > 0)
+            .then(|| Duration::from_secs(args.request_timeout)),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let addr = format!("{}:{}", args.host, args.port);
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        let local = listener.local_addr()?;
+        eprintln!(
+            "listening on http://{local} (loading the model: /health answers 503 until ready)"
+        );
+        let state = AppState::new(config);
+        let loading = Arc::clone(&state);
+        let load = tokio::task::spawn_blocking(move || load(&args, &loading));
+        let server = tokio::spawn(tandem_server::serve(
+            listener,
+            Arc::clone(&state),
+            tandem_server::shutdown_signal(),
+        ));
+        match load.await {
+            Ok(Ok(())) => eprintln!("ready: http://{local}/v1"),
+            Ok(Err(e)) => return Err(e),
+            Err(e) => anyhow::bail!("the loading task failed: {e}"),
+        }
+        server.await.context("the server task failed")??;
+        eprintln!("stopped");
+        Ok(())
+    })
+}
+
+fn load(args: &ServeArgs, state: &AppState) -> anyhow::Result<()> {
+    let model = Arc::new(load_model(
+        args.model.as_deref(),
+        &args.common.load_options(),
+    )?);
+    let template =
+        ChatTemplate::of_tokenizer(&model.tokenizer).context("the model's chat template")?;
+    let model_ctx = args.ctx_size.unwrap_or(model.config.context_length).max(1);
+    let store = open_pool(&model, &args.common, model_ctx)?;
+    let engine = Engine::start(
+        Arc::clone(&model),
+        store,
+        EngineConfig {
+            max_batch: args.max_batch.max(1),
+            ctx: model_ctx,
+            prefill_chunk: args.common.prefill_chunk as usize,
+            max_queue: args.max_queue,
+        },
+    );
+    state.set_ready(Ready {
+        engine: Arc::new(engine),
+        model,
+        template,
+    });
+    Ok(())
+}
