@@ -33,7 +33,9 @@ use tandem_numa::{Pool, Worker};
 use crate::config::ModelConfig;
 use crate::ops::Rope;
 use crate::workspace::{PerWorker, SharedOut};
-use tandem_kernels::attention::{attend_block, encode_row, finish, merge, KvBlock, SoftmaxState};
+use tandem_kernels::attention::{
+    add_sink, attend_block_limited, encode_row, finish, merge, KvBlock, ScoreLimits, SoftmaxState,
+};
 
 use crate::kv_cache::KvCache;
 
@@ -64,6 +66,10 @@ unsafe impl Sync for SeqView {}
 
 /// Per-layer parameters the attention items need.
 pub(crate) struct AttnLayer<'a> {
+    /// Scale, window, soft-cap of the scores.
+    pub spec: &'a crate::spec::AttnSpec,
+    /// Sink logit per query head (`spec.sinks`).
+    pub sinks: Option<&'a [f32]>,
     pub bq: Option<&'a [f32]>,
     pub bk: Option<&'a [f32]>,
     pub bv: Option<&'a [f32]>,
@@ -375,7 +381,8 @@ unsafe fn run_item(
         return Ok(());
     }
     let q_dim = c.n_heads * hd;
-    let scale = 1.0 / (hd as f32).sqrt();
+    let spec = x.layer.spec;
+    let scale = spec.scale;
     let pairs = x.rope.table_len();
     let kernel_err = |e: tandem_kernels::KernelError| ModelError::Kernel(e.to_string());
     let isa = tandem_kernels::detected_isa();
@@ -389,6 +396,7 @@ unsafe fn run_item(
     let k_run = geom.slab_offset(it.node, s.layer, 0, it.local.start);
     let v_run = geom.slab_offset(it.node, s.layer, 1, it.local.start);
     let mut visible = [0usize; MAX_QUERIES];
+    let mut starts = [0usize; MAX_QUERIES];
     let tile_rows = (MAX_QUERIES / group).max(1);
     let gq = group * hd; // a row's query values of one group
     let mut r0 = 0;
@@ -420,7 +428,10 @@ unsafe fn run_item(
         states[..nh * nq].fill(SoftmaxState::EMPTY);
         acc[..nh * nq * hd].fill(0.0);
         let seen = s.p0 + r0 + nr; // positions the tile's last row sees
+                                   // A window: the tile's first row sees nothing before `w0`.
+        let w0 = spec.window.map_or(0, |w| (s.p0 + r0 + 1).saturating_sub(w));
         let (first, end) = part_pages(it.part, parts, s.p0, seen, pt);
+        let first = first.max(w0 / pt);
         let last = end.min(seen.div_ceil(pt));
         let pages = seq.pages();
         let page = |pi: usize| seq.store().page_ptr(it.node, pages[pi]);
@@ -446,7 +457,18 @@ unsafe fn run_item(
             for r in 0..nr {
                 let v = (s.p0 + r0 + r + 1).saturating_sub(b0).min(bn);
                 visible[r * group..(r + 1) * group].fill(v);
+                if let Some(w) = spec.window {
+                    let st = (s.p0 + r0 + r + 1)
+                        .saturating_sub(w)
+                        .saturating_sub(b0)
+                        .min(bn);
+                    starts[r * group..(r + 1) * group].fill(st);
+                }
             }
+            let limits = ScoreLimits {
+                starts: spec.window.map(|_| &starts[..nq]),
+                softcap: spec.softcap,
+            };
             for hi in 0..nh {
                 // This head's K and V slabs of the page: `slab` bytes each
                 // inside the node's page, rows below `seen` initialised.
@@ -459,13 +481,14 @@ unsafe fn run_item(
                     ahead: ahead(pi, hi),
                 };
                 let (q0, q1) = (hi * nq, (hi + 1) * nq);
-                attend_block(
+                attend_block_limited(
                     isa,
                     &qbuf[q0 * hd..q1 * hd],
                     hd,
                     scale,
                     &block,
                     &visible[..nq],
+                    limits,
                     &mut states[q0..q1],
                     &mut acc[q0 * hd..q1 * hd],
                     scores,
@@ -476,19 +499,19 @@ unsafe fn run_item(
         for (hi, local) in it.local.clone().enumerate() {
             let kvh = it.head0 + local;
             let (q0, q1) = (hi * nq, (hi + 1) * nq);
-            let (st, ac) = (&states[q0..q1], &acc[q0 * hd..q1 * hd]);
+            let st = &states[q0..q1];
             if parts == 1 {
                 for r in 0..nr {
                     let row = s.row0 + r0 + r;
                     let o = x.out.slice(row * q_dim + kvh * gq, gq);
                     for h in 0..group {
                         let qi = r * group + h;
-                        finish(
-                            &st[qi],
-                            &ac[qi * hd..(qi + 1) * hd],
-                            &mut o[h * hd..(h + 1) * hd],
-                        )
-                        .map_err(kernel_err)?;
+                        let (mut stq, acq) =
+                            (st[qi], &mut acc[q0 * hd + qi * hd..q0 * hd + (qi + 1) * hd]);
+                        if let Some(sk) = x.layer.sinks {
+                            add_sink(&mut stq, acq, sk[kvh * group + h]);
+                        }
+                        finish(&stq, acq, &mut o[h * hd..(h + 1) * hd]).map_err(kernel_err)?;
                     }
                 }
             } else {
@@ -504,7 +527,7 @@ unsafe fn run_item(
                     slot[2 * i + 1] = sti.sum;
                 }
                 let accs = 2 * MAX_QUERIES;
-                slot[accs..accs + nq * hd].copy_from_slice(ac);
+                slot[accs..accs + nq * hd].copy_from_slice(&acc[q0 * hd..q1 * hd]);
                 let prev = x.split.done[head].fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                 if prev + 1 == parts {
                     merge_parts(x, it.s, kvh, nq, head, tmp)?;
@@ -559,6 +582,9 @@ unsafe fn merge_parts(
             .map_err(kernel_err)?;
         }
         let (r, h) = (qi / group, qi % group);
+        if let Some(sk) = x.layer.sinks {
+            add_sink(&mut st, a, sk[kvh * group + h]);
+        }
         let row = s.row0 + r;
         let o = x.out.slice(row * q_dim + kvh * gq + h * hd, hd);
         finish(&st, a, o).map_err(kernel_err)?;

@@ -23,7 +23,7 @@ use crate::ops::{rms_norm, Rope};
 use crate::parallel::{col_split, gate_up, row_split, RowTarget, SCRATCH};
 use crate::shard::{aligned_ranges, kv_head_ranges, Placer, ShardedMatrix, Split};
 use crate::source::{ModelFiles, SourceFormat};
-use crate::spec::FfnSpec;
+use crate::spec::{AttnSpec, FfnSpec};
 use crate::tensor::Tensor;
 use crate::workspace::{grow, Dims, SharedOut, Workspace};
 use crate::ModelError;
@@ -58,6 +58,9 @@ struct Layer {
     ffn: Ffn,
     /// KV heads per node (query heads follow their group).
     kv_ranges: Vec<Range<usize>>,
+    /// What the attention computes (scale, window, soft-cap, sinks).
+    attn: AttnSpec,
+    sinks: Option<Vec<f32>>,
 }
 
 /// A layer's feed-forward block, by kind ([`FfnSpec`]).
@@ -204,6 +207,8 @@ struct LayerPlan {
     q_norm: Option<Vec<f32>>,
     k_norm: Option<Vec<f32>>,
     kv_ranges: Vec<Range<usize>>,
+    attn: AttnSpec,
+    sinks: Option<Vec<f32>>,
     /// Placer indices of wq, wk, wv, wo.
     attn_ids: [usize; 4],
     ffn: FfnPlan,
@@ -424,6 +429,11 @@ impl Model {
                 q_norm: qk_norm("attn_q_norm.weight")?,
                 k_norm: qk_norm("attn_k_norm.weight")?,
                 kv_ranges,
+                sinks: match spec.attn.sinks {
+                    true => Some(vector(&files, &n("attn_sinks.weight"), c.n_heads)?),
+                    false => None,
+                },
+                attn: spec.attn,
                 attn_ids,
                 ffn,
             });
@@ -503,6 +513,8 @@ impl Model {
                 ffn_norm: p.ffn_norm,
                 ffn,
                 kv_ranges: p.kv_ranges,
+                attn: p.attn,
+                sinks: p.sinks,
             });
         }
         let output = take(output_id)?;
@@ -892,6 +904,8 @@ impl Model {
                 c,
                 &self.rope,
                 &AttnLayer {
+                    spec: &l.attn,
+                    sinks: l.sinks.as_deref(),
                     bq: l.bq.as_deref(),
                     bk: l.bk.as_deref(),
                     bv: l.bv.as_deref(),

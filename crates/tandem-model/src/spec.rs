@@ -34,6 +34,14 @@ pub struct AttnSpec {
     pub qk_norm: bool,
     /// Multiplies the scores before the softmax.
     pub scale: f32,
+    /// Sliding window: a query at position p sees positions
+    /// `p + 1 - window ..= p` only (None: the whole causal prefix).
+    pub window: Option<usize>,
+    /// Scores become `cap · tanh(s / cap)` (Gemma 2).
+    pub softcap: Option<f32>,
+    /// One learned sink logit per query head joins each softmax
+    /// (`attn_sinks`, gpt-oss).
+    pub sinks: bool,
 }
 
 /// The feed-forward block.
@@ -57,6 +65,9 @@ impl AttnSpec {
             qkv_bias,
             qk_norm,
             scale: 1.0 / (c.head_dim as f32).sqrt(),
+            window: None,
+            softcap: None,
+            sinks: false,
         }
     }
 
