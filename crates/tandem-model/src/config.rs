@@ -36,6 +36,24 @@ pub struct ModelConfig {
     pub rope: RopeConfig,
     /// Mixture-of-experts hyperparameters; None for a dense model.
     pub moe: Option<MoeConfig>,
+    /// Sliding-window attention: the window and which layers use it.
+    pub swa: Option<SlidingWindow>,
+    /// Score scale when it is not `1/sqrt(head_dim)` (Gemma 3's
+    /// `query_pre_attn_scalar`).
+    pub attn_scale: Option<f32>,
+    /// RMSNorm weights are stored as `w - 1` (Gemma checkpoints on Hugging
+    /// Face; llama.cpp's converter adds the one back).
+    pub norm_weight_offset: f32,
+}
+
+/// Sliding-window attention layers (Gemma 3: five of every six layers).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlidingWindow {
+    pub window: usize,
+    /// Per layer: uses the window.
+    pub layers: Vec<bool>,
+    /// RoPE of the windowed layers, when it differs from the global one.
+    pub rope: Option<RopeConfig>,
 }
 
 /// How a router turns its logits into expert weights.
@@ -166,6 +184,24 @@ impl ModelConfig {
         if !(self.rope.theta.is_finite() && self.rope.theta > 0.0) {
             return Err(ModelError::invalid("rope_theta", self.rope.theta));
         }
+        if let Some(w) = &self.swa {
+            if w.window == 0 || w.layers.len() != self.n_layers {
+                return Err(ModelError::invalid(
+                    "attention.sliding_window",
+                    format!(
+                        "window {} with a pattern of {} layers for {}",
+                        w.window,
+                        w.layers.len(),
+                        self.n_layers
+                    ),
+                ));
+            }
+        }
+        if let Some(s) = self.attn_scale {
+            if !(s.is_finite() && s > 0.0) {
+                return Err(ModelError::invalid("query_pre_attn_scalar", s));
+            }
+        }
         if let Some(m) = &self.moe {
             m.validate()?;
             if m.leading_dense > self.n_layers {
@@ -213,6 +249,24 @@ impl ModelConfig {
             }
         };
         let moe = moe_from_gguf(meta, arch, &key)?;
+        let swa = match meta.get_usize(&key("attention.sliding_window"))? {
+            Some(w) if w > 0 && arch == Arch::Gemma3 => {
+                let blocks = req("block_count")?;
+                let period = meta
+                    .get_usize(&key("attention.sliding_window_pattern"))?
+                    .unwrap_or(6);
+                Some(SlidingWindow {
+                    window: w,
+                    // llama.cpp's set_swa_pattern: the last of every
+                    // `period` layers is global.
+                    layers: (0..blocks)
+                        .map(|il| period == 0 || il % period < period.saturating_sub(1))
+                        .collect(),
+                    rope: None,
+                })
+            }
+            _ => None,
+        };
         // A model whose every layer is MoE may state no dense FFN width.
         let ffn_hidden = match (meta.get_usize(&key("feed_forward_length"))?, &moe) {
             (Some(f), _) => f,
@@ -247,7 +301,7 @@ impl ModelConfig {
                 theta: meta.get_f32(&key("rope.freq_base"))?.unwrap_or(10000.0),
                 layout: match arch {
                     Arch::Llama | Arch::Mistral | Arch::Mixtral => RopeLayout::Interleaved,
-                    Arch::Qwen2 | Arch::Qwen3 | Arch::Qwen3Moe | Arch::Glm4Moe => {
+                    Arch::Qwen2 | Arch::Qwen3 | Arch::Qwen3Moe | Arch::Glm4Moe | Arch::Gemma3 => {
                         RopeLayout::Halves
                     }
                 },
@@ -258,8 +312,28 @@ impl ModelConfig {
                 freq_factors: None,
             },
             moe,
+            swa,
+            attn_scale: None,
+            norm_weight_offset: 0.0,
         }
+        .with_local_rope(
+            meta.get_f32(&key("rope.freq_base_swa"))?
+                .or((arch == Arch::Gemma3).then_some(10_000.0)),
+        )
         .validate()
+    }
+
+    /// The windowed layers' RoPE: the global one with another base and no
+    /// linear scaling (Gemma 3 scales only its global layers).
+    fn with_local_rope(mut self, theta: Option<f32>) -> Self {
+        if let (Some(w), Some(theta)) = (&mut self.swa, theta) {
+            w.rope = Some(RopeConfig {
+                theta,
+                freq_scale: 1.0,
+                ..self.rope.clone()
+            });
+        }
+        self
     }
 
     pub(crate) fn with_tensor_facts(
@@ -343,9 +417,33 @@ impl ModelConfig {
             }
         }
         let moe = moe_from_hf(cfg, arch)?;
+        let n_layers_hf = req("num_hidden_layers")?;
+        let swa = match (arch, opt_usize("sliding_window")) {
+            (Arch::Gemma3, Some(w)) if w > 0 => {
+                let layers = match cfg.get("layer_types").and_then(Json::as_array) {
+                    Some(t) => t
+                        .iter()
+                        .map(|v| v.as_str() == Some("sliding_attention"))
+                        .collect(),
+                    None => {
+                        let period = opt_usize("sliding_window_pattern").unwrap_or(6);
+                        (0..n_layers_hf)
+                            .map(|il| period == 0 || (il + 1) % period != 0)
+                            .collect()
+                    }
+                };
+                Some(SlidingWindow {
+                    window: w,
+                    layers,
+                    rope: None,
+                })
+            }
+            _ => None,
+        };
+        let gemma = arch == Arch::Gemma3;
         ModelConfig {
             arch,
-            n_layers: req("num_hidden_layers")?,
+            n_layers: n_layers_hf,
             hidden,
             n_heads,
             n_kv_heads: opt_usize("num_key_value_heads").unwrap_or(n_heads),
@@ -366,7 +464,17 @@ impl ModelConfig {
                 freq_factors,
             },
             moe,
+            swa,
+            attn_scale: opt_f64(cfg, "query_pre_attn_scalar")
+                .filter(|_| gemma)
+                .map(|s| (1.0 / s.sqrt()) as f32),
+            norm_weight_offset: if gemma { 1.0 } else { 0.0 },
         }
+        .with_local_rope(
+            opt_f64(cfg, "rope_local_base_freq")
+                .map(|t| t as f32)
+                .or(gemma.then_some(10_000.0)),
+        )
         .validate()
     }
 }

@@ -23,7 +23,7 @@ use crate::ops::{rms_norm, Rope};
 use crate::parallel::{col_split, gate_up, row_split, RowTarget, SCRATCH};
 use crate::shard::{aligned_ranges, kv_head_ranges, Placer, ShardedMatrix, Split};
 use crate::source::{ModelFiles, SourceFormat};
-use crate::spec::{AttnSpec, FfnSpec};
+use crate::spec::{Activation, AttnSpec, FfnSpec};
 use crate::tensor::Tensor;
 use crate::workspace::{grow, Dims, SharedOut, Workspace};
 use crate::ModelError;
@@ -61,6 +61,9 @@ struct Layer {
     /// What the attention computes (scale, window, soft-cap, sinks).
     attn: AttnSpec,
     sinks: Option<Vec<f32>>,
+    /// Sandwich norms of the attention and FFN outputs.
+    attn_post_norm: Option<Vec<f32>>,
+    ffn_post_norm: Option<Vec<f32>>,
 }
 
 /// A layer's feed-forward block, by kind ([`FfnSpec`]).
@@ -69,6 +72,7 @@ enum Ffn {
         gate: ShardedMatrix,
         up: ShardedMatrix,
         down: ShardedMatrix,
+        act: Activation,
     },
     Moe(Box<MoeFfn>),
 }
@@ -77,7 +81,7 @@ impl Layer {
     /// Every weight matrix of the layer.
     fn matrices(&self) -> impl Iterator<Item = &ShardedMatrix> {
         let ffn: Vec<&ShardedMatrix> = match &self.ffn {
-            Ffn::Dense { gate, up, down } => vec![gate, up, down],
+            Ffn::Dense { gate, up, down, .. } => vec![gate, up, down],
             Ffn::Moe(m) => std::iter::once(&m.router)
                 .chain(m.experts.iter().chain(&m.shared).flat_map(Expert::matrices))
                 .collect(),
@@ -94,7 +98,7 @@ impl Layer {
             .map(|m| m.n_bytes())
             .sum();
         attn + match &self.ffn {
-            Ffn::Dense { gate, up, down } => gate.n_bytes() + up.n_bytes() + down.n_bytes(),
+            Ffn::Dense { gate, up, down, .. } => gate.n_bytes() + up.n_bytes() + down.n_bytes(),
             Ffn::Moe(m) => m.bytes_per_token(),
         }
     }
@@ -173,7 +177,11 @@ pub struct Model {
     layers: Vec<Layer>,
     out_norm: Vec<f32>,
     output: ShardedMatrix,
-    rope: Rope,
+    /// The RoPEs layers use (`AttnSpec::rope`): the global one, then the
+    /// windowed layers' own if it differs.
+    ropes: Vec<Rope>,
+    /// Embeddings are multiplied by this (Gemma: sqrt(hidden)).
+    embed_scale: Option<f32>,
     pool: Arc<Pool>,
     /// Buffers reused by every forward pass (a pass holds the lock; the
     /// pool runs one pass at a time anyway).
@@ -209,6 +217,8 @@ struct LayerPlan {
     kv_ranges: Vec<Range<usize>>,
     attn: AttnSpec,
     sinks: Option<Vec<f32>>,
+    attn_post_norm: Option<Vec<f32>>,
+    ffn_post_norm: Option<Vec<f32>>,
     /// Placer indices of wq, wk, wv, wo.
     attn_ids: [usize; 4],
     ffn: FfnPlan,
@@ -217,7 +227,7 @@ struct LayerPlan {
 /// Placer indices of a layer's FFN matrices.
 enum FfnPlan {
     /// gate, up, down.
-    Dense([usize; 3]),
+    Dense([usize; 3], Activation),
     Moe {
         cfg: MoeConfig,
         router: usize,
@@ -292,6 +302,12 @@ impl Model {
             true => tandem_kernels::preferred_layout(isa, m.format),
             false => tandem_kernels::WeightLayout::Rows,
         };
+        // RMSNorm weights, with the family's stored offset (Gemma on HF).
+        let norm = |name: &str, len: usize| -> Result<Vec<f32>, ModelError> {
+            let mut v = vector(&files, name, len)?;
+            v.iter_mut().for_each(|w| *w += c.norm_weight_offset);
+            Ok(v)
+        };
         let mut plans = Vec::with_capacity(c.n_layers);
         for i in 0..c.n_layers {
             let spec = c.arch.layer_spec(&c, i);
@@ -305,11 +321,15 @@ impl Model {
                 }
             };
             let qk_norm = |s: &str| -> Result<Option<Vec<f32>>, ModelError> {
-                if spec.attn.qk_norm {
-                    vector(&files, &n(s), c.head_dim).map(Some)
+                let v = if spec.attn.qk_norm {
+                    Some(vector(&files, &n(s), c.head_dim)?)
                 } else {
-                    optional_vector(&files, &n(s), c.head_dim)
-                }
+                    optional_vector(&files, &n(s), c.head_dim)?
+                };
+                Ok(v.map(|mut v| {
+                    v.iter_mut().for_each(|w| *w += c.norm_weight_offset);
+                    v
+                }))
             };
             let (wq, wk, wv, wo) = (
                 m("attn_q.weight", q_dim, c.hidden)?,
@@ -336,8 +356,8 @@ impl Model {
             // same row in a row-major tail round differently).
             let hidden_rows = aligned_ranges(c.hidden, GROUP_ROWS, n_nodes);
             let (o_split, o_ranges) = match opts.tensor_parallel {
-                TensorParallel::Gather => (Split::Rows, &hidden_rows),
-                TensorParallel::AllReduce => (Split::Cols, &q_rows),
+                TensorParallel::AllReduce if !spec.post_norms => (Split::Cols, &q_rows),
+                _ => (Split::Rows, &hidden_rows),
             };
             let attn_ids = [
                 placer.add(&wq, Split::Rows, &q_rows, lay(&wq))?,
@@ -364,14 +384,18 @@ impl Model {
                     placer.add(&down, down_split, down_ranges, lay(&down))?,
                 ])
             };
-            let megatron = opts.tensor_parallel == TensorParallel::AllReduce;
+            // Sandwich norms need the whole block output before the add.
+            let megatron = opts.tensor_parallel == TensorParallel::AllReduce && !spec.post_norms;
             let ffn = match &spec.ffn {
-                FfnSpec::Dense { width } => FfnPlan::Dense(place_swiglu(
-                    m("ffn_gate.weight", *width, c.hidden)?,
-                    m("ffn_up.weight", *width, c.hidden)?,
-                    m("ffn_down.weight", c.hidden, *width)?,
-                    megatron,
-                )?),
+                FfnSpec::Dense { width, act } => FfnPlan::Dense(
+                    place_swiglu(
+                        m("ffn_gate.weight", *width, c.hidden)?,
+                        m("ffn_up.weight", *width, c.hidden)?,
+                        m("ffn_down.weight", c.hidden, *width)?,
+                        megatron,
+                    )?,
+                    *act,
+                ),
                 FfnSpec::Moe(mc) => {
                     let (ne, f) = (mc.n_experts, mc.expert_ffn);
                     let exps = |s: &str, rows, cols| {
@@ -420,9 +444,14 @@ impl Model {
                     }
                 }
             };
+            let post = |s: &str| -> Result<Option<Vec<f32>>, ModelError> {
+                spec.post_norms.then(|| norm(&n(s), c.hidden)).transpose()
+            };
             plans.push(LayerPlan {
-                attn_norm: vector(&files, &n("attn_norm.weight"), c.hidden)?,
-                ffn_norm: vector(&files, &n(&format!("{}.weight", spec.ffn_norm)), c.hidden)?,
+                attn_norm: norm(&n("attn_norm.weight"), c.hidden)?,
+                ffn_norm: norm(&n(&format!("{}.weight", spec.ffn_norm)), c.hidden)?,
+                attn_post_norm: post("post_attention_norm.weight")?,
+                ffn_post_norm: post("post_ffw_norm.weight")?,
                 bq: bias("attn_q.bias", q_dim)?,
                 bk: bias("attn_k.bias", kv_dim)?,
                 bv: bias("attn_v.bias", kv_dim)?,
@@ -433,7 +462,7 @@ impl Model {
                     true => Some(vector(&files, &n("attn_sinks.weight"), c.n_heads)?),
                     false => None,
                 },
-                attn: spec.attn,
+                attn: spec.attn.clone(),
                 attn_ids,
                 ffn,
             });
@@ -474,12 +503,13 @@ impl Model {
                 })
             }
             let ffn = match p.ffn {
-                FfnPlan::Dense(ids) => {
+                FfnPlan::Dense(ids, act) => {
                     let e = expert(&mut take, ids)?;
                     Ffn::Dense {
                         gate: e.gate,
                         up: e.up,
                         down: e.down,
+                        act,
                     }
                 }
                 FfnPlan::Moe {
@@ -515,12 +545,18 @@ impl Model {
                 kv_ranges: p.kv_ranges,
                 attn: p.attn,
                 sinks: p.sinks,
+                attn_post_norm: p.attn_post_norm,
+                ffn_post_norm: p.ffn_post_norm,
             });
         }
         let output = take(output_id)?;
         Ok(Model {
-            rope: Rope::new(&c.rope),
-            out_norm: vector(&files, "output_norm.weight", c.hidden)?,
+            ropes: std::iter::once(&c.rope)
+                .chain(c.swa.as_ref().and_then(|w| w.rope.as_ref()))
+                .map(Rope::new)
+                .collect(),
+            embed_scale: c.arch.model_spec(&c).embed_scale,
+            out_norm: norm("output_norm.weight", c.hidden)?,
             config: c,
             tokenizer: files.tokenizer,
             format: files.format,
@@ -781,7 +817,7 @@ impl Model {
                 q_dim,
                 kv_dim,
                 ffn: c.ffn_hidden,
-                rope_pairs: self.rope.table_len(),
+                rope_pairs: self.rope_pairs() * self.ropes.len(),
                 n_nodes,
                 n_threads: pool.n_threads(),
                 // Matmul chunks, or attention's tiles.
@@ -799,7 +835,8 @@ impl Model {
 
         // Rows: embeddings, RoPE tables, logit rows.
         ws.logit_rows.clear();
-        let pairs = self.rope.table_len();
+        let pairs = self.rope_pairs();
+        let n_ropes = self.ropes.len();
         let mut row = 0;
         for s in seqs.iter() {
             let t = s.tokens.len();
@@ -815,10 +852,16 @@ impl Model {
             };
             for (i, &tok) in s.tokens.iter().enumerate() {
                 let pos = s.cache.len() + i;
-                self.embd
-                    .row_f32(tok as usize, &mut ws.x[row * h..(row + 1) * h])?;
-                self.rope
-                    .table(pos, &mut ws.rope[row * pairs..(row + 1) * pairs]);
+                let xr = &mut ws.x[row * h..(row + 1) * h];
+                self.embd.row_f32(tok as usize, xr)?;
+                if let Some(sc) = self.embed_scale {
+                    xr.iter_mut().for_each(|v| *v *= sc);
+                }
+                // Tables of each RoPE, one after the other.
+                for (ri, rope) in self.ropes.iter().enumerate() {
+                    let at = (ri * n + row) * pairs;
+                    rope.table(pos, &mut ws.rope[at..at + pairs]);
+                }
                 if i >= first_logit {
                     ws.logit_rows.push(row);
                 }
@@ -902,7 +945,7 @@ impl Model {
             attention(
                 pool,
                 c,
-                &self.rope,
+                &self.ropes[l.attn.rope.min(n_ropes - 1)],
                 &AttnLayer {
                     spec: &l.attn,
                     sinks: l.sinks.as_deref(),
@@ -918,27 +961,33 @@ impl Model {
                 k,
                 v,
                 attn_out,
-                &ws.rope,
+                &ws.rope[l.attn.rope.min(n_ropes - 1) * n * pairs..],
                 &ws.scratch,
                 &ws.attn_states,
                 &split,
             )?;
-            self.project_add(ws, &l.wo, n, q_dim, Buf::Attn)?;
+            self.project_add(ws, &l.wo, n, q_dim, Buf::Attn, l.attn_post_norm.as_deref())?;
 
             // Feed-forward block.
             rms_norm(&ws.x[..n * h], &l.ffn_norm, c.norm_eps, &mut ws.xn[..n * h]);
             ws.acts.invalidate();
             match &l.ffn {
-                Ffn::Dense { gate, up, down } => {
+                Ffn::Dense {
+                    gate,
+                    up,
+                    down,
+                    act,
+                } => {
                     for m in [gate, up] {
                         ws.acts
                             .prepare(m.format.activation_format(), &ws.xn[..n * h], n, h)?;
                     }
                     let (g, u) = (SharedOut::new(&mut ws.gate), SharedOut::new(&mut ws.up));
-                    gate_up(pool, gate, up, g, u, &ws.acts, n, &ws.scratch)?;
-                    self.project_add(ws, down, n, gate.rows, Buf::Gate)?;
+                    gate_up(pool, gate, up, *act, g, u, &ws.acts, n, &ws.scratch)?;
+                    let post = l.ffn_post_norm.as_deref();
+                    self.project_add(ws, down, n, gate.rows, Buf::Gate, post)?;
                 }
-                Ffn::Moe(m) => self.moe_add(ws, m, n)?,
+                Ffn::Moe(m) => self.moe_add(ws, m, n, l.ffn_post_norm.as_deref())?,
             }
         }
         for s in seqs.iter_mut() {
@@ -990,8 +1039,10 @@ impl Model {
         n: usize,
         width: usize,
         buf: Buf,
+        post_norm: Option<&[f32]>,
     ) -> Result<(), ModelError> {
         if m.split == Split::Cols {
+            // (The loader never splits a sandwich-normed block by columns.)
             self.prepare_node_acts(ws, m, n, width, buf)?;
             return self.col_split_add(ws, m, n);
         }
@@ -1011,16 +1062,37 @@ impl Model {
             n,
             &ws.scratch,
         )?;
+        self.add_residual(ws, n, post_norm);
+        Ok(())
+    }
+
+    /// `x += post_norm(partial[0])` over `n` rows (no norm when None): the
+    /// residual add of a block whose output is in `partial[0]`.
+    fn add_residual(&self, ws: &mut Workspace, n: usize, post_norm: Option<&[f32]>) {
+        let h = self.config.hidden;
         let t0 = std::time::Instant::now();
-        ws.x[..n * h]
-            .iter_mut()
-            .zip(&ws.partial[0][..n * h])
-            .for_each(|(a, &b)| *a += b);
+        if let Some(w) = post_norm {
+            let (p, tmp) = (&ws.partial[0][..n * h], &mut ws.normed_out[..n * h]);
+            rms_norm(p, w, self.config.norm_eps, tmp);
+            ws.x[..n * h]
+                .iter_mut()
+                .zip(&ws.normed_out[..n * h])
+                .for_each(|(a, &b)| *a += b);
+        } else {
+            ws.x[..n * h]
+                .iter_mut()
+                .zip(&ws.partial[0][..n * h])
+                .for_each(|(a, &b)| *a += b);
+        }
         self.allreduce_ns.fetch_add(
             t0.elapsed().as_nanos() as u64,
             std::sync::atomic::Ordering::Relaxed,
         );
-        Ok(())
+    }
+
+    /// Entries per row of one RoPE table.
+    fn rope_pairs(&self) -> usize {
+        self.ropes.first().map_or(0, Rope::table_len)
     }
 
     /// Quantizes each node's column slice of `buf` for a column-split matrix.
@@ -1097,7 +1169,13 @@ impl Model {
 impl Model {
     /// `x += moe(xn)` for the `n` rows of the batch: router, routing,
     /// grouping by expert, then the gate/up and down runs of `crate::moe`.
-    fn moe_add(&self, ws: &mut Workspace, m: &MoeFfn, n: usize) -> Result<(), ModelError> {
+    fn moe_add(
+        &self,
+        ws: &mut Workspace,
+        m: &MoeFfn,
+        n: usize,
+        post_norm: Option<&[f32]>,
+    ) -> Result<(), ModelError> {
         let h = self.config.hidden;
         let pool = &*self.pool;
         let cfg = &m.cfg;
@@ -1248,15 +1326,7 @@ impl Model {
             out,
             &ws.scratch,
         )?;
-        let t0 = std::time::Instant::now();
-        ws.x[..n * h]
-            .iter_mut()
-            .zip(&ws.partial[0][..n * h])
-            .for_each(|(a, &b)| *a += b);
-        self.allreduce_ns.fetch_add(
-            t0.elapsed().as_nanos() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        self.add_residual(ws, n, post_norm);
         Ok(())
     }
 }

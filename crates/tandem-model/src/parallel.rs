@@ -154,12 +154,13 @@ pub(crate) fn row_split(
     })
 }
 
-/// `gate = silu(gate_m · x) * (up_m · x)` over each node's FFN rows.
+/// `gate = act(gate_m · x) * (up_m · x)` over each node's FFN rows.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gate_up(
     pool: &Pool,
     gate_m: &ShardedMatrix,
     up_m: &ShardedMatrix,
+    act: crate::spec::Activation,
     gate: SharedOut,
     up: SharedOut,
     acts: &ActsCache,
@@ -212,7 +213,10 @@ pub(crate) fn gate_up(
                 let off = b * ffn + gs.rows.start + local.start;
                 // SAFETY: this chunk's columns, written only by this worker.
                 let (g, u) = unsafe { (gate.slice(off, local.len()), up.slice(off, local.len())) };
-                crate::ops::silu_mul(g, u);
+                match act {
+                    crate::spec::Activation::Silu => crate::ops::silu_mul(g, u),
+                    crate::spec::Activation::GeluTanh => crate::ops::gelu_tanh_mul(g, u),
+                }
             }
         }
     })

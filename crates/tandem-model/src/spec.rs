@@ -9,6 +9,13 @@
 
 use crate::config::{ModelConfig, MoeConfig};
 
+/// What the model does outside its layers.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ModelSpec {
+    /// Embeddings are multiplied by this (Gemma: sqrt(hidden)).
+    pub embed_scale: Option<f32>,
+}
+
 /// One decoder layer: attention then feed-forward, each pre-normed with a
 /// residual connection.
 #[derive(Debug, Clone, PartialEq)]
@@ -18,6 +25,18 @@ pub struct LayerSpec {
     /// GGUF stem of the FFN's pre-norm (`ffn_norm`; GLM calls it
     /// `post_attention_norm`).
     pub ffn_norm: &'static str,
+    /// Sandwich norms: each block's output is RMS-normed
+    /// (`post_attention_norm`, `post_ffw_norm`) before the residual add.
+    pub post_norms: bool,
+}
+
+/// The gate's activation in a gated FFN: `down(act(gate(x)) * up(x))`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// SwiGLU.
+    Silu,
+    /// GeGLU with the tanh approximation (Gemma).
+    GeluTanh,
 }
 
 /// Grouped-query attention with RoPE.
@@ -42,13 +61,16 @@ pub struct AttnSpec {
     /// One learned sink logit per query head joins each softmax
     /// (`attn_sinks`, gpt-oss).
     pub sinks: bool,
+    /// Which of the model's RoPEs rotates Q and K (0: the global one; 1:
+    /// the windowed layers' own).
+    pub rope: usize,
 }
 
 /// The feed-forward block.
 #[derive(Debug, Clone, PartialEq)]
 pub enum FfnSpec {
-    /// `down(silu(gate(x)) * up(x))` of width `width`.
-    Dense { width: usize },
+    /// `down(act(gate(x)) * up(x))` of width `width`.
+    Dense { width: usize, act: Activation },
     /// A router picks `top_k` of `n_experts` SwiGLU experts per token; a
     /// shared expert (if any) sees every token.
     Moe(MoeConfig),
@@ -64,10 +86,11 @@ impl AttnSpec {
             head_dim: c.head_dim,
             qkv_bias,
             qk_norm,
-            scale: 1.0 / (c.head_dim as f32).sqrt(),
+            scale: c.attn_scale.unwrap_or(1.0 / (c.head_dim as f32).sqrt()),
             window: None,
             softcap: None,
             sinks: false,
+            rope: 0,
         }
     }
 
@@ -85,6 +108,7 @@ impl FfnSpec {
             Some(m) if layer >= m.leading_dense => FfnSpec::Moe(m.clone()),
             _ => FfnSpec::Dense {
                 width: c.ffn_hidden,
+                act: Activation::Silu,
             },
         }
     }

@@ -14,6 +14,7 @@ pub(super) fn layer_spec(c: &ModelConfig, layer: usize) -> LayerSpec {
         attn: AttnSpec::gqa(c, true, false),
         ffn: FfnSpec::of_layer(c, layer),
         ffn_norm: "post_attention_norm",
+        post_norms: false,
     }
 }
 

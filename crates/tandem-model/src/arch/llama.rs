@@ -10,6 +10,7 @@ pub(super) fn layer_spec(c: &ModelConfig, layer: usize) -> LayerSpec {
         attn: AttnSpec::gqa(c, false, false),
         ffn: FfnSpec::of_layer(c, layer),
         ffn_norm: "ffn_norm",
+        post_norms: false,
     }
 }
 

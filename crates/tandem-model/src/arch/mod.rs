@@ -8,6 +8,7 @@
 //! layout its GGUF files use (`config.rs`). New layer kinds go in
 //! `spec.rs` and the forward pass; see ARCHITECTURE.md.
 
+mod gemma;
 mod glm;
 mod llama;
 mod qwen;
@@ -18,7 +19,7 @@ use crate::ModelError;
 
 /// Every architecture name tandem accepts (GGUF `general.architecture`,
 /// HF `model_type`), for error messages.
-pub const SUPPORTED: &str = "llama, mistral, mixtral, qwen2, qwen3, qwen3moe, glm4moe";
+pub const SUPPORTED: &str = "llama, mistral, mixtral, qwen2, qwen3, qwen3moe, glm4moe, gemma3";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arch {
@@ -32,6 +33,9 @@ pub enum Arch {
     /// GLM-4.5/4.6/4.7: sigmoid routing with a selection bias, a shared
     /// expert, leading dense layers, partial RoPE; NextN layers skipped.
     Glm4Moe,
+    /// Gemma 3 (text): sandwich norms, GELU, scaled embeddings, local
+    /// (windowed) and global layers with their own RoPE.
+    Gemma3,
 }
 
 impl Arch {
@@ -45,6 +49,7 @@ impl Arch {
             "qwen3" => Arch::Qwen3,
             "qwen3moe" | "qwen3_moe" => Arch::Qwen3Moe,
             "glm4moe" | "glm4_moe" => Arch::Glm4Moe,
+            "gemma3" | "gemma3_text" => Arch::Gemma3,
             other => return Err(ModelError::UnsupportedArchitecture(other.to_string())),
         })
     }
@@ -58,6 +63,7 @@ impl Arch {
             Arch::Qwen3 => "qwen3",
             Arch::Qwen3Moe => "qwen3moe",
             Arch::Glm4Moe => "glm4moe",
+            Arch::Gemma3 => "gemma3",
         }
     }
 
@@ -72,6 +78,14 @@ impl Arch {
             Arch::Llama | Arch::Mistral | Arch::Mixtral => llama::layer_spec(c, layer),
             Arch::Qwen2 | Arch::Qwen3 | Arch::Qwen3Moe => qwen::layer_spec(self, c, layer),
             Arch::Glm4Moe => glm::layer_spec(c, layer),
+            Arch::Gemma3 => gemma::layer_spec(c, layer),
+        }
+    }
+
+    /// What the model does outside its layers.
+    pub fn model_spec(self, c: &ModelConfig) -> crate::spec::ModelSpec {
+        crate::spec::ModelSpec {
+            embed_scale: (self == Arch::Gemma3).then(|| (c.hidden as f32).sqrt()),
         }
     }
 
@@ -97,6 +111,7 @@ impl Arch {
             Arch::Llama | Arch::Mistral | Arch::Mixtral => llama::hf_stem(stem, expert)?,
             Arch::Qwen2 | Arch::Qwen3 | Arch::Qwen3Moe => qwen::hf_stem(stem, expert)?,
             Arch::Glm4Moe => return glm::hf_name(layer, stem, suffix, expert),
+            Arch::Gemma3 => gemma::hf_stem(stem, expert)?,
         };
         Some(format!("model.layers.{layer}.{hf}.{suffix}"))
     }

@@ -10,6 +10,7 @@ pub(super) fn layer_spec(arch: Arch, c: &ModelConfig, layer: usize) -> LayerSpec
         attn: AttnSpec::gqa(c, arch == Arch::Qwen2, arch != Arch::Qwen2),
         ffn: FfnSpec::of_layer(c, layer),
         ffn_norm: "ffn_norm",
+        post_norms: false,
     }
 }
 
