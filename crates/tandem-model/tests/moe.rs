@@ -34,6 +34,18 @@ fn doubled_f32(bytes: &[u8]) -> Vec<u8> {
 /// Rewrites the fixture: `moe` turns each FFN into `EXPERTS` copies (and a
 /// shared copy if `shared`), else `double_down` doubles `ffn_down`.
 fn rewrite(src: &Path, dst: &Path, moe: bool, shared: bool, double_down: bool) {
+    rewrite_with(src, dst, moe, shared, double_down, &[]);
+}
+
+/// [`rewrite`], then metadata `overrides` on top.
+fn rewrite_with(
+    src: &Path,
+    dst: &Path,
+    moe: bool,
+    shared: bool,
+    double_down: bool,
+    overrides: &[(&str, Value)],
+) {
     let f = GgufFile::open(src).expect("fixture");
     let mut w = GgufWriter::new();
     for (k, v) in f.metadata().iter() {
@@ -46,6 +58,9 @@ fn rewrite(src: &Path, dst: &Path, moe: bool, shared: bool, double_down: bool) {
         if shared {
             w.add_metadata("llama.expert_shared_count", Value::U32(1));
         }
+    }
+    for (k, v) in overrides {
+        w.add_metadata(*k, v.clone());
     }
     let mut seed = 0x2545_f491_4f6c_dd1du64;
     for t in f.tensors() {
@@ -173,5 +188,32 @@ fn a_shared_expert_adds_to_the_routed_ones() {
     for numa in [NumaMode::Off, NumaMode::Virtual(2)] {
         let d = max_diff(&want, &run(&load(&moe, numa)));
         assert!(d < 1e-4, "{numa:?}: max |Δ| {d}");
+    }
+}
+
+#[test]
+fn expert_counts_and_shapes_that_disagree_are_refused_naming_the_key_or_tensor() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cases: [(&str, Value, &str); 3] = [
+        // More experts used than exist.
+        (
+            "llama.expert_used_count",
+            Value::U32(9),
+            "expert_used_count",
+        ),
+        // The stacked tensors hold 4 experts, the file says 8.
+        ("llama.expert_count", Value::U32(8), "ffn_gate_exps"),
+        // A shared expert the file has no tensors for.
+        ("llama.expert_shared_count", Value::U32(1), "ffn_gate_shexp"),
+    ];
+    for (i, (key, value, named)) in cases.into_iter().enumerate() {
+        let path = dir.path().join(format!("bad{i}.gguf"));
+        rewrite_with(&fixture(), &path, true, false, false, &[(key, value)]);
+        let err = ModelFiles::open(&path)
+            .and_then(|f| Model::load_with(f, &LoadOptions::default()))
+            .err()
+            .unwrap_or_else(|| panic!("{key}: loaded"));
+        let msg = err.to_string();
+        assert!(msg.contains(named), "{key}: {msg}");
     }
 }
