@@ -54,6 +54,9 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
         s.n_heads, s.n_kv_heads, s.head_dim
     );
     println!("ffn            {}", s.ffn_hidden);
+    if let Some(e) = &s.experts {
+        println!("experts        {e}");
+    }
     println!("vocab          {}", s.vocab_size);
     println!("context        {}", s.context_length);
     println!("rope theta     {}", s.rope_theta);

@@ -23,6 +23,8 @@ pub struct Summary {
     pub n_kv_heads: usize,
     pub head_dim: usize,
     pub ffn_hidden: usize,
+    /// Mixture of experts, if any: "128 experts, top 8, 768 wide, ...".
+    pub experts: Option<String>,
     pub vocab_size: usize,
     pub context_length: usize,
     pub rope_theta: f32,
@@ -64,6 +66,22 @@ impl Summary {
             n_kv_heads: c.n_kv_heads,
             head_dim: c.head_dim,
             ffn_hidden: c.ffn_hidden,
+            experts: c.moe.as_ref().map(|m| {
+                let mut d = format!(
+                    "{} experts, top {}, {} wide, {:?} gating",
+                    m.n_experts, m.top_k, m.expert_ffn, m.gating
+                );
+                if m.shared_ffn > 0 {
+                    d += &format!(", shared {} wide", m.shared_ffn);
+                }
+                if m.leading_dense > 0 {
+                    d += &format!(", first {} layers dense", m.leading_dense);
+                }
+                if m.n_groups > 1 {
+                    d += &format!(", {} groups ({} used)", m.n_groups, m.groups_used);
+                }
+                d
+            }),
             vocab_size: c.vocab_size,
             context_length: c.context_length,
             rope_theta: c.rope.theta,
