@@ -1272,28 +1272,19 @@ impl Model {
             b.acts.resize_with(b.slots.len(), Default::default);
             b.h_acts.resize_with(b.slots.len(), Default::default);
         }
-        for (si, s) in b.slots.iter().enumerate() {
-            let Some(e) = experts_of(s) else { continue };
-            let fmts = [
-                e.gate.format.activation_format(),
-                e.up.format.activation_format(),
-            ];
-            if n == 1 {
-                for f in fmts {
+        if n == 1 {
+            for s in &b.slots {
+                let Some(e) = experts_of(s) else { continue };
+                for f in [
+                    e.gate.format.activation_format(),
+                    e.up.format.activation_format(),
+                ] {
                     ws.acts.prepare(f, xn, 1, h)?;
                 }
-                continue;
             }
-            let rows = s.rows.len();
-            grow(&mut b.x, rows * h);
-            for (dst, &t) in b.x.chunks_exact_mut(h).zip(&b.tokens[s.rows.clone()]) {
-                dst.copy_from_slice(&xn[t as usize * h..(t as usize + 1) * h]);
-            }
-            let a = &mut b.acts[si];
-            a.invalidate();
-            for f in fmts {
-                a.prepare(f, &b.x[..rows * h], rows, h)?;
-            }
+        } else {
+            b.gather.ensure(pool.n_threads(), 0);
+            moe::quantize_inputs(pool, m, &b.slots, &b.tokens, xn, h, &mut b.acts, &b.gather)?;
         }
         let (g, u) = (SharedOut::new(&mut b.g), SharedOut::new(&mut b.u));
         let acts = match n {
@@ -1302,18 +1293,7 @@ impl Model {
         };
         moe::gate_up(pool, m, &b.slots, acts, g, u, &ws.scratch)?;
         // 5. The SwiGLU rows quantized for down, then down.
-        for (si, s) in b.slots.iter().enumerate() {
-            let Some(e) = experts_of(s) else { continue };
-            let (rows, f) = (s.rows.len(), e.gate.rows);
-            let a = &mut b.h_acts[si];
-            a.invalidate();
-            a.prepare(
-                e.down.format.activation_format(),
-                &b.g[s.h_off..s.h_off + rows * f],
-                rows,
-                f,
-            )?;
-        }
+        moe::quantize_hidden(pool, m, &b.slots, &b.g, &mut b.h_acts)?;
         let out = SharedOut::new(&mut ws.partial[0]);
         moe::down(
             pool,

@@ -32,7 +32,7 @@ use tandem_numa::{Pool, Worker};
 use crate::config::{Gating, MoeConfig};
 use crate::parallel::{chunk_rows, matmul_into};
 use crate::shard::ShardedMatrix;
-use crate::workspace::{ActsCache, PerWorker, SharedOut};
+use crate::workspace::{ActsCache, Claimed, PerWorker, SharedOut};
 use crate::ModelError;
 
 /// One SwiGLU expert, each matrix sharded over the nodes.
@@ -210,6 +210,88 @@ pub(crate) fn route_token(
     if cfg.scale != 1.0 {
         out.iter_mut().take(k).for_each(|p| p.1 *= cfg.scale);
     }
+}
+
+/// The slots' inputs: each slot's token rows of `xn` (`hidden` wide)
+/// gathered and quantized for its gate and up into `acts[slot]`. One pool
+/// run; the slots are dealt to nodes round-robin and claimed by the
+/// node's workers.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn quantize_inputs(
+    pool: &Pool,
+    moe: &MoeFfn,
+    slots: &[Slot],
+    tokens: &[u32],
+    xn: &[f32],
+    hidden: usize,
+    acts: &mut [ActsCache],
+    gather: &PerWorker<Vec<f32>>,
+) -> Result<(), ModelError> {
+    let acts = Claimed::new(acts);
+    pool.try_run(|w: Worker<'_>| -> Result<(), ModelError> {
+        // SAFETY: worker `w.index` is the only user of its buffer.
+        let buf = unsafe { gather.get(w.index) };
+        loop {
+            let si = w.claim() * w.n_nodes + w.node;
+            let Some(s) = slots.get(si) else {
+                return Ok(());
+            };
+            let Some(e) = moe.expert(s) else { continue };
+            let rows = s.rows.len();
+            if buf.len() < rows * hidden {
+                buf.resize(rows * hidden, 0.0);
+            }
+            for (dst, &t) in buf.chunks_exact_mut(hidden).zip(&tokens[s.rows.clone()]) {
+                let t = t as usize;
+                dst.copy_from_slice(&xn[t * hidden..(t + 1) * hidden]);
+            }
+            // SAFETY: slot `si` went to this worker alone (node by `si %
+            // n_nodes`, then the node's claim counter).
+            let Some(a) = (unsafe { acts.get(si) }) else {
+                continue;
+            };
+            a.invalidate();
+            for f in [
+                e.gate.format.activation_format(),
+                e.up.format.activation_format(),
+            ] {
+                a.prepare(f, &buf[..rows * hidden], rows, hidden)?;
+            }
+        }
+    })
+}
+
+/// The slots' SwiGLU rows (`g`, each slot's `[tokens × ffn]` block)
+/// quantized for their down into `acts[slot]`; one pool run as above.
+pub(crate) fn quantize_hidden(
+    pool: &Pool,
+    moe: &MoeFfn,
+    slots: &[Slot],
+    g: &[f32],
+    acts: &mut [ActsCache],
+) -> Result<(), ModelError> {
+    let acts = Claimed::new(acts);
+    pool.try_run(|w: Worker<'_>| -> Result<(), ModelError> {
+        loop {
+            let si = w.claim() * w.n_nodes + w.node;
+            let Some(s) = slots.get(si) else {
+                return Ok(());
+            };
+            let Some(e) = moe.expert(s) else { continue };
+            let (rows, f) = (s.rows.len(), e.gate.rows);
+            // SAFETY: as in `quantize_inputs`.
+            let Some(a) = (unsafe { acts.get(si) }) else {
+                continue;
+            };
+            a.invalidate();
+            a.prepare(
+                e.down.format.activation_format(),
+                &g[s.h_off..s.h_off + rows * f],
+                rows,
+                f,
+            )?;
+        }
+    })
 }
 
 /// Run 2: `g = silu(gate · x) * (up · x)` for every slot, into `g` (the

@@ -118,14 +118,47 @@ pub(crate) struct MoeBuffers {
     pub tokens: Vec<u32>,
     pub weights: Vec<f32>,
     pub slots: Vec<crate::moe::Slot>,
-    /// Gathered input rows of a slot before quantizing.
-    pub x: Vec<f32>,
     /// Slots' gate (then SwiGLU) and up values.
     pub g: Vec<f32>,
     pub u: Vec<f32>,
     /// Per slot: quantized input rows, quantized SwiGLU rows.
     pub acts: Vec<ActsCache>,
     pub h_acts: Vec<ActsCache>,
+    /// Per worker: a slot's gathered input rows.
+    pub gather: PerWorker<Vec<f32>>,
+}
+
+/// Elements that pool workers take one at a time: each index is claimed
+/// by exactly one worker of a run, which alone touches that element.
+pub(crate) struct Claimed<'a, T> {
+    ptr: *mut T,
+    len: usize,
+    _life: std::marker::PhantomData<&'a mut [T]>,
+}
+
+// SAFETY: an element is only reached through `get`, whose contract gives
+// each index to one worker at a time; the slice outlives the run.
+unsafe impl<T: Send> Sync for Claimed<'_, T> {}
+
+impl<'a, T> Claimed<'a, T> {
+    pub(crate) fn new(items: &'a mut [T]) -> Self {
+        Claimed {
+            ptr: items.as_mut_ptr(),
+            len: items.len(),
+            _life: std::marker::PhantomData,
+        }
+    }
+
+    /// Element `i`, or None past the end.
+    ///
+    /// # Safety
+    /// The caller claimed index `i` in the current run (no other worker
+    /// touches it until the run ends).
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn get(&self, i: usize) -> Option<&mut T> {
+        // SAFETY: in bounds, and exclusive by the caller's claim.
+        (i < self.len).then(|| unsafe { &mut *self.ptr.add(i) })
+    }
 }
 
 /// Grows `v` to `n` values (never shrinks; allocates only when growing).
@@ -193,7 +226,7 @@ unsafe impl<T: Send> Sync for PerWorker<T> {}
 impl<T: Clone + Default> PerWorker<Vec<T>> {
     /// At least `n_workers` vectors of at least `len` values (allocates
     /// only when growing).
-    fn ensure(&mut self, n_workers: usize, len: usize) {
+    pub(crate) fn ensure(&mut self, n_workers: usize, len: usize) {
         if self.0.len() < n_workers {
             self.0
                 .resize_with(n_workers, || UnsafeCell::new(Vec::new()));
