@@ -22,6 +22,10 @@ mod detok;
 mod error;
 mod gguf;
 mod hf;
+mod pre_types;
+mod pretok;
+#[allow(clippy::unreadable_literal)]
+mod unicode_flags;
 
 pub use detok::IncrementalDecoder;
 pub use error::TokenizerError;
@@ -115,6 +119,20 @@ impl Tokenizer {
         self.inner
             .decode(&visible, false)
             .map_err(|e| TokenizerError::Decode(e.to_string()))
+    }
+
+    /// The bytes one token stands for, control tokens included, as
+    /// llama.cpp's `token_to_piece(..., special = true)` gives them for a
+    /// GGUF vocabulary (a piece may be part of a UTF-8 character).
+    pub fn token_piece(&self, id: u32) -> Result<Vec<u8>, TokenizerError> {
+        match &self.flavor {
+            Flavor::Gguf(f) => Ok(f.piece(id)),
+            Flavor::Hf => self
+                .inner
+                .decode(&[id], false)
+                .map(String::into_bytes)
+                .map_err(|e| TokenizerError::Decode(e.to_string())),
+        }
     }
 
     /// The text of one token as stored in the vocabulary (for diagnostics).
