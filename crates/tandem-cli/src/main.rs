@@ -2,8 +2,8 @@
 //!
 //! Subcommands: `run` (generate text), `chat` (a multi-turn REPL on the
 //! prefix cache), `perplexity` (llama.cpp-compatible
-//! evaluation), `inspect` (what a model file holds) and `bench` (speed and
-//! bandwidth; synthetic models). Errors end the
+//! evaluation), `inspect` (what a model file holds), `tokenize` (as
+//! llama-tokenize) and `bench` (speed and bandwidth; synthetic models). Errors end the
 //! process with one line on stderr and a non-zero exit code.
 
 mod bundled;
@@ -12,6 +12,7 @@ mod cmd_chat;
 mod cmd_inspect;
 mod cmd_perplexity;
 mod cmd_run;
+mod cmd_tokenize;
 mod kv_pool;
 mod load;
 mod sampling_args;
@@ -104,6 +105,8 @@ enum Command {
     Inspect(cmd_inspect::InspectArgs),
     /// Measure prefill/decode speed and memory bandwidth, or write a synthetic model.
     Bench(cmd_bench::BenchArgs),
+    /// Print the tokens of a text, as llama.cpp's llama-tokenize does.
+    Tokenize(cmd_tokenize::TokenizeArgs),
 }
 
 fn main() -> ExitCode {
@@ -118,6 +121,7 @@ fn main() -> ExitCode {
         Command::Perplexity(a) => cmd_perplexity::run(a),
         Command::Inspect(a) => cmd_inspect::run(a),
         Command::Bench(a) => cmd_bench::run(a),
+        Command::Tokenize(a) => cmd_tokenize::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
