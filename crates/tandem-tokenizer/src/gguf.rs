@@ -512,6 +512,7 @@ impl Tokenizer {
             add_bos: v.add_bos.unwrap_or(add_bos_default),
             add_eos: v.add_eos.unwrap_or(false),
             chat_template: v.chat_template.clone(),
+            origin: "GGUF vocabulary".into(),
         })
     }
 }
