@@ -2,13 +2,19 @@
 """Records llama.cpp's tokenization of hard strings for every pre-tokenizer
 tandem supports, on one small byte-level BPE vocabulary.
 
-The vocabulary (fixtures/vocab/synth-bpe.gguf) is the first MERGES merges of
-llama.cpp's models/ggml-vocab-qwen2.gguf (a multilingual byte-level BPE),
-plus a few control and user-defined tokens. For each pre-tokenizer name the
-script writes a copy whose `tokenizer.ggml.pre` is that name, runs
-llama.cpp's `llama-tokenize --ids` on every string (as given, and with
-`--no-bos --no-parse-special`), and writes the ids to
-fixtures/vocab/synth-bpe.<pre>.json. The tests load synth-bpe.gguf, set the
+The vocabulary (fixtures/vocab/synth-bpe.gguf) is byte-level BPE: first
+TRAINED merges learned from the test strings themselves with no
+pre-tokenization (so tokens cross every place a pre-tokenizer may cut:
+spaces, digits, scripts, punctuation, and any difference in where a
+pre-tokenizer cuts changes the ids), then the first MERGES merges of
+llama.cpp's models/ggml-vocab-qwen2.gguf, plus a few control and
+user-defined tokens. For each pre-tokenizer name the
+script writes a copy whose `tokenizer.ggml.pre` is that name, tokenizes
+every string with llama.cpp's `llama_tokenize` (through llama-cpp-python's
+ctypes bindings of the same llama.cpp, as `llama-tokenize --ids` calls it:
+add_special = the model's add_bos, parse_special = true; and
+add_special = parse_special = false as with `--no-bos --no-parse-special`),
+and writes the ids to fixtures/vocab/synth-bpe.<pre>.json. The tests load synth-bpe.gguf, set the
 pre name, and must produce the same ids.
 
 It also copies llama.cpp's models/ggml-vocab-*.gguf.inp/.out test cases, and
@@ -16,6 +22,10 @@ records `llama-tokenize`'s full printed output for a few strings
 (fixtures/vocab/*.llama-tokenize.txt) for the CLI test.
 
 usage: make_vocab_fixtures.py LLAMA_CPP_SRC LLAMA_CPP_BIN OUT_DIR
+  (LLAMA_CPP_BIN holds libllama.so and llama-tokenize; llama-cpp-python's
+  llama_cpp/llama_cpp.py must be importable, e.g. from the sdist that
+  tools/fixtures/setup.sh unpacks: PYTHONPATH=<sdist> with its package
+  __init__ reduced to the bindings.)
 """
 import json
 import os
@@ -28,7 +38,38 @@ LLAMA_SRC, LLAMA_BIN, OUT = sys.argv[1], sys.argv[2], sys.argv[3]
 sys.path.insert(0, os.path.join(LLAMA_SRC, "gguf-py"))
 import gguf  # noqa: E402
 
-MERGES = 8000
+os.environ.setdefault("LLAMA_CPP_LIB_PATH", LLAMA_BIN)
+from llama_cpp import llama_cpp as L  # noqa: E402
+
+L.llama_backend_init()
+
+
+def lib_tokenize(path, texts):
+    """[(ids as llama-tokenize --ids, ids with --no-bos --no-parse-special)]"""
+    p = L.llama_model_default_params()
+    p.vocab_only = True
+    m = L.llama_model_load_from_file(path.encode(), p)
+    if not m:
+        raise RuntimeError(f"llama.cpp cannot load {path}")
+    v = L.llama_model_get_vocab(m)
+    add_bos = bool(L.llama_vocab_get_add_bos(v))
+    out = []
+    for t in texts:
+        b = t.encode("utf-8")
+        res = []
+        for add, parse in [(add_bos, True), (False, False)]:
+            cap = len(b) + 16
+            buf = (L.llama_token * cap)()
+            n = L.llama_tokenize(v, b, len(b), buf, cap, add, parse)
+            if n < 0:
+                raise RuntimeError(f"buffer too small for {t!r}")
+            res.append(list(buf[:n]))
+        out.append(res)
+    L.llama_model_free(m)
+    return out
+
+MERGES = 6000
+TRAINED = 3000
 PRES = [
     "deepseek-v3", "kimi-k2", "glm4", "gpt-4o", "deepseek-llm", "deepseek-coder",
     "falcon", "starcoder", "qwen35", "qwen2", "llama-bpe", "gpt-2", "default",
@@ -76,11 +117,53 @@ def field(r, k):
     return [bytes(f.parts[i]).decode("utf-8") for i in f.data]
 
 
-def build_base(path):
+def byte_chars():
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {b: chr(c) for b, c in zip(bs, cs)}
+
+
+def train(texts, n):
+    """Plain BPE over whole strings (no pre-tokenization): the most frequent
+    adjacent pair first, ties by first appearance."""
+    bc = byte_chars()
+    seqs = [[bc[b] for b in t.encode("utf-8")] for t in texts]
+    merges = []
+    for _ in range(n):
+        counts = {}
+        for s in seqs:
+            for a, b in zip(s, s[1:]):
+                counts[(a, b)] = counts.get((a, b), 0) + 1
+        if not counts:
+            break
+        best = max(counts.items(), key=lambda kv: kv[1])[0]
+        if counts[best] < 1:
+            break
+        merges.append(best)
+        for i, s in enumerate(seqs):
+            out, j = [], 0
+            while j < len(s):
+                if j + 1 < len(s) and (s[j], s[j + 1]) == best:
+                    out.append(s[j] + s[j + 1])
+                    j += 2
+                else:
+                    out.append(s[j])
+                    j += 1
+            seqs[i] = out
+    return [f"{a} {b}" for a, b in merges]
+
+
+def build_base(texts):
     r = gguf.GGUFReader(os.path.join(LLAMA_SRC, "models", "ggml-vocab-qwen2.gguf"))
-    toks = field(r, "tokenizer.ggml.tokens")
-    merges = field(r, "tokenizer.ggml.merges")[:MERGES]
-    tokens = toks[:256]
+    merges = train(texts, TRAINED)
+    have = set(merges)
+    merges += [m for m in field(r, "tokenizer.ggml.merges")[:MERGES] if m not in have]
+    tokens = [byte_chars()[b] for b in range(256)]
     seen = set(tokens)
     for m in merges:
         a, b = m.split(" ", 1)
@@ -90,6 +173,9 @@ def build_base(path):
             tokens.append(a + b)
     types = [1] * len(tokens)
     for t, ty in SPECIALS:
+        if t in seen:  # learned from the strings: the special keeps that id
+            types[tokens.index(t)] = ty
+            continue
         tokens.append(t)
         types.append(ty)
     return tokens, types, merges
@@ -157,7 +243,7 @@ def main():
     texts += HARD
     texts = list(dict.fromkeys(texts))
 
-    tokens, types, merges = build_base(None)
+    tokens, types, merges = build_base(texts)
     base = os.path.join(OUT, "synth-bpe.gguf")
     write_gguf(base, "default", tokens, types, merges)
     tmp = tempfile.mkdtemp()
@@ -165,16 +251,16 @@ def main():
         path = os.path.join(tmp, f"synth-{pre}.gguf")
         write_gguf(path, pre, tokens, types, merges)
         cases = []
-        for t in texts:
-            cases.append({
-                "text": t,
-                "ids": llama_tokenize(path, t, []),
-                "ids_plain": llama_tokenize(path, t, ["--no-bos", "--no-parse-special"]),
-            })
+        for t, (ids, plain) in zip(texts, lib_tokenize(path, texts)):
+            cases.append({"text": t, "ids": ids, "ids_plain": plain})
         with open(os.path.join(OUT, f"synth-bpe.{pre}.json"), "w", encoding="utf-8") as f:
             json.dump({"pre": pre, "cases": cases}, f, ensure_ascii=False, indent=0)
         print(f"{pre}: {len(cases)} strings", file=sys.stderr)
     # The printed form of llama-tokenize, for `tandem tokenize`.
+    if not os.path.exists(os.path.join(LLAMA_BIN, "llama-tokenize")):
+        print("llama-tokenize not built: printed-output fixtures not written", file=sys.stderr)
+        shutil.rmtree(tmp)
+        return
     for pre, t in [("kimi-k2", "Kimi K2: 月之暗面 <|im_end|> x\n"), ("llama-bpe", "Hello world's 123 🦙\t<|endoftext|>")]:
         path = os.path.join(tmp, f"synth-{pre}.gguf")
         out = llama_tokenize(path, t, [], ids=False)

@@ -13,11 +13,11 @@
 //! 3. **Byte-level BPE (`gpt2`)**: each fragment is split by the regexes that
 //!    `tokenizer.ggml.pre` names, byte-mapped and merged by rank.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
+use ahash::{AHashMap, AHashSet};
 use serde_json::{json, Value};
-use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::models::bpe::BPE;
 use tokenizers::{DecoderWrapper, Model, NormalizerWrapper};
 
 use crate::pre_types;
@@ -381,10 +381,21 @@ impl Tokenizer {
             v.bos_id.or(in_vocab(def_bos)),
             v.eos_id.or(in_vocab(def_eos)),
         );
-        let mut vocab: HashMap<String, u32> = HashMap::with_capacity(n);
+        let mut vocab: AHashMap<String, u32> = AHashMap::with_capacity(n);
         for (i, t) in v.tokens.iter().enumerate() {
             vocab.insert(t.clone(), i as u32);
         }
+        let hidden: Vec<bool> = types.iter().map(|t| *t == TokenType::Control).collect();
+        let mut eog: Vec<u32> = [eos, v.eot_id, v.eom_id].into_iter().flatten().collect();
+        for text in EOG_TEXTS {
+            if let Some(&id) = vocab.get(*text) {
+                if types[id as usize] == TokenType::Control || Some(id) == eos {
+                    eog.push(id);
+                }
+            }
+        }
+        eog.sort_unstable();
+        eog.dedup();
         let build_err = |e: tokenizers::Error| TokenizerError::invalid("GGUF vocabulary", e);
 
         let (inner, kind, add_bos_default) = if let Some(pre) = pre {
@@ -400,13 +411,7 @@ impl Tokenizer {
                 }
             };
             let model = BPE::builder()
-                .vocab_and_merges(
-                    vocab
-                        .iter()
-                        .map(|(k, &v)| (k.clone(), v))
-                        .collect::<Vocab>(),
-                    merges,
-                )
+                .vocab_and_merges(vocab, merges)
                 .ignore_merges(pre.ignore_merges)
                 .byte_fallback(!pre.byte_encode)
                 .build()
@@ -442,13 +447,7 @@ impl Tokenizer {
             let unk = v.unk_id.unwrap_or(0).min(n_u32 - 1);
             let unk_text = v.tokens.get(unk as usize).cloned().unwrap_or_default();
             let model = BPE::builder()
-                .vocab_and_merges(
-                    vocab
-                        .iter()
-                        .map(|(k, &v)| (k.clone(), v))
-                        .collect::<Vocab>(),
-                    merges,
-                )
+                .vocab_and_merges(vocab, merges)
                 .unk_token(unk_text)
                 .fuse_unk(true)
                 .byte_fallback(true)
@@ -484,18 +483,6 @@ impl Tokenizer {
             .collect();
         specials.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
 
-        let hidden: Vec<bool> = types.iter().map(|t| *t == TokenType::Control).collect();
-        let mut eog: Vec<u32> = [eos, v.eot_id, v.eom_id].into_iter().flatten().collect();
-        for text in EOG_TEXTS {
-            if let Some(&id) = vocab.get(*text) {
-                if types[id as usize] == TokenType::Control || Some(id) == eos {
-                    eog.push(id);
-                }
-            }
-        }
-        eog.sort_unstable();
-        eog.dedup();
-
         Ok(Tokenizer {
             inner,
             flavor: Flavor::Gguf(GgufFlavor {
@@ -528,9 +515,9 @@ fn json_part<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, TokenizerErr
 /// and is left out.
 fn bpe_merges(
     raw: &[String],
-    vocab: &HashMap<String, u32>,
+    vocab: &AHashMap<String, u32>,
 ) -> Result<Vec<(String, String)>, TokenizerError> {
-    let mut seen = std::collections::HashSet::with_capacity(raw.len());
+    let mut seen = AHashSet::with_capacity(raw.len());
     let mut merges = Vec::with_capacity(raw.len());
     let mut joined = String::new();
     for (i, m) in raw.iter().enumerate() {
@@ -571,9 +558,9 @@ fn bpe_merges(
 fn spm_merges(
     tokens: &[String],
     scores: &[f32],
-    vocab: &HashMap<String, u32>,
+    vocab: &AHashMap<String, u32>,
 ) -> Vec<(String, String)> {
-    let lengths: std::collections::HashSet<usize> = vocab.keys().map(String::len).collect();
+    let lengths: AHashSet<usize> = vocab.keys().map(String::len).collect();
     let mut sorted_lengths: Vec<usize> = lengths.iter().copied().collect();
     sorted_lengths.sort_unstable();
     let mut merges: Vec<(f32, u32, u32)> = Vec::new();

@@ -683,15 +683,16 @@ fn regex_split(re: &SysRegex, word: &[char], out: &mut Vec<usize>) {
     let mut prev_byte = 0usize;
     let count = |from: usize, to: usize| s.get(from..to).map_or(0, |t| t.chars().count());
     for (a, b) in re.find_iter(&s) {
-        if b == a {
-            continue; // an empty match adds no word
-        }
+        // An empty match adds no word but ends the text before it (SuperBPE's
+        // digit grouping is nothing but empty matches).
         let start_cp = prev_cp + count(prev_byte, a);
         if start_cp > prev_cp {
             out.push(start_cp - prev_cp);
         }
         let len = count(a, b);
-        out.push(len);
+        if len > 0 {
+            out.push(len);
+        }
         prev_cp = start_cp + len;
         prev_byte = b;
     }
