@@ -27,6 +27,7 @@ usage: make_vocab_fixtures.py LLAMA_CPP_SRC LLAMA_CPP_BIN OUT_DIR
   tools/fixtures/setup.sh unpacks: PYTHONPATH=<sdist> with its package
   __init__ reduced to the bindings.)
 """
+import ctypes
 import json
 import os
 import shutil
@@ -205,6 +206,24 @@ def write_gguf(path, pre, tokens, types, merges):
     w.close()
 
 
+def printed(path, text):
+    p = L.llama_model_default_params()
+    p.vocab_only = True
+    m = L.llama_model_load_from_file(path.encode(), p)
+    v = L.llama_model_get_vocab(m)
+    b = text.encode("utf-8")
+    cap = len(b) + 16
+    buf = (L.llama_token * cap)()
+    n = L.llama_tokenize(v, b, len(b), buf, cap, bool(L.llama_vocab_get_add_bos(v)), True)
+    out = b""
+    for tok in buf[:n]:
+        piece = (ctypes.c_char * 256)()
+        k = L.llama_token_to_piece(v, tok, piece, 256, 0, True)
+        out += b"%6d -> '" % tok + bytes(piece[:k]) + b"'\n"
+    L.llama_model_free(m)
+    return out
+
+
 def llama_tokenize(model, text, extra, ids=True):
     with tempfile.NamedTemporaryFile("wb", delete=False) as f:
         f.write(text.encode("utf-8"))
@@ -256,14 +275,18 @@ def main():
         with open(os.path.join(OUT, f"synth-bpe.{pre}.json"), "w", encoding="utf-8") as f:
             json.dump({"pre": pre, "cases": cases}, f, ensure_ascii=False, indent=0)
         print(f"{pre}: {len(cases)} strings", file=sys.stderr)
-    # The printed form of llama-tokenize, for `tandem tokenize`.
-    if not os.path.exists(os.path.join(LLAMA_BIN, "llama-tokenize")):
-        print("llama-tokenize not built: printed-output fixtures not written", file=sys.stderr)
-        shutil.rmtree(tmp)
-        return
+    # The printed form of llama-tokenize, for `tandem tokenize`: from the
+    # tool when it is built, else composed as tools/tokenize/tokenize.cpp
+    # prints it ("%6d -> '%s'\n", the piece of common_token_to_piece, that
+    # is llama_token_to_piece(..., lstrip = 0, special = true)).
+    have_tool = os.path.exists(os.path.join(LLAMA_BIN, "llama-tokenize"))
     for pre, t in [("kimi-k2", "Kimi K2: 月之暗面 <|im_end|> x\n"), ("llama-bpe", "Hello world's 123 🦙\t<|endoftext|>")]:
         path = os.path.join(tmp, f"synth-{pre}.gguf")
-        out = llama_tokenize(path, t, [], ids=False)
+        if have_tool:
+            out = llama_tokenize(path, t, [], ids=False)
+        else:
+            print("llama-tokenize not built: printed output composed from llama_token_to_piece", file=sys.stderr)
+            out = printed(path, t)
         with open(os.path.join(OUT, f"synth-bpe.{pre}.llama-tokenize.txt"), "wb") as f:
             f.write(out)
         with open(os.path.join(OUT, f"synth-bpe.{pre}.prompt.txt"), "wb") as f:
