@@ -358,9 +358,8 @@ fn scan_digit_groups(w: &mut Word) {
                 pos += 1;
             }
             let count = pos - start;
-            let mut cur = start;
-            if count % 3 > 0 {
-                cur += count % 3;
+            let mut cur = start + count % 3;
+            if cur > start {
                 w.add(cur);
             }
             while cur < start + count {
