@@ -229,6 +229,13 @@ impl GgufFlavor {
                                 } else {
                                     w
                                 };
+                                // Gemma 4: a run of newlines that is a token is that token.
+                                if *escape_whitespaces && w.bytes().all(|b| b == b'\n') {
+                                    if let Some(id) = inner.get_model().token_to_id(w) {
+                                        out.push(id);
+                                        continue;
+                                    }
+                                }
                                 let toks = inner
                                     .get_model()
                                     .tokenize(w)
@@ -355,17 +362,23 @@ impl Tokenizer {
 
         let spm = match v.model.as_str() {
             "llama" => true,
-            "gpt2" => false,
+            "gpt2" | "gemma4" => false,
             other => {
                 return Err(TokenizerError::Unsupported(format!(
-                    "GGUF tokenizer model '{other}' (supported: llama, gpt2)"
+                    "GGUF tokenizer model '{other}' (supported: llama, gpt2, gemma4)"
                 )))
             }
         };
+        let gemma4 = v.model == "gemma4";
         let pre = if spm {
             None
         } else {
-            let name = v.pre.as_deref().unwrap_or("default");
+            // llama.cpp: the gemma4 model implies its pre-tokenizer.
+            let name = if gemma4 {
+                "gemma4"
+            } else {
+                v.pre.as_deref().unwrap_or("default")
+            };
             Some(pre_types::pre_type(name).ok_or_else(|| {
                 TokenizerError::Unsupported(format!("GGUF pre-tokenizer '{name}'"))
             })?)
@@ -373,6 +386,7 @@ impl Tokenizer {
         // llama.cpp's defaults when the metadata is silent.
         let (def_bos, def_eos) = match pre {
             None => (Some(1), Some(2)),
+            Some(_) if gemma4 => (None, None),
             Some(p) if p.no_bos => (None, Some(11)),
             Some(_) => (Some(11), Some(11)),
         };
@@ -496,7 +510,8 @@ impl Tokenizer {
             eos,
             eog,
             hidden,
-            add_bos: v.add_bos.unwrap_or(add_bos_default),
+            // llama.cpp forces BOS on for Gemma 4 (its PR #21500).
+            add_bos: v.add_bos.unwrap_or(add_bos_default) || gemma4,
             add_eos: v.add_eos.unwrap_or(false),
             chat_template: v.chat_template.clone(),
             origin: "GGUF vocabulary".into(),

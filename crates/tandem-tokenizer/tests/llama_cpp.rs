@@ -16,8 +16,8 @@ mod common;
 use serde_json::Value;
 use tandem_tokenizer::Tokenizer;
 
-/// llama.cpp's test vocabularies tandem tokenizes (bert-bge is WordPiece,
-/// gemma-4 a SentencePiece-style BPE: not supported).
+/// llama.cpp's test vocabularies tandem tokenizes (bert-bge is WordPiece:
+/// not supported).
 const LLAMA_VOCABS: &[&str] = &[
     "llama-spm",
     "phi-3",
@@ -32,6 +32,7 @@ const LLAMA_VOCABS: &[&str] = &[
     "mpt",
     "refact",
     "command-r",
+    "gemma-4",
 ];
 
 fn diff(text: &str, want: &[u32], got: &[u32]) -> String {
