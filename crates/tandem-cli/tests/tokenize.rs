@@ -25,7 +25,7 @@ fn tandem(args: &[&str]) -> Output {
 
 /// A vocabulary-only GGUF with a given pre-tokenizer, written from the
 /// committed synthetic vocabulary.
-fn synth_with_pre(pre: &str) -> PathBuf {
+fn synth_with_pre(pre: &str, test: &str) -> PathBuf {
     use tandem_gguf::{GgufFile, Value as G};
     let src = GgufFile::open(&vocab("synth-bpe.gguf")).expect("open synth-bpe.gguf");
     let mut w = tandem_gguf::GgufWriter::new();
@@ -36,7 +36,10 @@ fn synth_with_pre(pre: &str) -> PathBuf {
             w.add_metadata(k, v.clone());
         }
     }
-    let out = std::env::temp_dir().join(format!("tandem-tok-{}-{pre}.gguf", std::process::id()));
+    let out = std::env::temp_dir().join(format!(
+        "tandem-tok-{}-{test}-{pre}.gguf",
+        std::process::id()
+    ));
     let mut f = std::io::BufWriter::new(std::fs::File::create(&out).unwrap());
     w.write(&mut f).expect("write gguf");
     drop(f);
@@ -50,7 +53,7 @@ fn ids_equal_llama_cpp_on_vocab_only_ggufs() {
             &std::fs::read_to_string(vocab(&format!("synth-bpe.{pre}.json"))).unwrap(),
         )
         .unwrap();
-        let model = synth_with_pre(pre);
+        let model = synth_with_pre(pre, "ids");
         for case in rec["cases"].as_array().unwrap().iter().take(12) {
             let text = case["text"].as_str().unwrap();
             let file = std::env::temp_dir().join(format!("tandem-tok-{}.txt", std::process::id()));
@@ -85,7 +88,7 @@ fn printed_output_equals_llama_tokenize() {
             continue;
         };
         found += 1;
-        let model = synth_with_pre(pre);
+        let model = synth_with_pre(pre, "printed");
         let prompt = vocab(&format!("synth-bpe.{pre}.prompt.txt"));
         let out = tandem(&[
             "-m",
