@@ -62,7 +62,6 @@ pub fn find_vocab(file: &str) -> Option<PathBuf> {
         dirs.push(PathBuf::from(d));
     }
     dirs.push(root().join(".cache/llama.cpp/src/models"));
-    dirs.push(PathBuf::from("/work/main/.cache/llama.cpp/src/models"));
     dirs.into_iter().map(|d| d.join(file)).find(|p| p.is_file())
 }
 
