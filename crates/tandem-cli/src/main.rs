@@ -2,8 +2,8 @@
 //!
 //! Subcommands: `run` (generate text), `chat` (a multi-turn REPL on the
 //! prefix cache), `perplexity` (llama.cpp-compatible
-//! evaluation), `inspect` (what a model file holds) and `bench` (speed and
-//! bandwidth; synthetic models). Errors end the
+//! evaluation), `inspect` (what a model file holds), `tokenize` (as
+//! llama-tokenize) and `bench` (speed and bandwidth; synthetic models). Errors end the
 //! process with one line on stderr and a non-zero exit code.
 
 mod bundled;
@@ -13,6 +13,7 @@ mod cmd_inspect;
 mod cmd_perplexity;
 mod cmd_run;
 mod cmd_serve;
+mod cmd_tokenize;
 mod kv_pool;
 mod load;
 mod sampling_args;
@@ -107,6 +108,8 @@ enum Command {
     Bench(cmd_bench::BenchArgs),
     /// Serve the OpenAI API over HTTP (continuous batching).
     Serve(cmd_serve::ServeArgs),
+    /// Print the tokens of a text, as llama.cpp's llama-tokenize does.
+    Tokenize(cmd_tokenize::TokenizeArgs),
 }
 
 fn main() -> ExitCode {
@@ -122,6 +125,7 @@ fn main() -> ExitCode {
         Command::Inspect(a) => cmd_inspect::run(a),
         Command::Bench(a) => cmd_bench::run(a),
         Command::Serve(a) => cmd_serve::run(a),
+        Command::Tokenize(a) => cmd_tokenize::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

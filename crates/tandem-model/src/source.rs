@@ -205,6 +205,17 @@ fn gguf_vocab(meta: &Metadata) -> Result<GgufVocab, ModelError> {
     })
 }
 
+/// Only the tokenizer of a model: a `.gguf` file (its tensors are not read,
+/// so a vocabulary-only file such as llama.cpp's `models/ggml-vocab-*.gguf`
+/// works) or a Hugging Face directory.
+pub fn open_tokenizer(path: &Path) -> Result<Tokenizer, ModelError> {
+    if path.is_dir() {
+        return Ok(Tokenizer::from_hf_dir(path)?);
+    }
+    let file = GgufFile::open(path)?;
+    Ok(Tokenizer::from_gguf_vocab(&gguf_vocab(file.metadata())?)?)
+}
+
 fn from_gguf(file: Arc<GgufFile>, fallback_name: Option<&str>) -> Result<ModelFiles, ModelError> {
     let meta = file.metadata();
     let config = ModelConfig::from_gguf(meta)?;

@@ -16,6 +16,13 @@ pub enum TokenizerError {
     Encode(String),
     #[error("detokenization failed: {0}")]
     Decode(String),
+    /// The `tokenizers` library panicked; the file is at fault.
+    #[error("{origin}: the tokenizer failed while {what} ({message})")]
+    Panicked {
+        origin: String,
+        what: String,
+        message: String,
+    },
 }
 
 impl TokenizerError {

@@ -13,10 +13,15 @@
 //! 3. **Byte-level BPE (`gpt2`)**: each fragment is split by the regexes that
 //!    `tokenizer.ggml.pre` names, byte-mapped and merged by rank.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 
+use ahash::{AHashMap, AHashSet};
 use serde_json::{json, Value};
+use tokenizers::models::bpe::BPE;
+use tokenizers::{DecoderWrapper, Model, NormalizerWrapper};
 
+use crate::pre_types;
+use crate::pretok::Splitter;
 use crate::{Flavor, Tokenizer, TokenizerError};
 
 /// `tokenizer.ggml.token_type` values (llama.cpp's `llama_token_type`).
@@ -75,48 +80,56 @@ pub struct GgufVocab {
     pub chat_template: Option<String>,
 }
 
-const LLAMA3_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-const QWEN2_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-const GPT2_REGEX: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
-
-/// Pre-tokenizer regexes (applied in sequence) and `ignore_merges`, as
-/// llama.cpp's `llm_tokenizer_bpe` picks them for `tokenizer.ggml.pre`.
-fn bpe_pre_tokenizer(pre: Option<&str>) -> Result<(Vec<&'static str>, bool), TokenizerError> {
-    Ok(match pre.unwrap_or("default") {
-        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "pixtral" => (vec![LLAMA3_REGEX], true),
-        "qwen2" | "deepseek-r1-qwen" => (vec![QWEN2_REGEX], false),
-        "gpt-2" | "phi-2" | "mpt" | "olmo" => (vec![GPT2_REGEX], false),
-        "smollm" | "refact" | "command-r" => (vec![r"\p{N}", GPT2_REGEX], false),
-        "default" => (
-            vec![
-                r"[\p{P}\$\+<=>\^~\|]+",
-                GPT2_REGEX,
-                r"\p{N}+",
-                r"[0-9][0-9][0-9]",
-            ],
-            false,
-        ),
-        other => {
-            return Err(TokenizerError::Unsupported(format!(
-                "GGUF pre-tokenizer '{other}' (supported: default, gpt-2, llama-bpe, qwen2, smollm)"
-            )))
-        }
-    })
-}
-
 /// What llama.cpp does around the BPE model for one GGUF vocabulary.
 #[derive(Debug, Clone)]
 pub(crate) struct GgufFlavor {
     /// Special tokens, longest text first, as the partition searches them.
     specials: Vec<(String, u32, TokenType)>,
-    /// SentencePiece: prefix a space to fragments at the start or after a special token.
-    space_prefix: bool,
-    spm: bool,
+    kind: Kind,
+    /// Token texts and types by id (duplicated texts keep every id here).
+    texts: Arc<Vec<String>>,
+    types: Arc<Vec<TokenType>>,
+}
+
+#[derive(Debug, Clone)]
+enum Kind {
+    /// SentencePiece: prefix a space to fragments at the start or after a
+    /// special token, spaces become `▁`, merges by score.
+    Spm { space_prefix: bool },
+    /// Byte-level BPE behind llama.cpp's pre-tokenizer.
+    Bpe {
+        splitter: Arc<Splitter>,
+        byte_encode: bool,
+        escape_whitespaces: bool,
+    },
 }
 
 enum Fragment<'a> {
     Text(&'a str),
     Token(u32),
+}
+
+/// GPT-2's byte-to-unicode map (`bytes_to_unicode`): printable bytes stand
+/// for themselves, the others for 256 + their rank.
+fn byte_char(b: u8) -> char {
+    let printable = |b: u8| matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
+    if printable(b) {
+        return char::from(b);
+    }
+    let rank = (0..b).filter(|&x| !printable(x)).count() as u32;
+    char::from_u32(256 + rank).unwrap_or('\u{FFFD}')
+}
+
+/// The inverse of [`byte_char`].
+fn char_byte(c: char) -> Option<u8> {
+    let cp = c as u32;
+    if cp < 256 && byte_char(cp as u8) == c {
+        return Some(cp as u8);
+    }
+    let rank = cp.checked_sub(256)?;
+    (0..=255u8)
+        .filter(|&b| byte_char(b) as u32 >= 256)
+        .nth(rank as usize)
 }
 
 impl GgufFlavor {
@@ -180,24 +193,109 @@ impl GgufFlavor {
                     prev_special = true;
                 }
                 Fragment::Text(t) => {
-                    let piece = if self.spm && self.space_prefix && prev_special {
-                        buf.clear();
-                        buf.push(' ');
-                        buf.push_str(t);
-                        buf.as_str()
-                    } else {
-                        t
-                    };
-                    let enc = inner
-                        .encode(piece, false)
-                        .map_err(|e| TokenizerError::Encode(e.to_string()))?;
-                    out.extend_from_slice(enc.get_ids());
+                    match &self.kind {
+                        Kind::Spm { space_prefix } => {
+                            let piece = if *space_prefix && prev_special {
+                                buf.clear();
+                                buf.push(' ');
+                                buf.push_str(t);
+                                buf.as_str()
+                            } else {
+                                t
+                            };
+                            let enc = inner
+                                .encode(piece, false)
+                                .map_err(|e| TokenizerError::Encode(e.to_string()))?;
+                            out.extend_from_slice(enc.get_ids());
+                        }
+                        Kind::Bpe {
+                            splitter,
+                            byte_encode,
+                            escape_whitespaces,
+                        } => {
+                            let escaped;
+                            let t = if *escape_whitespaces {
+                                escaped = t.replace(' ', "\u{2581}");
+                                escaped.as_str()
+                            } else {
+                                t
+                            };
+                            let mut word = String::new();
+                            for w in splitter.split(t) {
+                                let w = if *byte_encode {
+                                    word.clear();
+                                    word.extend(w.bytes().map(byte_char));
+                                    word.as_str()
+                                } else {
+                                    w
+                                };
+                                // Gemma 4: a run of newlines that is a token is that token.
+                                if *escape_whitespaces && w.bytes().all(|b| b == b'\n') {
+                                    if let Some(id) = inner.get_model().token_to_id(w) {
+                                        out.push(id);
+                                        continue;
+                                    }
+                                }
+                                let toks = inner
+                                    .get_model()
+                                    .tokenize(w)
+                                    .map_err(|e| TokenizerError::Encode(e.to_string()))?;
+                                out.extend(toks.iter().map(|t| t.id));
+                            }
+                        }
+                    }
                     prev_special = false;
                 }
             }
         }
         out.extend(eos);
         Ok(out)
+    }
+
+    /// llama.cpp's `token_to_piece(..., special = true)`: the bytes a token
+    /// stands for (control and user-defined tokens as their text).
+    pub(crate) fn piece(&self, id: u32) -> Vec<u8> {
+        let (Some(text), Some(ty)) = (self.texts.get(id as usize), self.types.get(id as usize))
+        else {
+            return Vec::new();
+        };
+        match ty {
+            TokenType::Control | TokenType::Unknown | TokenType::UserDefined => {
+                text.as_bytes().to_vec()
+            }
+            TokenType::Normal => match &self.kind {
+                Kind::Spm { .. }
+                | Kind::Bpe {
+                    escape_whitespaces: true,
+                    ..
+                } => text.replace('\u{2581}', " ").into_bytes(),
+                Kind::Bpe { .. } => {
+                    let mut out = Vec::with_capacity(text.len());
+                    for c in text.chars() {
+                        match char_byte(c) {
+                            Some(b) => out.push(b),
+                            None => {
+                                // llama_decode_text's marker for a codepoint outside the map.
+                                let mut utf8 = [0u8; 4];
+                                out.extend_from_slice(b"[UNK_BYTE_0x");
+                                for b in c.encode_utf8(&mut utf8).bytes() {
+                                    out.extend_from_slice(format!("{b:02x}").as_bytes());
+                                }
+                                out.extend_from_slice(text.as_bytes());
+                                out.push(b']');
+                            }
+                        }
+                    }
+                    out
+                }
+            },
+            TokenType::Byte => text
+                .get(3..5)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .map(|b| vec![b])
+                .unwrap_or_default(),
+            TokenType::Undefined | TokenType::Unused => Vec::new(),
+        }
     }
 }
 
@@ -264,134 +362,43 @@ impl Tokenizer {
 
         let spm = match v.model.as_str() {
             "llama" => true,
-            "gpt2" => false,
+            "gpt2" | "gemma4" => false,
             other => {
                 return Err(TokenizerError::Unsupported(format!(
-                    "GGUF tokenizer model '{other}' (supported: llama, gpt2)"
+                    "GGUF tokenizer model '{other}' (supported: llama, gpt2, gemma4)"
                 )))
             }
         };
+        let gemma4 = v.model == "gemma4";
+        let pre = if spm {
+            None
+        } else {
+            // llama.cpp: the gemma4 model implies its pre-tokenizer.
+            let name = if gemma4 {
+                "gemma4"
+            } else {
+                v.pre.as_deref().unwrap_or("default")
+            };
+            Some(pre_types::pre_type(name).ok_or_else(|| {
+                TokenizerError::Unsupported(format!("GGUF pre-tokenizer '{name}'"))
+            })?)
+        };
         // llama.cpp's defaults when the metadata is silent.
-        let (def_bos, def_eos, def_add_bos) = if spm { (1, 2, true) } else { (11, 11, false) };
+        let (def_bos, def_eos) = match pre {
+            None => (Some(1), Some(2)),
+            Some(_) if gemma4 => (None, None),
+            Some(p) if p.no_bos => (None, Some(11)),
+            Some(_) => (Some(11), Some(11)),
+        };
+        let in_vocab = |id: Option<u32>| id.filter(|&i| i < n_u32);
         let (bos, eos) = (
-            v.bos_id.or((def_bos < n_u32).then_some(def_bos)),
-            v.eos_id.or((def_eos < n_u32).then_some(def_eos)),
+            v.bos_id.or(in_vocab(def_bos)),
+            v.eos_id.or(in_vocab(def_eos)),
         );
-        let mut vocab: HashMap<String, u32> = HashMap::with_capacity(n);
+        let mut vocab: AHashMap<String, u32> = AHashMap::with_capacity(n);
         for (i, t) in v.tokens.iter().enumerate() {
             vocab.insert(t.clone(), i as u32);
         }
-
-        let (model, normalizer, pre_tokenizer, decoder, add_bos_default) = if spm {
-            let scores = v.scores.as_ref().ok_or_else(|| {
-                TokenizerError::invalid(
-                    "tokenizer.ggml.scores",
-                    "missing for a SentencePiece vocabulary",
-                )
-            })?;
-            let merges = spm_merges(&v.tokens, scores, &vocab);
-            let unk = v.unk_id.unwrap_or(0).min(n_u32 - 1);
-            let model = json!({
-                "type": "BPE",
-                "dropout": null,
-                "unk_token": v.tokens[unk as usize],
-                "continuing_subword_prefix": null,
-                "end_of_word_suffix": null,
-                "fuse_unk": true,
-                "byte_fallback": true,
-                "ignore_merges": false,
-                "vocab": vocab,
-                "merges": merges,
-            });
-            let normalizer =
-                json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"});
-            let mut decoders = vec![
-                json!({"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "}),
-                json!({"type": "ByteFallback"}),
-                json!({"type": "Fuse"}),
-            ];
-            if v.add_space_prefix.unwrap_or(true) {
-                decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
-            }
-            (
-                model,
-                normalizer,
-                Value::Null,
-                json!({"type": "Sequence", "decoders": decoders}),
-                def_add_bos,
-            )
-        } else {
-            let (regexes, ignore_merges) = bpe_pre_tokenizer(v.pre.as_deref())?;
-            let raw = v.merges.as_ref().ok_or_else(|| {
-                TokenizerError::invalid("tokenizer.ggml.merges", "missing for a BPE vocabulary")
-            })?;
-            let mut merges = Vec::with_capacity(raw.len());
-            for (i, m) in raw.iter().enumerate() {
-                // llama.cpp splits at the first space after the first byte.
-                let pos = m
-                    .char_indices()
-                    .skip(1)
-                    .find(|&(_, c)| c == ' ')
-                    .map(|(p, _)| p)
-                    .ok_or_else(|| {
-                        TokenizerError::invalid(
-                            "tokenizer.ggml.merges",
-                            format!("entry {i} has no separating space"),
-                        )
-                    })?;
-                merges.push((m[..pos].to_string(), m[pos + 1..].to_string()));
-            }
-            let model = json!({
-                "type": "BPE",
-                "dropout": null,
-                "unk_token": null,
-                "continuing_subword_prefix": null,
-                "end_of_word_suffix": null,
-                "fuse_unk": false,
-                "byte_fallback": false,
-                "ignore_merges": ignore_merges,
-                "vocab": vocab,
-                "merges": merges,
-            });
-            let mut pres: Vec<Value> = regexes
-                .iter()
-                .map(|r| json!({"type": "Split", "pattern": {"Regex": r}, "behavior": "Isolated", "invert": false}))
-                .collect();
-            pres.push(json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false}));
-            let decoder = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false});
-            let add_bos_default = ignore_merges; // llama.cpp turns add_bos on for llama-bpe
-            (
-                model,
-                Value::Null,
-                json!({"type": "Sequence", "pretokenizers": pres}),
-                decoder,
-                add_bos_default,
-            )
-        };
-        let spec = json!({
-            "version": "1.0",
-            "truncation": null,
-            "padding": null,
-            "added_tokens": [],
-            "normalizer": normalizer,
-            "pre_tokenizer": pre_tokenizer,
-            "post_processor": null,
-            "decoder": decoder,
-            "model": model,
-        });
-        let inner: tokenizers::Tokenizer = spec
-            .to_string()
-            .parse()
-            .map_err(|e: tokenizers::Error| TokenizerError::invalid("GGUF vocabulary", e))?;
-
-        let mut specials: Vec<(String, u32, TokenType)> = types
-            .iter()
-            .enumerate()
-            .filter(|(i, t)| t.is_special() && !v.tokens[*i].is_empty())
-            .map(|(i, t)| (v.tokens[i].clone(), i as u32, *t))
-            .collect();
-        specials.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
-
         let hidden: Vec<bool> = types.iter().map(|t| *t == TokenType::Control).collect();
         let mut eog: Vec<u32> = [eos, v.eot_id, v.eom_id].into_iter().flatten().collect();
         for text in EOG_TEXTS {
@@ -403,44 +410,187 @@ impl Tokenizer {
         }
         eog.sort_unstable();
         eog.dedup();
+        let build_err = |e: tokenizers::Error| TokenizerError::invalid("GGUF vocabulary", e);
+
+        let (inner, kind, add_bos_default) = if let Some(pre) = pre {
+            let merges = match &v.merges {
+                Some(raw) => bpe_merges(raw, &vocab)?,
+                // llama.cpp accepts Kimi-K2 files without merges.
+                None if pre.name == "KIMI_K2" => Vec::new(),
+                None => {
+                    return Err(TokenizerError::invalid(
+                        "tokenizer.ggml.merges",
+                        "missing for a BPE vocabulary",
+                    ))
+                }
+            };
+            let model = BPE::builder()
+                .vocab_and_merges(vocab, merges)
+                .ignore_merges(pre.ignore_merges)
+                .byte_fallback(!pre.byte_encode)
+                .build()
+                .map_err(build_err)?;
+            let mut inner = tokenizers::Tokenizer::new(model);
+            let decoder: DecoderWrapper = if pre.byte_encode {
+                json_part(
+                    json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false}),
+                )?
+            } else {
+                json_part(json!({"type": "Sequence", "decoders": [
+                    {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
+                    {"type": "ByteFallback"},
+                    {"type": "Fuse"},
+                ]}))?
+            };
+            inner.with_decoder(Some(decoder));
+            let splitter = Splitter::new(pre.regexes)?;
+            let kind = Kind::Bpe {
+                splitter: Arc::new(splitter),
+                byte_encode: pre.byte_encode,
+                escape_whitespaces: pre.escape_whitespaces,
+            };
+            (inner, kind, pre.add_bos)
+        } else {
+            let scores = v.scores.as_ref().ok_or_else(|| {
+                TokenizerError::invalid(
+                    "tokenizer.ggml.scores",
+                    "missing for a SentencePiece vocabulary",
+                )
+            })?;
+            let merges = spm_merges(&v.tokens, scores, &vocab);
+            let unk = v.unk_id.unwrap_or(0).min(n_u32 - 1);
+            let unk_text = v.tokens.get(unk as usize).cloned().unwrap_or_default();
+            let model = BPE::builder()
+                .vocab_and_merges(vocab, merges)
+                .unk_token(unk_text)
+                .fuse_unk(true)
+                .byte_fallback(true)
+                .build()
+                .map_err(build_err)?;
+            let mut inner = tokenizers::Tokenizer::new(model);
+            let normalizer: NormalizerWrapper = json_part(
+                json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"}),
+            )?;
+            let mut decoders = vec![
+                json!({"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "}),
+                json!({"type": "ByteFallback"}),
+                json!({"type": "Fuse"}),
+            ];
+            if v.add_space_prefix.unwrap_or(true) {
+                decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
+            }
+            let decoder: DecoderWrapper =
+                json_part(json!({"type": "Sequence", "decoders": decoders}))?;
+            inner.with_normalizer(Some(normalizer));
+            inner.with_decoder(Some(decoder));
+            let kind = Kind::Spm {
+                space_prefix: v.add_space_prefix.unwrap_or(true),
+            };
+            (inner, kind, true)
+        };
+
+        let mut specials: Vec<(String, u32, TokenType)> = types
+            .iter()
+            .enumerate()
+            .filter(|(i, t)| t.is_special() && !v.tokens[*i].is_empty())
+            .map(|(i, t)| (v.tokens[i].clone(), i as u32, *t))
+            .collect();
+        specials.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
 
         Ok(Tokenizer {
             inner,
             flavor: Flavor::Gguf(GgufFlavor {
                 specials,
-                space_prefix: v.add_space_prefix.unwrap_or(spm),
-                spm,
+                kind,
+                texts: Arc::new(v.tokens.clone()),
+                types: Arc::new(types),
             }),
             vocab_size: n,
             bos,
             eos,
             eog,
             hidden,
-            add_bos: v.add_bos.unwrap_or(add_bos_default),
+            // llama.cpp forces BOS on for Gemma 4 (its PR #21500).
+            add_bos: v.add_bos.unwrap_or(add_bos_default) || gemma4,
             add_eos: v.add_eos.unwrap_or(false),
             chat_template: v.chat_template.clone(),
+            origin: "GGUF vocabulary".into(),
         })
     }
+}
+
+/// A normalizer or decoder from its `tokenizer.json` form.
+fn json_part<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, TokenizerError> {
+    serde_json::from_value(v).map_err(|e| TokenizerError::invalid("GGUF tokenizer component", e))
+}
+
+/// `tokenizer.ggml.merges` as llama.cpp reads them: split at the first
+/// space after the first byte; the first rank of a repeated pair wins. A
+/// merge whose halves or result are not tokens can never yield a token
+/// and is left out.
+fn bpe_merges(
+    raw: &[String],
+    vocab: &AHashMap<String, u32>,
+) -> Result<Vec<(String, String)>, TokenizerError> {
+    let mut seen = AHashSet::with_capacity(raw.len());
+    let mut merges = Vec::with_capacity(raw.len());
+    let mut joined = String::new();
+    for (i, m) in raw.iter().enumerate() {
+        let pos = m
+            .char_indices()
+            .skip(1)
+            .find(|&(_, c)| c == ' ')
+            .map(|(p, _)| p)
+            .ok_or_else(|| {
+                TokenizerError::invalid(
+                    "tokenizer.ggml.merges",
+                    format!("entry {i} has no separating space"),
+                )
+            })?;
+        let (a, b) = (&m[..pos], &m[pos + 1..]);
+        joined.clear();
+        joined.push_str(a);
+        joined.push_str(b);
+        let (Some(&ia), Some(&ib)) = (vocab.get(a), vocab.get(b)) else {
+            continue;
+        };
+        if !vocab.contains_key(&joined) || !seen.insert((ia, ib)) {
+            continue;
+        }
+        merges.push((a.to_string(), b.to_string()));
+    }
+    Ok(merges)
 }
 
 /// BPE merges equivalent to SentencePiece's score-driven merging: every split
 /// of a token into two tokens is a merge, ranked by the merged token's score
 /// (highest first), ties by the ids of the halves. This is what transformers'
 /// `SentencePieceExtractor` does.
+///
+/// Only the split points where both halves have the length of some token
+/// are looked up, so a very long token costs its length times the number of
+/// distinct token lengths, not its length squared.
 fn spm_merges(
     tokens: &[String],
     scores: &[f32],
-    vocab: &HashMap<String, u32>,
+    vocab: &AHashMap<String, u32>,
 ) -> Vec<(String, String)> {
+    let lengths: AHashSet<usize> = vocab.keys().map(String::len).collect();
+    let mut sorted_lengths: Vec<usize> = lengths.iter().copied().collect();
+    sorted_lengths.sort_unstable();
     let mut merges: Vec<(f32, u32, u32)> = Vec::new();
     for (id, tok) in tokens.iter().enumerate() {
         if vocab.get(tok) != Some(&(id as u32)) {
             continue; // a duplicate string: llama.cpp keeps the last id
         }
-        for (pos, _) in tok.char_indices().skip(1) {
+        let score = scores.get(id).copied().unwrap_or(0.0);
+        for &pos in sorted_lengths.iter().take_while(|&&l| l < tok.len()) {
+            if pos == 0 || !lengths.contains(&(tok.len() - pos)) || !tok.is_char_boundary(pos) {
+                continue;
+            }
             let (l, r) = tok.split_at(pos);
             if let (Some(&li), Some(&ri)) = (vocab.get(l), vocab.get(r)) {
-                merges.push((scores[id], li, ri));
+                merges.push((score, li, ri));
             }
         }
     }

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::{Flavor, Tokenizer, TokenizerError};
+use crate::{guard, Flavor, Tokenizer, TokenizerError};
 
 fn read_json(path: &Path) -> Result<Option<Value>, TokenizerError> {
     match std::fs::read_to_string(path) {
@@ -71,8 +71,20 @@ impl Tokenizer {
                 "no tokenizer.json in the model directory",
             ));
         }
-        let inner = tokenizers::Tokenizer::from_file(&path)
-            .map_err(|e| TokenizerError::invalid(path.display().to_string(), e))?;
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(&path).map_err(|e| TokenizerError::Io {
+            path: path.clone(),
+            source: e,
+        })?;
+        // Parse as plain JSON first: `tokenizers` panics on some malformed
+        // documents (a decoder cut off), serde_json does not.
+        let json: Value =
+            serde_json::from_str(&text).map_err(|e| TokenizerError::invalid(origin.clone(), e))?;
+        guard::validate_json(&origin, &json)?;
+        let inner: tokenizers::Tokenizer = guard::guard(&origin, "loading", || {
+            serde_json::from_value(json).map_err(|e| TokenizerError::invalid(origin.clone(), e))
+        })?;
+        guard::validate_loaded(&origin, &inner)?;
         let tok_cfg = read_json(&dir.join("tokenizer_config.json"))?.unwrap_or(Value::Null);
         let gen_cfg = read_json(&dir.join("generation_config.json"))?.unwrap_or(Value::Null);
         let model_cfg = read_json(&dir.join("config.json"))?.unwrap_or(Value::Null);
@@ -91,6 +103,23 @@ impl Tokenizer {
         eog.dedup();
 
         let vocab_size = inner.get_vocab_size(true);
+        let probe = |add: bool| {
+            guard::guard(&origin, "encoding a probe text", || {
+                inner
+                    .encode("a", add)
+                    .map_err(|e| TokenizerError::Encode(e.to_string()))
+            })
+        };
+        // A panic is the file's fault and fatal; an ordinary error only
+        // leaves the BOS/EOS conventions unknown, as before.
+        let mut probe_special = None;
+        for add in [true, false] {
+            match probe(add) {
+                Err(e @ TokenizerError::Panicked { .. }) => return Err(e),
+                Ok(enc) if add => probe_special = Some(enc),
+                _ => {}
+            }
+        }
         let mut hidden = vec![false; vocab_size];
         for (id, added) in inner.get_added_tokens_decoder() {
             if added.special {
@@ -101,14 +130,10 @@ impl Tokenizer {
         }
         // Whether encoding with special tokens puts BOS first is decided by
         // tokenizer.json's post-processor; ask it rather than guess.
-        let add_bos = match (bos, inner.encode("a", true)) {
-            (Some(b), Ok(enc)) => enc.get_ids().first() == Some(&b),
-            _ => false,
-        };
-        let add_eos = match (eos, inner.encode("a", true)) {
-            (Some(e), Ok(enc)) => enc.get_ids().last() == Some(&e),
-            _ => false,
-        };
+        let first_last =
+            probe_special.map(|e| (e.get_ids().first().copied(), e.get_ids().last().copied()));
+        let add_bos = bos.is_some() && first_last.is_some_and(|(f, _)| f == bos);
+        let add_eos = eos.is_some() && first_last.is_some_and(|(_, l)| l == eos);
         Ok(Tokenizer {
             inner,
             flavor: Flavor::Hf,
@@ -120,6 +145,7 @@ impl Tokenizer {
             add_bos,
             add_eos,
             chat_template: chat_template(&tok_cfg),
+            origin: origin.into(),
         })
     }
 }

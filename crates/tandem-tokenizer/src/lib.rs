@@ -21,7 +21,12 @@
 mod detok;
 mod error;
 mod gguf;
+mod guard;
 mod hf;
+mod pre_types;
+mod pretok;
+#[allow(clippy::unreadable_literal)]
+mod unicode_flags;
 
 pub use detok::IncrementalDecoder;
 pub use error::TokenizerError;
@@ -51,6 +56,8 @@ pub struct Tokenizer {
     add_bos: bool,
     add_eos: bool,
     chat_template: Option<String>,
+    /// Where the tokenizer came from, for errors.
+    origin: std::sync::Arc<str>,
 }
 
 impl Tokenizer {
@@ -71,7 +78,7 @@ impl Tokenizer {
         add_special: bool,
         parse_special: bool,
     ) -> Result<Vec<u32>, TokenizerError> {
-        match &self.flavor {
+        guard::guard(&self.origin, "encoding", || match &self.flavor {
             Flavor::Gguf(f) => f.encode(
                 &self.inner,
                 text,
@@ -86,7 +93,7 @@ impl Tokenizer {
                     .map_err(|e| TokenizerError::Encode(e.to_string()))?;
                 Ok(enc.get_ids().to_vec())
             }
-        }
+        })
     }
 
     fn bos_if(&self, add_special: bool) -> Option<u32> {
@@ -112,14 +119,34 @@ impl Tokenizer {
             .copied()
             .filter(|&id| !self.hidden.get(id as usize).copied().unwrap_or(false))
             .collect();
-        self.inner
-            .decode(&visible, false)
-            .map_err(|e| TokenizerError::Decode(e.to_string()))
+        guard::guard(&self.origin, "decoding", || {
+            self.inner
+                .decode(&visible, false)
+                .map_err(|e| TokenizerError::Decode(e.to_string()))
+        })
+    }
+
+    /// The bytes one token stands for, control tokens included, as
+    /// llama.cpp's `token_to_piece(..., special = true)` gives them for a
+    /// GGUF vocabulary (a piece may be part of a UTF-8 character).
+    pub fn token_piece(&self, id: u32) -> Result<Vec<u8>, TokenizerError> {
+        guard::guard(&self.origin, "decoding", || match &self.flavor {
+            Flavor::Gguf(f) => Ok(f.piece(id)),
+            Flavor::Hf => self
+                .inner
+                .decode(&[id], false)
+                .map(String::into_bytes)
+                .map_err(|e| TokenizerError::Decode(e.to_string())),
+        })
     }
 
     /// The text of one token as stored in the vocabulary (for diagnostics).
     pub fn token_text(&self, id: u32) -> Option<String> {
-        self.inner.id_to_token(id)
+        guard::guard(&self.origin, "looking up a token", || {
+            Ok(self.inner.id_to_token(id))
+        })
+        .ok()
+        .flatten()
     }
 
     pub fn vocab_size(&self) -> usize {
