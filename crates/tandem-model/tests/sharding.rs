@@ -14,6 +14,18 @@ fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/models")
 }
 
+/// Whether tandem runs this fixture's architecture yet; fixtures of
+/// families still to come (MLA, gpt-oss) are reported as skipped.
+fn runnable(path: &Path) -> bool {
+    match ModelFiles::open(path) {
+        Err(tandem_model::ModelError::UnsupportedArchitecture(a)) => {
+            eprintln!("skipped {}: architecture {a} not supported yet", path.display());
+            false
+        }
+        _ => true,
+    }
+}
+
 /// Every fixture model: each GGUF file and each HF directory with weights.
 fn all_models() -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -38,6 +50,7 @@ fn all_models() -> Vec<PathBuf> {
         }
     }
     assert!(out.len() >= 15, "fixtures missing: {out:?}");
+    out.retain(|p| runnable(p));
     out
 }
 
