@@ -19,7 +19,10 @@ fn fixtures() -> PathBuf {
 fn runnable(path: &Path) -> bool {
     match ModelFiles::open(path) {
         Err(tandem_model::ModelError::UnsupportedArchitecture(a)) => {
-            eprintln!("skipped {}: architecture {a} not supported yet", path.display());
+            eprintln!(
+                "skipped {}: architecture {a} not supported yet",
+                path.display()
+            );
             false
         }
         _ => true,
