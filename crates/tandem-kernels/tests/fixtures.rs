@@ -169,3 +169,27 @@ fn q8_k_activations_match_ggml_bit_exact() {
         check_bytes(&format!("Q8_K, {isa}"), &q.to_ggml_bytes(), &want, 292);
     }
 }
+
+#[test]
+fn q8_1_activations_match_ggml_bit_exact() {
+    let x = f32s(&fixture("act_q8_1.in.f32"));
+    let n_cols = 256;
+    let n_rows = x.len() / n_cols;
+    for (variant, file) in [
+        (Q8_0Variant::X86, "act_q8_1.x86.bin"),
+        (Q8_0Variant::Reference, "act_q8_1.ref.bin"),
+    ] {
+        let want = fixture(file);
+        for isa in isas() {
+            let mut q = QuantizedActivations::new(ActivationFormat::Q8_1);
+            q.set_q8_0_variant(variant);
+            q.quantize_with(isa, &x, n_rows, n_cols).unwrap();
+            check_bytes(
+                &format!("Q8_1 {variant:?}, {isa}"),
+                &q.to_ggml_bytes(),
+                &want,
+                36,
+            );
+        }
+    }
+}

@@ -95,8 +95,21 @@ mod helpers {
 #[cfg(target_arch = "x86_64")]
 type TileFn = unsafe fn(&[u8], &QuantizedActivations, usize, &mut [f32]);
 
+/// The formats this family has kernels for (the registry's view).
 #[cfg(target_arch = "x86_64")]
-fn tile_fns(format: WeightFormat) -> [TileFn; TILE] {
+pub(crate) fn has_kernel(format: WeightFormat) -> bool {
+    tile_fns(format).is_some()
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) fn has_kernel(_: WeightFormat) -> bool {
+    false
+}
+
+/// This family's registered tile kernels (`None`: not registered, the
+/// registry falls back to the scalar reference).
+#[cfg(target_arch = "x86_64")]
+fn tile_fns(format: WeightFormat) -> Option<[TileFn; TILE]> {
     macro_rules! tiles {
         ($m:ident :: $f:ident) => {
             [
@@ -107,7 +120,7 @@ fn tile_fns(format: WeightFormat) -> [TileFn; TILE] {
             ]
         };
     }
-    match format {
+    Some(match format {
         WeightFormat::F32 => tiles!(float::dot_f32),
         WeightFormat::F16 => tiles!(float::dot_f16),
         WeightFormat::BF16 => tiles!(float::dot_bf16),
@@ -116,7 +129,8 @@ fn tile_fns(format: WeightFormat) -> [TileFn; TILE] {
         WeightFormat::Q4_K => tiles!(k_quants::dot_q4_k),
         WeightFormat::Q5_K => tiles!(k_quants::dot_q5_k),
         WeightFormat::Q6_K => tiles!(k_quants::dot_q6_k),
-    }
+        _ => return None,
+    })
 }
 
 /// Validated matmul (sizes checked by `matmul_rows_with`); errors only if the
@@ -133,18 +147,23 @@ pub(crate) fn matmul(
     if !avx2_available() {
         return Err(KernelError::IsaUnavailable(Isa::Avx2));
     }
-    let fns = tile_fns(format);
-    let n_b = acts.n_rows();
-    for (r, out_row) in rows.zip(out.chunks_exact_mut(n_b)) {
-        let w = &weights[r * row_bytes..(r + 1) * row_bytes];
-        let mut b0 = 0;
-        while b0 < n_b {
-            let n = (n_b - b0).min(TILE);
+    let Some(fns) = tile_fns(format) else {
+        crate::reference::matmul(format, weights, row_bytes, rows, acts, out);
+        return Ok(());
+    };
+    crate::driver::drive(
+        weights,
+        row_bytes,
+        rows,
+        acts.n_rows(),
+        1,
+        TILE,
+        out,
+        |w, b0, n, o| {
             // SAFETY: AVX2/FMA/F16C checked above; the kernel asserts its size invariants.
-            unsafe { fns[n - 1](w, acts, b0, &mut out_row[b0..b0 + n]) };
-            b0 += n;
-        }
-    }
+            unsafe { fns[n - 1](w, acts, b0, &mut o[b0..b0 + n]) }
+        },
+    );
     Ok(())
 }
 

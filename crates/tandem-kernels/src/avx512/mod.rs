@@ -173,8 +173,20 @@ type TileFn = unsafe fn(&[u8], usize, &QuantizedActivations, usize, &mut [f32]);
 #[cfg(target_arch = "x86_64")]
 type Tiles = [[TileFn; ACT_TILE]; ROW_TILE];
 
+/// The formats this family has kernels for (the registry's view; the
+/// others fall back to AVX2, then to the scalar reference).
 #[cfg(target_arch = "x86_64")]
-fn tile_fns(format: WeightFormat) -> Tiles {
+pub(crate) fn has_kernel(format: WeightFormat) -> bool {
+    tile_fns(format).is_some()
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) fn has_kernel(_: WeightFormat) -> bool {
+    false
+}
+
+#[cfg(target_arch = "x86_64")]
+fn tile_fns(format: WeightFormat) -> Option<Tiles> {
     macro_rules! tiles {
         ($m:ident :: $f:ident) => {
             [
@@ -193,7 +205,7 @@ fn tile_fns(format: WeightFormat) -> Tiles {
             ]
         };
     }
-    match format {
+    Some(match format {
         WeightFormat::F32 => tiles!(float::dot_f32),
         WeightFormat::F16 => tiles!(float::dot_f16),
         WeightFormat::BF16 if avx512_bf16_available() => tiles!(float::dot_bf16_dp),
@@ -203,7 +215,8 @@ fn tile_fns(format: WeightFormat) -> Tiles {
         WeightFormat::Q4_K => tiles!(q4_k_ymm::dot_q4_k),
         WeightFormat::Q5_K => tiles!(k_quants::dot_q5_k),
         WeightFormat::Q6_K => tiles!(q6_k_ymm::dot_q6_k),
-    }
+        _ => return None,
+    })
 }
 
 /// Validated matmul (sizes checked by `matmul_rows_with`); errors only if the
@@ -220,28 +233,29 @@ pub(crate) fn matmul(
     if !avx512_available() {
         return Err(KernelError::IsaUnavailable(Isa::Avx512));
     }
-    let fns = tile_fns(format);
+    let Some(fns) = tile_fns(format) else {
+        return crate::avx2::matmul(format, weights, row_bytes, rows, acts, out);
+    };
     let n_b = acts.n_rows();
     // Measured on Zen 4: for B ≤ 2 streaming two weight rows at once is
     // slower than one (the per-block work dominates and two interleaved
     // streams prefetch worse); from B = 3 on, sharing activation loads wins.
     let row_tile = if n_b <= 2 { 1 } else { ROW_TILE };
-    let mut r = rows.start;
-    while r < rows.end {
-        let nr = (rows.end - r).min(row_tile);
-        let w = &weights[r * row_bytes..(r + nr) * row_bytes];
-        let o0 = (r - rows.start) * n_b;
-        let o = &mut out[o0..o0 + nr * n_b];
-        let mut b0 = 0;
-        while b0 < n_b {
-            let n = (n_b - b0).min(ACT_TILE);
+    crate::driver::drive(
+        weights,
+        row_bytes,
+        rows,
+        n_b,
+        row_tile,
+        ACT_TILE,
+        out,
+        |w, b0, n, o| {
+            let nr = w.len() / row_bytes;
             // SAFETY: AVX-512 F/BW/VL/VNNI (+ AVX2/FMA/F16C) checked above, BF16
             // checked in `tile_fns`; the kernel asserts its size invariants.
-            unsafe { fns[nr - 1][n - 1](w, row_bytes, acts, b0, o) };
-            b0 += n;
-        }
-        r += nr;
-    }
+            unsafe { fns[nr - 1][n - 1](w, row_bytes, acts, b0, o) }
+        },
+    );
     Ok(())
 }
 

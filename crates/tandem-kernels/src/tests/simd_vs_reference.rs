@@ -83,7 +83,11 @@ fn check_close(
             let (g, e) = (got[i * n_b + b], want[i * n_b + b]);
             let tol = tolerance(n_cols, magnitude(f, wr, &q, b));
             assert!(
-                g.is_finite() && e.is_finite() && f64::from((g - e).abs()) <= tol,
+                (g.is_finite() && e.is_finite() && f64::from((g - e).abs()) <= tol)
+                    // Q8_1's f16 s overflows for huge activations, in ggml too
+                    || (f.activation_format() == ActivationFormat::Q8_1
+                        && !g.is_finite()
+                        && (g == e || (g.is_nan() && e.is_nan()))),
                 "{isa} {f} {s:?} {a:?} n_cols={n_cols} n_b={n_b} row={r} b={b}: {g} vs ref {e} (tol {tol:e})"
             );
         }
