@@ -11,13 +11,24 @@
 //! size or on B.
 //!
 //! Files: [`legacy`] (Q8_0, Q4_0), [`k_quants`] (Q4_K, Q5_K, Q6_K),
-//! [`float`] (F32, F16, BF16), [`quantize`] (activation quantizers).
+//! [`float`] (F32, F16, BF16), [`quantize`] (activation quantizers);
+//! [`exact`] (Q4_1, Q5_0, Q5_1, IQ4_NL, MXFP4) and [`exact_k`] (Q2_K, Q3_K,
+//! IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ4_XS, TQ2_0): these
+//! formats' ggml generic dots sum blocks exactly in integers before any
+//! float operation, so these kernels compute the same integers with SIMD
+//! and then the reference's float statements: bit-identical to the scalar
+//! reference (and ggml's generic code), tested with `==`. TQ1_0 has no AVX2
+//! kernel (the registry runs the reference).
 //!
 //! Safety: every `unsafe fn` here is `#[target_feature(enable = "avx2,fma,f16c")]`;
 //! the safe wrappers at the bottom check [`avx2_available`] first. Kernels
 //! assert their slice-length invariants on entry and only then use raw
 //! pointer loads.
 
+#[cfg(target_arch = "x86_64")]
+mod exact;
+#[cfg(target_arch = "x86_64")]
+mod exact_k;
 #[cfg(target_arch = "x86_64")]
 mod float;
 #[cfg(target_arch = "x86_64")]
@@ -129,6 +140,22 @@ fn tile_fns(format: WeightFormat) -> Option<[TileFn; TILE]> {
         WeightFormat::Q4_K => tiles!(k_quants::dot_q4_k),
         WeightFormat::Q5_K => tiles!(k_quants::dot_q5_k),
         WeightFormat::Q6_K => tiles!(k_quants::dot_q6_k),
+        WeightFormat::Q4_1 => tiles!(exact::dot_q4_1),
+        WeightFormat::Q5_0 => tiles!(exact::dot_q5_0),
+        WeightFormat::Q5_1 => tiles!(exact::dot_q5_1),
+        WeightFormat::IQ4_NL => tiles!(exact::dot_iq4_nl),
+        WeightFormat::MXFP4 => tiles!(exact::dot_mxfp4),
+        WeightFormat::Q2_K => tiles!(exact_k::dot_q2_k),
+        WeightFormat::Q3_K => tiles!(exact_k::dot_q3_k),
+        WeightFormat::IQ2_XXS => tiles!(exact_k::dot_iq2_xxs),
+        WeightFormat::IQ2_XS => tiles!(exact_k::dot_iq2_xs),
+        WeightFormat::IQ2_S => tiles!(exact_k::dot_iq2_s),
+        WeightFormat::IQ3_XXS => tiles!(exact_k::dot_iq3_xxs),
+        WeightFormat::IQ3_S => tiles!(exact_k::dot_iq3_s),
+        WeightFormat::IQ1_S => tiles!(exact_k::dot_iq1_s),
+        WeightFormat::IQ1_M => tiles!(exact_k::dot_iq1_m),
+        WeightFormat::IQ4_XS => tiles!(exact_k::dot_iq4_xs),
+        WeightFormat::TQ2_0 => tiles!(exact_k::dot_tq2_0),
         _ => return None,
     })
 }

@@ -1,0 +1,256 @@
+//! AVX2 kernels that reproduce ggml's *generic* dot products bit for bit:
+//! the shared pieces, and the 32-weight formats Q5_0, IQ4_NL, MXFP4 (× Q8_0)
+//! and Q4_1, Q5_1 (× Q8_1).
+//!
+//! Why bit-identical to the scalar reference rather than ggml's AVX2 order:
+//! ggml's generic code for these formats (and for the IQ / Q2_K / Q3_K
+//! formats in `exact_k.rs`) sums each block or super-block exactly in
+//! integers and only then does a few scalar float operations. SIMD computes
+//! those integer sums exactly (bounds below), so doing the same scalar float
+//! operations afterwards gives the reference's result exactly, and the tests
+//! compare with `==`.
+//!
+//! Integer bounds: every weight byte is in [-127, 127] and every activation
+//! quant in [-127, 127] (both Q8 quantizers clamp to ±127), so a `maddubs`
+//! pair sum of `|w|` and `sign(q8, w)` is at most 2·127·127 = 32258 < 2^15,
+//! and `madd` with a scale of at most 63 stays far inside i32.
+
+use std::arch::x86_64::*;
+
+use super::helpers::*;
+use crate::activations::{Q8Row, Q8_1Row};
+use crate::blocks::*;
+use crate::convert::read_f16;
+use crate::grids::{KVALUES_IQ4NL, KVALUES_MXFP4};
+use crate::QuantizedActivations;
+
+/// Byte `i` → 8 bytes of 0xFF where bit `j` of `i` is set (sign masks).
+pub(super) static BYTE_MASK64: [u64; 256] = {
+    let mut t = [0u64; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut j = 0;
+        while j < 8 {
+            if i & (1 << j) != 0 {
+                t[i] |= 0xFF << (8 * j);
+            }
+            j += 1;
+        }
+        i += 1;
+    }
+    t
+};
+
+/// `maddubs(|w|, sign(q8, w))`: 16 exact i16 pair sums of `w·q8`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn pairs(w: __m256i, q8: __m256i) -> __m256i {
+    _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(q8, w))
+}
+
+/// 8 i32 partial sums of `Σ w·q8` over 32 bytes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn sum32(w: __m256i, q8: __m256i) -> __m256i {
+    _mm256_madd_epi16(pairs(w, q8), _mm256_set1_epi16(1))
+}
+
+/// 8 i32 partial sums of `Σ s·w·q8`, `s` an i16 per pair lane (lanes 0..8:
+/// bytes 0..16, lanes 8..16: bytes 16..32).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn scaled32(w: __m256i, q8: __m256i, s: __m256i) -> __m256i {
+    _mm256_madd_epi16(pairs(w, q8), s)
+}
+
+/// Scale vector for two 16-weight halves.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn scales16(lo: i32, hi: i32) -> __m256i {
+    _mm256_set_m128i(_mm_set1_epi16(hi as i16), _mm_set1_epi16(lo as i16))
+}
+
+/// 16 packed nibbles → 32 bytes (low nibbles first), as ggml's `bytes_from_nibbles_32`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn nibbles32(p: *const u8) -> __m256i {
+    let tmp = load128(p);
+    _mm256_and_si256(
+        _mm256_set_m128i(_mm_srli_epi16::<4>(tmp), tmp),
+        _mm256_set1_epi8(0xF),
+    )
+}
+
+/// ggml's `bytes_from_bits_32`: bit j of `x` → byte j = 0xFF or 0.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn bytes_from_bits_32(x: u32) -> __m256i {
+    let shuf = _mm256_set_epi64x(
+        0x0303_0303_0303_0303,
+        0x0202_0202_0202_0202,
+        0x0101_0101_0101_0101,
+        0,
+    );
+    let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(x as i32), shuf);
+    let bytes = _mm256_or_si256(bytes, _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe));
+    _mm256_cmpeq_epi8(bytes, _mm256_set1_epi64x(-1))
+}
+
+/// A 16-entry i8 table in both 128-bit lanes (for `pshufb` lookups).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn table256(t: &[i8; 16]) -> __m256i {
+    _mm256_broadcastsi128_si256(load128(t.as_ptr()))
+}
+
+#[inline]
+fn q8_rows<const N: usize>(acts: &QuantizedActivations, b0: usize, nb: usize) -> [Q8Row<'_>; N] {
+    let rows: [Q8Row<'_>; N] = std::array::from_fn(|k| acts.q8_0_row(b0 + k));
+    for r in &rows {
+        assert!(r.qs.len() == nb * QK8_0 && r.d.len() == nb);
+    }
+    rows
+}
+
+#[inline]
+fn q8_1_rows<const N: usize>(
+    acts: &QuantizedActivations,
+    b0: usize,
+    nb: usize,
+) -> [Q8_1Row<'_>; N] {
+    let rows: [Q8_1Row<'_>; N] = std::array::from_fn(|k| acts.q8_1_row(b0 + k));
+    for r in &rows {
+        assert!(r.qs.len() == nb * QK8_0 && r.d.len() == nb && r.s.len() == nb);
+    }
+    rows
+}
+
+/// Shared body of the × Q8_0 kernels: `decode(block) -> (weights, x scale)`,
+/// then per activation row `sumf += (xd·yd)·Σ w·q8` (`x_first`: the scale
+/// product is written `x·y` in ggml, else `y·x`; the two are equal in IEEE
+/// arithmetic, the flag only documents the mirror).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q8_0_blocks<const N: usize>(
+    w: &[u8],
+    bytes: usize,
+    acts: &QuantizedActivations,
+    b0: usize,
+    out: &mut [f32],
+    decode: impl Fn(*const u8) -> (__m256i, f32),
+) {
+    let nb = w.len() / bytes;
+    assert!(w.len() == nb * bytes && out.len() == N);
+    let rows = q8_rows::<N>(acts, b0, nb);
+    let mut sumf = [0f32; N];
+    for ib in 0..nb {
+        let (wv, xd) = decode(w.as_ptr().add(ib * bytes));
+        for k in 0..N {
+            let q8 = load256(rows[k].qs.as_ptr().add(ib * QK8_0));
+            let sumi = hsum_i32_8(sum32(wv, q8));
+            sumf[k] += (xd * *rows[k].d.get_unchecked(ib)) * sumi as f32;
+        }
+    }
+    out.copy_from_slice(&sumf);
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_q5_0<const N: usize>(
+    w: &[u8],
+    acts: &QuantizedActivations,
+    b0: usize,
+    out: &mut [f32],
+) {
+    dot_q8_0_blocks::<N>(w, Q5_0_BYTES, acts, b0, out, |p| {
+        let blk = std::slice::from_raw_parts(p, Q5_0_BYTES);
+        // nibble | 0xF0 (= nibble - 16) where the high bit is clear
+        let hi = _mm256_andnot_si256(bytes_from_bits_32(u32_at(blk, 2)), _mm256_set1_epi8(-16));
+        (_mm256_or_si256(nibbles32(p.add(6)), hi), read_f16(blk, 0))
+    });
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_iq4_nl<const N: usize>(
+    w: &[u8],
+    acts: &QuantizedActivations,
+    b0: usize,
+    out: &mut [f32],
+) {
+    let t = table256(&KVALUES_IQ4NL);
+    dot_q8_0_blocks::<N>(w, IQ4_NL_BYTES, acts, b0, out, |p| {
+        let blk = std::slice::from_raw_parts(p, IQ4_NL_BYTES);
+        (
+            _mm256_shuffle_epi8(t, nibbles32(p.add(2))),
+            read_f16(blk, 0),
+        )
+    });
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_mxfp4<const N: usize>(
+    w: &[u8],
+    acts: &QuantizedActivations,
+    b0: usize,
+    out: &mut [f32],
+) {
+    let t = table256(&KVALUES_MXFP4);
+    dot_q8_0_blocks::<N>(w, MXFP4_BYTES, acts, b0, out, |p| {
+        (
+            _mm256_shuffle_epi8(t, nibbles32(p.add(1))),
+            e8m0_to_f32_half(*p),
+        )
+    });
+}
+
+/// Shared body of the × Q8_1 kernels: `sumf += (xd·yd)·Σ w·q8 + xm·ys`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q8_1_blocks<const N: usize>(
+    w: &[u8],
+    bytes: usize,
+    acts: &QuantizedActivations,
+    b0: usize,
+    out: &mut [f32],
+    decode: impl Fn(*const u8) -> __m256i,
+) {
+    let nb = w.len() / bytes;
+    assert!(w.len() == nb * bytes && out.len() == N);
+    let rows = q8_1_rows::<N>(acts, b0, nb);
+    let mut sumf = [0f32; N];
+    for ib in 0..nb {
+        let blk = &w[ib * bytes..(ib + 1) * bytes];
+        let wv = decode(blk.as_ptr());
+        let (xd, xm) = (read_f16(blk, 0), read_f16(blk, 2));
+        for k in 0..N {
+            let q8 = load256(rows[k].qs.as_ptr().add(ib * QK8_0));
+            let sumi = hsum_i32_8(sum32(wv, q8));
+            let r = &rows[k];
+            sumf[k] += (xd * *r.d.get_unchecked(ib)) * sumi as f32 + xm * *r.s.get_unchecked(ib);
+        }
+    }
+    out.copy_from_slice(&sumf);
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_q4_1<const N: usize>(
+    w: &[u8],
+    acts: &QuantizedActivations,
+    b0: usize,
+    out: &mut [f32],
+) {
+    dot_q8_1_blocks::<N>(w, Q4_1_BYTES, acts, b0, out, |p| nibbles32(p.add(4)));
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_q5_1<const N: usize>(
+    w: &[u8],
+    acts: &QuantizedActivations,
+    b0: usize,
+    out: &mut [f32],
+) {
+    dot_q8_1_blocks::<N>(w, Q5_1_BYTES, acts, b0, out, |p| {
+        let blk = std::slice::from_raw_parts(p, Q5_1_BYTES);
+        let hi = _mm256_and_si256(bytes_from_bits_32(u32_at(blk, 4)), _mm256_set1_epi8(0x10));
+        _mm256_or_si256(nibbles32(p.add(8)), hi)
+    });
+}

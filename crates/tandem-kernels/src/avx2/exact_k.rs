@@ -1,0 +1,515 @@
+//! AVX2 kernels for the 256-weight formats whose ggml generic dot sums each
+//! super-block exactly in integers before any float operation: Q2_K, Q3_K,
+//! IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S, IQ1_M, IQ4_XS, TQ2_0
+//! (× Q8_K). Each super-block is decoded once into 8 registers of 32 signed
+//! weight bytes plus per-16 i16 scales and used against every activation
+//! row of the tile; the integer sums are exact (bounds in `exact.rs`), and
+//! the float statements after them are the scalar reference's, so results
+//! equal the reference bit for bit (Q3_K keeps ggml's eight i32 / f32 lanes,
+//! lane = position mod 8, for the same reason).
+
+use std::arch::x86_64::*;
+
+use super::exact::*;
+use super::helpers::*;
+use crate::activations::Q8KRow;
+use crate::blocks::*;
+use crate::convert::{f16_to_f32, read_f16};
+use crate::grids::*;
+use crate::QuantizedActivations;
+
+type Regs = [__m256i; 8];
+
+#[inline]
+fn k_rows<const N: usize>(acts: &QuantizedActivations, b0: usize, nb: usize) -> [Q8KRow<'_>; N] {
+    let rows: [Q8KRow<'_>; N] = std::array::from_fn(|k| acts.q8_k_row(b0 + k));
+    for r in &rows {
+        assert!(r.qs.len() == nb * QK_K && r.d.len() == nb && r.bsums.len() == nb * 16);
+    }
+    rows
+}
+
+/// `Σ_g Σ s_g·w_g·q8_g` over a super-block (exact).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn block_total(w: &Regs, sc: &Regs, q8: *const i8) -> i32 {
+    let mut acc = _mm256_setzero_si256();
+    for g in 0..8 {
+        acc = _mm256_add_epi32(acc, scaled32(w[g], load256(q8.add(32 * g)), sc[g]));
+    }
+    hsum_i32_8(acc)
+}
+
+/// Shared body: `decode(block, w, scales)`, then per activation row
+/// `sumf = update(block, row, i, total, sumf)`; `out = factor · sumf`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn dot_total<const N: usize>(
+    w: &[u8],
+    bytes: usize,
+    acts: &QuantizedActivations,
+    b0: usize,
+    out: &mut [f32],
+    factor: Option<f32>,
+    decode: impl Fn(&[u8], &mut Regs, &mut Regs),
+    update: impl Fn(&[u8], &Q8KRow<'_>, usize, i32, f32) -> f32,
+) {
+    let nb = w.len() / bytes;
+    assert!(w.len() == nb * bytes && out.len() == N);
+    let rows = k_rows::<N>(acts, b0, nb);
+    let mut sumf = [0f32; N];
+    let mut wv = [_mm256_setzero_si256(); 8];
+    let mut sc = [_mm256_setzero_si256(); 8];
+    for i in 0..nb {
+        let blk = &w[i * bytes..(i + 1) * bytes];
+        decode(blk, &mut wv, &mut sc);
+        for k in 0..N {
+            let total = block_total(&wv, &sc, rows[k].qs.as_ptr().add(i * QK_K));
+            sumf[k] = update(blk, &rows[k], i, total, sumf[k]);
+        }
+    }
+    for k in 0..N {
+        out[k] = match factor {
+            Some(f) => f * sumf[k],
+            None => sumf[k],
+        };
+    }
+}
+
+/// `sumf + (x.d · y.d) · total`, the IQ2 / IQ3 update.
+#[inline]
+fn plain_update(blk: &[u8], y: &Q8KRow<'_>, i: usize, total: i32, sumf: f32) -> f32 {
+    sumf + (read_f16(blk, 0) * y.d[i]) * total as f32
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn signed_grid(g: [u64; 4], s: [u64; 4]) -> __m256i {
+    let g = _mm256_set_epi64x(g[3] as i64, g[2] as i64, g[1] as i64, g[0] as i64);
+    let s = _mm256_set_epi64x(s[3] as i64, s[2] as i64, s[1] as i64, s[0] as i64);
+    _mm256_sub_epi8(_mm256_xor_si256(g, s), s)
+}
+
+#[inline]
+fn ksign_mask(bits7: u32) -> u64 {
+    BYTE_MASK64[usize::from(KSIGNS_IQ2XS[(bits7 & 127) as usize])]
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_iq2_xxs<const N: usize>(
+    w: &[u8],
+    acts: &QuantizedActivations,
+    b0: usize,
+    out: &mut [f32],
+) {
+    let decode = |blk: &[u8], wv: &mut Regs, sc: &mut Regs| {
+        for ib in 0..8 {
+            let a = &blk[2 + 8 * ib..2 + 8 * ib + 4];
+            let aux1 = u32_at(blk, 2 + 8 * ib + 4);
+            let g = std::array::from_fn(|l| IQ2XXS_GRID[usize::from(a[l])]);
+            let s = std::array::from_fn(|l| ksign_mask(aux1 >> (7 * l)));
+            wv[ib] = signed_grid(g, s);
+            sc[ib] = _mm256_set1_epi16((2 * (aux1 >> 28) + 1) as i16);
+        }
+    };
+    dot_total::<N>(
+        w,
+        IQ2_XXS_BYTES,
+        acts,
+        b0,
+        out,
+        Some(0.125),
+        decode,
+        plain_update,
+    );
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_iq2_xs<const N: usize>(
+    w: &[u8],
+    acts: &QuantizedActivations,
+    b0: usize,
+    out: &mut [f32],
+) {
+    let decode = |blk: &[u8], wv: &mut Regs, sc: &mut Regs| {
+        for ib in 0..8 {
+            let q: [u16; 4] = std::array::from_fn(|l| u16_at(blk, 2 + 2 * (4 * ib + l)));
+            let g = q.map(|q| IQ2XS_GRID[usize::from(q & 511)]);
+            let s = q.map(|q| ksign_mask(u32::from(q >> 9)));
+            wv[ib] = signed_grid(g, s);
+            let b = blk[66 + ib];
+            sc[ib] = scales16(2 * i32::from(b & 0xf) + 1, 2 * i32::from(b >> 4) + 1);
+        }
+    };
+    dot_total::<N>(
+        w,
+        IQ2_XS_BYTES,
+        acts,
+        b0,
+        out,
+        Some(0.125),
+        decode,
+        plain_update,
+    );
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_iq2_s<const N: usize>(
+    w: &[u8],
+    acts: &QuantizedActivations,
+    b0: usize,
+    out: &mut [f32],
+) {
+    let decode = |blk: &[u8], wv: &mut Regs, sc: &mut Regs| {
+        for ib in 0..8 {
+            let qh = usize::from(blk[66 + ib]);
+            let g = std::array::from_fn(|l| {
+                IQ2S_GRID[usize::from(blk[2 + 4 * ib + l]) | ((qh << (8 - 2 * l)) & 0x300)]
+            });
+            let s = std::array::from_fn(|l| BYTE_MASK64[usize::from(blk[34 + 4 * ib + l])]);
+            wv[ib] = signed_grid(g, s);
+            let b = blk[74 + ib];
+            sc[ib] = scales16(1 + 2 * i32::from(b & 0xf), 1 + 2 * i32::from(b >> 4));
+        }
+    };
+    dot_total::<N>(
+        w,
+        IQ2_S_BYTES,
+        acts,
+        b0,
+        out,
+        Some(0.125),
+        decode,
+        plain_update,
+    );
+}
+
+/// Four groups of 8 built from pairs of 4-wide grid points, with sign masks.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn signed_grid4(g: [u32; 8], s: [u64; 4]) -> __m256i {
+    let g = _mm256_set_epi32(
+        g[7] as i32,
+        g[6] as i32,
+        g[5] as i32,
+        g[4] as i32,
+        g[3] as i32,
+        g[2] as i32,
+        g[1] as i32,
+        g[0] as i32,
+    );
+    let s = _mm256_set_epi64x(s[3] as i64, s[2] as i64, s[1] as i64, s[0] as i64);
+    _mm256_sub_epi8(_mm256_xor_si256(g, s), s)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_iq3_xxs<const N: usize>(
+    w: &[u8],
+    acts: &QuantizedActivations,
+    b0: usize,
+    out: &mut [f32],
+) {
+    let decode = |blk: &[u8], wv: &mut Regs, sc: &mut Regs| {
+        for ib in 0..8 {
+            let qs = &blk[2 + 8 * ib..2 + 8 * ib + 8];
+            let aux32 = u32_at(blk, 66 + 4 * ib);
+            let g = std::array::from_fn(|j| IQ3XXS_GRID[usize::from(qs[j])]);
+            let s = std::array::from_fn(|l| ksign_mask(aux32 >> (7 * l)));
+            wv[ib] = signed_grid4(g, s);
+            sc[ib] = _mm256_set1_epi16((2 * (aux32 >> 28) + 1) as i16);
+        }
+    };
+    dot_total::<N>(
+        w,
+        IQ3_XXS_BYTES,
+        acts,
+        b0,
+        out,
+        Some(0.25),
+        decode,
+        plain_update,
+    );
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_iq3_s<const N: usize>(
+    w: &[u8],
+    acts: &QuantizedActivations,
+    b0: usize,
+    out: &mut [f32],
+) {
+    let decode = |blk: &[u8], wv: &mut Regs, sc: &mut Regs| {
+        for ib in 0..8 {
+            let qs = &blk[2 + 8 * ib..2 + 8 * ib + 8];
+            let qh = usize::from(blk[66 + ib]);
+            let g = std::array::from_fn(|j| {
+                let (l, hi) = (j / 2, j % 2);
+                IQ3S_GRID[usize::from(qs[j]) | ((qh << (8 - 2 * l - hi)) & 256)]
+            });
+            let s = std::array::from_fn(|l| BYTE_MASK64[usize::from(blk[74 + 4 * ib + l])]);
+            wv[ib] = signed_grid4(g, s);
+            let b = blk[106 + ib / 2] >> (4 * (ib % 2));
+            sc[ib] = _mm256_set1_epi16(2 * i16::from(b & 0xf) + 1);
+        }
+    };
+    dot_total::<N>(w, IQ3_S_BYTES, acts, b0, out, None, decode, plain_update);
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn grid_i8(g: [u64; 4]) -> __m256i {
+    _mm256_set_epi64x(g[3] as i64, g[2] as i64, g[1] as i64, g[0] as i64)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_iq1_s<const N: usize>(
+    w: &[u8],
+    acts: &QuantizedActivations,
+    b0: usize,
+    out: &mut [f32],
+) {
+    let decode = |blk: &[u8], wv: &mut Regs, sc: &mut Regs| {
+        for ib in 0..8 {
+            let qh = usize::from(u16_at(blk, 34 + 2 * ib));
+            let g = std::array::from_fn(|l| {
+                IQ1S_GRID[usize::from(blk[2 + 4 * ib + l]) | (((qh >> (3 * l)) & 7) << 8)]
+            });
+            wv[ib] = grid_i8(g);
+            sc[ib] = _mm256_set1_epi16((2 * ((qh >> 12) & 7) + 1) as i16);
+        }
+    };
+    let update = |blk: &[u8], y: &Q8KRow<'_>, i: usize, sumi: i32, sumf: f32| {
+        let bsums = &y.bsums[16 * i..16 * i + 16];
+        let mut sumi1 = 0i32;
+        for ib in 0..8 {
+            let qh = u16_at(blk, 34 + 2 * ib);
+            let ls = 2 * i32::from((qh >> 12) & 7) + 1;
+            let delta = if qh & 0x8000 != 0 { -1 } else { 1 };
+            sumi1 += ls * delta * (i32::from(bsums[2 * ib]) + i32::from(bsums[2 * ib + 1]));
+        }
+        sumf + read_f16(blk, 0) * y.d[i] * (sumi as f32 + IQ1S_DELTA * sumi1 as f32)
+    };
+    dot_total::<N>(w, IQ1_S_BYTES, acts, b0, out, None, decode, update);
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_iq1_m<const N: usize>(
+    w: &[u8],
+    acts: &QuantizedActivations,
+    b0: usize,
+    out: &mut [f32],
+) {
+    let nb = w.len() / IQ1_M_BYTES;
+    assert!(w.len() == nb * IQ1_M_BYTES && out.len() == N);
+    let rows = k_rows::<N>(acts, b0, nb);
+    let mut sumf = [0f32; N];
+    let mut wv = [_mm256_setzero_si256(); 8];
+    let mut dv = [_mm256_setzero_si256(); 8];
+    let mut sc = [_mm256_setzero_si256(); 8];
+    for i in 0..nb {
+        let blk = &w[i * IQ1_M_BYTES..(i + 1) * IQ1_M_BYTES];
+        for ib in 0..8 {
+            let qs = &blk[4 * ib..4 * ib + 4];
+            let (h0, h1) = (usize::from(blk[32 + 2 * ib]), usize::from(blk[33 + 2 * ib]));
+            let idx = [
+                usize::from(qs[0]) | ((h0 << 8) & 0x700),
+                usize::from(qs[1]) | ((h0 << 4) & 0x700),
+                usize::from(qs[2]) | ((h1 << 8) & 0x700),
+                usize::from(qs[3]) | ((h1 << 4) & 0x700),
+            ];
+            let neg = [h0 & 0x08, h0 & 0x80, h1 & 0x08, h1 & 0x80];
+            wv[ib] = grid_i8(idx.map(|j| IQ1S_GRID[j]));
+            dv[ib] = grid_i8(neg.map(|n| {
+                if n != 0 {
+                    u64::MAX
+                } else {
+                    0x0101_0101_0101_0101
+                }
+            }));
+            let s = u16_at(blk, 48 + 2 * (ib / 2));
+            let ls = |k: usize| 2 * i32::from((s >> (6 * (ib % 2) + k)) & 0x7) + 1;
+            sc[ib] = scales16(ls(0), ls(3));
+        }
+        let d = f16_to_f32(iq1_m_scale_bits(&blk[48..56]));
+        for k in 0..N {
+            let q8 = rows[k].qs.as_ptr().add(i * QK_K);
+            let sumi1 = block_total(&wv, &sc, q8);
+            let sumi2 = block_total(&dv, &sc, q8);
+            sumf[k] += d * rows[k].d[i] * (sumi1 as f32 + IQ1S_DELTA * sumi2 as f32);
+        }
+    }
+    out.copy_from_slice(&sumf);
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_q2_k<const N: usize>(
+    w: &[u8],
+    acts: &QuantizedActivations,
+    b0: usize,
+    out: &mut [f32],
+) {
+    let decode = |blk: &[u8], wv: &mut Regs, sc: &mut Regs| {
+        let m3 = _mm256_set1_epi8(3);
+        for n in 0..2 {
+            let bits = load256(blk.as_ptr().add(Q2_K_QS_OFF + 32 * n));
+            let sh = [
+                bits,
+                _mm256_srli_epi16::<2>(bits),
+                _mm256_srli_epi16::<4>(bits),
+                _mm256_srli_epi16::<6>(bits),
+            ];
+            for (j, &shj) in sh.iter().enumerate() {
+                let g = 4 * n + j;
+                wv[g] = _mm256_and_si256(shj, m3);
+                sc[g] = scales16(i32::from(blk[2 * g] & 0xF), i32::from(blk[2 * g + 1] & 0xF));
+            }
+        }
+    };
+    let update = |blk: &[u8], y: &Q8KRow<'_>, i: usize, isum: i32, sumf: f32| {
+        let bsums = &y.bsums[16 * i..16 * i + 16];
+        let mut summs = 0i32;
+        for j in 0..16 {
+            summs += i32::from(bsums[j]) * i32::from(blk[j] >> 4);
+        }
+        let dall = y.d[i] * read_f16(blk, Q2_K_D_OFF);
+        let dmin = y.d[i] * read_f16(blk, Q2_K_D_OFF + 2);
+        sumf + (dall * isum as f32 - dmin * summs as f32)
+    };
+    dot_total::<N>(w, Q2_K_BYTES, acts, b0, out, None, decode, update);
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_tq2_0<const N: usize>(
+    w: &[u8],
+    acts: &QuantizedActivations,
+    b0: usize,
+    out: &mut [f32],
+) {
+    let decode = |blk: &[u8], wv: &mut Regs, sc: &mut Regs| {
+        let (m3, one) = (_mm256_set1_epi8(3), _mm256_set1_epi8(1));
+        for j in 0..2 {
+            let bits = load256(blk.as_ptr().add(32 * j));
+            let sh = [
+                bits,
+                _mm256_srli_epi16::<2>(bits),
+                _mm256_srli_epi16::<4>(bits),
+                _mm256_srli_epi16::<6>(bits),
+            ];
+            for l in 0..4 {
+                wv[4 * j + l] = _mm256_sub_epi8(_mm256_and_si256(sh[l], m3), one);
+                sc[4 * j + l] = _mm256_set1_epi16(1);
+            }
+        }
+    };
+    let update = |blk: &[u8], y: &Q8KRow<'_>, i: usize, sumi: i32, sumf: f32| {
+        sumf + sumi as f32 * (y.d[i] * read_f16(blk, 64))
+    };
+    dot_total::<N>(w, TQ2_0_BYTES, acts, b0, out, None, decode, update);
+}
+
+/// IQ4_XS: per-32 sums (the reference applies each sub-block's float scale
+/// separately), 8 per super-block.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_iq4_xs<const N: usize>(
+    w: &[u8],
+    acts: &QuantizedActivations,
+    b0: usize,
+    out: &mut [f32],
+) {
+    let nb = w.len() / IQ4_XS_BYTES;
+    assert!(w.len() == nb * IQ4_XS_BYTES && out.len() == N);
+    let rows = k_rows::<N>(acts, b0, nb);
+    let t = table256(&KVALUES_IQ4NL);
+    let mut sumf = [0f32; N];
+    let mut wv = [_mm256_setzero_si256(); 8];
+    for i in 0..nb {
+        let blk = &w[i * IQ4_XS_BYTES..(i + 1) * IQ4_XS_BYTES];
+        for (ib, v) in wv.iter_mut().enumerate() {
+            *v = _mm256_shuffle_epi8(t, nibbles32(blk.as_ptr().add(8 + 16 * ib)));
+        }
+        let ls: [i32; 8] =
+            std::array::from_fn(|ib| crate::reference::nonlinear::iq4_xs_scale(blk, ib) - 32);
+        let dx = read_f16(blk, 0);
+        for k in 0..N {
+            let q8 = rows[k].qs.as_ptr().add(i * QK_K);
+            let d4d8 = dx * rows[k].d[i];
+            for ib in 0..8 {
+                let s = hsum_i32_8(sum32(wv[ib], load256(q8.add(32 * ib))));
+                sumf[k] += (d4d8 * ls[ib] as f32) * s as f32;
+            }
+        }
+    }
+    out.copy_from_slice(&sumf);
+}
+
+/// Q3_K: weights `q - 4·!hbit` times `(scale - 32)` folded into i16 before
+/// the activations, products widened so that i32 lane `l` collects the
+/// positions `≡ l (mod 8)` exactly like ggml's `aux32[l]`; then the
+/// reference's `sums[l] += d·aux32[l]` and final lane sum.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_q3_k<const N: usize>(
+    w: &[u8],
+    acts: &QuantizedActivations,
+    b0: usize,
+    out: &mut [f32],
+) {
+    let nb = w.len() / Q3_K_BYTES;
+    assert!(w.len() == nb * Q3_K_BYTES && out.len() == N);
+    let rows = k_rows::<N>(acts, b0, nb);
+    let mut sums = [_mm256_setzero_ps(); N];
+    let mut ws = [_mm256_setzero_si256(); 16];
+    let (m3, four) = (_mm256_set1_epi8(3), _mm256_set1_epi8(4));
+    for i in 0..nb {
+        let blk = &w[i * Q3_K_BYTES..(i + 1) * Q3_K_BYTES];
+        let hm = load256(blk.as_ptr());
+        let scales = unpack_q3_k_scales(&blk[Q3_K_SCALES_OFF..Q3_K_SCALES_OFF + 12]);
+        for n in 0..2 {
+            let bits = load256(blk.as_ptr().add(Q3_K_QS_OFF + 32 * n));
+            let sh = [
+                bits,
+                _mm256_srli_epi16::<2>(bits),
+                _mm256_srli_epi16::<4>(bits),
+                _mm256_srli_epi16::<6>(bits),
+            ];
+            for (k, &shk) in sh.iter().enumerate() {
+                let g = 4 * n + k;
+                let bit = _mm256_set1_epi8((1u8 << g) as i8);
+                let clear = _mm256_cmpeq_epi8(_mm256_and_si256(hm, bit), _mm256_setzero_si256());
+                let a = _mm256_sub_epi8(_mm256_and_si256(sh[k], m3), _mm256_and_si256(clear, four));
+                // |a·(sc - 32)| <= 4·32 fits i16
+                let lo = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(a));
+                let hi = _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(a));
+                let s0 = _mm256_set1_epi16(i16::from(scales[2 * g] as i8) - 32);
+                let s1 = _mm256_set1_epi16(i16::from(scales[2 * g + 1] as i8) - 32);
+                ws[2 * g] = _mm256_mullo_epi16(lo, s0);
+                ws[2 * g + 1] = _mm256_mullo_epi16(hi, s1);
+            }
+        }
+        let dx = read_f16(blk, Q3_K_D_OFF);
+        for k in 0..N {
+            let q8 = rows[k].qs.as_ptr().add(i * QK_K);
+            let mut aux32 = _mm256_setzero_si256();
+            for (j, &wj) in ws.iter().enumerate() {
+                // |q8·a·(sc - 32)| <= 127·128 fits i16
+                let p = _mm256_mullo_epi16(_mm256_cvtepi8_epi16(load128(q8.add(16 * j))), wj);
+                aux32 = _mm256_add_epi32(aux32, _mm256_cvtepi16_epi32(_mm256_castsi256_si128(p)));
+                aux32 = _mm256_add_epi32(
+                    aux32,
+                    _mm256_cvtepi16_epi32(_mm256_extracti128_si256::<1>(p)),
+                );
+            }
+            let d = _mm256_set1_ps(dx * rows[k].d[i]);
+            sums[k] = _mm256_add_ps(sums[k], _mm256_mul_ps(d, _mm256_cvtepi32_ps(aux32)));
+        }
+    }
+    for k in 0..N {
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), sums[k]);
+        let mut sumf = 0f32;
+        for l in lanes {
+            sumf += l;
+        }
+        out[k] = sumf;
+    }
+}
