@@ -476,7 +476,7 @@ pub(super) unsafe fn dot_q3_k<const N: usize>(
                 let g = 4 * n + k;
                 let bit = _mm256_set1_epi8((1u8 << g) as i8);
                 let clear = _mm256_cmpeq_epi8(_mm256_and_si256(hm, bit), _mm256_setzero_si256());
-                let a = _mm256_sub_epi8(_mm256_and_si256(sh[k], m3), _mm256_and_si256(clear, four));
+                let a = _mm256_sub_epi8(_mm256_and_si256(shk, m3), _mm256_and_si256(clear, four));
                 // |a·(sc - 32)| <= 4·32 fits i16
                 let lo = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(a));
                 let hi = _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(a));
