@@ -41,6 +41,36 @@ pub(super) static BYTE_MASK64: [u64; 256] = {
     t
 };
 
+/// ggml's `keven_signs`: `ksigns_iq2xs[i]` expanded to 8 sign-mask bytes.
+pub(super) static KSIGNS64: [u64; 128] = {
+    let mut t = [0u64; 128];
+    let mut i = 0;
+    while i < 128 {
+        t[i] = BYTE_MASK64[crate::grids::KSIGNS_IQ2XS[i] as usize];
+        i += 1;
+    }
+    t
+};
+
+/// Lane j = the sum of the 8 i32 lanes of `v[j]` (exact; 6 `hadd`s).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn hsum8x8(v: &[__m256i; 8]) -> [i32; 8] {
+    let t01 = _mm256_hadd_epi32(v[0], v[1]);
+    let t23 = _mm256_hadd_epi32(v[2], v[3]);
+    let t45 = _mm256_hadd_epi32(v[4], v[5]);
+    let t67 = _mm256_hadd_epi32(v[6], v[7]);
+    let u0 = _mm256_hadd_epi32(t01, t23);
+    let u1 = _mm256_hadd_epi32(t45, t67);
+    let s = _mm256_add_epi32(
+        _mm256_permute2x128_si256::<0x20>(u0, u1),
+        _mm256_permute2x128_si256::<0x31>(u0, u1),
+    );
+    let mut out = [0i32; 8];
+    _mm256_storeu_si256(out.as_mut_ptr() as *mut __m256i, s);
+    out
+}
+
 /// `maddubs(|w|, sign(q8, w))`: 16 exact i16 pair sums of `w·q8`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -129,9 +159,8 @@ fn q8_1_rows<const N: usize>(
 /// then per activation row `sumf += (xd·yd)·Σ w·q8` (`x_first`: the scale
 /// product is written `x·y` in ggml, else `y·x`; the two are equal in IEEE
 /// arithmetic, the flag only documents the mirror).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_q8_0_blocks<const N: usize>(
+#[inline(always)]
+unsafe fn dot_q8_0_blocks<D: Dot, const N: usize>(
     w: &[u8],
     bytes: usize,
     acts: &QuantizedActivations,
@@ -143,25 +172,37 @@ unsafe fn dot_q8_0_blocks<const N: usize>(
     assert!(w.len() == nb * bytes && out.len() == N);
     let rows = q8_rows::<N>(acts, b0, nb);
     let mut sumf = [0f32; N];
-    for ib in 0..nb {
-        let (wv, xd) = decode(w.as_ptr().add(ib * bytes));
-        for k in 0..N {
-            let q8 = load256(rows[k].qs.as_ptr().add(ib * QK8_0));
-            let sumi = hsum_i32_8(sum32(wv, q8));
-            sumf[k] += (xd * *rows[k].d.get_unchecked(ib)) * sumi as f32;
+    let mut wv = [_mm256_setzero_si256(); 8];
+    let mut xd = [0f32; 8];
+    let mut ib0 = 0;
+    while ib0 < nb {
+        let m = (nb - ib0).min(8);
+        for j in 0..m {
+            (wv[j], xd[j]) = decode(w.as_ptr().add((ib0 + j) * bytes));
         }
+        for k in 0..N {
+            let mut p = [_mm256_setzero_si256(); 8];
+            for j in 0..m {
+                p[j] = D::sum32(wv[j], load256(rows[k].qs.as_ptr().add((ib0 + j) * QK8_0)));
+            }
+            let sumi = hsum8x8(&p);
+            for j in 0..m {
+                sumf[k] += (xd[j] * *rows[k].d.get_unchecked(ib0 + j)) * sumi[j] as f32;
+            }
+        }
+        ib0 += m;
     }
     out.copy_from_slice(&sumf);
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_q5_0<const N: usize>(
+#[inline(always)]
+pub(super) unsafe fn dot_q5_0<D: Dot, const N: usize>(
     w: &[u8],
     acts: &QuantizedActivations,
     b0: usize,
     out: &mut [f32],
 ) {
-    dot_q8_0_blocks::<N>(w, Q5_0_BYTES, acts, b0, out, |p| {
+    dot_q8_0_blocks::<D, N>(w, Q5_0_BYTES, acts, b0, out, |p| {
         let blk = std::slice::from_raw_parts(p, Q5_0_BYTES);
         // nibble | 0xF0 (= nibble - 16) where the high bit is clear
         let hi = _mm256_andnot_si256(bytes_from_bits_32(u32_at(blk, 2)), _mm256_set1_epi8(-16));
@@ -169,15 +210,15 @@ pub(super) unsafe fn dot_q5_0<const N: usize>(
     });
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_iq4_nl<const N: usize>(
+#[inline(always)]
+pub(super) unsafe fn dot_iq4_nl<D: Dot, const N: usize>(
     w: &[u8],
     acts: &QuantizedActivations,
     b0: usize,
     out: &mut [f32],
 ) {
     let t = table256(&KVALUES_IQ4NL);
-    dot_q8_0_blocks::<N>(w, IQ4_NL_BYTES, acts, b0, out, |p| {
+    dot_q8_0_blocks::<D, N>(w, IQ4_NL_BYTES, acts, b0, out, |p| {
         let blk = std::slice::from_raw_parts(p, IQ4_NL_BYTES);
         (
             _mm256_shuffle_epi8(t, nibbles32(p.add(2))),
@@ -186,15 +227,15 @@ pub(super) unsafe fn dot_iq4_nl<const N: usize>(
     });
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_mxfp4<const N: usize>(
+#[inline(always)]
+pub(super) unsafe fn dot_mxfp4<D: Dot, const N: usize>(
     w: &[u8],
     acts: &QuantizedActivations,
     b0: usize,
     out: &mut [f32],
 ) {
     let t = table256(&KVALUES_MXFP4);
-    dot_q8_0_blocks::<N>(w, MXFP4_BYTES, acts, b0, out, |p| {
+    dot_q8_0_blocks::<D, N>(w, MXFP4_BYTES, acts, b0, out, |p| {
         (
             _mm256_shuffle_epi8(t, nibbles32(p.add(1))),
             e8m0_to_f32_half(*p),
@@ -203,9 +244,8 @@ pub(super) unsafe fn dot_mxfp4<const N: usize>(
 }
 
 /// Shared body of the × Q8_1 kernels: `sumf += (xd·yd)·Σ w·q8 + xm·ys`.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_q8_1_blocks<const N: usize>(
+#[inline(always)]
+unsafe fn dot_q8_1_blocks<D: Dot, const N: usize>(
     w: &[u8],
     bytes: usize,
     acts: &QuantizedActivations,
@@ -217,40 +257,204 @@ unsafe fn dot_q8_1_blocks<const N: usize>(
     assert!(w.len() == nb * bytes && out.len() == N);
     let rows = q8_1_rows::<N>(acts, b0, nb);
     let mut sumf = [0f32; N];
-    for ib in 0..nb {
-        let blk = &w[ib * bytes..(ib + 1) * bytes];
-        let wv = decode(blk.as_ptr());
-        let (xd, xm) = (read_f16(blk, 0), read_f16(blk, 2));
-        for k in 0..N {
-            let q8 = load256(rows[k].qs.as_ptr().add(ib * QK8_0));
-            let sumi = hsum_i32_8(sum32(wv, q8));
-            let r = &rows[k];
-            sumf[k] += (xd * *r.d.get_unchecked(ib)) * sumi as f32 + xm * *r.s.get_unchecked(ib);
+    let mut wv = [_mm256_setzero_si256(); 8];
+    let mut xdm = [(0f32, 0f32); 8];
+    let mut ib0 = 0;
+    while ib0 < nb {
+        let m = (nb - ib0).min(8);
+        for j in 0..m {
+            let blk = &w[(ib0 + j) * bytes..(ib0 + j + 1) * bytes];
+            wv[j] = decode(blk.as_ptr());
+            xdm[j] = (read_f16(blk, 0), read_f16(blk, 2));
         }
+        for k in 0..N {
+            let r = &rows[k];
+            let mut p = [_mm256_setzero_si256(); 8];
+            for j in 0..m {
+                p[j] = D::sum32(wv[j], load256(r.qs.as_ptr().add((ib0 + j) * QK8_0)));
+            }
+            let sumi = hsum8x8(&p);
+            for j in 0..m {
+                let (xd, xm) = xdm[j];
+                let ib = ib0 + j;
+                sumf[k] +=
+                    (xd * *r.d.get_unchecked(ib)) * sumi[j] as f32 + xm * *r.s.get_unchecked(ib);
+            }
+        }
+        ib0 += m;
     }
     out.copy_from_slice(&sumf);
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_q4_1<const N: usize>(
+#[inline(always)]
+pub(super) unsafe fn dot_q4_1<D: Dot, const N: usize>(
     w: &[u8],
     acts: &QuantizedActivations,
     b0: usize,
     out: &mut [f32],
 ) {
-    dot_q8_1_blocks::<N>(w, Q4_1_BYTES, acts, b0, out, |p| nibbles32(p.add(4)));
+    dot_q8_1_blocks::<D, N>(w, Q4_1_BYTES, acts, b0, out, |p| nibbles32(p.add(4)));
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_q5_1<const N: usize>(
+#[inline(always)]
+pub(super) unsafe fn dot_q5_1<D: Dot, const N: usize>(
     w: &[u8],
     acts: &QuantizedActivations,
     b0: usize,
     out: &mut [f32],
 ) {
-    dot_q8_1_blocks::<N>(w, Q5_1_BYTES, acts, b0, out, |p| {
+    dot_q8_1_blocks::<D, N>(w, Q5_1_BYTES, acts, b0, out, |p| {
         let blk = std::slice::from_raw_parts(p, Q5_1_BYTES);
         let hi = _mm256_and_si256(bytes_from_bits_32(u32_at(blk, 4)), _mm256_set1_epi8(0x10));
         _mm256_or_si256(nibbles32(p.add(8)), hi)
     });
+}
+
+// ---------------------------------------------------------------- backends
+
+/// How a 32-byte group of weights meets 32 activation quants. The kernel
+/// bodies above are generic over it and compiled twice (see
+/// [`exact_tiles`]): both backends produce the same exact integers.
+pub(crate) trait Dot {
+    /// 8 i32 lanes, lane m = `Σ w·q8` over bytes 4m..4m+4.
+    unsafe fn sum32(w: __m256i, q8: __m256i) -> __m256i;
+    /// `acc + Σ s·w·q8` with `s` an i16 per byte pair (see [`scaled32`]).
+    unsafe fn acc_scaled(acc: __m256i, w: __m256i, q8: __m256i, s: __m256i) -> __m256i;
+}
+
+/// AVX2: `maddubs` + `madd` (ggml's AVX2 idiom).
+pub(crate) struct Maddubs;
+
+impl Dot for Maddubs {
+    #[inline(always)]
+    unsafe fn sum32(w: __m256i, q8: __m256i) -> __m256i {
+        sum32(w, q8)
+    }
+    #[inline(always)]
+    unsafe fn acc_scaled(acc: __m256i, w: __m256i, q8: __m256i, s: __m256i) -> __m256i {
+        _mm256_add_epi32(acc, scaled32(w, q8, s))
+    }
+}
+
+/// AVX-512 VL + VNNI: `vpdpbusd` sums four byte products straight into i32
+/// lanes (same lanes as `maddubs` + `madd`); scales go through `vpdpwssd`,
+/// which fuses the accumulation.
+pub(crate) struct Vnni;
+
+impl Dot for Vnni {
+    #[inline(always)]
+    unsafe fn sum32(w: __m256i, q8: __m256i) -> __m256i {
+        _mm256_dpbusd_epi32(
+            _mm256_setzero_si256(),
+            _mm256_sign_epi8(w, w),
+            _mm256_sign_epi8(q8, w),
+        )
+    }
+    #[inline(always)]
+    unsafe fn acc_scaled(acc: __m256i, w: __m256i, q8: __m256i, s: __m256i) -> __m256i {
+        _mm256_dpwssd_epi32(acc, pairs(w, q8), s)
+    }
+}
+
+/// One exact kernel, callable with either backend.
+pub(crate) trait ExactKernel {
+    unsafe fn run<D: Dot, const N: usize>(
+        w: &[u8],
+        acts: &QuantizedActivations,
+        b0: usize,
+        out: &mut [f32],
+    );
+}
+
+macro_rules! exact_kernels {
+    ($($name:ident => $m:ident :: $f:ident,)*) => {
+        $(
+            #[allow(non_camel_case_types)]
+            pub(crate) struct $name;
+            impl ExactKernel for $name {
+                #[inline(always)]
+                unsafe fn run<D: Dot, const N: usize>(
+                    w: &[u8],
+                    acts: &QuantizedActivations,
+                    b0: usize,
+                    out: &mut [f32],
+                ) {
+                    $m::$f::<D, N>(w, acts, b0, out)
+                }
+            }
+        )*
+
+        /// The exact kernel tiles for `format` (`vnni`: the AVX-512 VL + VNNI
+        /// build, else the AVX2 build); `None` for formats without one.
+        pub(crate) fn exact_tiles(format: crate::WeightFormat, vnni: bool) -> Option<[super::TileFn; super::TILE]> {
+            use crate::WeightFormat as F;
+            macro_rules! pick {
+                ($k:ty) => {
+                    if vnni {
+                        [
+                            tile_vnni::<$k, 1> as super::TileFn,
+                            tile_vnni::<$k, 2> as super::TileFn,
+                            tile_vnni::<$k, 3> as super::TileFn,
+                            tile_vnni::<$k, 4> as super::TileFn,
+                        ]
+                    } else {
+                        [
+                            tile_avx2::<$k, 1> as super::TileFn,
+                            tile_avx2::<$k, 2> as super::TileFn,
+                            tile_avx2::<$k, 3> as super::TileFn,
+                            tile_avx2::<$k, 4> as super::TileFn,
+                        ]
+                    }
+                };
+            }
+            Some(match format {
+                $( F::$name => pick!($name), )*
+                _ => return None,
+            })
+        }
+    };
+}
+
+use super::exact_k;
+
+exact_kernels! {
+    Q4_1 => self::dot_q4_1,
+    Q5_0 => self::dot_q5_0,
+    Q5_1 => self::dot_q5_1,
+    IQ4_NL => self::dot_iq4_nl,
+    MXFP4 => self::dot_mxfp4,
+    Q2_K => exact_k::dot_q2_k,
+    Q3_K => exact_k::dot_q3_k,
+    IQ2_XXS => exact_k::dot_iq2_xxs,
+    IQ2_XS => exact_k::dot_iq2_xs,
+    IQ2_S => exact_k::dot_iq2_s,
+    IQ3_XXS => exact_k::dot_iq3_xxs,
+    IQ3_S => exact_k::dot_iq3_s,
+    IQ1_S => exact_k::dot_iq1_s,
+    IQ1_M => exact_k::dot_iq1_m,
+    IQ4_XS => exact_k::dot_iq4_xs,
+    TQ2_0 => exact_k::dot_tq2_0,
+}
+
+/// The AVX2 build of kernel `K`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile_avx2<K: ExactKernel, const N: usize>(
+    w: &[u8],
+    acts: &QuantizedActivations,
+    b0: usize,
+    out: &mut [f32],
+) {
+    K::run::<Maddubs, N>(w, acts, b0, out)
+}
+
+/// The AVX-512 VL + VNNI build of kernel `K` (only called by the AVX-512
+/// family, which checks those features).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn tile_vnni<K: ExactKernel, const N: usize>(
+    w: &[u8],
+    acts: &QuantizedActivations,
+    b0: usize,
+    out: &mut [f32],
+) {
+    K::run::<Vnni, N>(w, acts, b0, out)
 }

@@ -30,22 +30,20 @@ fn k_rows<const N: usize>(acts: &QuantizedActivations, b0: usize, nb: usize) -> 
 }
 
 /// `Σ_g Σ s_g·w_g·q8_g` over a super-block (exact).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn block_total(w: &Regs, sc: &Regs, q8: *const i8) -> i32 {
+#[inline(always)]
+unsafe fn block_total<D: Dot>(w: &Regs, sc: &Regs, q8: *const i8) -> i32 {
     let mut acc = _mm256_setzero_si256();
     for g in 0..8 {
-        acc = _mm256_add_epi32(acc, scaled32(w[g], load256(q8.add(32 * g)), sc[g]));
+        acc = D::acc_scaled(acc, w[g], load256(q8.add(32 * g)), sc[g]);
     }
     hsum_i32_8(acc)
 }
 
 /// Shared body: `decode(block, w, scales)`, then per activation row
 /// `sumf = update(block, row, i, total, sumf)`; `out = factor · sumf`.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
+#[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn dot_total<const N: usize>(
+unsafe fn dot_total<D: Dot, const N: usize>(
     w: &[u8],
     bytes: usize,
     acts: &QuantizedActivations,
@@ -65,7 +63,7 @@ unsafe fn dot_total<const N: usize>(
         let blk = &w[i * bytes..(i + 1) * bytes];
         decode(blk, &mut wv, &mut sc);
         for k in 0..N {
-            let total = block_total(&wv, &sc, rows[k].qs.as_ptr().add(i * QK_K));
+            let total = block_total::<D>(&wv, &sc, rows[k].qs.as_ptr().add(i * QK_K));
             sumf[k] = update(blk, &rows[k], i, total, sumf[k]);
         }
     }
@@ -75,6 +73,51 @@ unsafe fn dot_total<const N: usize>(
             None => sumf[k],
         };
     }
+}
+
+/// ggml's `get_scale_shuffle_q3k`: picks i16 lanes (2g, 2g+1) of a
+/// duplicated 128-bit half into the low / high halves.
+static SCALE_SHUFFLE: [[u8; 32]; 4] = {
+    let mut t = [[0u8; 32]; 4];
+    let mut g = 0;
+    while g < 4 {
+        let mut b = 0;
+        while b < 16 {
+            t[g][b] = (4 * g + b % 2) as u8;
+            t[g][16 + b] = (4 * g + 2 + b % 2) as u8;
+            b += 1;
+        }
+        g += 1;
+    }
+    t
+};
+
+/// Per-group scale vectors from 16 i16 sub-block scales (lane j = sub-block
+/// j of 16 weights): group g gets scale 2g on bytes 0..16, 2g+1 on 16..32.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn spread_scales(sc16: __m256i, sc: &mut Regs) {
+    let lo = _mm256_permute2x128_si256::<0x00>(sc16, sc16);
+    let hi = _mm256_permute2x128_si256::<0x11>(sc16, sc16);
+    for g in 0..4 {
+        let k = load256(SCALE_SHUFFLE[g].as_ptr());
+        sc[g] = _mm256_shuffle_epi8(lo, k);
+        sc[g + 4] = _mm256_shuffle_epi8(hi, k);
+    }
+}
+
+/// 8 packed nibble-pair bytes → 16 i16 scales `2·nibble + 1` (low nibble first).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn odd_scales16(p: *const u8) -> __m256i {
+    let b = _mm_loadl_epi64(p as *const __m128i);
+    let m = _mm_set1_epi8(0xF);
+    let n = _mm_unpacklo_epi8(
+        _mm_and_si128(b, m),
+        _mm_and_si128(_mm_srli_epi16::<4>(b), m),
+    );
+    let s = _mm256_cvtepu8_epi16(n);
+    _mm256_add_epi16(_mm256_add_epi16(s, s), _mm256_set1_epi16(1))
 }
 
 /// `sumf + (x.d · y.d) · total`, the IQ2 / IQ3 update.
@@ -93,11 +136,11 @@ unsafe fn signed_grid(g: [u64; 4], s: [u64; 4]) -> __m256i {
 
 #[inline]
 fn ksign_mask(bits7: u32) -> u64 {
-    BYTE_MASK64[usize::from(KSIGNS_IQ2XS[(bits7 & 127) as usize])]
+    KSIGNS64[(bits7 & 127) as usize]
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_iq2_xxs<const N: usize>(
+#[inline(always)]
+pub(super) unsafe fn dot_iq2_xxs<D: Dot, const N: usize>(
     w: &[u8],
     acts: &QuantizedActivations,
     b0: usize,
@@ -113,7 +156,7 @@ pub(super) unsafe fn dot_iq2_xxs<const N: usize>(
             sc[ib] = _mm256_set1_epi16((2 * (aux1 >> 28) + 1) as i16);
         }
     };
-    dot_total::<N>(
+    dot_total::<D, N>(
         w,
         IQ2_XXS_BYTES,
         acts,
@@ -125,24 +168,23 @@ pub(super) unsafe fn dot_iq2_xxs<const N: usize>(
     );
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_iq2_xs<const N: usize>(
+#[inline(always)]
+pub(super) unsafe fn dot_iq2_xs<D: Dot, const N: usize>(
     w: &[u8],
     acts: &QuantizedActivations,
     b0: usize,
     out: &mut [f32],
 ) {
     let decode = |blk: &[u8], wv: &mut Regs, sc: &mut Regs| {
-        for ib in 0..8 {
+        for (ib, v) in wv.iter_mut().enumerate() {
             let q: [u16; 4] = std::array::from_fn(|l| u16_at(blk, 2 + 2 * (4 * ib + l)));
             let g = q.map(|q| IQ2XS_GRID[usize::from(q & 511)]);
             let s = q.map(|q| ksign_mask(u32::from(q >> 9)));
-            wv[ib] = signed_grid(g, s);
-            let b = blk[66 + ib];
-            sc[ib] = scales16(2 * i32::from(b & 0xf) + 1, 2 * i32::from(b >> 4) + 1);
+            *v = signed_grid(g, s);
         }
+        spread_scales(odd_scales16(blk.as_ptr().add(66)), sc);
     };
-    dot_total::<N>(
+    dot_total::<D, N>(
         w,
         IQ2_XS_BYTES,
         acts,
@@ -154,8 +196,8 @@ pub(super) unsafe fn dot_iq2_xs<const N: usize>(
     );
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_iq2_s<const N: usize>(
+#[inline(always)]
+pub(super) unsafe fn dot_iq2_s<D: Dot, const N: usize>(
     w: &[u8],
     acts: &QuantizedActivations,
     b0: usize,
@@ -169,11 +211,10 @@ pub(super) unsafe fn dot_iq2_s<const N: usize>(
             });
             let s = std::array::from_fn(|l| BYTE_MASK64[usize::from(blk[34 + 4 * ib + l])]);
             wv[ib] = signed_grid(g, s);
-            let b = blk[74 + ib];
-            sc[ib] = scales16(1 + 2 * i32::from(b & 0xf), 1 + 2 * i32::from(b >> 4));
         }
+        spread_scales(odd_scales16(blk.as_ptr().add(74)), sc);
     };
-    dot_total::<N>(
+    dot_total::<D, N>(
         w,
         IQ2_S_BYTES,
         acts,
@@ -203,8 +244,8 @@ unsafe fn signed_grid4(g: [u32; 8], s: [u64; 4]) -> __m256i {
     _mm256_sub_epi8(_mm256_xor_si256(g, s), s)
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_iq3_xxs<const N: usize>(
+#[inline(always)]
+pub(super) unsafe fn dot_iq3_xxs<D: Dot, const N: usize>(
     w: &[u8],
     acts: &QuantizedActivations,
     b0: usize,
@@ -220,7 +261,7 @@ pub(super) unsafe fn dot_iq3_xxs<const N: usize>(
             sc[ib] = _mm256_set1_epi16((2 * (aux32 >> 28) + 1) as i16);
         }
     };
-    dot_total::<N>(
+    dot_total::<D, N>(
         w,
         IQ3_XXS_BYTES,
         acts,
@@ -232,8 +273,8 @@ pub(super) unsafe fn dot_iq3_xxs<const N: usize>(
     );
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_iq3_s<const N: usize>(
+#[inline(always)]
+pub(super) unsafe fn dot_iq3_s<D: Dot, const N: usize>(
     w: &[u8],
     acts: &QuantizedActivations,
     b0: usize,
@@ -253,7 +294,7 @@ pub(super) unsafe fn dot_iq3_s<const N: usize>(
             sc[ib] = _mm256_set1_epi16(2 * i16::from(b & 0xf) + 1);
         }
     };
-    dot_total::<N>(w, IQ3_S_BYTES, acts, b0, out, None, decode, plain_update);
+    dot_total::<D, N>(w, IQ3_S_BYTES, acts, b0, out, None, decode, plain_update);
 }
 
 #[inline]
@@ -262,8 +303,8 @@ unsafe fn grid_i8(g: [u64; 4]) -> __m256i {
     _mm256_set_epi64x(g[3] as i64, g[2] as i64, g[1] as i64, g[0] as i64)
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_iq1_s<const N: usize>(
+#[inline(always)]
+pub(super) unsafe fn dot_iq1_s<D: Dot, const N: usize>(
     w: &[u8],
     acts: &QuantizedActivations,
     b0: usize,
@@ -281,20 +322,23 @@ pub(super) unsafe fn dot_iq1_s<const N: usize>(
     };
     let update = |blk: &[u8], y: &Q8KRow<'_>, i: usize, sumi: i32, sumf: f32| {
         let bsums = &y.bsums[16 * i..16 * i + 16];
-        let mut sumi1 = 0i32;
-        for ib in 0..8 {
-            let qh = u16_at(blk, 34 + 2 * ib);
-            let ls = 2 * i32::from((qh >> 12) & 7) + 1;
-            let delta = if qh & 0x8000 != 0 { -1 } else { 1 };
-            sumi1 += ls * delta * (i32::from(bsums[2 * ib]) + i32::from(bsums[2 * ib + 1]));
-        }
+        // coefficient of bsums[j]: ls·delta of sub-block j / 2
+        let qh = _mm_loadu_si128(blk.as_ptr().add(34) as *const __m128i);
+        let ls = _mm_or_si128(
+            _mm_and_si128(_mm_srli_epi16::<11>(qh), _mm_set1_epi16(14)),
+            _mm_set1_epi16(1),
+        );
+        let neg = _mm_srai_epi16::<15>(qh);
+        let c = _mm_sub_epi16(_mm_xor_si128(ls, neg), neg);
+        let c = _mm256_set_m128i(_mm_unpackhi_epi16(c, c), _mm_unpacklo_epi16(c, c));
+        let sumi1 = hsum_i32_8(_mm256_madd_epi16(c, load256(bsums.as_ptr())));
         sumf + read_f16(blk, 0) * y.d[i] * (sumi as f32 + IQ1S_DELTA * sumi1 as f32)
     };
-    dot_total::<N>(w, IQ1_S_BYTES, acts, b0, out, None, decode, update);
+    dot_total::<D, N>(w, IQ1_S_BYTES, acts, b0, out, None, decode, update);
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_iq1_m<const N: usize>(
+#[inline(always)]
+pub(super) unsafe fn dot_iq1_m<D: Dot, const N: usize>(
     w: &[u8],
     acts: &QuantizedActivations,
     b0: usize,
@@ -334,16 +378,16 @@ pub(super) unsafe fn dot_iq1_m<const N: usize>(
         let d = f16_to_f32(iq1_m_scale_bits(&blk[48..56]));
         for k in 0..N {
             let q8 = rows[k].qs.as_ptr().add(i * QK_K);
-            let sumi1 = block_total(&wv, &sc, q8);
-            let sumi2 = block_total(&dv, &sc, q8);
+            let sumi1 = block_total::<D>(&wv, &sc, q8);
+            let sumi2 = block_total::<D>(&dv, &sc, q8);
             sumf[k] += d * rows[k].d[i] * (sumi1 as f32 + IQ1S_DELTA * sumi2 as f32);
         }
     }
     out.copy_from_slice(&sumf);
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_q2_k<const N: usize>(
+#[inline(always)]
+pub(super) unsafe fn dot_q2_k<D: Dot, const N: usize>(
     w: &[u8],
     acts: &QuantizedActivations,
     b0: usize,
@@ -360,27 +404,31 @@ pub(super) unsafe fn dot_q2_k<const N: usize>(
                 _mm256_srli_epi16::<6>(bits),
             ];
             for (j, &shj) in sh.iter().enumerate() {
-                let g = 4 * n + j;
-                wv[g] = _mm256_and_si256(shj, m3);
-                sc[g] = scales16(i32::from(blk[2 * g] & 0xF), i32::from(blk[2 * g + 1] & 0xF));
+                wv[4 * n + j] = _mm256_and_si256(shj, m3);
             }
         }
+        let s = _mm_and_si128(load128(blk.as_ptr()), _mm_set1_epi8(0xF));
+        spread_scales(_mm256_cvtepu8_epi16(s), sc);
     };
     let update = |blk: &[u8], y: &Q8KRow<'_>, i: usize, isum: i32, sumf: f32| {
         let bsums = &y.bsums[16 * i..16 * i + 16];
-        let mut summs = 0i32;
-        for j in 0..16 {
-            summs += i32::from(bsums[j]) * i32::from(blk[j] >> 4);
-        }
+        let mins = _mm_and_si128(
+            _mm_srli_epi16::<4>(load128(blk.as_ptr())),
+            _mm_set1_epi8(0xF),
+        );
+        let summs = hsum_i32_8(_mm256_madd_epi16(
+            _mm256_cvtepu8_epi16(mins),
+            load256(bsums.as_ptr()),
+        ));
         let dall = y.d[i] * read_f16(blk, Q2_K_D_OFF);
         let dmin = y.d[i] * read_f16(blk, Q2_K_D_OFF + 2);
         sumf + (dall * isum as f32 - dmin * summs as f32)
     };
-    dot_total::<N>(w, Q2_K_BYTES, acts, b0, out, None, decode, update);
+    dot_total::<D, N>(w, Q2_K_BYTES, acts, b0, out, None, decode, update);
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_tq2_0<const N: usize>(
+#[inline(always)]
+pub(super) unsafe fn dot_tq2_0<D: Dot, const N: usize>(
     w: &[u8],
     acts: &QuantizedActivations,
     b0: usize,
@@ -405,13 +453,13 @@ pub(super) unsafe fn dot_tq2_0<const N: usize>(
     let update = |blk: &[u8], y: &Q8KRow<'_>, i: usize, sumi: i32, sumf: f32| {
         sumf + sumi as f32 * (y.d[i] * read_f16(blk, 64))
     };
-    dot_total::<N>(w, TQ2_0_BYTES, acts, b0, out, None, decode, update);
+    dot_total::<D, N>(w, TQ2_0_BYTES, acts, b0, out, None, decode, update);
 }
 
 /// IQ4_XS: per-32 sums (the reference applies each sub-block's float scale
 /// separately), 8 per super-block.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_iq4_xs<const N: usize>(
+#[inline(always)]
+pub(super) unsafe fn dot_iq4_xs<D: Dot, const N: usize>(
     w: &[u8],
     acts: &QuantizedActivations,
     b0: usize,
@@ -434,9 +482,10 @@ pub(super) unsafe fn dot_iq4_xs<const N: usize>(
         for k in 0..N {
             let q8 = rows[k].qs.as_ptr().add(i * QK_K);
             let d4d8 = dx * rows[k].d[i];
+            let p = std::array::from_fn(|ib| D::sum32(wv[ib], load256(q8.add(32 * ib))));
+            let s = hsum8x8(&p);
             for ib in 0..8 {
-                let s = hsum_i32_8(sum32(wv[ib], load256(q8.add(32 * ib))));
-                sumf[k] += (d4d8 * ls[ib] as f32) * s as f32;
+                sumf[k] += (d4d8 * ls[ib] as f32) * s[ib] as f32;
             }
         }
     }
@@ -447,8 +496,8 @@ pub(super) unsafe fn dot_iq4_xs<const N: usize>(
 /// the activations, products widened so that i32 lane `l` collects the
 /// positions `≡ l (mod 8)` exactly like ggml's `aux32[l]`; then the
 /// reference's `sums[l] += d·aux32[l]` and final lane sum.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_q3_k<const N: usize>(
+#[inline(always)]
+pub(super) unsafe fn dot_q3_k<D: Dot, const N: usize>(
     w: &[u8],
     acts: &QuantizedActivations,
     b0: usize,

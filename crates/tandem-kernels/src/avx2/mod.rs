@@ -104,7 +104,7 @@ mod helpers {
 
 /// A tile kernel: dot one weight row with activation rows `b0..b0 + out.len()`.
 #[cfg(target_arch = "x86_64")]
-type TileFn = unsafe fn(&[u8], &QuantizedActivations, usize, &mut [f32]);
+pub(crate) type TileFn = unsafe fn(&[u8], &QuantizedActivations, usize, &mut [f32]);
 
 /// The formats this family has kernels for (the registry's view).
 #[cfg(target_arch = "x86_64")]
@@ -140,24 +140,15 @@ fn tile_fns(format: WeightFormat) -> Option<[TileFn; TILE]> {
         WeightFormat::Q4_K => tiles!(k_quants::dot_q4_k),
         WeightFormat::Q5_K => tiles!(k_quants::dot_q5_k),
         WeightFormat::Q6_K => tiles!(k_quants::dot_q6_k),
-        WeightFormat::Q4_1 => tiles!(exact::dot_q4_1),
-        WeightFormat::Q5_0 => tiles!(exact::dot_q5_0),
-        WeightFormat::Q5_1 => tiles!(exact::dot_q5_1),
-        WeightFormat::IQ4_NL => tiles!(exact::dot_iq4_nl),
-        WeightFormat::MXFP4 => tiles!(exact::dot_mxfp4),
-        WeightFormat::Q2_K => tiles!(exact_k::dot_q2_k),
-        WeightFormat::Q3_K => tiles!(exact_k::dot_q3_k),
-        WeightFormat::IQ2_XXS => tiles!(exact_k::dot_iq2_xxs),
-        WeightFormat::IQ2_XS => tiles!(exact_k::dot_iq2_xs),
-        WeightFormat::IQ2_S => tiles!(exact_k::dot_iq2_s),
-        WeightFormat::IQ3_XXS => tiles!(exact_k::dot_iq3_xxs),
-        WeightFormat::IQ3_S => tiles!(exact_k::dot_iq3_s),
-        WeightFormat::IQ1_S => tiles!(exact_k::dot_iq1_s),
-        WeightFormat::IQ1_M => tiles!(exact_k::dot_iq1_m),
-        WeightFormat::IQ4_XS => tiles!(exact_k::dot_iq4_xs),
-        WeightFormat::TQ2_0 => tiles!(exact_k::dot_tq2_0),
-        _ => return None,
+        f => return exact::exact_tiles(f, false),
     })
+}
+
+/// The AVX-512 VL + VNNI build of the exact kernels (`exact.rs`), for the
+/// AVX-512 family's registry: same signature as this family's tiles.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn exact_vnni_tiles(format: WeightFormat) -> Option<[TileFn; TILE]> {
+    exact::exact_tiles(format, true)
 }
 
 /// Validated matmul (sizes checked by `matmul_rows_with`); errors only if the

@@ -177,7 +177,7 @@ type Tiles = [[TileFn; ACT_TILE]; ROW_TILE];
 /// others fall back to AVX2, then to the scalar reference).
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn has_kernel(format: WeightFormat) -> bool {
-    tile_fns(format).is_some()
+    tile_fns(format).is_some() || crate::avx2::exact_vnni_tiles(format).is_some()
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -234,7 +234,25 @@ pub(crate) fn matmul(
         return Err(KernelError::IsaUnavailable(Isa::Avx512));
     }
     let Some(fns) = tile_fns(format) else {
-        return crate::avx2::matmul(format, weights, row_bytes, rows, acts, out);
+        let Some(fns) = crate::avx2::exact_vnni_tiles(format) else {
+            return crate::avx2::matmul(format, weights, row_bytes, rows, acts, out);
+        };
+        // the exact kernels' AVX-512 VL + VNNI build: one weight row per tile
+        crate::driver::drive(
+            weights,
+            row_bytes,
+            rows,
+            acts.n_rows(),
+            1,
+            crate::avx2::TILE,
+            out,
+            |w, b0, n, o| {
+                // SAFETY: AVX-512 F/BW/VL/VNNI (+ AVX2/FMA/F16C) checked above;
+                // the kernel asserts its size invariants.
+                unsafe { fns[n - 1](w, acts, b0, &mut o[b0..b0 + n]) }
+            },
+        );
+        return Ok(());
     };
     let n_b = acts.n_rows();
     // Measured on Zen 4: for B ≤ 2 streaming two weight rows at once is
