@@ -17,6 +17,7 @@ use std::ops::Range;
 /// Sizes must have been validated (`out.len() == rows.len() * n_b`,
 /// `rows.end * row_bytes <= weights.len()`).
 #[allow(clippy::too_many_arguments)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) fn drive(
     weights: &[u8],
     row_bytes: usize,

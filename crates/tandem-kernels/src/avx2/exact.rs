@@ -434,6 +434,7 @@ exact_kernels! {
     IQ1_M => exact_k::dot_iq1_m,
     IQ4_XS => exact_k::dot_iq4_xs,
     TQ2_0 => exact_k::dot_tq2_0,
+    TQ1_0 => exact_k::dot_tq1_0,
 }
 
 /// The AVX2 build of kernel `K`.

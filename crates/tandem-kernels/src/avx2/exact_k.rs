@@ -1,7 +1,7 @@
 //! AVX2 kernels for the 256-weight formats whose ggml generic dot sums each
 //! super-block exactly in integers before any float operation: Q2_K, Q3_K,
-//! IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S, IQ1_M, IQ4_XS, TQ2_0
-//! (× Q8_K). Each super-block is decoded once into 8 registers of 32 signed
+//! IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S, IQ1_M, IQ4_XS, TQ1_0,
+//! TQ2_0 (× Q8_K). Each super-block is decoded once into 8 registers of 32 signed
 //! weight bytes plus per-16 i16 scales and used against every activation
 //! row of the tile; the integer sums are exact (bounds in `exact.rs`), and
 //! the float statements after them are the scalar reference's, so results
@@ -561,4 +561,52 @@ pub(super) unsafe fn dot_q3_k<D: Dot, const N: usize>(
         }
         out[k] = sumf;
     }
+}
+
+/// 32 TQ1_0 trits minus one: byte k of `lo` (k < 16) / `hi` times the u16
+/// multiplier of its lane, mod 256, then `(q·3) >> 8` (ggml's trit
+/// extraction), as i8 in byte order lo, hi.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn trits32(lo: __m128i, hi: __m128i, mlo: __m256i, mhi: __m256i) -> __m256i {
+    let byte = _mm256_set1_epi16(0xFF);
+    let three = _mm256_set1_epi16(3);
+    let t = |x: __m128i, m: __m256i| {
+        let q = _mm256_and_si256(_mm256_mullo_epi16(_mm256_cvtepu8_epi16(x), m), byte);
+        _mm256_srli_epi16::<8>(_mm256_mullo_epi16(q, three))
+    };
+    // packs interleaves 128-bit halves: restore byte order with a 64-bit permute
+    let packed = _mm256_packs_epi16(t(lo, mlo), t(hi, mhi));
+    let ordered = _mm256_permute4x64_epi64::<0b11_01_10_00>(packed);
+    _mm256_sub_epi8(ordered, _mm256_set1_epi8(1))
+}
+
+#[inline(always)]
+pub(super) unsafe fn dot_tq1_0<D: Dot, const N: usize>(
+    w: &[u8],
+    acts: &QuantizedActivations,
+    b0: usize,
+    out: &mut [f32],
+) {
+    let decode = |blk: &[u8], wv: &mut Regs, sc: &mut Regs| {
+        const POW3: [i16; 5] = [1, 3, 9, 27, 81];
+        let p = blk.as_ptr();
+        let (q0, q1, q2) = (load128(p), load128(p.add(16)), load128(p.add(32)));
+        for n in 0..5 {
+            let m = _mm256_set1_epi16(POW3[n]);
+            wv[n] = trits32(q0, q1, m, m);
+        }
+        let m = |n: usize| _mm256_set1_epi16(POW3[n]);
+        wv[5] = trits32(q2, q2, m(0), m(1));
+        wv[6] = trits32(q2, q2, m(2), m(3));
+        // weights 240..256: qh byte j, trit n at 240 + 4n + j
+        let qh = _mm_set1_epi32(u32_at(blk, 48) as i32);
+        let mqh = _mm256_set_epi16(27, 27, 27, 27, 9, 9, 9, 9, 3, 3, 3, 3, 1, 1, 1, 1);
+        wv[7] = trits32(q2, qh, m(4), mqh);
+        sc.fill(_mm256_set1_epi16(1));
+    };
+    let update = |blk: &[u8], y: &Q8KRow<'_>, i: usize, sum: i32, sumf: f32| {
+        sumf + sum as f32 * (read_f16(blk, 52) * y.d[i])
+    };
+    dot_total::<D, N>(w, TQ1_0_BYTES, acts, b0, out, None, decode, update);
 }

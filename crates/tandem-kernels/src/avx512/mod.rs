@@ -33,6 +33,11 @@
 //! [`k_quants`] (Q5_K), [`float`] (F32, F16, BF16). Activations are quantized with the AVX2
 //! quantizers (bit-identical to the scalar ones).
 //!
+//! The other formats (Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, the IQ formats, MXFP4,
+//! TQ1_0, TQ2_0) run the AVX-512 VL + VNNI build of `avx2/exact*.rs`
+//! (registered in [`has_kernel`]; bit-identical to the scalar reference, so
+//! this family's own float order above does not apply to them).
+//!
 //! Safety: every `unsafe fn` here carries `#[target_feature]` with at least
 //! the [`avx512_available`] set; [`matmul`] checks availability first (and
 //! [`avx512_bf16_available`] before using the BF16 kernel). Kernels assert

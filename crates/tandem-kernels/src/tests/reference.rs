@@ -123,3 +123,21 @@ fn known_values() {
         assert_eq!(v, want, "i={i}");
     }
 }
+
+/// Spot checks of the generated grids against ggml-common.h (first and last
+/// entries) and of the sign table's even-parity rule.
+#[test]
+fn grids_spot_check() {
+    use crate::grids::*;
+    assert_eq!(IQ2XXS_GRID[0], 0x0808_0808_0808_0808);
+    assert_eq!(IQ1S_GRID[0], 0xffff_ffff_ffff_ffff);
+    assert_eq!(IQ3XXS_GRID[0], 0x0404_0404);
+    assert_eq!(KVALUES_IQ4NL[0], -127);
+    assert_eq!(KVALUES_IQ4NL[15], 113);
+    assert_eq!(KVALUES_MXFP4[15], -12);
+    for (i, &s) in KSIGNS_IQ2XS.iter().enumerate() {
+        let parity = (i as u32).count_ones() & 1;
+        assert_eq!(u32::from(s), i as u32 | (parity << 7), "ksigns[{i}]");
+    }
+    assert_eq!(KMASK_IQ2XS, [1, 2, 4, 8, 16, 32, 64, 128]);
+}
