@@ -20,7 +20,6 @@ use std::arch::x86_64::*;
 use super::helpers::*;
 use crate::activations::{Q8Row, Q8_1Row};
 use crate::blocks::*;
-use crate::convert::read_f16;
 use crate::grids::{KVALUES_IQ4NL, KVALUES_MXFP4};
 use crate::QuantizedActivations;
 
@@ -71,6 +70,21 @@ pub(super) unsafe fn hsum8x8(v: &[__m256i; 8]) -> [i32; 8] {
     out
 }
 
+/// f16 bits widened with F16C (exact, like every f16 → f32 conversion; the
+/// library conversion behind `convert::read_f16` costs a call here).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn f16c(bits: u16) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
+}
+
+/// Little-endian f16 at byte `off` of `b`, widened with F16C.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn read_f16(b: &[u8], off: usize) -> f32 {
+    f16c(u16::from_le_bytes([b[off], b[off + 1]]))
+}
+
 /// `maddubs(|w|, sign(q8, w))`: 16 exact i16 pair sums of `w·q8`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -83,14 +97,6 @@ pub(super) unsafe fn pairs(w: __m256i, q8: __m256i) -> __m256i {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn sum32(w: __m256i, q8: __m256i) -> __m256i {
     _mm256_madd_epi16(pairs(w, q8), _mm256_set1_epi16(1))
-}
-
-/// 8 i32 partial sums of `Σ s·w·q8`, `s` an i16 per pair lane (lanes 0..8:
-/// bytes 0..16, lanes 8..16: bytes 16..32).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn scaled32(w: __m256i, q8: __m256i, s: __m256i) -> __m256i {
-    _mm256_madd_epi16(pairs(w, q8), s)
 }
 
 /// Scale vector for two 16-weight halves.
@@ -271,7 +277,8 @@ unsafe fn dot_q8_1_blocks<D: Dot, const N: usize>(
             let r = &rows[k];
             let mut p = [_mm256_setzero_si256(); 8];
             for j in 0..m {
-                p[j] = D::sum32(wv[j], load256(r.qs.as_ptr().add((ib0 + j) * QK8_0)));
+                // Q4_1 / Q5_1 quants are unsigned (0..32)
+                p[j] = D::sum32_u(wv[j], load256(r.qs.as_ptr().add((ib0 + j) * QK8_0)));
             }
             let sumi = hsum8x8(&p);
             for j in 0..m {
@@ -318,8 +325,15 @@ pub(super) unsafe fn dot_q5_1<D: Dot, const N: usize>(
 pub(crate) trait Dot {
     /// 8 i32 lanes, lane m = `Σ w·q8` over bytes 4m..4m+4.
     unsafe fn sum32(w: __m256i, q8: __m256i) -> __m256i;
-    /// `acc + Σ s·w·q8` with `s` an i16 per byte pair (see [`scaled32`]).
-    unsafe fn acc_scaled(acc: __m256i, w: __m256i, q8: __m256i, s: __m256i) -> __m256i;
+    /// [`sum32`](Dot::sum32) for weights known to be in 0..128 (no sign trick).
+    unsafe fn sum32_u(w: __m256i, q8: __m256i) -> __m256i;
+    /// `acc + Σ s·w·q8` with `s` an i16 per byte pair (lanes 0..8: bytes
+    /// 0..16, lanes 8..16: bytes 16..32).
+    unsafe fn acc_scaled(acc: __m256i, w: __m256i, q8: __m256i, s: __m256i) -> __m256i {
+        Self::acc_madd(acc, pairs(w, q8), s)
+    }
+    /// `acc + madd(p, s)` (i16 pairs times i16 scales into i32 lanes).
+    unsafe fn acc_madd(acc: __m256i, p: __m256i, s: __m256i) -> __m256i;
 }
 
 /// AVX2: `maddubs` + `madd` (ggml's AVX2 idiom).
@@ -331,8 +345,12 @@ impl Dot for Maddubs {
         sum32(w, q8)
     }
     #[inline(always)]
-    unsafe fn acc_scaled(acc: __m256i, w: __m256i, q8: __m256i, s: __m256i) -> __m256i {
-        _mm256_add_epi32(acc, scaled32(w, q8, s))
+    unsafe fn sum32_u(w: __m256i, q8: __m256i) -> __m256i {
+        _mm256_madd_epi16(_mm256_maddubs_epi16(w, q8), _mm256_set1_epi16(1))
+    }
+    #[inline(always)]
+    unsafe fn acc_madd(acc: __m256i, p: __m256i, s: __m256i) -> __m256i {
+        _mm256_add_epi32(acc, _mm256_madd_epi16(p, s))
     }
 }
 
@@ -351,8 +369,12 @@ impl Dot for Vnni {
         )
     }
     #[inline(always)]
-    unsafe fn acc_scaled(acc: __m256i, w: __m256i, q8: __m256i, s: __m256i) -> __m256i {
-        _mm256_dpwssd_epi32(acc, pairs(w, q8), s)
+    unsafe fn sum32_u(w: __m256i, q8: __m256i) -> __m256i {
+        _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, q8)
+    }
+    #[inline(always)]
+    unsafe fn acc_madd(acc: __m256i, p: __m256i, s: __m256i) -> __m256i {
+        _mm256_dpwssd_epi32(acc, p, s)
     }
 }
 

@@ -14,7 +14,6 @@ use super::exact::*;
 use super::helpers::*;
 use crate::activations::Q8KRow;
 use crate::blocks::*;
-use crate::convert::{f16_to_f32, read_f16};
 use crate::grids::*;
 use crate::QuantizedActivations;
 
@@ -123,7 +122,10 @@ unsafe fn odd_scales16(p: *const u8) -> __m256i {
 /// `sumf + (x.d · y.d) · total`, the IQ2 / IQ3 update.
 #[inline]
 fn plain_update(blk: &[u8], y: &Q8KRow<'_>, i: usize, total: i32, sumf: f32) -> f32 {
-    sumf + (read_f16(blk, 0) * y.d[i]) * total as f32
+    // SAFETY: only passed to the kernels of this file, which run after the
+    // family checked AVX2/F16C.
+    let dx = unsafe { read_f16(blk, 0) };
+    sumf + (dx * y.d[i]) * total as f32
 }
 
 #[inline]
@@ -375,7 +377,7 @@ pub(super) unsafe fn dot_iq1_m<D: Dot, const N: usize>(
             let ls = |k: usize| 2 * i32::from((s >> (6 * (ib % 2) + k)) & 0x7) + 1;
             sc[ib] = scales16(ls(0), ls(3));
         }
-        let d = f16_to_f32(iq1_m_scale_bits(&blk[48..56]));
+        let d = f16c(iq1_m_scale_bits(&blk[48..56]));
         for k in 0..N {
             let q8 = rows[k].qs.as_ptr().add(i * QK_K);
             let sumi1 = block_total::<D>(&wv, &sc, q8);
@@ -492,10 +494,23 @@ pub(super) unsafe fn dot_iq4_xs<D: Dot, const N: usize>(
     out.copy_from_slice(&sumf);
 }
 
-/// Q3_K: weights `q - 4·!hbit` times `(scale - 32)` folded into i16 before
-/// the activations, products widened so that i32 lane `l` collects the
-/// positions `≡ l (mod 8)` exactly like ggml's `aux32[l]`; then the
-/// reference's `sums[l] += d·aux32[l]` and final lane sum.
+/// Within each 16-byte chunk, pair position `l` with `l + 8` (both `≡ l mod 8`)
+/// so that a `maddubs` i16 lane holds exactly the two products of one
+/// `aux32[l]` term.
+static Q3_PAIR: [u8; 32] = [
+    0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15, 0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13,
+    6, 14, 7, 15,
+];
+
+/// Q3_K: ggml's generic dot keeps eight i32 lanes, lane `l` collecting the
+/// positions `≡ l (mod 8)` (`aux32[l]`), then `sums[l] += d·aux32[l]`; to be
+/// bit-identical this kernel computes those eight lanes exactly. Weights
+/// `q - 4·!hbit` are decoded once per block with the bytes of each 16-byte
+/// chunk reordered to pairs `(l, l + 8)`, so `maddubs` yields one i16 per
+/// `(chunk, l)` (≤ 2·4·127); two groups' outputs are interleaved with
+/// `unpack{lo,hi}_epi16` and `madd`-ed with their two scales `(sc - 32)`, so
+/// every i32 lane stays one `l` (lanes l < 4 from `unpacklo`, l ≥ 4 from
+/// `unpackhi`, each in both 128-bit halves), summed at the end.
 #[inline(always)]
 pub(super) unsafe fn dot_q3_k<D: Dot, const N: usize>(
     w: &[u8],
@@ -507,12 +522,13 @@ pub(super) unsafe fn dot_q3_k<D: Dot, const N: usize>(
     assert!(w.len() == nb * Q3_K_BYTES && out.len() == N);
     let rows = k_rows::<N>(acts, b0, nb);
     let mut sums = [_mm256_setzero_ps(); N];
-    let mut ws = [_mm256_setzero_si256(); 16];
+    let mut wv = [_mm256_setzero_si256(); 8];
+    let mut sc = [_mm256_setzero_si256(); 8];
     let (m3, four) = (_mm256_set1_epi8(3), _mm256_set1_epi8(4));
+    let pair = load256(Q3_PAIR.as_ptr());
     for i in 0..nb {
         let blk = &w[i * Q3_K_BYTES..(i + 1) * Q3_K_BYTES];
         let hm = load256(blk.as_ptr());
-        let scales = unpack_q3_k_scales(&blk[Q3_K_SCALES_OFF..Q3_K_SCALES_OFF + 12]);
         for n in 0..2 {
             let bits = load256(blk.as_ptr().add(Q3_K_QS_OFF + 32 * n));
             let sh = [
@@ -526,28 +542,36 @@ pub(super) unsafe fn dot_q3_k<D: Dot, const N: usize>(
                 let bit = _mm256_set1_epi8((1u8 << g) as i8);
                 let clear = _mm256_cmpeq_epi8(_mm256_and_si256(hm, bit), _mm256_setzero_si256());
                 let a = _mm256_sub_epi8(_mm256_and_si256(shk, m3), _mm256_and_si256(clear, four));
-                // |a·(sc - 32)| <= 4·32 fits i16
-                let lo = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(a));
-                let hi = _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(a));
-                let s0 = _mm256_set1_epi16(i16::from(scales[2 * g] as i8) - 32);
-                let s1 = _mm256_set1_epi16(i16::from(scales[2 * g + 1] as i8) - 32);
-                ws[2 * g] = _mm256_mullo_epi16(lo, s0);
-                ws[2 * g + 1] = _mm256_mullo_epi16(hi, s1);
+                wv[g] = _mm256_shuffle_epi8(a, pair);
             }
         }
+        // i16 scales - 32, lane j = sub-block j; group g: 2g on bytes 0..16, 2g+1 on 16..32
+        let s = unpack_q3_k_scales(&blk[Q3_K_SCALES_OFF..Q3_K_SCALES_OFF + 12]);
+        let s16 = _mm256_sub_epi16(
+            _mm256_cvtepu8_epi16(load128(s.as_ptr())),
+            _mm256_set1_epi16(32),
+        );
+        spread_scales(s16, &mut sc);
+        // scales for the interleaved pairs of groups (g, g + 1)
+        let sp: [__m256i; 4] =
+            std::array::from_fn(|h| _mm256_unpacklo_epi16(sc[2 * h], sc[2 * h + 1]));
         let dx = read_f16(blk, Q3_K_D_OFF);
         for k in 0..N {
             let q8 = rows[k].qs.as_ptr().add(i * QK_K);
-            let mut aux32 = _mm256_setzero_si256();
-            for (j, &wj) in ws.iter().enumerate() {
-                // |q8·a·(sc - 32)| <= 127·128 fits i16
-                let p = _mm256_mullo_epi16(_mm256_cvtepi8_epi16(load128(q8.add(16 * j))), wj);
-                aux32 = _mm256_add_epi32(aux32, _mm256_cvtepi16_epi32(_mm256_castsi256_si128(p)));
-                aux32 = _mm256_add_epi32(
-                    aux32,
-                    _mm256_cvtepi16_epi32(_mm256_extracti128_si256::<1>(p)),
-                );
+            let mut lo = _mm256_setzero_si256();
+            let mut hi = _mm256_setzero_si256();
+            for h in 0..4 {
+                let (g0, g1) = (2 * h, 2 * h + 1);
+                let x = pairs(wv[g0], _mm256_shuffle_epi8(load256(q8.add(32 * g0)), pair));
+                let y = pairs(wv[g1], _mm256_shuffle_epi8(load256(q8.add(32 * g1)), pair));
+                lo = D::acc_madd(lo, _mm256_unpacklo_epi16(x, y), sp[h]);
+                hi = D::acc_madd(hi, _mm256_unpackhi_epi16(x, y), sp[h]);
             }
+            // lanes: lo = l 0..4 (both halves), hi = l 4..8 (both halves)
+            let aux32 = _mm256_add_epi32(
+                _mm256_permute2x128_si256::<0x20>(lo, hi),
+                _mm256_permute2x128_si256::<0x31>(lo, hi),
+            );
             let d = _mm256_set1_ps(dx * rows[k].d[i]);
             sums[k] = _mm256_add_ps(sums[k], _mm256_mul_ps(d, _mm256_cvtepi32_ps(aux32)));
         }
