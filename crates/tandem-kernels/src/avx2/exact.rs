@@ -51,6 +51,35 @@ pub(super) static KSIGNS64: [u64; 128] = {
     t
 };
 
+/// [`hsum8x8`] as a vector.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn hsum8x8v(v: &[__m256i; 8]) -> __m256i {
+    let t01 = _mm256_hadd_epi32(v[0], v[1]);
+    let t23 = _mm256_hadd_epi32(v[2], v[3]);
+    let t45 = _mm256_hadd_epi32(v[4], v[5]);
+    let t67 = _mm256_hadd_epi32(v[6], v[7]);
+    let u0 = _mm256_hadd_epi32(t01, t23);
+    let u1 = _mm256_hadd_epi32(t45, t67);
+    _mm256_add_epi32(
+        _mm256_permute2x128_si256::<0x20>(u0, u1),
+        _mm256_permute2x128_si256::<0x31>(u0, u1),
+    )
+}
+
+/// 8 f32 at the start of `v` (zero past its end).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load8(v: &[f32]) -> __m256 {
+    if v.len() >= 8 {
+        _mm256_loadu_ps(v.as_ptr())
+    } else {
+        let mut t = [0f32; 8];
+        t[..v.len()].copy_from_slice(v);
+        _mm256_loadu_ps(t.as_ptr())
+    }
+}
+
 /// Lane j = the sum of the 8 i32 lanes of `v[j]` (exact; 6 `hadd`s).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -191,9 +220,15 @@ unsafe fn dot_q8_0_blocks<D: Dot, const N: usize>(
             for j in 0..m {
                 p[j] = D::sum32(wv[j], load256(rows[k].qs.as_ptr().add((ib0 + j) * QK8_0)));
             }
-            let sumi = hsum8x8(&p);
-            for j in 0..m {
-                sumf[k] += (xd[j] * *rows[k].d.get_unchecked(ib0 + j)) * sumi[j] as f32;
+            // the reference's per-block products, 8 lanes at once (same
+            // IEEE operations per lane), then its sequential sum
+            let yd = load8(&rows[k].d[ib0..ib0 + m]);
+            let xy = _mm256_mul_ps(_mm256_loadu_ps(xd.as_ptr()), yd);
+            let t = _mm256_mul_ps(xy, _mm256_cvtepi32_ps(hsum8x8v(&p)));
+            let mut terms = [0f32; 8];
+            _mm256_storeu_ps(terms.as_mut_ptr(), t);
+            for &t in &terms[..m] {
+                sumf[k] += t;
             }
         }
         ib0 += m;
@@ -264,14 +299,14 @@ unsafe fn dot_q8_1_blocks<D: Dot, const N: usize>(
     let rows = q8_1_rows::<N>(acts, b0, nb);
     let mut sumf = [0f32; N];
     let mut wv = [_mm256_setzero_si256(); 8];
-    let mut xdm = [(0f32, 0f32); 8];
+    let (mut xd, mut xm) = ([0f32; 8], [0f32; 8]);
     let mut ib0 = 0;
     while ib0 < nb {
         let m = (nb - ib0).min(8);
         for j in 0..m {
             let blk = &w[(ib0 + j) * bytes..(ib0 + j + 1) * bytes];
             wv[j] = decode(blk.as_ptr());
-            xdm[j] = (read_f16(blk, 0), read_f16(blk, 2));
+            (xd[j], xm[j]) = (read_f16(blk, 0), read_f16(blk, 2));
         }
         for k in 0..N {
             let r = &rows[k];
@@ -280,12 +315,17 @@ unsafe fn dot_q8_1_blocks<D: Dot, const N: usize>(
                 // Q4_1 / Q5_1 quants are unsigned (0..32)
                 p[j] = D::sum32_u(wv[j], load256(r.qs.as_ptr().add((ib0 + j) * QK8_0)));
             }
-            let sumi = hsum8x8(&p);
-            for j in 0..m {
-                let (xd, xm) = xdm[j];
-                let ib = ib0 + j;
-                sumf[k] +=
-                    (xd * *r.d.get_unchecked(ib)) * sumi[j] as f32 + xm * *r.s.get_unchecked(ib);
+            let yd = load8(&r.d[ib0..ib0 + m]);
+            let ys = load8(&r.s[ib0..ib0 + m]);
+            let xy = _mm256_mul_ps(_mm256_loadu_ps(xd.as_ptr()), yd);
+            let t = _mm256_add_ps(
+                _mm256_mul_ps(xy, _mm256_cvtepi32_ps(hsum8x8v(&p))),
+                _mm256_mul_ps(_mm256_loadu_ps(xm.as_ptr()), ys),
+            );
+            let mut terms = [0f32; 8];
+            _mm256_storeu_ps(terms.as_mut_ptr(), t);
+            for &t in &terms[..m] {
+                sumf[k] += t;
             }
         }
         ib0 += m;
