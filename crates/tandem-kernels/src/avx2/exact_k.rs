@@ -560,12 +560,12 @@ pub(super) unsafe fn dot_q3_k<D: Dot, const N: usize>(
             let q8 = rows[k].qs.as_ptr().add(i * QK_K);
             let mut lo = _mm256_setzero_si256();
             let mut hi = _mm256_setzero_si256();
-            for h in 0..4 {
+            for (h, &sph) in sp.iter().enumerate() {
                 let (g0, g1) = (2 * h, 2 * h + 1);
                 let x = pairs(wv[g0], _mm256_shuffle_epi8(load256(q8.add(32 * g0)), pair));
                 let y = pairs(wv[g1], _mm256_shuffle_epi8(load256(q8.add(32 * g1)), pair));
-                lo = D::acc_madd(lo, _mm256_unpacklo_epi16(x, y), sp[h]);
-                hi = D::acc_madd(hi, _mm256_unpackhi_epi16(x, y), sp[h]);
+                lo = D::acc_madd(lo, _mm256_unpacklo_epi16(x, y), sph);
+                hi = D::acc_madd(hi, _mm256_unpackhi_epi16(x, y), sph);
             }
             // lanes: lo = l 0..4 (both halves), hi = l 4..8 (both halves)
             let aux32 = _mm256_add_epi32(
