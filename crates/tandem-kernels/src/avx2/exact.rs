@@ -236,8 +236,44 @@ unsafe fn dot_q8_0_blocks<D: Dot, const N: usize>(
     out.copy_from_slice(&sumf);
 }
 
+/// Q5_0 in ggml's x86 order (`ggml_vec_dot_q5_0_q8_0`, AVX2 and AVX-512
+/// VNNI builds alike): per block the eight exact i32 lane sums are
+/// converted and FMA-ed with `x.d·y.d` into eight f32 lanes,
+/// `hsum_float_8` at the end. Bit-identical to llama.cpp on x86 (fixture
+/// `ggml_dot_Q5_0.f32`), not to the generic reference.
 #[inline(always)]
 pub(super) unsafe fn dot_q5_0<D: Dot, const N: usize>(
+    w: &[u8],
+    acts: &QuantizedActivations,
+    b0: usize,
+    out: &mut [f32],
+) {
+    let nb = w.len() / Q5_0_BYTES;
+    assert!(w.len() == nb * Q5_0_BYTES && out.len() == N);
+    let rows = q8_rows::<N>(acts, b0, nb);
+    let mut acc = [_mm256_setzero_ps(); N];
+    for ib in 0..nb {
+        let blk = &w[ib * Q5_0_BYTES..(ib + 1) * Q5_0_BYTES];
+        let hi = _mm256_andnot_si256(bytes_from_bits_32(u32_at(blk, 2)), _mm256_set1_epi8(-16));
+        let qx = _mm256_or_si256(nibbles32(blk.as_ptr().add(6)), hi);
+        let xd = read_f16(blk, 0);
+        for k in 0..N {
+            let q8 = load256(rows[k].qs.as_ptr().add(ib * QK8_0));
+            let d = _mm256_set1_ps(xd * *rows[k].d.get_unchecked(ib));
+            let q = _mm256_cvtepi32_ps(D::sum32(qx, q8));
+            acc[k] = _mm256_fmadd_ps(d, q, acc[k]);
+        }
+    }
+    for k in 0..N {
+        out[k] = hsum_float_8(acc[k]);
+    }
+}
+
+/// The generic-order Q5_0 body (bit-identical to the scalar reference);
+/// kept for comparison, not registered.
+#[allow(dead_code)]
+#[inline(always)]
+pub(super) unsafe fn dot_q5_0_generic<D: Dot, const N: usize>(
     w: &[u8],
     acts: &QuantizedActivations,
     b0: usize,
@@ -284,7 +320,10 @@ pub(super) unsafe fn dot_mxfp4<D: Dot, const N: usize>(
     });
 }
 
-/// Shared body of the × Q8_1 kernels: `sumf += (xd·yd)·Σ w·q8 + xm·ys`.
+/// Shared body of the × Q8_1 kernels in ggml's x86 order
+/// (`ggml_vec_dot_q{4,5}_1_q8_1`): `acc = fma(x.d·y.d, Σ w·q8 (8 lanes), acc)`,
+/// `summs += x.m·y.s` in a scalar, `hsum_float_8(acc) + summs` at the end.
+/// Bit-identical to llama.cpp on x86 (fixtures `ggml_dot_Q{4,5}_1.f32`).
 #[inline(always)]
 unsafe fn dot_q8_1_blocks<D: Dot, const N: usize>(
     w: &[u8],
@@ -297,40 +336,24 @@ unsafe fn dot_q8_1_blocks<D: Dot, const N: usize>(
     let nb = w.len() / bytes;
     assert!(w.len() == nb * bytes && out.len() == N);
     let rows = q8_1_rows::<N>(acts, b0, nb);
-    let mut sumf = [0f32; N];
-    let mut wv = [_mm256_setzero_si256(); 8];
-    let (mut xd, mut xm) = ([0f32; 8], [0f32; 8]);
-    let mut ib0 = 0;
-    while ib0 < nb {
-        let m = (nb - ib0).min(8);
-        for j in 0..m {
-            let blk = &w[(ib0 + j) * bytes..(ib0 + j + 1) * bytes];
-            wv[j] = decode(blk.as_ptr());
-            (xd[j], xm[j]) = (read_f16(blk, 0), read_f16(blk, 2));
-        }
+    let mut acc = [_mm256_setzero_ps(); N];
+    let mut summs = [0f32; N];
+    for ib in 0..nb {
+        let blk = &w[ib * bytes..(ib + 1) * bytes];
+        let qx = decode(blk.as_ptr());
+        let (xd, xm) = (read_f16(blk, 0), read_f16(blk, 2));
         for k in 0..N {
             let r = &rows[k];
-            let mut p = [_mm256_setzero_si256(); 8];
-            for j in 0..m {
-                // Q4_1 / Q5_1 quants are unsigned (0..32)
-                p[j] = D::sum32_u(wv[j], load256(r.qs.as_ptr().add((ib0 + j) * QK8_0)));
-            }
-            let yd = load8(&r.d[ib0..ib0 + m]);
-            let ys = load8(&r.s[ib0..ib0 + m]);
-            let xy = _mm256_mul_ps(_mm256_loadu_ps(xd.as_ptr()), yd);
-            let t = _mm256_add_ps(
-                _mm256_mul_ps(xy, _mm256_cvtepi32_ps(hsum8x8v(&p))),
-                _mm256_mul_ps(_mm256_loadu_ps(xm.as_ptr()), ys),
-            );
-            let mut terms = [0f32; 8];
-            _mm256_storeu_ps(terms.as_mut_ptr(), t);
-            for &t in &terms[..m] {
-                sumf[k] += t;
-            }
+            summs[k] += xm * *r.s.get_unchecked(ib);
+            let d = _mm256_set1_ps(xd * *r.d.get_unchecked(ib));
+            // Q4_1 / Q5_1 quants are unsigned (0..32)
+            let q = _mm256_cvtepi32_ps(D::sum32_u(qx, load256(r.qs.as_ptr().add(ib * QK8_0))));
+            acc[k] = _mm256_fmadd_ps(d, q, acc[k]);
         }
-        ib0 += m;
     }
-    out.copy_from_slice(&sumf);
+    for k in 0..N {
+        out[k] = hsum_float_8(acc[k]) + summs[k];
+    }
 }
 
 #[inline(always)]
