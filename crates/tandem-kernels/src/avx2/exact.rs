@@ -1,6 +1,8 @@
-//! AVX2 kernels that reproduce ggml's *generic* dot products bit for bit:
-//! the shared pieces, and the 32-weight formats Q5_0, IQ4_NL, MXFP4 (× Q8_0)
-//! and Q4_1, Q5_1 (× Q8_1).
+//! AVX2 kernels that reproduce ggml's dot products bit for bit: the shared
+//! pieces, IQ4_NL and MXFP4 (× Q8_0) in ggml's *generic* order, and Q5_0
+//! (× Q8_0), Q4_1, Q5_1 (× Q8_1) in ggml's *x86* order (what llama.cpp runs
+//! here: eight f32 FMA lanes per row, `hsum_float_8`; checked against
+//! llama.cpp's own results in `tests/fixtures.rs`).
 //!
 //! Why bit-identical to the scalar reference rather than ggml's AVX2 order:
 //! ggml's generic code for these formats (and for the IQ / Q2_K / Q3_K
