@@ -101,12 +101,13 @@ pub(super) unsafe fn hsum8x8(v: &[__m256i; 8]) -> [i32; 8] {
     out
 }
 
-/// f16 bits widened with F16C (exact, like every f16 → f32 conversion; the
-/// library conversion behind `convert::read_f16` costs a call here).
+/// f16 bits widened with F16C ([`f16_bits`]: exact, and free of the false
+/// dependency the intrinsic gets; the library conversion behind
+/// `convert::read_f16` costs a call here).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn f16c(bits: u16) -> f32 {
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
+    f16_bits(bits)
 }
 
 /// Little-endian f16 at byte `off` of `b`, widened with F16C.

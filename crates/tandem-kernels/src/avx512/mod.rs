@@ -108,9 +108,29 @@ mod helpers {
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     pub(super) unsafe fn f16_at(p: *const u8) -> f32 {
-        let bits = u16::from_le_bytes([*p, *p.add(1)]);
-        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
+        f16_bits(u16::from_le_bytes([*p, *p.add(1)]))
     }
+
+    /// f16 bits to f32 with `vcvtph2ps` through inline asm: with the
+    /// intrinsic, LLVM sees that only lane 0 matters and loads the 16 bits
+    /// with `vpinsrw` *into a live register* (often an FMA accumulator), a
+    /// false dependency that turns a row's blocks into one serial latency
+    /// chain. The asm operand is the whole register, so a full-width `vmovd`
+    /// feeds it. Exact, like every f16 → f32 conversion.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    pub(super) unsafe fn f16_bits(bits: u16) -> f32 {
+        let v = _mm_cvtsi32_si128(i32::from(bits));
+        let r: __m128;
+        std::arch::asm!(
+            "vcvtph2ps {r}, {v}",
+            v = in(xmm_reg) v,
+            r = lateout(xmm_reg) r,
+            options(pure, nomem, nostack, preserves_flags)
+        );
+        _mm_cvtss_f32(r)
+    }
+
 
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
