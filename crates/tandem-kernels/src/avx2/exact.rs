@@ -1,8 +1,9 @@
 //! AVX2 kernels that reproduce ggml's dot products bit for bit: the shared
-//! pieces, IQ4_NL and MXFP4 (× Q8_0) in ggml's *generic* order, and Q5_0
-//! (× Q8_0), Q4_1, Q5_1 (× Q8_1) in ggml's *x86* order (what llama.cpp runs
-//! here: eight f32 FMA lanes per row, `hsum_float_8`; checked against
-//! llama.cpp's own results in `tests/fixtures.rs`).
+//! pieces, and Q5_0, IQ4_NL, MXFP4 (× Q8_0), Q4_1, Q5_1 (× Q8_1) in ggml's
+//! *x86* order (what llama.cpp runs here: 8-lane f32 FMA accumulators,
+//! `hsum_float_8`; checked against llama.cpp's own results in
+//! `tests/fixtures.rs`). The generic-order 32-block body is kept for
+//! comparison (`dot_q5_0_generic`).
 //!
 //! Why bit-identical to the scalar reference rather than ggml's AVX2 order:
 //! ggml's generic code for these formats (and for the IQ / Q2_K / Q3_K
@@ -193,6 +194,53 @@ fn q8_1_rows<const N: usize>(
     rows
 }
 
+/// Shared body of the IQ4_NL / MXFP4 kernels in ggml's x86 order
+/// (`ggml_vec_dot_{iq4_nl,mxfp4}_q8_0`): blocks in pairs, even blocks FMA-ed
+/// into one 8-lane accumulator and odd blocks into another (scale
+/// `y.d·x_scale`), `hsum_float_8(acc1 + acc2)`, then a trailing odd block
+/// the generic way (`sumf += d·Σ`). Bit-identical to llama.cpp on x86
+/// (fixtures `ggml_dot_{IQ4_NL,MXFP4}.f32`).
+#[inline(always)]
+unsafe fn dot_pairs_ggml<D: Dot, const N: usize>(
+    w: &[u8],
+    bytes: usize,
+    acts: &QuantizedActivations,
+    b0: usize,
+    out: &mut [f32],
+    decode: impl Fn(*const u8) -> (__m256i, f32),
+) {
+    let nb = w.len() / bytes;
+    assert!(w.len() == nb * bytes && out.len() == N);
+    let rows = q8_rows::<N>(acts, b0, nb);
+    let mut acc1 = [_mm256_setzero_ps(); N];
+    let mut acc2 = [_mm256_setzero_ps(); N];
+    let mut ib = 0;
+    while ib + 1 < nb {
+        let (w1, x1) = decode(w.as_ptr().add(ib * bytes));
+        let (w2, x2) = decode(w.as_ptr().add((ib + 1) * bytes));
+        for k in 0..N {
+            let r = &rows[k];
+            let p1 = D::sum32(w1, load256(r.qs.as_ptr().add(ib * QK8_0)));
+            let p2 = D::sum32(w2, load256(r.qs.as_ptr().add((ib + 1) * QK8_0)));
+            let s1 = _mm256_set1_ps(*r.d.get_unchecked(ib) * x1);
+            let s2 = _mm256_set1_ps(*r.d.get_unchecked(ib + 1) * x2);
+            acc1[k] = _mm256_fmadd_ps(s1, _mm256_cvtepi32_ps(p1), acc1[k]);
+            acc2[k] = _mm256_fmadd_ps(s2, _mm256_cvtepi32_ps(p2), acc2[k]);
+        }
+        ib += 2;
+    }
+    for k in 0..N {
+        let mut sumf = hsum_float_8(_mm256_add_ps(acc1[k], acc2[k]));
+        if ib < nb {
+            let (wl, xl) = decode(w.as_ptr().add(ib * bytes));
+            let r = &rows[k];
+            let sumi = hsum_i32_8(D::sum32(wl, load256(r.qs.as_ptr().add(ib * QK8_0))));
+            sumf += (*r.d.get_unchecked(ib) * xl) * sumi as f32;
+        }
+        out[k] = sumf;
+    }
+}
+
 /// Shared body of the × Q8_0 kernels: `decode(block) -> (weights, x scale)`,
 /// then per activation row `sumf += (xd·yd)·Σ w·q8` (`x_first`: the scale
 /// product is written `x·y` in ggml, else `y·x`; the two are equal in IEEE
@@ -298,7 +346,7 @@ pub(super) unsafe fn dot_iq4_nl<D: Dot, const N: usize>(
     out: &mut [f32],
 ) {
     let t = table256(&KVALUES_IQ4NL);
-    dot_q8_0_blocks::<D, N>(w, IQ4_NL_BYTES, acts, b0, out, |p| {
+    dot_pairs_ggml::<D, N>(w, IQ4_NL_BYTES, acts, b0, out, |p| {
         let blk = std::slice::from_raw_parts(p, IQ4_NL_BYTES);
         (
             _mm256_shuffle_epi8(t, nibbles32(p.add(2))),
@@ -315,7 +363,7 @@ pub(super) unsafe fn dot_mxfp4<D: Dot, const N: usize>(
     out: &mut [f32],
 ) {
     let t = table256(&KVALUES_MXFP4);
-    dot_q8_0_blocks::<D, N>(w, MXFP4_BYTES, acts, b0, out, |p| {
+    dot_pairs_ggml::<D, N>(w, MXFP4_BYTES, acts, b0, out, |p| {
         (
             _mm256_shuffle_epi8(t, nibbles32(p.add(1))),
             e8m0_to_f32_half(*p),

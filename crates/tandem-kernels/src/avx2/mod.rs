@@ -12,7 +12,7 @@
 //!
 //! Files: [`legacy`] (Q8_0, Q4_0), [`k_quants`] (Q4_K, Q5_K, Q6_K),
 //! [`float`] (F32, F16, BF16), [`quantize`] (activation quantizers);
-//! [`exact`] (IQ4_NL, MXFP4; and Q4_1, Q5_0, Q5_1 in ggml's x86 order,
+//! [`exact`] (Q4_1, Q5_0, Q5_1, IQ4_NL, MXFP4 in ggml's x86 order,
 //! bit-identical to llama.cpp's own `vec_dot`, tested against fixtures made
 //! with libggml-cpu) and [`exact_k`] (Q2_K, Q3_K, IQ1_S, IQ1_M, IQ2_XXS,
 //! IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ4_XS, TQ1_0, TQ2_0): these formats' ggml
@@ -109,7 +109,6 @@ mod helpers {
         );
         _mm_cvtss_f32(r)
     }
-
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]

@@ -131,7 +131,6 @@ mod helpers {
         _mm_cvtss_f32(r)
     }
 
-
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     pub(super) unsafe fn load512<T>(p: *const T) -> __m512i {
