@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """llama.cpp's own x86 dot products as fixtures, for the kernels that mirror
-ggml's x86 order (tandem-kernels' AVX2 / AVX-512 Q5_0, Q4_1, Q5_1, IQ4_NL, MXFP4).
+ggml's x86 order (tandem-kernels' AVX2 / AVX-512 Q5_0, Q4_1, Q5_1, IQ4_NL, MXFP4, IQ4_XS).
 
 Loads the vendored build's libggml-cpu.so (built for this x86 machine),
 quantizes the rows of `fixtures/quant/act_q8_0.in.f32` with the weight
@@ -23,7 +23,7 @@ from gguf import quants
 
 LIB = "/work/main/.cache/llama.cpp/build/bin/libggml-cpu.so"
 COLS = 256
-TYPES = ["Q5_0", "Q4_1", "Q5_1", "IQ4_NL", "MXFP4"]
+TYPES = ["Q5_0", "Q4_1", "Q5_1", "IQ4_NL", "MXFP4", "IQ4_XS"]
 
 
 class Traits(C.Structure):

@@ -194,7 +194,7 @@ fn q8_1_activations_match_ggml_bit_exact() {
     }
 }
 
-/// The x86 families' Q5_0 / Q4_1 / Q5_1 / IQ4_NL / MXFP4 kernels follow ggml's x86 order and
+/// The x86 families' Q5_0 / Q4_1 / Q5_1 / IQ4_NL / MXFP4 / IQ4_XS kernels follow ggml's x86 order and
 /// must equal llama.cpp's own `vec_dot` (run by `tools/quant_vectors/ggml_dots.py`
 /// on this fixture data) bit for bit; NaN == NaN.
 #[test]
@@ -209,6 +209,7 @@ fn x86_dots_match_llama_cpp_bit_exact() {
         WeightFormat::Q5_1,
         WeightFormat::IQ4_NL,
         WeightFormat::MXFP4,
+        WeightFormat::IQ4_XS,
     ] {
         let w = fixture(&format!("{}.bin", f.name()));
         let want = f32s(&fixture(&format!("ggml_dot_{}.f32", f.name())));

@@ -54,7 +54,7 @@ pub(super) static KSIGNS64: [u64; 128] = {
     t
 };
 
-/// [`hsum8x8`] as a vector.
+/// Lane j = the sum of the 8 i32 lanes of `v[j]` (exact; 6 `hadd`s).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn hsum8x8v(v: &[__m256i; 8]) -> __m256i {
@@ -83,24 +83,6 @@ unsafe fn load8(v: &[f32]) -> __m256 {
     }
 }
 
-/// Lane j = the sum of the 8 i32 lanes of `v[j]` (exact; 6 `hadd`s).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn hsum8x8(v: &[__m256i; 8]) -> [i32; 8] {
-    let t01 = _mm256_hadd_epi32(v[0], v[1]);
-    let t23 = _mm256_hadd_epi32(v[2], v[3]);
-    let t45 = _mm256_hadd_epi32(v[4], v[5]);
-    let t67 = _mm256_hadd_epi32(v[6], v[7]);
-    let u0 = _mm256_hadd_epi32(t01, t23);
-    let u1 = _mm256_hadd_epi32(t45, t67);
-    let s = _mm256_add_epi32(
-        _mm256_permute2x128_si256::<0x20>(u0, u1),
-        _mm256_permute2x128_si256::<0x31>(u0, u1),
-    );
-    let mut out = [0i32; 8];
-    _mm256_storeu_si256(out.as_mut_ptr() as *mut __m256i, s);
-    out
-}
 
 /// f16 bits widened with F16C ([`f16_bits`]: exact, and free of the false
 /// dependency the intrinsic gets; the library conversion behind

@@ -1,7 +1,7 @@
 //! AVX2 kernels for the 256-weight formats whose ggml generic dot sums each
 //! super-block exactly in integers before any float operation: Q2_K, Q3_K,
-//! IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S, IQ1_M, IQ4_XS, TQ1_0,
-//! TQ2_0 (× Q8_K). Each super-block is decoded once into 8 registers of 32 signed
+//! IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S, IQ1_M, TQ1_0, TQ2_0
+//! (× Q8_K); and IQ4_XS in ggml's x86 order (see its doc). Each super-block is decoded once into 8 registers of 32 signed
 //! weight bytes plus per-16 i16 scales and used against every activation
 //! row of the tile; the integer sums are exact (bounds in `exact.rs`), and
 //! the float statements after them are the scalar reference's, so results
@@ -458,8 +458,10 @@ pub(super) unsafe fn dot_tq2_0<D: Dot, const N: usize>(
     dot_total::<D, N>(w, TQ2_0_BYTES, acts, b0, out, None, decode, update);
 }
 
-/// IQ4_XS: per-32 sums (the reference applies each sub-block's float scale
-/// separately), 8 per super-block.
+/// IQ4_XS in ggml's x86 order (`ggml_vec_dot_iq4_xs_q8_K`): per
+/// super-block the eight exact i32 lanes of `Σ (ls - 32)·w·q8` are converted
+/// and FMA-ed with `x.d·y.d` into an 8-lane accumulator, `hsum_float_8` at
+/// the end. Bit-identical to llama.cpp on x86 (fixture `ggml_dot_IQ4_XS.f32`).
 #[inline(always)]
 pub(super) unsafe fn dot_iq4_xs<D: Dot, const N: usize>(
     w: &[u8],
@@ -471,27 +473,30 @@ pub(super) unsafe fn dot_iq4_xs<D: Dot, const N: usize>(
     assert!(w.len() == nb * IQ4_XS_BYTES && out.len() == N);
     let rows = k_rows::<N>(acts, b0, nb);
     let t = table256(&KVALUES_IQ4NL);
-    let mut sumf = [0f32; N];
+    let mut acc = [_mm256_setzero_ps(); N];
     let mut wv = [_mm256_setzero_si256(); 8];
+    let mut sc = [_mm256_setzero_si256(); 8];
     for i in 0..nb {
         let blk = &w[i * IQ4_XS_BYTES..(i + 1) * IQ4_XS_BYTES];
-        for (ib, v) in wv.iter_mut().enumerate() {
-            *v = _mm256_shuffle_epi8(t, nibbles32(blk.as_ptr().add(8 + 16 * ib)));
+        for ib in 0..8 {
+            wv[ib] = _mm256_shuffle_epi8(t, nibbles32(blk.as_ptr().add(8 + 16 * ib)));
+            let ls = crate::reference::nonlinear::iq4_xs_scale(blk, ib) - 32;
+            sc[ib] = _mm256_set1_epi16(ls as i16);
         }
-        let ls: [i32; 8] =
-            std::array::from_fn(|ib| crate::reference::nonlinear::iq4_xs_scale(blk, ib) - 32);
         let dx = read_f16(blk, 0);
         for k in 0..N {
             let q8 = rows[k].qs.as_ptr().add(i * QK_K);
-            let d4d8 = dx * rows[k].d[i];
-            let p = std::array::from_fn(|ib| D::sum32(wv[ib], load256(q8.add(32 * ib))));
-            let s = hsum8x8(&p);
-            for ib in 0..8 {
-                sumf[k] += (d4d8 * ls[ib] as f32) * s[ib] as f32;
+            let mut sumi = _mm256_setzero_si256();
+            for g in 0..8 {
+                sumi = D::acc_scaled(sumi, wv[g], load256(q8.add(32 * g)), sc[g]);
             }
+            let d = _mm256_set1_ps(dx * rows[k].d[i]);
+            acc[k] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc[k]);
         }
     }
-    out.copy_from_slice(&sumf);
+    for k in 0..N {
+        out[k] = hsum_float_8(acc[k]);
+    }
 }
 
 /// Within each 16-byte chunk, pair position `l` with `l + 8` (both `≡ l mod 8`)

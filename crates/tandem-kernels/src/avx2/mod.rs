@@ -12,10 +12,10 @@
 //!
 //! Files: [`legacy`] (Q8_0, Q4_0), [`k_quants`] (Q4_K, Q5_K, Q6_K),
 //! [`float`] (F32, F16, BF16), [`quantize`] (activation quantizers);
-//! [`exact`] (Q4_1, Q5_0, Q5_1, IQ4_NL, MXFP4 in ggml's x86 order,
-//! bit-identical to llama.cpp's own `vec_dot`, tested against fixtures made
-//! with libggml-cpu) and [`exact_k`] (Q2_K, Q3_K, IQ1_S, IQ1_M, IQ2_XXS,
-//! IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ4_XS, TQ1_0, TQ2_0): these formats' ggml
+//! [`exact`] (Q4_1, Q5_0, Q5_1, IQ4_NL, MXFP4) and IQ4_XS (in [`exact_k`])
+//! in ggml's x86 order, bit-identical to llama.cpp's own `vec_dot` (tested
+//! against fixtures made with libggml-cpu); [`exact_k`] (Q2_K, Q3_K, IQ1_S,
+//! IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, TQ1_0, TQ2_0): these formats' ggml
 //! generic dots sum blocks exactly in integers before any float operation,
 //! so these kernels compute the same integers with SIMD and then the
 //! reference's float statements: bit-identical to the scalar reference
