@@ -83,7 +83,6 @@ unsafe fn load8(v: &[f32]) -> __m256 {
     }
 }
 
-
 /// f16 bits widened with F16C ([`f16_bits`]: exact, and free of the false
 /// dependency the intrinsic gets; the library conversion behind
 /// `convert::read_f16` costs a call here).

@@ -366,22 +366,28 @@ pub(super) unsafe fn dot_iq1_m<D: Dot, const N: usize>(
             ];
             let neg = [h0 & 0x08, h0 & 0x80, h1 & 0x08, h1 & 0x80];
             wv[ib] = grid_i8(idx.map(|j| IQ1S_GRID[j]));
-            dv[ib] = grid_i8(neg.map(|n| {
-                if n != 0 {
-                    u64::MAX
-                } else {
-                    0x0101_0101_0101_0101
-                }
-            }));
             let s = u16_at(blk, 48 + 2 * (ib / 2));
             let ls = |k: usize| 2 * i32::from((s >> (6 * (ib % 2) + k)) & 0x7) + 1;
-            sc[ib] = scales16(ls(0), ls(3));
+            let (ls1, ls2) = (ls(0), ls(3));
+            sc[ib] = scales16(ls1, ls2);
+            // sumi2's coefficient of each pair of q8 bytes: ls(half)·delta(group of 8)
+            let c: [u64; 4] = std::array::from_fn(|l| {
+                let v = if l < 2 { ls1 } else { ls2 } * if neg[l] != 0 { -1 } else { 1 };
+                u64::from(v as i16 as u16) * 0x0001_0001_0001_0001
+            });
+            dv[ib] = grid_i8(c);
         }
         let d = f16c(iq1_m_scale_bits(&blk[48..56]));
         for k in 0..N {
             let q8 = rows[k].qs.as_ptr().add(i * QK_K);
             let sumi1 = block_total::<D>(&wv, &sc, q8);
-            let sumi2 = block_total::<D>(&dv, &sc, q8);
+            // Σ_l ls·delta_l·Σ q8 over group l: pair sums of q8, times coefficients
+            let mut acc2 = _mm256_setzero_si256();
+            for g in 0..8 {
+                let p = _mm256_maddubs_epi16(_mm256_set1_epi8(1), load256(q8.add(32 * g)));
+                acc2 = D::acc_madd(acc2, p, dv[g]);
+            }
+            let sumi2 = hsum_i32_8(acc2);
             sumf[k] += d * rows[k].d[i] * (sumi1 as f32 + IQ1S_DELTA * sumi2 as f32);
         }
     }
