@@ -383,9 +383,9 @@ pub(super) unsafe fn dot_iq1_m<D: Dot, const N: usize>(
             let sumi1 = block_total::<D>(&wv, &sc, q8);
             // Σ_l ls·delta_l·Σ q8 over group l: pair sums of q8, times coefficients
             let mut acc2 = _mm256_setzero_si256();
-            for g in 0..8 {
+            for (g, &c) in dv.iter().enumerate() {
                 let p = _mm256_maddubs_epi16(_mm256_set1_epi8(1), load256(q8.add(32 * g)));
-                acc2 = D::acc_madd(acc2, p, dv[g]);
+                acc2 = D::acc_madd(acc2, p, c);
             }
             let sumi2 = hsum_i32_8(acc2);
             sumf[k] += d * rows[k].d[i] * (sumi1 as f32 + IQ1S_DELTA * sumi2 as f32);
