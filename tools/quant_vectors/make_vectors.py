@@ -88,6 +88,14 @@ the file length (block counts = bytes / block size).
 scales of moderate magnitude (with 0, -0, subnormal edges; IQ1_M's scale is spread
 over the top nibbles of its scale words), MXFP4 E8M0 exponents including 0, 1, 2,
 254, 255; the last block all zero. `<FMT>.f32` = `gguf.quants.dequantize`.
+
+## llama.cpp's own x86 dot products
+
+`ggml_dot_<FMT>.f32` (`Q5_0`, `Q4_1`, `Q5_1`, `IQ4_NL`, `MXFP4`, `IQ4_XS`): written by
+`tools/quant_vectors/ggml_dots.py` (not this script) with the vendored libggml-cpu.so:
+`vec_dot` of every 256-weight row of `<FMT>.bin` with every row of `act_q8_0.in.f32`
+quantized by ggml's own `from_float`; f32, weight-row-major. The x86 kernels that
+follow ggml's x86 float order must equal them bit for bit.
 """
 
 
