@@ -77,6 +77,25 @@ the file length (block counts = bytes / block size).
 | `act_q8_0.x86.bin` | port of ggml's x86 `quantize_row_q8_0` (id = 127/amax, round half to even), 34 B blocks |
 | `act_q8_K.in.f32` | f32 activations, a multiple of 256 values |
 | `act_q8_K.bin` | port of `quantize_row_q8_K_ref`: blocks of 292 B = f32 d, i8 qs[256], i16 bsums[16] |
+| `act_q8_1.in.f32` | f32 activations (rows of 256) |
+| `act_q8_1.x86.bin` / `act_q8_1.ref.bin` | ports of ggml's x86 `quantize_row_q8_1` / `quantize_row_q8_1_ref`: 36 B blocks = f16 d, f16 s = fp16(d·Σq) (d unrounded), i8 qs[32] |
+
+## The other weight types
+
+`Q4_1`, `Q5_0`, `Q5_1`, `IQ4_NL`, `MXFP4` (64 blocks each) and `Q2_K`, `Q3_K`,
+`IQ2_XXS`, `IQ2_XS`, `IQ2_S`, `IQ3_XXS`, `IQ3_S`, `IQ1_S`, `IQ1_M`, `IQ4_XS`,
+`TQ1_0`, `TQ2_0` (16 blocks each): random block bytes whose f16 fields are finite
+scales of moderate magnitude (with 0, -0, subnormal edges; IQ1_M's scale is spread
+over the top nibbles of its scale words), MXFP4 E8M0 exponents including 0, 1, 2,
+254, 255; the last block all zero. `<FMT>.f32` = `gguf.quants.dequantize`.
+
+## llama.cpp's own x86 dot products
+
+`ggml_dot_<FMT>.f32` (`Q5_0`, `Q4_1`, `Q5_1`, `IQ4_NL`, `MXFP4`, `IQ4_XS`): written by
+`tools/quant_vectors/ggml_dots.py` (not this script) with the vendored libggml-cpu.so:
+`vec_dot` of every 256-weight row of `<FMT>.bin` with every row of `act_q8_0.in.f32`
+quantized by ggml's own `from_float`; f32, weight-row-major. The x86 kernels that
+follow ggml's x86 float order must equal them bit for bit.
 """
 
 
@@ -280,6 +299,77 @@ def activations(out: str, rng: np.random.Generator) -> None:
     write(out, "act_q8_K.bin", quantize_q8_k_ref(xk))
 
 
+# ---- the types added with the full ggml type table (separate RNG stream, so the
+# ---- files above stay byte-identical) ----
+
+# f16 fields (byte offsets) of each block; gguf-py dequantizes raw random bytes.
+F16_FIELDS = {
+    "Q4_1": [0, 2], "Q5_0": [0], "Q5_1": [0, 2], "IQ4_NL": [0],
+    "Q2_K": [80, 82], "Q3_K": [108], "IQ2_XXS": [0], "IQ2_XS": [0], "IQ2_S": [0],
+    "IQ3_XXS": [0], "IQ3_S": [0], "IQ1_S": [0], "IQ4_XS": [0], "TQ1_0": [52], "TQ2_0": [64],
+    "MXFP4": [], "IQ1_M": [],
+}
+
+
+def random_blocks(out: str, rng: np.random.Generator, name: str, n_blocks: int) -> None:
+    qtype = T[name]
+    _, type_size = quants.GGML_QUANT_SIZES[qtype]
+    raw = rng.integers(0, 256, size=(n_blocks, type_size), dtype=np.uint8)
+    for k, off in enumerate(F16_FIELDS[name]):
+        v = random_f16_scale(rng, n_blocks)
+        raw[:, off:off + 2] = (v if k == 0 else v[::-1].copy()).view(np.uint8).reshape(n_blocks, 2)
+    if name == "MXFP4":
+        raw[:, 0] = rng.integers(100, 150, size=n_blocks)
+        raw[:8, 0] = [0, 1, 2, 3, 126, 127, 254, 255]   # E8M0 edges (subnormal halves, max)
+    if name == "IQ1_M":
+        # the f16 scale lives in the top nibbles of the four u16 scale words
+        d = random_f16_scale(rng, n_blocks)
+        sc = raw[:, 48:56].copy().view("<u2")
+        for i in range(4):
+            sc[:, i] = (sc[:, i] & 0x0FFF) | (((d >> (4 * i)) & 0xF) << 12)
+        raw[:, 48:56] = sc.view(np.uint8)
+    raw[-1, :] = 0                                       # all-zero block
+    deq = quants.dequantize(raw.reshape(-1), qtype)
+    write(out, f"{name}.bin", raw.tobytes())
+    write(out, f"{name}.f32", deq.astype(np.float32).reshape(-1))
+
+
+def quantize_q8_1(x: np.ndarray, variant: str) -> bytes:
+    """numpy ports of ggml's quantize_row_q8_1: `x86` (ggml-cpu/arch/x86/quants.c,
+    id = 127/amax, round half to even) and `ref` (ggml-quants.c, id = 1/d, roundf);
+    both store s = fp16(d * sum(q)) with the unrounded f32 d = amax/127."""
+    blocks = x.reshape(-1, 32).astype(np.float32)
+    res = bytearray()
+    for b in blocks:
+        amax = np.float32(np.max(np.abs(b)))
+        d = np.float32(amax / np.float32(127.0))
+        if variant == "x86":
+            idv = np.float32(np.float32(127.0) / amax) if amax != 0 else np.float32(0.0)
+            q = np.rint((b * idv).astype(np.float32))
+        else:
+            idv = np.float32(np.float32(1.0) / d) if d != 0 else np.float32(0.0)
+            v = (b * idv).astype(np.float32)
+            q = np.sign(v) * np.floor(np.abs(v) + np.float32(0.5))  # roundf
+        q = np.clip(q, -128, 127).astype(np.int8)
+        s = np.float32(d * np.float32(int(q.astype(np.int32).sum())))
+        res += np.array([d, s], dtype=np.float32).astype("<f2").tobytes() + q.tobytes()
+    return bytes(res)
+
+
+def new_types(out: str) -> None:
+    rng = np.random.default_rng(SEED + 1)
+    for name in ["Q4_1", "Q5_0", "Q5_1", "IQ4_NL", "MXFP4"]:
+        random_blocks(out, rng, name, 64)
+    for name in ["Q2_K", "Q3_K", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S",
+                 "IQ1_S", "IQ1_M", "IQ4_XS", "TQ1_0", "TQ2_0"]:
+        random_blocks(out, rng, name, 16)
+    x = activation_rows(rng, 12, 256)
+    write(out, "act_q8_1.in.f32", x.reshape(-1))
+    with np.errstate(over="ignore", invalid="ignore"):
+        write(out, "act_q8_1.x86.bin", quantize_q8_1(x, "x86"))
+        write(out, "act_q8_1.ref.bin", quantize_q8_1(x, "ref"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "..", "fixtures", "quant"))
@@ -296,6 +386,7 @@ def main() -> None:
     float_formats(out, rng)
     conversions(out, rng)
     activations(out, rng)
+    new_types(out)
     with open(os.path.join(out, "README.md"), "w") as f:
         f.write(README)
 

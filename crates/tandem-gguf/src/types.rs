@@ -1,4 +1,13 @@
 //! ggml tensor element types as stored in GGUF tensor infos.
+//!
+//! This is tandem's one ggml type table: id, name and block geometry of
+//! every type a GGUF file can hold, written once in the `ggml_types!` list
+//! below. `tandem-kernels`' `WeightFormat` maps each format it computes on to
+//! a [`GgmlType`] and takes its name, id and block geometry from here, and
+//! `tandem-model` converts tensor types with `WeightFormat::from_ggml`, so
+//! the geometry cannot disagree between the parser, the kernels and the
+//! model. This crate still knows sizes only (no quantization math), and it
+//! sits below `tandem-kernels` (kernels → gguf, never the reverse).
 
 use std::fmt;
 
@@ -21,7 +30,7 @@ macro_rules! ggml_types {
             pub const ALL: &'static [GgmlType] = &[$(GgmlType::$variant),*];
 
             /// Maps a ggml type id (as stored in a GGUF tensor info) to a type.
-            pub fn from_id(id: u32) -> Option<Self> {
+            pub const fn from_id(id: u32) -> Option<Self> {
                 match id {
                     $( $id => Some(GgmlType::$variant), )*
                     _ => None,
@@ -29,23 +38,23 @@ macro_rules! ggml_types {
             }
 
             /// The ggml type id written to GGUF files.
-            pub fn id(self) -> u32 {
+            pub const fn id(self) -> u32 {
                 match self { $( GgmlType::$variant => $id, )* }
             }
 
             /// The type's name as in ggml's `GGML_TYPE_*` enum and gguf-py
             /// (`"F32"`, `"Q4_K"`, `"IQ2_XXS"`, ...).
-            pub fn name(self) -> &'static str {
+            pub const fn name(self) -> &'static str {
                 match self { $( GgmlType::$variant => $name, )* }
             }
 
             /// Number of elements in one block.
-            pub fn block_len(self) -> u64 {
+            pub const fn block_len(self) -> u64 {
                 match self { $( GgmlType::$variant => $block_len, )* }
             }
 
             /// Number of bytes one block occupies on disk.
-            pub fn block_bytes(self) -> u64 {
+            pub const fn block_bytes(self) -> u64 {
                 match self { $( GgmlType::$variant => $block_bytes, )* }
             }
         }
@@ -102,7 +111,7 @@ impl GgmlType {
     }
 
     /// Whether the type is block-quantized (block length > 1).
-    pub fn is_quantized(self) -> bool {
+    pub const fn is_quantized(self) -> bool {
         self.block_len() > 1
     }
 }

@@ -2,8 +2,11 @@
 //!
 //! ```text
 //! cargo run --release -p tandem-kernels --example gemv_bench -- \
-//!     [n_rows n_cols] [--ms 250] [--formats Q4_K,Q8_0] [--isas avx2,avx512] [--batches 1,2,4,8,16]
+//!     [n_rows n_cols] [--ms 250] [--formats Q4_K,Q8_0|all] [--isas scalar,avx2,avx512] [--batches 1,2,4,8,16]
 //! ```
+//!
+//! An ISA without its own kernel for a format runs its registry fallback;
+//! the row then names the family that ran, e.g. `avx512>avx2` or `avx2>scalar`.
 //!
 //! Multiplies an `n_rows × n_cols` weight matrix (default 8192 × 4096, larger
 //! than a typical L3 for Q8_0) by B activation rows and reports GB/s of weight
@@ -46,11 +49,32 @@ fn weights(f: WeightFormat, n_rows: usize, n_cols: usize) -> Vec<u8> {
             .chunks_exact_mut(2)
             .for_each(|c| c.copy_from_slice(&0x3C24u16.to_le_bytes())),
         _ => {
+            use WeightFormat::*;
+            // byte offsets of each block's f16 scale fields
+            let fields: &[usize] = match f {
+                Q6_K => &[208],
+                Q4_K | Q5_K | Q4_1 | Q5_1 => &[0, 2],
+                Q2_K => &[80, 82],
+                Q3_K => &[108],
+                TQ1_0 => &[52],
+                TQ2_0 => &[64],
+                MXFP4 | IQ1_M => &[],
+                _ => &[0],
+            };
             for blk in w.chunks_exact_mut(f.block_bytes()) {
-                let d_off = if f == WeightFormat::Q6_K { 208 } else { 0 };
-                blk[d_off..d_off + 2].copy_from_slice(&half_0_01);
-                if matches!(f, WeightFormat::Q4_K | WeightFormat::Q5_K) {
-                    blk[2..4].copy_from_slice(&half_0_01);
+                for &o in fields {
+                    blk[o..o + 2].copy_from_slice(&half_0_01);
+                }
+                if f == MXFP4 {
+                    blk[0] = 121; // 2^-7
+                }
+                if f == IQ1_M {
+                    // f16 scale in the top nibbles of the four scale words
+                    let bits = u16::from_le_bytes(half_0_01);
+                    for i in 0..4 {
+                        let o = 48 + 2 * i + 1;
+                        blk[o] = (blk[o] & 0x0F) | ((((bits >> (4 * i)) & 0xF) as u8) << 4);
+                    }
                 }
             }
         }
@@ -138,6 +162,7 @@ fn main() {
         .unwrap_or(250u64);
     let budget = Duration::from_millis(ms);
     let formats: Vec<WeightFormat> = match list_arg(&args, "--formats") {
+        Some(v) if v.iter().any(|n| n.eq_ignore_ascii_case("all")) => WeightFormat::ALL.to_vec(),
         Some(v) => WeightFormat::ALL
             .into_iter()
             .filter(|f| v.iter().any(|n| n.eq_ignore_ascii_case(f.name())))
@@ -168,7 +193,7 @@ fn main() {
         "ROUGH single-thread GB/s of weight bytes (CPU-time clock), {n_rows} x {n_cols} weights, {} ms per cell",
         ms
     );
-    print!("{:<6} {:>7} {:<10}", "format", "MB", "isa");
+    print!("{:<7} {:>7} {:<14}", "format", "MB", "isa");
     for b in &batches {
         print!(" {:>7}", format!("B={b}"));
     }
@@ -180,7 +205,7 @@ fn main() {
             std::hint::black_box(read_loop(std::hint::black_box(&w)));
         });
         println!(
-            "{:<6} {mb:>7.1} {:<10} {:>7.2}   (plain read loop, same bytes)",
+            "{:<7} {mb:>7.1} {:<14} {:>7.2}   (plain read loop, same bytes)",
             f.name(),
             "read",
             w.len() as f64 / t / 1e9
@@ -200,11 +225,15 @@ fn main() {
                 interleave_matrix(f, n_cols, &w, &mut packed).unwrap();
                 &packed
             };
+            let family = tandem_kernels::kernel_family_for(isa, f);
             let name = match layout {
+                WeightLayout::Rows if family != isa.kernels() => {
+                    format!("{}>{}", isa.name(), format!("{family:?}").to_lowercase())
+                }
                 WeightLayout::Rows => isa.name().to_string(),
                 l => format!("{}-{}", isa.name(), l.name()),
             };
-            print!("{:<6} {mb:>7.1} {:<10}", f.name(), name);
+            print!("{:<7} {mb:>7.1} {:<14}", f.name(), name);
             let mut times = Vec::new();
             for &n_b in &batches {
                 let x: Vec<f32> = (0..n_b * n_cols)

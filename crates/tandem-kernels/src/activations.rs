@@ -51,6 +51,10 @@ pub struct QuantizedActivations {
     /// Q8_K: sums of each group of 16 quants. Q8_0: sum of each block's 32
     /// quants (for kernels that multiply `w + 128` as unsigned bytes).
     bsums: Vec<i16>,
+    /// Q8_1: f16 bits of each block's `s = d·Σq` (`d` the unrounded f32 scale).
+    s_bits: Vec<u16>,
+    /// Q8_1: `s` widened to f32.
+    s: Vec<f32>,
 }
 
 /// One Q8_0 activation row: `qs.len() == n_cols`, `d.len() == n_cols / 32`,
@@ -60,6 +64,15 @@ pub(crate) struct Q8Row<'a> {
     pub qs: &'a [i8],
     pub d: &'a [f32],
     pub sums: &'a [i16],
+}
+
+/// One Q8_1 activation row: the Q8_0 fields plus `s` (ggml's
+/// `GGML_FP16_TO_FP32(y.s)`), one per 32-value block.
+#[derive(Copy, Clone, Debug)]
+pub(crate) struct Q8_1Row<'a> {
+    pub qs: &'a [i8],
+    pub d: &'a [f32],
+    pub s: &'a [f32],
 }
 
 /// One Q8_K activation row: `qs.len() == n_cols`, `d.len() == n_cols / 256`,
@@ -83,6 +96,8 @@ impl QuantizedActivations {
             u16s: Vec::new(),
             qs: Vec::new(),
             bsums: Vec::new(),
+            s_bits: Vec::new(),
+            s: Vec::new(),
         }
     }
 
@@ -160,7 +175,7 @@ impl QuantizedActivations {
                 // scalar path keeps every ISA identical.
                 reference::quantize::bf16_row(x, &mut self.u16s);
             }
-            ActivationFormat::Q8_0 => {
+            ActivationFormat::Q8_0 | ActivationFormat::Q8_1 => {
                 let nb = total / QK8_0;
                 self.qs.resize(total, 0);
                 self.f32s.resize(nb, 0.0);
@@ -191,6 +206,19 @@ impl QuantizedActivations {
                         .chunks_exact(QK8_0)
                         .map(|b| b.iter().map(|&q| i16::from(q)).sum::<i16>()),
                 );
+                if self.format == ActivationFormat::Q8_1 {
+                    // Both of ggml's quantize_row_q8_1 (x86 and _ref) store
+                    // s = fp16(d * Σq) with the unrounded d = amax / 127.
+                    self.s_bits.clear();
+                    self.s.clear();
+                    for (xb, &sum) in x.chunks_exact(QK8_0).zip(&self.bsums) {
+                        let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                        let d = amax / 127.0;
+                        let bits = narrow_scale(d * f32::from(sum));
+                        self.s_bits.push(bits);
+                        self.s.push(widen_scale(bits));
+                    }
+                }
             }
             ActivationFormat::Q8_K => {
                 let nb = total / QK_K;
@@ -256,7 +284,7 @@ impl QuantizedActivations {
                     *o = bf16_to_f32(h);
                 }
             }
-            ActivationFormat::Q8_0 => {
+            ActivationFormat::Q8_0 | ActivationFormat::Q8_1 => {
                 let r = self.q8_0_row(row);
                 for ((o, q), d) in out
                     .chunks_exact_mut(QK8_0)
@@ -305,6 +333,14 @@ impl QuantizedActivations {
                     v.extend(self.qs[i * QK8_0..(i + 1) * QK8_0].iter().map(|&q| q as u8));
                 }
             }
+            ActivationFormat::Q8_1 => {
+                let nb = total / QK8_0;
+                for i in 0..nb {
+                    v.extend(self.u16s[i].to_le_bytes());
+                    v.extend(self.s_bits[i].to_le_bytes());
+                    v.extend(self.qs[i * QK8_0..(i + 1) * QK8_0].iter().map(|&q| q as u8));
+                }
+            }
             ActivationFormat::Q8_K => {
                 let nb = total / QK_K;
                 for i in 0..nb {
@@ -336,6 +372,16 @@ impl QuantizedActivations {
             qs: &self.qs[row * self.n_cols..(row + 1) * self.n_cols],
             d: &self.f32s[row * nb..(row + 1) * nb],
             sums: &self.bsums[row * nb..(row + 1) * nb],
+        }
+    }
+
+    #[inline]
+    pub(crate) fn q8_1_row(&self, row: usize) -> Q8_1Row<'_> {
+        let nb = self.n_cols / QK8_0;
+        Q8_1Row {
+            qs: &self.qs[row * self.n_cols..(row + 1) * self.n_cols],
+            d: &self.f32s[row * nb..(row + 1) * nb],
+            s: &self.s[row * nb..(row + 1) * nb],
         }
     }
 

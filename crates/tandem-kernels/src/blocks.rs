@@ -70,3 +70,97 @@ pub(crate) fn get_scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
         )
     }
 }
+
+// ---- 32-weight blocks added with the full type table ----
+
+/// `block_q4_1`: `f16 d` 0, `f16 m` 2, `qs[16]` 4.
+pub(crate) const Q4_1_BYTES: usize = 20;
+/// `block_q5_0`: `f16 d` 0, `qh[4]` 2 (bit j = high bit of weight j), `qs[16]` 6.
+pub(crate) const Q5_0_BYTES: usize = 22;
+/// `block_q5_1`: `f16 d` 0, `f16 m` 2, `qh[4]` 4, `qs[16]` 8.
+pub(crate) const Q5_1_BYTES: usize = 24;
+/// `block_iq4_nl`: `f16 d` 0, `qs[16]` 2 (indices into `kvalues_iq4nl`).
+pub(crate) const IQ4_NL_BYTES: usize = 18;
+/// `block_mxfp4`: `u8 e` (E8M0) 0, `qs[16]` 1 (indices into `kvalues_mxfp4`).
+pub(crate) const MXFP4_BYTES: usize = 17;
+
+// ---- 256-weight super-blocks added with the full type table ----
+
+/// `block_q2_K`: `scales[16]` 0 (low nibble scale, high nibble min), `qs[64]` 16, `f16 d` 80, `f16 dmin` 82.
+pub(crate) const Q2_K_BYTES: usize = 84;
+pub(crate) const Q2_K_QS_OFF: usize = 16;
+pub(crate) const Q2_K_D_OFF: usize = 80;
+/// `block_q3_K`: `hmask[32]` 0, `qs[64]` 32, `scales[12]` 96, `f16 d` 108.
+pub(crate) const Q3_K_BYTES: usize = 110;
+pub(crate) const Q3_K_QS_OFF: usize = 32;
+pub(crate) const Q3_K_SCALES_OFF: usize = 96;
+pub(crate) const Q3_K_D_OFF: usize = 108;
+/// `block_iq2_xxs`: `f16 d` 0, `u16 qs[32]` 2.
+pub(crate) const IQ2_XXS_BYTES: usize = 66;
+/// `block_iq2_xs`: `f16 d` 0, `u16 qs[32]` 2, `scales[8]` 66.
+pub(crate) const IQ2_XS_BYTES: usize = 74;
+/// `block_iq2_s`: `f16 d` 0, `qs[32]` 2, signs`[32]` 34, `qh[8]` 66, `scales[8]` 74.
+pub(crate) const IQ2_S_BYTES: usize = 82;
+/// `block_iq3_xxs`: `f16 d` 0, grid indices `[64]` 2, scales and signs `u32[8]` 66.
+pub(crate) const IQ3_XXS_BYTES: usize = 98;
+/// `block_iq3_s`: `f16 d` 0, `qs[64]` 2, `qh[8]` 66, `signs[32]` 74, `scales[4]` 106.
+pub(crate) const IQ3_S_BYTES: usize = 110;
+/// `block_iq1_s`: `f16 d` 0, `qs[32]` 2, `u16 qh[8]` 34.
+pub(crate) const IQ1_S_BYTES: usize = 50;
+/// `block_iq1_m`: `qs[32]` 0, `qh[16]` 32, `scales[8]` 48 (also holds the f16 scale).
+pub(crate) const IQ1_M_BYTES: usize = 56;
+/// `block_iq4_xs`: `f16 d` 0, `u16 scales_h` 2, `scales_l[4]` 4, `qs[128]` 8.
+pub(crate) const IQ4_XS_BYTES: usize = 136;
+/// `block_tq1_0`: `qs[48]` 0 (5 trits per byte), `qh[4]` 48 (4 trits per byte), `f16 d` 52.
+pub(crate) const TQ1_0_BYTES: usize = 54;
+/// `block_tq2_0`: `qs[64]` 0 (2 bits per weight), `f16 d` 64.
+pub(crate) const TQ2_0_BYTES: usize = 66;
+
+/// Little-endian u16 at byte `o`.
+#[inline]
+pub(crate) fn u16_at(b: &[u8], o: usize) -> u16 {
+    u16::from_le_bytes([b[o], b[o + 1]])
+}
+
+/// Little-endian u32 at byte `o`.
+#[inline]
+pub(crate) fn u32_at(b: &[u8], o: usize) -> u32 {
+    u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
+}
+
+/// ggml's Q3_K scale unpacking: the 12 packed bytes to 16 six-bit scales
+/// (0..64; the kernels subtract 32).
+#[inline]
+pub(crate) fn unpack_q3_k_scales(s: &[u8]) -> [u8; 16] {
+    const KMASK1: u32 = 0x0303_0303;
+    const KMASK2: u32 = 0x0f0f_0f0f;
+    let mut aux = [u32_at(s, 0), u32_at(s, 4), u32_at(s, 8), 0];
+    let tmp = aux[2];
+    aux[2] = ((aux[0] >> 4) & KMASK2) | (((tmp >> 4) & KMASK1) << 4);
+    aux[3] = ((aux[1] >> 4) & KMASK2) | (((tmp >> 6) & KMASK1) << 4);
+    aux[0] = (aux[0] & KMASK2) | ((tmp & KMASK1) << 4);
+    aux[1] = (aux[1] & KMASK2) | (((tmp >> 2) & KMASK1) << 4);
+    let mut out = [0u8; 16];
+    for (o, a) in out.chunks_exact_mut(4).zip(aux) {
+        o.copy_from_slice(&a.to_le_bytes());
+    }
+    out
+}
+
+/// ggml's `GGML_E8M0_TO_FP32_HALF`: `2^(e - 128)` (MXFP4's values are doubled).
+#[inline]
+pub(crate) fn e8m0_to_f32_half(e: u8) -> f32 {
+    let bits = if e < 2 {
+        0x0020_0000u32 << e
+    } else {
+        u32::from(e - 1) << 23
+    };
+    f32::from_bits(bits)
+}
+
+/// IQ1_M's f16 super-block scale, spread over the top nibbles of `scales`.
+#[inline]
+pub(crate) fn iq1_m_scale_bits(scales: &[u8]) -> u16 {
+    let sc = |i: usize| u16_at(scales, 2 * i);
+    (sc(0) >> 12) | ((sc(1) >> 8) & 0x00f0) | ((sc(2) >> 4) & 0x0f00) | (sc(3) & 0xf000)
+}

@@ -19,9 +19,15 @@
 //! `vpdpbusd`; CPUs with AVX-512 but without VNNI (Skylake-X, Cascade Lake
 //! before VNNI parts) report `avx512` unavailable and pick `avx2`.
 //!
-//! To add a family, create `src/<family>/` mirroring `src/avx2/`, add a
-//! [`KernelFamily`] variant and route it in `matmul_rows_with` and
-//! `QuantizedActivations::quantize_with`.
+//! A family need not have a kernel for every format: `registry.rs` routes a
+//! format the family did not register down its fallback chain (avx512 →
+//! avx2 → scalar, neon → scalar); [`kernel_family_for`](crate::kernel_family_for)
+//! tells which family runs.
+//!
+//! To add a family, create `src/<family>/` mirroring `src/avx2/` (its tile
+//! kernels run through `driver::drive`), add a [`KernelFamily`] variant,
+//! its `has_kernel` and fallback in `registry.rs`, and route it in
+//! `matmul_rows_in_layout` and `QuantizedActivations::quantize_with`.
 
 use std::fmt;
 use std::str::FromStr;

@@ -3,14 +3,20 @@
 //! Weight formats, dequantization and the dot products of a CPU forward pass,
 //! bit-compatible with ggml (llama.cpp's tensor library).
 //!
-//! * [`WeightFormat`]: F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K, parsed
-//!   from raw little-endian bytes in ggml's block layouts (no alignment needed).
+//! * [`WeightFormat`]: every ggml weight type `llama-quantize` produces
+//!   (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K, IQ1_S, IQ1_M,
+//!   IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ4_NL, IQ4_XS, MXFP4, TQ1_0,
+//!   TQ2_0), parsed from raw little-endian bytes in ggml's block layouts (no
+//!   alignment needed); ids, names and geometry come from `tandem-gguf`'s
+//!   type table.
 //! * [`dequantize_row`]: bit-identical to ggml's `dequantize_row_*` (and
 //!   gguf-py), checked against fixtures in `fixtures/quant/`.
 //! * [`QuantizedActivations`]: activation rows converted to the weight
-//!   format's `vec_dot_type` (F32, F16, BF16, Q8_0, Q8_K) exactly as ggml does.
+//!   format's `vec_dot_type` (F32, F16, BF16, Q8_0, Q8_1, Q8_K) exactly as ggml does.
 //! * [`matmul_rows`]: a block of weight rows times B activation rows, with
-//!   ggml's integer accumulation and float accumulation order.
+//!   ggml's integer accumulation and float accumulation order. Every ISA runs
+//!   every format: a family without a kernel for a format falls back (see
+//!   [`kernel_family_for`]).
 //!
 //! ## Layout
 //!
@@ -18,6 +24,9 @@
 //! | --- | --- |
 //! | `format` | [`WeightFormat`] / [`ActivationFormat`] geometry |
 //! | `blocks` | byte offsets inside ggml blocks, scale unpacking |
+//! | `grids` | ggml's IQ grids and value tables (generated from ggml-common.h) |
+//! | `registry` | which family runs a format ([`kernel_family_for`]), fallbacks |
+//! | `driver` | the one tile loop all SIMD families run their kernels through |
 //! | `convert` | f16 / bf16 conversions with ggml semantics |
 //! | `activations` | [`QuantizedActivations`] |
 //! | `attention` | blockwise attention over stored K/V rows (f32/f16/bf16) with an online softmax; its own scalar and x86 primitives |
@@ -47,13 +56,16 @@ mod avx2;
 mod avx512;
 mod blocks;
 pub mod convert;
+mod driver;
 mod error;
 mod format;
+mod grids;
 mod interleaved;
 mod isa;
 mod neon;
 mod probe;
 mod reference;
+mod registry;
 
 #[cfg(test)]
 mod tests;
@@ -69,6 +81,7 @@ pub use interleaved::{
 };
 pub use isa::{detected_isa, Isa, KernelFamily, ParseIsaError};
 pub use probe::{read_checksum, read_checksum_with};
+pub use registry::kernel_family_for;
 
 /// Dequantize one row: `src.len()` must be `format.row_bytes(dst.len())`.
 /// Bit-identical to ggml's `dequantize_row_*`.
@@ -191,7 +204,7 @@ pub fn matmul_rows_in_layout(
             }
         };
     }
-    match isa.kernels() {
+    match kernel_family_for(isa, format) {
         KernelFamily::Scalar => {
             reference::matmul(format, weights, rb, rows, acts, out);
             Ok(())

@@ -31,7 +31,51 @@ fn geometry() {
     assert_eq!(Q6_K.activation_format(), ActivationFormat::Q8_K);
     assert_eq!(BF16.activation_format(), ActivationFormat::BF16);
     assert_eq!(Q5_K.name(), "Q5_K");
-    assert_eq!(WeightFormat::from_ggml_type(3), None);
+    // ids that are not weight formats: Q8_1, Q8_K, I8, removed ids
+    for id in [9, 15, 24, 4, 1000] {
+        assert_eq!(WeightFormat::from_ggml_type(id), None, "{id}");
+    }
+    // the new types' geometry (ggml-common.h static_asserts) and pairings
+    let more = [
+        (Q4_1, 32, 20, ActivationFormat::Q8_1),
+        (Q5_0, 32, 22, ActivationFormat::Q8_0),
+        (Q5_1, 32, 24, ActivationFormat::Q8_1),
+        (Q2_K, 256, 84, ActivationFormat::Q8_K),
+        (Q3_K, 256, 110, ActivationFormat::Q8_K),
+        (IQ2_XXS, 256, 66, ActivationFormat::Q8_K),
+        (IQ2_XS, 256, 74, ActivationFormat::Q8_K),
+        (IQ2_S, 256, 82, ActivationFormat::Q8_K),
+        (IQ3_XXS, 256, 98, ActivationFormat::Q8_K),
+        (IQ3_S, 256, 110, ActivationFormat::Q8_K),
+        (IQ1_S, 256, 50, ActivationFormat::Q8_K),
+        (IQ1_M, 256, 56, ActivationFormat::Q8_K),
+        (IQ4_NL, 32, 18, ActivationFormat::Q8_0),
+        (IQ4_XS, 256, 136, ActivationFormat::Q8_K),
+        (MXFP4, 32, 17, ActivationFormat::Q8_0),
+        (TQ1_0, 256, 54, ActivationFormat::Q8_K),
+        (TQ2_0, 256, 66, ActivationFormat::Q8_K),
+    ];
+    for (f, len, bytes, act) in more {
+        assert_eq!((f.block_len(), f.block_bytes()), (len, bytes), "{f}");
+        assert_eq!(f.activation_format(), act, "{f}");
+        assert_eq!(WeightFormat::from_ggml(f.ggml()), Some(f));
+    }
+    assert_eq!(WeightFormat::ALL.len(), 25);
+}
+
+/// Every ISA runs every format (its own kernel or a fallback), and the
+/// registry names a family the CPU can run.
+#[test]
+fn registry_covers_every_format() {
+    for isa in Isa::ALL {
+        for f in WeightFormat::ALL {
+            let fam = tandem_kernels::kernel_family_for(isa, f);
+            if isa == Isa::Scalar {
+                assert_eq!(fam, tandem_kernels::KernelFamily::Scalar);
+            }
+            println!("{isa} {f}: {fam:?}");
+        }
+    }
 }
 
 #[test]

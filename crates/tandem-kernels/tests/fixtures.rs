@@ -169,3 +169,71 @@ fn q8_k_activations_match_ggml_bit_exact() {
         check_bytes(&format!("Q8_K, {isa}"), &q.to_ggml_bytes(), &want, 292);
     }
 }
+
+#[test]
+fn q8_1_activations_match_ggml_bit_exact() {
+    let x = f32s(&fixture("act_q8_1.in.f32"));
+    let n_cols = 256;
+    let n_rows = x.len() / n_cols;
+    for (variant, file) in [
+        (Q8_0Variant::X86, "act_q8_1.x86.bin"),
+        (Q8_0Variant::Reference, "act_q8_1.ref.bin"),
+    ] {
+        let want = fixture(file);
+        for isa in isas() {
+            let mut q = QuantizedActivations::new(ActivationFormat::Q8_1);
+            q.set_q8_0_variant(variant);
+            q.quantize_with(isa, &x, n_rows, n_cols).unwrap();
+            check_bytes(
+                &format!("Q8_1 {variant:?}, {isa}"),
+                &q.to_ggml_bytes(),
+                &want,
+                36,
+            );
+        }
+    }
+}
+
+/// The x86 families' Q5_0 / Q4_1 / Q5_1 / IQ4_NL / MXFP4 / IQ4_XS kernels follow ggml's x86 order and
+/// must equal llama.cpp's own `vec_dot` (run by `tools/quant_vectors/ggml_dots.py`
+/// on this fixture data) bit for bit; NaN == NaN.
+#[test]
+fn x86_dots_match_llama_cpp_bit_exact() {
+    use tandem_kernels::matmul_rows_with;
+    let n_cols = 256;
+    let x = f32s(&fixture("act_q8_0.in.f32"));
+    let n_b = x.len() / n_cols;
+    for f in [
+        WeightFormat::Q5_0,
+        WeightFormat::Q4_1,
+        WeightFormat::Q5_1,
+        WeightFormat::IQ4_NL,
+        WeightFormat::MXFP4,
+        WeightFormat::IQ4_XS,
+    ] {
+        let w = fixture(&format!("{}.bin", f.name()));
+        let want = f32s(&fixture(&format!("ggml_dot_{}.f32", f.name())));
+        let n_rows = w.len() / f.row_bytes(n_cols).unwrap();
+        assert_eq!(want.len(), n_rows * n_b, "{f}");
+        for isa in [Isa::Avx2, Isa::Avx512] {
+            if !isa.is_available() {
+                eprintln!(
+                    "note: x86_dots_match_llama_cpp_bit_exact: {isa} skipped, this CPU lacks it"
+                );
+                continue;
+            }
+            let mut q = QuantizedActivations::new(f.activation_format());
+            q.quantize_with(isa, &x, n_b, n_cols).unwrap();
+            let mut out = vec![0f32; n_rows * n_b];
+            matmul_rows_with(isa, f, &w, n_cols, 0..n_rows, &q, &mut out).unwrap();
+            for (i, (g, e)) in out.iter().zip(&want).enumerate() {
+                assert!(
+                    same_f32(*g, *e),
+                    "{isa} {f} row {} b {}: {g:e} vs llama.cpp {e:e}",
+                    i / n_b,
+                    i % n_b
+                );
+            }
+        }
+    }
+}

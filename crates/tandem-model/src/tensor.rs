@@ -62,18 +62,8 @@ impl Tensor {
                     .map_err(|_| ModelError::bad_tensor(&info.name, "dimension too large"))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        use tandem_gguf::GgmlType as G;
-        let format = match info.ggml_type {
-            G::F32 => Some(WeightFormat::F32),
-            G::F16 => Some(WeightFormat::F16),
-            G::BF16 => Some(WeightFormat::BF16),
-            G::Q8_0 => Some(WeightFormat::Q8_0),
-            G::Q4_0 => Some(WeightFormat::Q4_0),
-            G::Q4_K => Some(WeightFormat::Q4_K),
-            G::Q5_K => Some(WeightFormat::Q5_K),
-            G::Q6_K => Some(WeightFormat::Q6_K),
-            _ => None,
-        };
+        // one type table: tandem-gguf's, mapped by the kernels crate
+        let format = WeightFormat::from_ggml(info.ggml_type);
         Ok(Tensor {
             name: info.name.clone(),
             type_name: info.ggml_type.name(),

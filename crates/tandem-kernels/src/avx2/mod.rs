@@ -11,13 +11,26 @@
 //! size or on B.
 //!
 //! Files: [`legacy`] (Q8_0, Q4_0), [`k_quants`] (Q4_K, Q5_K, Q6_K),
-//! [`float`] (F32, F16, BF16), [`quantize`] (activation quantizers).
+//! [`float`] (F32, F16, BF16), [`quantize`] (activation quantizers);
+//! [`exact`] (Q4_1, Q5_0, Q5_1, IQ4_NL, MXFP4) and IQ4_XS (in [`exact_k`])
+//! in ggml's x86 order, bit-identical to llama.cpp's own `vec_dot` (tested
+//! against fixtures made with libggml-cpu); [`exact_k`] (Q2_K, Q3_K, IQ1_S,
+//! IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, TQ1_0, TQ2_0): these formats' ggml
+//! generic dots sum blocks exactly in integers before any float operation,
+//! so these kernels compute the same integers with SIMD and then the
+//! reference's float statements: bit-identical to the scalar reference
+//! (and ggml's generic code), tested with `==`. Both files are compiled
+//! for this family (`maddubs`) and for AVX-512 VL + VNNI (`exact::Dot`).
 //!
 //! Safety: every `unsafe fn` here is `#[target_feature(enable = "avx2,fma,f16c")]`;
 //! the safe wrappers at the bottom check [`avx2_available`] first. Kernels
 //! assert their slice-length invariants on entry and only then use raw
 //! pointer loads.
 
+#[cfg(target_arch = "x86_64")]
+mod exact;
+#[cfg(target_arch = "x86_64")]
+mod exact_k;
 #[cfg(target_arch = "x86_64")]
 mod float;
 #[cfg(target_arch = "x86_64")]
@@ -74,8 +87,27 @@ mod helpers {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn f16_at(p: *const u8) -> f32 {
-        let bits = u16::from_le_bytes([*p, *p.add(1)]);
-        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
+        f16_bits(u16::from_le_bytes([*p, *p.add(1)]))
+    }
+
+    /// f16 bits to f32 with `vcvtph2ps` through inline asm: with the
+    /// intrinsic, LLVM sees that only lane 0 matters and loads the 16 bits
+    /// with `vpinsrw` *into a live register* (often an FMA accumulator), a
+    /// false dependency that turns a row's blocks into one serial latency
+    /// chain. The asm operand is the whole register, so a full-width `vmovd`
+    /// feeds it. Exact, like every f16 → f32 conversion.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn f16_bits(bits: u16) -> f32 {
+        let v = _mm_cvtsi32_si128(i32::from(bits));
+        let r: __m128;
+        std::arch::asm!(
+            "vcvtph2ps {r}, {v}",
+            v = in(xmm_reg) v,
+            r = lateout(xmm_reg) r,
+            options(pure, nomem, nostack, preserves_flags)
+        );
+        _mm_cvtss_f32(r)
     }
 
     #[inline]
@@ -93,10 +125,23 @@ mod helpers {
 
 /// A tile kernel: dot one weight row with activation rows `b0..b0 + out.len()`.
 #[cfg(target_arch = "x86_64")]
-type TileFn = unsafe fn(&[u8], &QuantizedActivations, usize, &mut [f32]);
+pub(crate) type TileFn = unsafe fn(&[u8], &QuantizedActivations, usize, &mut [f32]);
 
+/// The formats this family has kernels for (the registry's view).
 #[cfg(target_arch = "x86_64")]
-fn tile_fns(format: WeightFormat) -> [TileFn; TILE] {
+pub(crate) fn has_kernel(format: WeightFormat) -> bool {
+    tile_fns(format).is_some()
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) fn has_kernel(_: WeightFormat) -> bool {
+    false
+}
+
+/// This family's registered tile kernels (`None`: not registered, the
+/// registry falls back to the scalar reference).
+#[cfg(target_arch = "x86_64")]
+fn tile_fns(format: WeightFormat) -> Option<[TileFn; TILE]> {
     macro_rules! tiles {
         ($m:ident :: $f:ident) => {
             [
@@ -107,7 +152,7 @@ fn tile_fns(format: WeightFormat) -> [TileFn; TILE] {
             ]
         };
     }
-    match format {
+    Some(match format {
         WeightFormat::F32 => tiles!(float::dot_f32),
         WeightFormat::F16 => tiles!(float::dot_f16),
         WeightFormat::BF16 => tiles!(float::dot_bf16),
@@ -116,7 +161,15 @@ fn tile_fns(format: WeightFormat) -> [TileFn; TILE] {
         WeightFormat::Q4_K => tiles!(k_quants::dot_q4_k),
         WeightFormat::Q5_K => tiles!(k_quants::dot_q5_k),
         WeightFormat::Q6_K => tiles!(k_quants::dot_q6_k),
-    }
+        f => return exact::exact_tiles(f, false),
+    })
+}
+
+/// The AVX-512 VL + VNNI build of the exact kernels (`exact.rs`), for the
+/// AVX-512 family's registry: same signature as this family's tiles.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn exact_vnni_tiles(format: WeightFormat) -> Option<[TileFn; TILE]> {
+    exact::exact_tiles(format, true)
 }
 
 /// Validated matmul (sizes checked by `matmul_rows_with`); errors only if the
@@ -133,18 +186,23 @@ pub(crate) fn matmul(
     if !avx2_available() {
         return Err(KernelError::IsaUnavailable(Isa::Avx2));
     }
-    let fns = tile_fns(format);
-    let n_b = acts.n_rows();
-    for (r, out_row) in rows.zip(out.chunks_exact_mut(n_b)) {
-        let w = &weights[r * row_bytes..(r + 1) * row_bytes];
-        let mut b0 = 0;
-        while b0 < n_b {
-            let n = (n_b - b0).min(TILE);
+    let Some(fns) = tile_fns(format) else {
+        crate::reference::matmul(format, weights, row_bytes, rows, acts, out);
+        return Ok(());
+    };
+    crate::driver::drive(
+        weights,
+        row_bytes,
+        rows,
+        acts.n_rows(),
+        1,
+        TILE,
+        out,
+        |w, b0, n, o| {
             // SAFETY: AVX2/FMA/F16C checked above; the kernel asserts its size invariants.
-            unsafe { fns[n - 1](w, acts, b0, &mut out_row[b0..b0 + n]) };
-            b0 += n;
-        }
-    }
+            unsafe { fns[n - 1](w, acts, b0, &mut o[b0..b0 + n]) }
+        },
+    );
     Ok(())
 }
 

@@ -33,6 +33,11 @@
 //! [`k_quants`] (Q5_K), [`float`] (F32, F16, BF16). Activations are quantized with the AVX2
 //! quantizers (bit-identical to the scalar ones).
 //!
+//! The other formats (Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, the IQ formats, MXFP4,
+//! TQ1_0, TQ2_0) run the AVX-512 VL + VNNI build of `avx2/exact*.rs`
+//! (registered in [`has_kernel`]; bit-identical to the scalar reference, so
+//! this family's own float order above does not apply to them).
+//!
 //! Safety: every `unsafe fn` here carries `#[target_feature]` with at least
 //! the [`avx512_available`] set; [`matmul`] checks availability first (and
 //! [`avx512_bf16_available`] before using the BF16 kernel). Kernels assert
@@ -103,8 +108,27 @@ mod helpers {
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     pub(super) unsafe fn f16_at(p: *const u8) -> f32 {
-        let bits = u16::from_le_bytes([*p, *p.add(1)]);
-        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
+        f16_bits(u16::from_le_bytes([*p, *p.add(1)]))
+    }
+
+    /// f16 bits to f32 with `vcvtph2ps` through inline asm: with the
+    /// intrinsic, LLVM sees that only lane 0 matters and loads the 16 bits
+    /// with `vpinsrw` *into a live register* (often an FMA accumulator), a
+    /// false dependency that turns a row's blocks into one serial latency
+    /// chain. The asm operand is the whole register, so a full-width `vmovd`
+    /// feeds it. Exact, like every f16 → f32 conversion.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    pub(super) unsafe fn f16_bits(bits: u16) -> f32 {
+        let v = _mm_cvtsi32_si128(i32::from(bits));
+        let r: __m128;
+        std::arch::asm!(
+            "vcvtph2ps {r}, {v}",
+            v = in(xmm_reg) v,
+            r = lateout(xmm_reg) r,
+            options(pure, nomem, nostack, preserves_flags)
+        );
+        _mm_cvtss_f32(r)
     }
 
     #[inline]
@@ -173,8 +197,20 @@ type TileFn = unsafe fn(&[u8], usize, &QuantizedActivations, usize, &mut [f32]);
 #[cfg(target_arch = "x86_64")]
 type Tiles = [[TileFn; ACT_TILE]; ROW_TILE];
 
+/// The formats this family has kernels for (the registry's view; the
+/// others fall back to AVX2, then to the scalar reference).
 #[cfg(target_arch = "x86_64")]
-fn tile_fns(format: WeightFormat) -> Tiles {
+pub(crate) fn has_kernel(format: WeightFormat) -> bool {
+    tile_fns(format).is_some() || crate::avx2::exact_vnni_tiles(format).is_some()
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) fn has_kernel(_: WeightFormat) -> bool {
+    false
+}
+
+#[cfg(target_arch = "x86_64")]
+fn tile_fns(format: WeightFormat) -> Option<Tiles> {
     macro_rules! tiles {
         ($m:ident :: $f:ident) => {
             [
@@ -193,7 +229,7 @@ fn tile_fns(format: WeightFormat) -> Tiles {
             ]
         };
     }
-    match format {
+    Some(match format {
         WeightFormat::F32 => tiles!(float::dot_f32),
         WeightFormat::F16 => tiles!(float::dot_f16),
         WeightFormat::BF16 if avx512_bf16_available() => tiles!(float::dot_bf16_dp),
@@ -203,7 +239,8 @@ fn tile_fns(format: WeightFormat) -> Tiles {
         WeightFormat::Q4_K => tiles!(q4_k_ymm::dot_q4_k),
         WeightFormat::Q5_K => tiles!(k_quants::dot_q5_k),
         WeightFormat::Q6_K => tiles!(q6_k_ymm::dot_q6_k),
-    }
+        _ => return None,
+    })
 }
 
 /// Validated matmul (sizes checked by `matmul_rows_with`); errors only if the
@@ -220,28 +257,47 @@ pub(crate) fn matmul(
     if !avx512_available() {
         return Err(KernelError::IsaUnavailable(Isa::Avx512));
     }
-    let fns = tile_fns(format);
+    let Some(fns) = tile_fns(format) else {
+        let Some(fns) = crate::avx2::exact_vnni_tiles(format) else {
+            return crate::avx2::matmul(format, weights, row_bytes, rows, acts, out);
+        };
+        // the exact kernels' AVX-512 VL + VNNI build: one weight row per tile
+        crate::driver::drive(
+            weights,
+            row_bytes,
+            rows,
+            acts.n_rows(),
+            1,
+            crate::avx2::TILE,
+            out,
+            |w, b0, n, o| {
+                // SAFETY: AVX-512 F/BW/VL/VNNI (+ AVX2/FMA/F16C) checked above;
+                // the kernel asserts its size invariants.
+                unsafe { fns[n - 1](w, acts, b0, &mut o[b0..b0 + n]) }
+            },
+        );
+        return Ok(());
+    };
     let n_b = acts.n_rows();
     // Measured on Zen 4: for B ≤ 2 streaming two weight rows at once is
     // slower than one (the per-block work dominates and two interleaved
     // streams prefetch worse); from B = 3 on, sharing activation loads wins.
     let row_tile = if n_b <= 2 { 1 } else { ROW_TILE };
-    let mut r = rows.start;
-    while r < rows.end {
-        let nr = (rows.end - r).min(row_tile);
-        let w = &weights[r * row_bytes..(r + nr) * row_bytes];
-        let o0 = (r - rows.start) * n_b;
-        let o = &mut out[o0..o0 + nr * n_b];
-        let mut b0 = 0;
-        while b0 < n_b {
-            let n = (n_b - b0).min(ACT_TILE);
+    crate::driver::drive(
+        weights,
+        row_bytes,
+        rows,
+        n_b,
+        row_tile,
+        ACT_TILE,
+        out,
+        |w, b0, n, o| {
+            let nr = w.len() / row_bytes;
             // SAFETY: AVX-512 F/BW/VL/VNNI (+ AVX2/FMA/F16C) checked above, BF16
             // checked in `tile_fns`; the kernel asserts its size invariants.
-            unsafe { fns[nr - 1][n - 1](w, row_bytes, acts, b0, o) };
-            b0 += n;
-        }
-        r += nr;
-    }
+            unsafe { fns[nr - 1][n - 1](w, row_bytes, acts, b0, o) }
+        },
+    );
     Ok(())
 }
 

@@ -266,7 +266,25 @@ fn tile_fns(format: WeightFormat, dotprod: bool) -> &'static [TileFn] {
         WeightFormat::Q4_K => quant!(k_quants::Q4K),
         WeightFormat::Q5_K => quant!(k_quants::Q5K),
         WeightFormat::Q6_K => quant!(k_quants::Q6K),
+        // not registered: `has_kernel` is false, the registry routes it to the reference
+        _ => &[],
     }
+}
+
+/// The formats this family has kernels for (the registry's view).
+pub(crate) fn has_kernel(format: WeightFormat) -> bool {
+    cfg!(target_arch = "aarch64")
+        && matches!(
+            format,
+            WeightFormat::F32
+                | WeightFormat::F16
+                | WeightFormat::BF16
+                | WeightFormat::Q8_0
+                | WeightFormat::Q4_0
+                | WeightFormat::Q4_K
+                | WeightFormat::Q5_K
+                | WeightFormat::Q6_K
+        )
 }
 
 /// Validated matmul (sizes checked by `matmul_rows_with`); errors only if
@@ -301,6 +319,10 @@ pub(crate) fn matmul_dot(
     let fns = tile_fns(format, dotprod);
     let n_b = acts.n_rows();
     if n_b == 0 {
+        return Ok(());
+    }
+    if fns.is_empty() {
+        crate::reference::matmul(format, weights, row_bytes, rows, acts, out);
         return Ok(());
     }
     assert!(out.len() == rows.len() * n_b && rows.end * row_bytes <= weights.len());

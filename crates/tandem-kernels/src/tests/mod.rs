@@ -125,12 +125,84 @@ pub(crate) fn random_weights(
                             }
                         }
                     }
-                    _ => unreachable!(),
+                    _ => set_new_type_scales(rng, f, blk, s, d, dmin),
                 }
             }
         }
     }
     w
+}
+
+/// Offsets of a block's f16 `d` and (for formats with mins) `dmin` / `m`
+/// field, for the formats added with the full type table.
+pub(crate) fn scale_fields(f: WeightFormat) -> (Option<usize>, Option<usize>) {
+    use WeightFormat::*;
+    match f {
+        Q4_1 | Q5_1 => (Some(0), Some(2)),
+        Q2_K => (Some(Q2_K_D_OFF), Some(Q2_K_D_OFF + 2)),
+        Q3_K => (Some(Q3_K_D_OFF), None),
+        TQ1_0 => (Some(52), None),
+        TQ2_0 => (Some(64), None),
+        MXFP4 | IQ1_M => (None, None),
+        _ => (Some(0), None),
+    }
+}
+
+/// Valid random scales for the new formats; `Exact` also shrinks sub-block
+/// scales so that every partial sum stays exact in f32 (see the module docs).
+fn set_new_type_scales(
+    rng: &mut StdRng,
+    f: WeightFormat,
+    blk: &mut [u8],
+    s: Scales,
+    d: f32,
+    dmin: f32,
+) {
+    use WeightFormat::*;
+    let (df, mf) = scale_fields(f);
+    if let Some(o) = df {
+        put_f16(blk, o, d);
+    }
+    if let Some(o) = mf {
+        // Exact: no mins, so Q8_1's rounded s never enters the result
+        put_f16(blk, o, if s == Scales::Exact { 0.0 } else { dmin });
+    }
+    match f {
+        MXFP4 => {
+            blk[0] = match s {
+                Scales::Tiny => rng.random_range(0..4),
+                Scales::Huge => rng.random_range(140..150),
+                Scales::Exact => 124, // d = 2^-4
+                _ => rng.random_range(118..126),
+            }
+        }
+        IQ1_M => {
+            let bits = f32_to_f16(d);
+            for i in 0..4 {
+                let o = 48 + 2 * i + 1;
+                blk[o] = (blk[o] & 0x0F) | ((((bits >> (4 * i)) & 0xF) as u8) << 4);
+            }
+        }
+        _ => {}
+    }
+    if s == Scales::Exact {
+        match f {
+            // sub-block scales: 2·0 + 1
+            IQ2_XS => blk[66..74].fill(0),
+            IQ2_S => blk[74..82].fill(0),
+            IQ3_S => blk[106..110].fill(0),
+            IQ2_XXS => (0..8).for_each(|i| blk[2 + 8 * i + 7] &= 0x0F),
+            IQ3_XXS => (0..8).for_each(|i| blk[66 + 4 * i + 3] &= 0x0F),
+            IQ1_S => (0..8).for_each(|i| blk[34 + 2 * i + 1] &= 0x8F),
+            IQ1_M => (48..56).for_each(|o| blk[o] &= if o % 2 == 1 { 0xF0 } else { 0 }),
+            IQ4_XS => {
+                // ls = 32 + (0 or 1)
+                blk[2..4].copy_from_slice(&0xAAAAu16.to_le_bytes());
+                (4..8).for_each(|o| blk[o] &= 0x11);
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Magnitude class for random activations.
@@ -192,16 +264,22 @@ pub(crate) fn weight_magnitudes(f: WeightFormat, row: &[u8], n_cols: usize) -> V
         dequantize_row(f, bytes, &mut v).unwrap();
         v
     };
-    match f {
-        WeightFormat::Q4_K | WeightFormat::Q5_K => {
+    let fields = match f {
+        WeightFormat::Q4_K | WeightFormat::Q5_K => Some((0, 2)),
+        WeightFormat::Q4_1 | WeightFormat::Q5_1 => Some((0, 2)),
+        WeightFormat::Q2_K => Some((Q2_K_D_OFF, Q2_K_D_OFF + 2)),
+        _ => None,
+    };
+    match fields {
+        Some((d_off, m_off)) => {
             let bb = f.block_bytes();
             let mut no_min = row.to_vec();
             let mut no_d = row.to_vec();
             for blk in no_min.chunks_exact_mut(bb) {
-                blk[2..4].fill(0);
+                blk[m_off..m_off + 2].fill(0);
             }
             for blk in no_d.chunks_exact_mut(bb) {
-                blk[0..2].fill(0);
+                blk[d_off..d_off + 2].fill(0);
             }
             deq(&no_min)
                 .iter()
@@ -209,7 +287,7 @@ pub(crate) fn weight_magnitudes(f: WeightFormat, row: &[u8], n_cols: usize) -> V
                 .map(|(a, b)| f64::from(a.abs()) + f64::from(b.abs()))
                 .collect()
         }
-        _ => deq(row).iter().map(|v| f64::from(v.abs())).collect(),
+        None => deq(row).iter().map(|v| f64::from(v.abs())).collect(),
     }
 }
 

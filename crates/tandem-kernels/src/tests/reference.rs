@@ -37,7 +37,8 @@ fn reference_dot_matches_dequantized_float_dot() {
                         .zip(&av)
                         .map(|(a, b)| f64::from(*a) * f64::from(*b))
                         .sum();
-                    let tol = tolerance(n_cols, magnitude(f, wr, &q, b));
+                    let tol =
+                        tolerance(n_cols, magnitude(f, wr, &q, b)) + q8_1_s_error(f, wr, &q, b);
                     let got = f64::from(out[row * 3 + b]);
                     assert!(
                         (got - exact).abs() <= tol,
@@ -47,6 +48,27 @@ fn reference_dot_matches_dequantized_float_dot() {
             }
         }
     }
+}
+
+/// Q4_1 / Q5_1 dots use the activation block's stored `s = fp16(d·Σq)`
+/// (unrounded `d`), not `d16·Σq` of the dequantized values: allow
+/// `|m|·|Σq|·|d|·2^-9` per block for that rounding (ggml computes the same).
+fn q8_1_s_error(f: WeightFormat, w: &[u8], q: &QuantizedActivations, b: usize) -> f64 {
+    if f.activation_format() != ActivationFormat::Q8_1 {
+        return 0.0;
+    }
+    let row = q.q8_1_row(b);
+    w.chunks_exact(f.block_bytes())
+        .enumerate()
+        .map(|(ib, blk)| {
+            let m = f64::from(crate::convert::read_f16(blk, 2)).abs();
+            let sum: i32 = row.qs[32 * ib..32 * ib + 32]
+                .iter()
+                .map(|&v| i32::from(v))
+                .sum();
+            m * f64::from(sum.abs()) * f64::from(row.d[ib]).abs() * 2f64.powi(-9)
+        })
+        .sum()
 }
 
 /// ggml's two ways of reading the packed 6-bit scales agree.
@@ -100,4 +122,22 @@ fn known_values() {
         let want = if j < 4 { 3.0 * j as f32 - 1.0 } else { 0.0 };
         assert_eq!(v, want, "i={i}");
     }
+}
+
+/// Spot checks of the generated grids against ggml-common.h (first and last
+/// entries) and of the sign table's even-parity rule.
+#[test]
+fn grids_spot_check() {
+    use crate::grids::*;
+    assert_eq!(IQ2XXS_GRID[0], 0x0808_0808_0808_0808);
+    assert_eq!(IQ1S_GRID[0], 0xffff_ffff_ffff_ffff);
+    assert_eq!(IQ3XXS_GRID[0], 0x0404_0404);
+    assert_eq!(KVALUES_IQ4NL[0], -127);
+    assert_eq!(KVALUES_IQ4NL[15], 113);
+    assert_eq!(KVALUES_MXFP4[15], -12);
+    for (i, &s) in KSIGNS_IQ2XS.iter().enumerate() {
+        let parity = (i as u32).count_ones() & 1;
+        assert_eq!(u32::from(s), i as u32 | (parity << 7), "ksigns[{i}]");
+    }
+    assert_eq!(KMASK_IQ2XS, [1, 2, 4, 8, 16, 32, 64, 128]);
 }
