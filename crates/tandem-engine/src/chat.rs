@@ -332,12 +332,13 @@ impl ChatTemplate {
         let mut out = CappedOutput {
             buf: Vec::new(),
             max: self.max_output,
+            over: false,
         };
         let rendered = template.render_captured_to(Value::from(ctx), &mut out);
         match rendered {
             Ok(_) => String::from_utf8(out.buf)
                 .map_err(|_| ChatTemplateError::Render("output is not UTF-8".into())),
-            Err(_) if out.buf.len() > self.max_output => Err(ChatTemplateError::Budget(format!(
+            Err(_) if out.over => Err(ChatTemplateError::Budget(format!(
                 "the output is over {} bytes",
                 self.max_output
             ))),
@@ -354,14 +355,14 @@ impl ChatTemplate {
 struct CappedOutput {
     buf: Vec<u8>,
     max: usize,
+    /// A write was refused.
+    over: bool,
 }
 
 impl std::io::Write for CappedOutput {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
         if self.buf.len() + data.len() > self.max {
-            // Marks the overflow for the caller.
-            self.buf.truncate(0);
-            self.buf.resize(self.max + 1, 0);
+            self.over = true;
             return Err(std::io::Error::other(
                 "chat template output over its budget",
             ));

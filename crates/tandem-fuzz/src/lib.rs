@@ -15,8 +15,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+/// A target's body.
+pub type Target = fn(&[u8]);
+
 /// The targets, by the names of `fuzz/fuzz_targets/*.rs`.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("gguf_header", gguf_header),
     ("gguf_model", gguf_model),
     ("hf_config", hf_config),
@@ -196,7 +199,7 @@ pub fn kv_page(data: &[u8]) {
     };
     let prompt: Vec<u32> = KV_PAGE_TOKENS.iter().copied().chain([9]).collect();
     let seq = store.sequence_with_prefix(&prompt);
-    assert!(seq.len() == 0 || seq.tokens() == KV_PAGE_TOKENS);
+    assert!(seq.is_empty() || seq.tokens() == KV_PAGE_TOKENS);
     drop(seq);
     let _ = std::fs::remove_file(&file);
 }
@@ -204,6 +207,7 @@ pub fn kv_page(data: &[u8]) {
 /// The tokens of the page `kv_page` looks up.
 pub const KV_PAGE_TOKENS: &[u32] = &[1, 2, 3, 4];
 
+#[allow(clippy::single_range_in_vec_init)] // one node
 fn kv_geometry() -> tandem_kv::KvGeometry {
     tandem_kv::KvGeometry {
         n_layers: 1,
