@@ -41,6 +41,11 @@
 //!   still be passed as the `tools` variable through [`TemplateKwargs`].
 //! * **Local time.** `strftime_now` formats the current time in UTC; `transformers` uses the
 //!   machine's local time zone.
+//! * **Unbounded templates.** A template runs on a budget (see [`TemplateBudget`]): minijinja's
+//!   fuel, which 3.x charges for instructions *and* for every byte a template makes (so a string
+//!   doubled in a loop, nested `range` loops or `indent(3000000000)` run out of fuel before they
+//!   run out of memory), a cap on the output, a cap on `tojson`'s indent width and output, and a
+//!   lower recursion limit. A template over its budget is a [`ChatTemplateError::Budget`] error.
 //! * **Python-only corners.** `|string` of a dict or list is minijinja's JSON-like form rather
 //!   than a Python repr, and the `{% generation %}` tag used for training masks is not
 //!   supported. (Printing `none` and booleans does match: `None`, `True`.)
@@ -48,7 +53,8 @@
 use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
 
-use minijinja::value::{Kwargs, Value, ValueKind};
+use minijinja::syntax::SyntaxConfig;
+use minijinja::value::{Kwargs, Serde, Value, ValueKind};
 use minijinja::{AutoEscape, Environment, Error, ErrorKind, UndefinedBehavior};
 
 /// The name under which the template is compiled; it appears in error messages.
@@ -62,6 +68,35 @@ pub const CHATML_TEMPLATE: &str = "{%- for message in messages -%}\n  \
 {%- if add_generation_prompt -%}\n  \
 {{- '<|im_start|>assistant\n' -}}\n\
 {%- endif -%}";
+
+/// What one render may use. Real templates need a small fraction of it: the
+/// conversation of 1000 messages (500 KiB, about 128k tokens) renders with a
+/// tenth of the fuel (tested), and `transformers`' own templates indent JSON by 2 or 4.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct TemplateBudget {
+    /// minijinja fuel: 1 per instruction, and 1 per 64 bytes of data made
+    /// or written (minijinja 3's accounting).
+    pub fuel: u64,
+    /// Bytes of output.
+    pub max_output: usize,
+    /// Spaces (or characters) of `tojson`'s `indent`.
+    pub max_json_indent: usize,
+    /// Nested macro calls, includes and recursive loops.
+    pub max_recursion: usize,
+}
+
+impl Default for TemplateBudget {
+    fn default() -> Self {
+        TemplateBudget {
+            // 4M instructions (under 0.5 s on a loaded core), or 256 MiB of
+            // data made in all: a template over it fails fast and small.
+            fuel: 4_000_000,
+            max_output: 32 << 20,
+            max_json_indent: 64,
+            max_recursion: 100,
+        }
+    }
+}
 
 /// One turn of a conversation.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -111,6 +146,10 @@ pub enum ChatTemplateError {
     /// a bad filter argument...); the message names the line.
     #[error("chat template failed to render: {0}")]
     Render(String),
+    /// The template went over its [`TemplateBudget`] (a loop that does not end, data or output
+    /// that grows without bound).
+    #[error("chat template over its budget: {0}")]
+    Budget(String),
     /// A [`TemplateKwargs`] entry is not usable.
     #[error("invalid chat template variable `{name}`: {reason}")]
     InvalidVariable {
@@ -141,7 +180,7 @@ impl TemplateKwargs {
     /// `preserve_order` feature is on, so prefer [`TemplateKwargs::set_json`] for JSON data
     /// (tool definitions) whose key order must match Python's.
     pub fn set(mut self, name: impl Into<String>, value: impl serde::Serialize) -> Self {
-        self.vars.push((name.into(), Value::from_serialize(value)));
+        self.vars.push((name.into(), Value::from(Serde(value))));
         self
     }
 
@@ -169,6 +208,7 @@ pub struct ChatTemplate {
     env: Environment<'static>,
     bos_token: String,
     eos_token: String,
+    max_output: usize,
 }
 
 impl ChatTemplate {
@@ -179,22 +219,54 @@ impl ChatTemplate {
         bos_token: Option<String>,
         eos_token: Option<String>,
     ) -> Result<Self, ChatTemplateError> {
+        Self::with_budget(source, bos_token, eos_token, TemplateBudget::default())
+    }
+
+    /// [`ChatTemplate::new`] under another budget.
+    pub fn with_budget(
+        source: &str,
+        bos_token: Option<String>,
+        eos_token: Option<String>,
+        budget: TemplateBudget,
+    ) -> Result<Self, ChatTemplateError> {
         let mut env = Environment::new();
-        env.set_trim_blocks(true);
-        env.set_lstrip_blocks(true);
-        env.set_keep_trailing_newline(false);
+        let syntax = SyntaxConfig::builder()
+            .trim_blocks(true)
+            .lstrip_blocks(true)
+            .keep_trailing_newline(false)
+            .build()
+            .map_err(|err| ChatTemplateError::Syntax(one_line(&err)))?;
+        env.set_syntax(syntax);
+        env.set_fuel(Some(budget.fuel));
+        env.set_recursion_limit(budget.max_recursion);
         env.set_undefined_behavior(UndefinedBehavior::Lenient);
         env.set_auto_escape_callback(|_| AutoEscape::None);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
-        env.add_filter("tojson", tojson);
+        let max_indent = budget.max_json_indent;
+        let max_output = budget.max_output;
+        env.add_filter(
+            "tojson",
+            move |value: &Value,
+                  ensure_ascii: Option<Value>,
+                  indent: Option<Value>,
+                  separators: Option<Value>,
+                  kwargs: Kwargs| {
+                let limits = JsonLimits {
+                    max_indent,
+                    max_output,
+                };
+                tojson(value, ensure_ascii, indent, separators, kwargs, limits)
+            },
+        );
         env.add_template_owned(TEMPLATE_NAME, source.to_owned())
             .map_err(|err| ChatTemplateError::Syntax(one_line(&err)))?;
         Ok(Self {
             env,
             bos_token: bos_token.unwrap_or_default(),
             eos_token: eos_token.unwrap_or_default(),
+            max_output: budget.max_output,
         })
     }
 
@@ -259,7 +331,7 @@ impl ChatTemplate {
             }
             ctx.insert(name.clone(), value.clone());
         }
-        ctx.insert("messages".into(), Value::from_serialize(messages));
+        ctx.insert("messages".into(), Value::from(Serde(messages)));
         ctx.insert(
             "add_generation_prompt".into(),
             Value::from(add_generation_prompt),
@@ -268,14 +340,69 @@ impl ChatTemplate {
         let template = self
             .env
             .get_template(TEMPLATE_NAME)
-            .expect("the template was added in new()");
-        template
-            .render(Value::from(ctx))
-            .map_err(|err| match raised_message(&err) {
+            .map_err(|err| ChatTemplateError::Render(one_line(&err)))?;
+        let mut out = CappedOutput {
+            buf: Vec::new(),
+            max: self.max_output,
+            over: false,
+        };
+        let rendered = template.render_captured_to(Value::from(ctx), &mut out);
+        match rendered {
+            Ok(_) => String::from_utf8(out.buf)
+                .map_err(|_| ChatTemplateError::Render("output is not UTF-8".into())),
+            Err(_) if out.over => Err(ChatTemplateError::Budget(format!(
+                "the output is over {} bytes",
+                self.max_output
+            ))),
+            Err(err) => Err(match raised_message(&err) {
                 Some(msg) => ChatTemplateError::Raised(msg),
+                None if over_budget(&err) => ChatTemplateError::Budget(one_line(&err)),
                 None => ChatTemplateError::Render(one_line(&err)),
-            })
+            }),
+        }
     }
+}
+
+/// The render's output, refusing to grow past `max` bytes.
+struct CappedOutput {
+    buf: Vec<u8>,
+    max: usize,
+    /// A write was refused.
+    over: bool,
+}
+
+impl std::io::Write for CappedOutput {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len() + data.len() > self.max {
+            self.over = true;
+            return Err(std::io::Error::other(
+                "chat template output over its budget",
+            ));
+        }
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Whether a render error is a budget running out (fuel, recursion, a capped width).
+fn over_budget(err: &Error) -> bool {
+    matches!(err.kind(), ErrorKind::OutOfFuel)
+        || err.to_string().contains("recursion limit")
+        || err.to_string().contains(BUDGET_MARK)
+}
+
+/// In messages of errors this module raises when a template exceeds a cap.
+const BUDGET_MARK: &str = "over the budget";
+
+/// Caps of the `tojson` filter.
+#[derive(Copy, Clone)]
+struct JsonLimits {
+    max_indent: usize,
+    max_output: usize,
 }
 
 /// minijinja's `Display` of an error, which is one line (`kind: detail (in name:line)`).
@@ -483,6 +610,7 @@ fn tojson(
     indent: Option<Value>,
     separators: Option<Value>,
     kwargs: Kwargs,
+    limits: JsonLimits,
 ) -> Result<Value, Error> {
     fn pick(
         positional: Option<Value>,
@@ -508,7 +636,13 @@ fn tojson(
         None => None,
         Some(v) if v.is_none() => None,
         Some(v) => match v.kind() {
-            ValueKind::String => Some(v.as_str().unwrap_or_default().to_owned()),
+            ValueKind::String => {
+                let s = v.as_str().unwrap_or_default();
+                if s.len() > limits.max_indent {
+                    return Err(indent_over_budget(s.len(), limits.max_indent));
+                }
+                Some(s.to_owned())
+            }
             ValueKind::Number => {
                 let n = i64::try_from(v.clone()).map_err(|_| {
                     Error::new(
@@ -516,7 +650,11 @@ fn tojson(
                         "tojson: indent must be an integer",
                     )
                 })?;
-                Some(" ".repeat(n.max(0) as usize))
+                let n = usize::try_from(n.max(0)).unwrap_or(usize::MAX);
+                if n > limits.max_indent {
+                    return Err(indent_over_budget(n, limits.max_indent));
+                }
+                Some(" ".repeat(n))
             }
             _ => {
                 return Err(Error::new(
@@ -551,10 +689,18 @@ fn tojson(
         item_sep,
         key_sep,
         sort_keys,
+        max_output: limits.max_output,
     };
     let mut out = String::new();
     dumper.value(&mut out, value, 0)?;
     Ok(Value::from(out))
+}
+
+fn indent_over_budget(n: usize, max: usize) -> Error {
+    Error::new(
+        ErrorKind::InvalidOperation,
+        format!("tojson: an indent of {n} is {BUDGET_MARK} (at most {max})"),
+    )
 }
 
 /// Python's `json.dumps`, over minijinja values.
@@ -564,6 +710,8 @@ struct PyJson {
     item_sep: String,
     key_sep: String,
     sort_keys: bool,
+    /// Bytes the dump may reach.
+    max_output: usize,
 }
 
 impl PyJson {
@@ -577,6 +725,15 @@ impl PyJson {
     }
 
     fn value(&self, out: &mut String, v: &Value, level: usize) -> Result<(), Error> {
+        if out.len() > self.max_output {
+            return Err(Error::new(
+                ErrorKind::InvalidOperation,
+                format!(
+                    "tojson: an output over {} bytes is {BUDGET_MARK}",
+                    self.max_output
+                ),
+            ));
+        }
         match v.kind() {
             ValueKind::Undefined => Err(not_serializable("Undefined")),
             ValueKind::None => {
@@ -755,9 +912,20 @@ mod tests {
         let t = ChatTemplate::new(source, None, None)?;
         let mut kw = TemplateKwargs::new();
         if let Ok(iter) = ctx.try_iter() {
-            for key in iter {
-                let v = ctx.get_item(&key).unwrap();
-                kw = kw.set(key.as_str().unwrap().to_owned(), v);
+            for item in iter {
+                // A map's keys, or (minijinja 3's `Value::from_iter` of pairs) a list of pairs.
+                let (key, v) = match item.as_str() {
+                    Some(k) => (k.to_owned(), ctx.get_item(&item).unwrap()),
+                    None => (
+                        item.get_item(&Value::from(0))
+                            .unwrap()
+                            .as_str()
+                            .unwrap()
+                            .to_owned(),
+                        item.get_item(&Value::from(1)).unwrap(),
+                    ),
+                };
+                kw = kw.set(key, v);
             }
         }
         t.render_with(&[], false, &kw)
@@ -966,5 +1134,75 @@ mod tests {
         );
         assert!(strftime("%Q", 0).is_err());
         assert!(strftime("abc %", 0).is_err());
+    }
+
+    /// Templates that would hang or exhaust memory: each is a budget error, quickly.
+    #[test]
+    fn templates_over_their_budget_are_errors() {
+        let cases = [
+            (
+                "nested ranges",
+                "{% for a in range(100000) %}{% for b in range(100000) %}{{ b }}{% endfor %}{% endfor %}",
+            ),
+            (
+                "doubled in a loop",
+                "{% set ns = namespace(s='ab') %}{% for i in range(64) %}{% set ns.s = ns.s + ns.s %}{% endfor %}{{ ns.s | length }}",
+            ),
+            (
+                "doubled in a row",
+                "{% set a = 'abcdefgh' * 1000 %}{% set a = a ~ a %}{% set a = a ~ a %}{% set a = a ~ a %}\
+                 {% set a = a ~ a %}{% set a = a ~ a %}{% set a = a ~ a %}{% set a = a ~ a %}{% set a = a ~ a %}\
+                 {% set a = a ~ a %}{% set a = a ~ a %}{% set a = a ~ a %}{% set a = a ~ a %}{% set a = a ~ a %}\
+                 {% set a = a ~ a %}{% set a = a ~ a %}{% set a = a ~ a %}{% set a = a ~ a %}{% set a = a ~ a %}\
+                 {% set a = a ~ a %}{% set a = a ~ a %}{% set a = a ~ a %}{% set a = a ~ a %}{% set a = a ~ a %}{{ a | length }}",
+            ),
+            ("indent", "{{ 'a\nb' | indent(3000000000) }}"),
+            ("tojson indent", "{{ messages | tojson(indent=3000000000) }}"),
+            ("tojson string indent", "{{ messages | tojson(indent=' ' * 1000) }}"),
+            (
+                "deep recursion",
+                "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",
+            ),
+            (
+                "large output",
+                "{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}",
+            ),
+        ];
+        let msgs = [ChatMessage::user("Hi"), ChatMessage::assistant("Hello")];
+        for (name, src) in cases {
+            let t = ChatTemplate::new(src, None, None).unwrap();
+            let start = std::time::Instant::now();
+            let err = t.render(&msgs, true).unwrap_err();
+            let took = start.elapsed();
+            eprintln!("{name}: {took:?}: {err}");
+            assert!(matches!(err, ChatTemplateError::Budget(_)), "{name}: {err}");
+            assert!(!err.to_string().contains('\n'), "{name}: {err}");
+            // Generous for a loaded debug build; release takes well under a second.
+            assert!(took.as_secs() < 10, "{name}: {took:?}");
+        }
+    }
+
+    /// A long conversation (1000 messages, 500 KiB, about 128k tokens) with a real template
+    /// uses a small part of the budget.
+    #[test]
+    fn real_conversations_fit_in_a_tenth_of_the_budget() {
+        let source = include_str!("../tests/data/templates/llama-3.2-instruct.jinja");
+        let small = TemplateBudget {
+            fuel: TemplateBudget::default().fuel / 10,
+            ..TemplateBudget::default()
+        };
+        let t = ChatTemplate::with_budget(source, Some("<s>".into()), None, small).unwrap();
+        let text = "word ".repeat(100);
+        let msgs: Vec<ChatMessage> = (0..1000)
+            .map(|i| {
+                if i % 2 == 0 {
+                    ChatMessage::user(text.clone())
+                } else {
+                    ChatMessage::assistant(text.clone())
+                }
+            })
+            .collect();
+        let out = t.render(&msgs, true).unwrap();
+        assert!(out.len() > 500_000);
     }
 }

@@ -76,6 +76,19 @@ pub fn prefill(
     prompt: &[u32],
     batch: usize,
 ) -> Result<Vec<f32>, EngineError> {
+    prefill_counted(model, cache, prompt, batch).map(|(logits, _)| logits)
+}
+
+/// [`prefill`], also returning how many tokens were computed: fewer than
+/// `prompt.len()` when the cache holds pages past a hole
+/// (`Sequence::resume_at`): steps end there, and the commit that reaches
+/// it moves the cache past those pages, so only the hole is computed.
+fn prefill_counted(
+    model: &Model,
+    cache: &mut KvCache,
+    prompt: &[u32],
+    batch: usize,
+) -> Result<(Vec<f32>, usize), EngineError> {
     if prompt.is_empty() {
         return Err(EngineError::EmptyPrompt);
     }
@@ -86,24 +99,39 @@ pub fn prefill(
         });
     }
     let batch = batch.max(1);
+    let base = cache.len();
+    let end = base + prompt.len();
     let mut logits = Vec::new();
-    let n = prompt.len().div_ceil(batch);
-    for (i, part) in prompt.chunks(batch).enumerate() {
-        let want = if i + 1 == n {
+    let mut computed = 0;
+    while cache.len() < end {
+        let start = cache.len();
+        let mut stop = (start + batch).min(end);
+        if let Some(r) = cache.resume_at().filter(|&r| r > start) {
+            stop = stop.min(r);
+        }
+        let want = if stop == end {
             Logits::Last
         } else {
             Logits::None
         };
-        logits = model.forward(part, cache, want)?;
+        logits = model.forward(&prompt[start - base..stop - base], cache, want)?;
+        computed += stop - start;
     }
-    Ok(logits)
+    if logits.is_empty() {
+        // Cached pages never cover a prompt's last token.
+        return Err(EngineError::CacheMismatch {
+            cached: cache.len(),
+            prompt: end,
+        });
+    }
+    Ok((logits, computed))
 }
 
 /// Generates after `prompt`, calling `on_text` with each new piece of text.
 ///
 /// `cache` holds a prefix of `prompt` (possibly empty, never all of it):
 /// its tokens must be the prompt's first `cache.len()` tokens, and only
-/// the rest is prefilled.
+/// the rest is prefilled (less the pages it holds past a hole).
 pub fn generate(
     model: &Model,
     cache: &mut KvCache,
@@ -120,7 +148,8 @@ pub fn generate(
         });
     }
     let t0 = Instant::now();
-    let mut logits = prefill(model, cache, &prompt[cached..], opts.prefill_batch)?;
+    let (mut logits, computed) =
+        prefill_counted(model, cache, &prompt[cached..], opts.prefill_batch)?;
     let prompt_time = t0.elapsed();
 
     let t1 = Instant::now();
@@ -159,7 +188,7 @@ pub fn generate(
     };
     Ok(GenerationStats {
         prompt_tokens: prompt.len(),
-        cached_tokens: cached,
+        cached_tokens: prompt.len() - computed,
         generated_tokens: generated.len(),
         prompt_time,
         generation_time: t1.elapsed(),

@@ -24,7 +24,15 @@
 //! missing, truncated, corrupted, another model's, another KV type's — is
 //! a miss: the file is deleted and the page is recomputed. Files are
 //! written to a temporary name and renamed, so a crash leaves either the
-//! old state or the whole file.
+//! old state or the whole file. A miss costs only its own page: the
+//! prefix lookup goes on past it (`KvStore::sequence_with_prefix` leaves a
+//! hole that the caller recomputes), so one damaged file never discards
+//! the pages after it.
+//!
+//! A write that fails (disk full, a file-size limit, permissions)
+//! disables writing for the rest of the process with one warning; reads
+//! go on. The process ignores `SIGXFSZ` once a tier is open, so a
+//! file-size limit is an error here rather than a signal that kills it.
 //!
 //! The tier keeps at most `max_bytes` of files, deleting the least
 //! recently used (by write or read in this process; files found at start
@@ -37,6 +45,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use crate::store::KvGeometry;
@@ -113,6 +122,8 @@ pub struct DiskTier {
     identity: ModelIdentity,
     max_bytes: u64,
     index: Mutex<Index>,
+    /// Set by the first failed write: no more writes.
+    write_disabled: AtomicBool,
 }
 
 impl std::fmt::Debug for DiskTier {
@@ -162,11 +173,13 @@ impl DiskTier {
         for (_, hash, bytes) in found {
             index.touch(hash, bytes);
         }
+        ignore_file_size_signal();
         let tier = DiskTier {
             dir,
             identity,
             max_bytes,
             index: Mutex::new(index),
+            write_disabled: AtomicBool::new(false),
         };
         tier.shrink(0);
         Ok(tier)
@@ -183,6 +196,11 @@ impl DiskTier {
 
     pub fn stats(&self) -> DiskStats {
         self.lock().stats
+    }
+
+    /// Whether a failed write turned writing off.
+    pub fn write_disabled(&self) -> bool {
+        self.write_disabled.load(Ordering::Relaxed)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
@@ -249,7 +267,8 @@ impl DiskTier {
 
     /// Writes the page of `hash` (whose slabs `slab(layer, kv, head)`
     /// returns, heads in global order). A failure is counted, not
-    /// returned: the tier is a cache.
+    /// returned: the tier is a cache. The first failure turns writing off
+    /// (one warning on stderr); later calls do nothing. True: written.
     pub(crate) fn write_page<'a>(
         &self,
         g: &KvGeometry,
@@ -257,10 +276,10 @@ impl DiskTier {
         parent: u64,
         tokens: &[u32],
         slab: impl Fn(usize, usize, usize) -> &'a [u8],
-    ) {
+    ) -> bool {
         let bytes = Self::file_bytes(g);
-        if bytes > self.max_bytes {
-            return;
+        if bytes > self.max_bytes || self.write_disabled() {
+            return false;
         }
         self.shrink(bytes);
         let path = self.path(hash);
@@ -289,11 +308,19 @@ impl DiskTier {
             Ok(()) => {
                 ix.touch(hash, bytes);
                 ix.stats.written += 1;
+                true
             }
-            Err(_) => {
+            Err(e) => {
                 drop(ix);
                 let _ = std::fs::remove_file(&tmp);
                 self.lock().stats.write_errors += 1;
+                if !self.write_disabled.swap(true, Ordering::Relaxed) {
+                    eprintln!(
+                        "warning: KV disk tier: cannot write {}: {e}; no more pages are saved there in this run",
+                        tmp.display()
+                    );
+                }
+                false
             }
         }
     }
@@ -374,5 +401,16 @@ impl DiskTier {
                 }
             }
         }
+    }
+}
+
+/// Makes exceeding a file-size limit (`RLIMIT_FSIZE`) a failed write
+/// (`EFBIG`) instead of `SIGXFSZ`, whose default action kills the process.
+fn ignore_file_size_signal() {
+    #[cfg(unix)]
+    // SAFETY: setting a signal's disposition to "ignore" has no handler
+    // to run and is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
 }

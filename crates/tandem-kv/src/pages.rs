@@ -212,7 +212,9 @@ impl PageTable {
 
     /// Every indexed page (in use or cached) with its hash, parent and
     /// tokens, retained once each so none is evicted while the caller
-    /// reads it; the caller releases them.
+    /// reads it; the caller releases them. In prefix order: a page comes
+    /// after its parent (when the parent is indexed), so a writer that
+    /// stops halfway has written whole prefixes.
     pub fn retain_indexed(&mut self) -> Vec<Evicted> {
         let mut out = Vec::with_capacity(self.index.len());
         for (&hash, &p) in &self.index {
@@ -223,6 +225,32 @@ impl PageTable {
                 tokens: self.page_tokens_of(p).into(),
             });
         }
+        // Depth in the chain of indexed pages (0: the parent is not
+        // indexed), memoized; the walk is iterative and bounded by the
+        // number of pages, so a (impossible) cycle cannot hang it.
+        let mut depth: HashMap<u64, usize> = HashMap::with_capacity(out.len());
+        let mut path = Vec::new();
+        for e in &out {
+            let mut h = e.hash;
+            path.clear();
+            let base = loop {
+                if let Some(&d) = depth.get(&h) {
+                    break d + 1;
+                }
+                let Some(&p) = self.index.get(&h) else {
+                    break 0;
+                };
+                if path.len() > self.index.len() {
+                    break 0;
+                }
+                path.push(h);
+                h = self.meta[p as usize].parent;
+            };
+            for (i, &h) in path.iter().rev().enumerate() {
+                depth.insert(h, base + i);
+            }
+        }
+        out.sort_by_key(|e| (depth.get(&e.hash).copied().unwrap_or(0), e.hash));
         for e in &out {
             self.retain(e.page);
         }

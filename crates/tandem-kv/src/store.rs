@@ -27,6 +27,7 @@
 //! persisted are indexed (read-only) and retained while they are written.
 //! File I/O never happens under the table's lock.
 
+use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -261,16 +262,19 @@ impl KvStore {
     /// Writes every indexed page the disk tier lacks to it (e.g. before
     /// exiting, so a restarted process finds the conversations); returns
     /// how many were written. Without a disk tier, does nothing.
+    ///
+    /// Pages are written in prefix order (a page after its parent), each
+    /// one whole or not at all, so a process killed halfway leaves whole
+    /// prefixes that the next run uses.
     pub fn persist(&self) -> usize {
         let Some(disk) = &self.disk else { return 0 };
         let pages = self.lock().retain_indexed();
         let mut written = 0;
         for e in &pages {
-            if !disk.contains(e.hash) {
+            if !disk.contains(e.hash) && !disk.write_disabled() {
                 // SAFETY: indexed pages are full and read-only (rule 2),
                 // and retained until released below.
-                unsafe { self.spill(disk, e) };
-                written += 1;
+                written += usize::from(unsafe { self.spill(disk, e) });
             }
         }
         let mut t = self.lock();
@@ -285,7 +289,7 @@ impl KvStore {
     /// # Safety
     /// Nobody may write the page meanwhile (the caller holds it, or it is
     /// indexed and retained).
-    unsafe fn spill(&self, disk: &DiskTier, e: &Evicted) {
+    unsafe fn spill(&self, disk: &DiskTier, e: &Evicted) -> bool {
         let g = &self.geom;
         disk.write_page(g, e.hash, e.parent, &e.tokens, |layer, kv, head| {
             let (node, local) = g.head_home(head);
@@ -297,7 +301,7 @@ impl KvStore {
                     g.slab_bytes(),
                 )
             }
-        });
+        })
     }
 
     /// Spills pages the pool evicted, now held by the caller and not yet
@@ -364,57 +368,73 @@ impl KvStore {
             tokens: Vec::with_capacity(tokens),
             hashes: Vec::with_capacity(pages),
             limit: None,
+            ahead: VecDeque::new(),
+            ahead_base: 0,
         }
     }
 
     /// A sequence that starts with the longest cached prefix of `tokens`
     /// (whole pages, leaving at least one token to compute so there are
     /// logits to sample from). Its `len()` says how many tokens it holds.
+    ///
+    /// Pages are found in RAM, else in the disk tier. A page found in
+    /// neither (evicted, or its file damaged) is a hole, not the end: the
+    /// cached pages after it are held too, and [`Sequence::resume_at`]
+    /// says where they start. The caller computes the hole's tokens (their
+    /// K/V do not depend on later positions), and the commit that fills
+    /// the hole makes the sequence take those pages over: a missing page
+    /// costs only its own tokens. A caller that writes past
+    /// `resume_at` in one step gets them recomputed instead (correct, only
+    /// slower).
     pub fn sequence_with_prefix(self: &Arc<Self>, tokens: &[u32]) -> Sequence {
         let p = self.geom.page_tokens;
         let mut seq = self.new_sequence();
         let mut parent = ROOT_HASH;
-        let mut chunks = tokens[..tokens.len().saturating_sub(1)].chunks_exact(p);
-        let mut t = self.lock();
-        for chunk in chunks.by_ref() {
+        let mut ahead: VecDeque<Option<AheadPage>> = VecDeque::new();
+        for chunk in tokens[..tokens.len().saturating_sub(1)].chunks_exact(p) {
             let h = chain_hash(parent, chunk);
-            if let Some(page) = t.lookup(h, parent, chunk) {
-                t.retain(page);
-                seq.pages.push(page);
-                seq.hashes.push(h);
-                parent = h;
-                continue;
-            }
-            drop(t);
-            // Not in RAM: this page and the ones after it may be on disk.
-            if self.restore(&mut seq, parent, h, chunk) {
-                parent = h;
-                for chunk in chunks.by_ref() {
-                    let h = chain_hash(parent, chunk);
-                    if !self.restore(&mut seq, parent, h, chunk) {
-                        break;
-                    }
-                    parent = h;
+            let in_ram = {
+                let mut t = self.lock();
+                let page = t.lookup(h, parent, chunk);
+                if let Some(page) = page {
+                    t.retain(page);
                 }
+                page
+            };
+            let page = in_ram.or_else(|| self.restore(parent, h, chunk));
+            match page {
+                Some(page) if ahead.is_empty() => {
+                    seq.pages.push(page);
+                    seq.hashes.push(h);
+                }
+                Some(page) => ahead.push_back(Some(AheadPage {
+                    page,
+                    hash: h,
+                    tokens: chunk.into(),
+                })),
+                None => ahead.push_back(None),
             }
-            break;
+            parent = h;
+        }
+        while let Some(None) = ahead.back() {
+            ahead.pop_back();
         }
         seq.len = seq.pages.len() * p;
         seq.tokens.extend_from_slice(&tokens[..seq.len]);
+        seq.ahead_base = seq.pages.len();
+        seq.ahead = ahead;
         seq
     }
 
     /// Reads the page of (`parent`, `chunk`) from the disk tier into a new
-    /// page appended to `seq` and indexes it. False (nothing changed) when
-    /// there is no disk tier, no usable file or no page to put it in.
-    fn restore(&self, seq: &mut Sequence, parent: u64, h: u64, chunk: &[u32]) -> bool {
-        let Some(disk) = &self.disk else { return false };
+    /// page, indexes it and returns it (held once). None when there is no
+    /// disk tier, no usable file or no page to put it in.
+    fn restore(&self, parent: u64, h: u64, chunk: &[u32]) -> Option<PageId> {
+        let disk = self.disk.as_ref()?;
         if !disk.contains(h) {
-            return false;
+            return None;
         }
-        let Some((page, evicted)) = self.lock().alloc() else {
-            return false;
-        };
+        let (page, evicted) = self.lock().alloc()?;
         self.spill_evicted(evicted.as_slice());
         let g = &self.geom;
         let ok = disk.read_page(g, h, parent, chunk, |layer, kv, head| {
@@ -431,12 +451,10 @@ impl KvStore {
         let mut t = self.lock();
         if !ok {
             t.release(page);
-            return false;
+            return None;
         }
         t.register(page, h, parent, chunk);
-        seq.pages.push(page);
-        seq.hashes.push(h);
-        true
+        Some(page)
     }
 
     /// Copies every node's bytes of page `from` to page `to`.
@@ -464,6 +482,14 @@ pub struct RowKey {
     pub pos: usize,
 }
 
+/// A cached page past a hole of [`KvStore::sequence_with_prefix`], held
+/// until the sequence reaches it.
+struct AheadPage {
+    page: PageId,
+    hash: u64,
+    tokens: Box<[u32]>,
+}
+
 /// One sequence's cached tokens: a block table of page references.
 /// Dropping it releases the pages (indexed full pages stay cached).
 pub struct Sequence {
@@ -476,6 +502,10 @@ pub struct Sequence {
     hashes: Vec<u64>,
     /// Most tokens the sequence may hold (None: what the pool gives).
     limit: Option<usize>,
+    /// Pages `ahead_base..` past a hole (None: a page to compute; never
+    /// last), taken over when the sequence reaches them.
+    ahead: VecDeque<Option<AheadPage>>,
+    ahead_base: usize,
 }
 
 impl std::fmt::Debug for Sequence {
@@ -518,11 +548,65 @@ impl Sequence {
         self
     }
 
+    /// Where cached pages past a hole start (see
+    /// [`KvStore::sequence_with_prefix`]): a writer should end a step
+    /// there; the commit that reaches it moves `len` past those pages.
+    /// None: nothing cached ahead.
+    pub fn resume_at(&self) -> Option<usize> {
+        let first = self.ahead.iter().position(Option::is_some)?;
+        Some((self.ahead_base + first) * self.store.geom.page_tokens)
+    }
+
+    /// Releases the pages held past a hole.
+    fn drop_ahead(&mut self) {
+        if self.ahead.is_empty() {
+            return;
+        }
+        let mut t = self.store.lock();
+        for a in self.ahead.drain(..).flatten() {
+            t.release(a.page);
+        }
+    }
+
+    /// Takes over the pages held ahead once `len` reaches them.
+    fn absorb_ahead(&mut self) {
+        let p = self.store.geom.page_tokens;
+        while !self.ahead.is_empty() && self.len.is_multiple_of(p) {
+            let next = self.len / p;
+            if next < self.ahead_base {
+                return;
+            }
+            if next > self.ahead_base {
+                // The hole at ahead_base was computed.
+                if let Some(Some(skipped)) = self.ahead.pop_front() {
+                    // Written over instead of taken: not ours any more.
+                    self.store.lock().release(skipped.page);
+                }
+                self.ahead_base += 1;
+                continue;
+            }
+            match self.ahead.front() {
+                Some(Some(_)) if self.pages.len() == next && self.hashes.len() == next => {
+                    if let Some(Some(a)) = self.ahead.pop_front() {
+                        self.pages.push(a.page);
+                        self.hashes.push(a.hash);
+                        self.tokens.extend_from_slice(&a.tokens);
+                        self.len += p;
+                        self.ahead_base += 1;
+                    }
+                }
+                Some(Some(_)) => return self.drop_ahead(),
+                _ => return,
+            }
+        }
+    }
+
     /// The most tokens the sequence can hold now: its limit, else what it
     /// has plus every page the pool could still hand out.
     pub fn capacity(&self) -> usize {
         let p = self.store.geom.page_tokens;
-        let pool = self.pages.len() * p + self.store.lock().available() * p;
+        let held = self.pages.len() + self.ahead.iter().flatten().count();
+        let pool = held * p + self.store.lock().available() * p;
         self.limit.map_or(pool, |l| l.min(pool.max(self.len)))
     }
 
@@ -538,6 +622,10 @@ impl Sequence {
                     limit,
                 });
             }
+        }
+        if self.resume_at().is_some_and(|r| self.len + n > r) {
+            // This step would write over pages held ahead: recompute them.
+            self.drop_ahead();
         }
         let need_pages = (self.len + n).div_ceil(p);
         let new_pages = need_pages.saturating_sub(self.pages.len());
@@ -601,6 +689,7 @@ impl Sequence {
                 self.hashes.push(h);
             }
         }
+        self.absorb_ahead();
         Ok(())
     }
 
@@ -609,6 +698,7 @@ impl Sequence {
         if n >= self.len {
             return;
         }
+        self.drop_ahead();
         let p = self.store.geom.page_tokens;
         let keep = n.div_ceil(p);
         let mut t = self.store.lock();
@@ -622,8 +712,9 @@ impl Sequence {
         self.len = n;
     }
 
-    /// Forgets everything.
+    /// Forgets everything (pages held ahead too).
     pub fn clear(&mut self) {
+        self.drop_ahead();
         self.truncate(0);
     }
 
@@ -642,6 +733,8 @@ impl Sequence {
             tokens: self.tokens.clone(),
             hashes: self.hashes.clone(),
             limit: self.limit,
+            ahead: VecDeque::new(),
+            ahead_base: 0,
         }
     }
 
@@ -707,6 +800,7 @@ impl Sequence {
 
 impl Drop for Sequence {
     fn drop(&mut self) {
+        self.drop_ahead();
         let mut t = self.store.lock();
         for &page in &self.pages {
             t.release(page);

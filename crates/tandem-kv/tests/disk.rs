@@ -2,8 +2,9 @@
 //! prefix hit with every byte intact; a persisted cache survives a restart
 //! (a new store over the same directory), also under another NUMA split;
 //! files that are missing, truncated, corrupted, another model's, another
-//! KV type's or named for another page are misses, deleted, never used;
-//! the tier stays within its size.
+//! KV type's or named for another page are misses, deleted, never used,
+//! and cost only their own page (a hole the caller recomputes); the tier
+//! stays within its size.
 
 #![allow(clippy::single_range_in_vec_init)] // one-node geometries
 
@@ -205,14 +206,25 @@ fn bad_files_are_misses_never_used() {
         };
         damage(&dir, &first);
         let store = tiered(&dir, 8, geometry(KvFormat::F16, vec![0..2]), ID, BIG);
-        let s = store.sequence_with_prefix(&query);
-        assert_eq!(s.len(), 0, "{name}: a bad first page stops the prefix");
+        let mut s = store.sequence_with_prefix(&query);
+        assert_eq!(s.len(), 0, "{name}: a bad first page is a hole");
+        assert_eq!(
+            s.resume_at(),
+            Some(PT),
+            "{name}: the pages after it are held"
+        );
         let stats = store.disk().expect("tier").stats();
-        assert_eq!(stats.read, 0, "{name}");
+        assert_eq!(stats.read, 2, "{name}: only the bad page is lost");
         if name != "missing" {
             assert_eq!(stats.rejected, 1, "{name}");
             assert!(!first[0].exists(), "{name}: the bad file is deleted");
         }
+        // Computing the hole's tokens takes the later pages over.
+        append(&mut s, &a[..PT]);
+        assert_eq!(s.len(), 3 * PT, "{name}");
+        assert_eq!(s.resume_at(), None);
+        assert_eq!(s.tokens(), &a[..]);
+        verify(&s);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
@@ -225,8 +237,11 @@ fn another_model_or_kv_type_never_reads_the_pages() {
     let query: Vec<u32> = [a.clone(), vec![1]].concat();
     // Another KV type under the same identity: same names, other header.
     let store = tiered(&dir, 8, geometry(KvFormat::BF16, vec![0..2]), ID, BIG);
-    assert_eq!(store.sequence_with_prefix(&query).len(), 0);
-    assert_eq!(store.disk().expect("tier").stats().rejected, 1);
+    let s = store.sequence_with_prefix(&query);
+    assert_eq!((s.len(), s.resume_at()), (0, None));
+    // Every page is probed (a bad page is only a hole) and rejected.
+    assert_eq!(store.disk().expect("tier").stats().rejected, 3);
+    drop(s);
     drop(store);
     // Another model: its own directory, so nothing is even found; a page
     // copied there by hand is rejected by its header.
@@ -235,14 +250,15 @@ fn another_model_or_kv_type_never_reads_the_pages() {
     assert_eq!(store.sequence_with_prefix(&query).len(), 0);
     let theirs = store.disk().expect("tier").dir().to_path_buf();
     drop(store);
-    let files = three_files(&dir, &a); // afresh: the probe deleted one
+    let files = three_files(&dir, &a); // afresh: the probe deleted them
     for f in &files {
         std::fs::copy(f, theirs.join(f.file_name().expect("name"))).expect("copy");
     }
     let store = tiered(&dir, 8, geometry(KvFormat::F16, vec![0..2]), other, BIG);
-    assert_eq!(store.sequence_with_prefix(&query).len(), 0);
+    let s = store.sequence_with_prefix(&query);
+    assert_eq!((s.len(), s.resume_at()), (0, None));
     let stats = store.disk().expect("tier").stats();
-    assert_eq!((stats.read, stats.rejected), (0, 1));
+    assert_eq!((stats.read, stats.rejected), (0, 3));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -259,4 +275,103 @@ fn the_tier_keeps_within_its_size_dropping_the_oldest() {
     assert_eq!((stats.files, stats.bytes), (2, 2 * file));
     assert_eq!(stats.dropped, 2);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_damaged_middle_page_costs_only_its_own_tokens() {
+    let dir = tmpdir("middle");
+    let g = || geometry(KvFormat::F16, vec![0..1, 1..2]);
+    let a = toks(6 * PT + 1, 13);
+    {
+        let store = tiered(&dir, 16, g(), ID, BIG);
+        let mut s = store.new_sequence();
+        append(&mut s, &a);
+        assert_eq!(store.persist(), 6);
+    }
+    // Page 2's file is corrupted.
+    let h0 = tandem_kv::chain_hash(tandem_kv::ROOT_HASH, &a[..PT]);
+    let h1 = tandem_kv::chain_hash(h0, &a[PT..2 * PT]);
+    let h2 = tandem_kv::chain_hash(h1, &a[2 * PT..3 * PT]);
+    let sub = dir.join(format!("{:032x}", ID.0));
+    let f2 = sub.join(format!("{h2:016x}.page"));
+    let mut bytes = std::fs::read(&f2).expect("read");
+    let n = bytes.len();
+    bytes[n - 20] ^= 1;
+    std::fs::write(&f2, bytes).expect("write");
+
+    let store = tiered(&dir, 16, g(), ID, BIG);
+    let mut s = store.sequence_with_prefix(&a);
+    assert_eq!(s.len(), 2 * PT);
+    assert_eq!(s.resume_at(), Some(3 * PT));
+    let stats = store.disk().expect("tier").stats();
+    assert_eq!((stats.read, stats.rejected), (5, 1));
+    // The hole in two steps (a partial page in between), then the rest.
+    append(&mut s, &a[2 * PT..2 * PT + 1]);
+    assert_eq!(s.len(), 2 * PT + 1);
+    append(&mut s, &a[2 * PT + 1..3 * PT]);
+    assert_eq!(s.len(), 6 * PT, "the pages after the hole are taken over");
+    append(&mut s, &a[6 * PT..]);
+    verify(&s);
+    // The recomputed page is indexed again: a second lookup has no hole.
+    drop(s);
+    let t = store.sequence_with_prefix(&a);
+    assert_eq!((t.len(), t.resume_at()), (6 * PT, None));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_step_past_the_hole_recomputes_the_pages_ahead() {
+    let dir = tmpdir("past");
+    let g = || geometry(KvFormat::F32, vec![0..2]);
+    let a = toks(4 * PT + 1, 17);
+    {
+        let store = tiered(&dir, 16, g(), ID, BIG);
+        let mut s = store.new_sequence();
+        append(&mut s, &a);
+        store.persist();
+    }
+    let h0 = tandem_kv::chain_hash(tandem_kv::ROOT_HASH, &a[..PT]);
+    let sub = dir.join(format!("{:032x}", ID.0));
+    std::fs::remove_file(sub.join(format!("{h0:016x}.page"))).expect("rm");
+    let store = tiered(&dir, 16, g(), ID, BIG);
+    let mut s = store.sequence_with_prefix(&a);
+    assert_eq!((s.len(), s.resume_at()), (0, Some(PT)));
+    let before = store.counts();
+    // One step over the hole and into the held pages: they are released
+    // and written afresh.
+    append(&mut s, &a[..2 * PT]);
+    assert_eq!((s.len(), s.resume_at()), (2 * PT, None));
+    append(&mut s, &a[2 * PT..]);
+    verify(&s);
+    drop(s);
+    assert_eq!(store.counts().in_use, 0);
+    assert!(before.in_use >= 3);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn pages_to_persist_come_in_prefix_order() {
+    // Whatever order the index holds them in, a page comes after its
+    // parent, so a save killed halfway leaves whole prefixes.
+    let mut t = tandem_kv::PageTable::new(64, PT);
+    let mut hashes = Vec::new();
+    for conv in 0..3u32 {
+        let a = toks(20 * PT, 100 * conv);
+        let mut parent = tandem_kv::ROOT_HASH;
+        for chunk in a.chunks_exact(PT) {
+            let (page, _) = t.alloc().expect("page");
+            let h = tandem_kv::chain_hash(parent, chunk);
+            assert!(t.register(page, h, parent, chunk));
+            hashes.push((h, parent));
+            parent = h;
+        }
+    }
+    let order = t.retain_indexed();
+    assert_eq!(order.len(), 60);
+    let pos = |h: u64| order.iter().position(|e| e.hash == h);
+    for (h, parent) in hashes {
+        if let Some(p) = pos(parent) {
+            assert!(p < pos(h).expect("indexed"), "a page before its parent");
+        }
+    }
 }

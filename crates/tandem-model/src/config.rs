@@ -7,6 +7,9 @@ use tandem_gguf::Metadata;
 use crate::arch::{Arch, RopeLayout};
 use crate::ModelError;
 
+/// Largest size, head count or layer count accepted from a file.
+const MAX_DIM: usize = 1 << 20;
+
 /// Rotary position embedding parameters.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RopeConfig {
@@ -148,7 +151,7 @@ impl ModelConfig {
             if v == 0 {
                 return Err(ModelError::invalid(k, "must be positive"));
             }
-            if v > 1 << 20 {
+            if v > MAX_DIM {
                 return Err(ModelError::invalid(k, format!("{v} is implausibly large")));
             }
         }
@@ -372,6 +375,13 @@ impl ModelConfig {
         let hidden = req("hidden_size")?;
         let n_heads = req("num_attention_heads")?;
         let head_dim = opt_usize("head_dim").unwrap_or(hidden / n_heads.max(1));
+        // Checked before anything is sized by it (the llama3 factors below).
+        if head_dim > MAX_DIM {
+            return Err(ModelError::invalid(
+                "head_dim",
+                format!("{head_dim} is implausibly large"),
+            ));
+        }
 
         // transformers 5 folds rope_theta and rope_scaling into rope_parameters.
         let params = cfg.get("rope_parameters").filter(|v| v.is_object());

@@ -1,0 +1,139 @@
+//! Replays every input kept under `fuzz/regressions/<target>/` (what the
+//! fuzzers once crashed, hung or ran out of memory on) through its target,
+//! and the fixtures the fuzzers are seeded from: on stable, in CI. Each
+//! must return, well within a second in a release build.
+//!
+//! `cargo test -p tandem-fuzz --test replay -- --ignored write_corpus`
+//! writes the seed corpora to `fuzz/corpus/<target>/` (see fuzz/README.md).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    out.retain(|p| p.is_file() && p.file_name().is_some_and(|n| n != ".gitkeep"));
+    out.sort();
+    out
+}
+
+fn run(target: &str, f: fn(&[u8]), path: &Path) -> Duration {
+    let data = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let t0 = Instant::now();
+    f(&data);
+    let took = t0.elapsed();
+    // A debug build on a loaded machine is far slower than the fuzzers'
+    // 1 s; this catches hangs, not speed.
+    assert!(
+        took < Duration::from_secs(20),
+        "{target} {}: {took:?}",
+        path.display()
+    );
+    took
+}
+
+#[test]
+fn regressions_replay() {
+    let mut n = 0;
+    for &(target, f) in tandem_fuzz::TARGETS {
+        let dir = root().join("fuzz/regressions").join(target);
+        assert!(dir.is_dir(), "no {}", dir.display());
+        for path in files(&dir) {
+            run(target, f, &path);
+            n += 1;
+        }
+    }
+    eprintln!("{n} regression inputs replayed");
+}
+
+/// The fixture files each target is seeded from, by target.
+fn seeds() -> Vec<(&'static str, PathBuf)> {
+    let root = root();
+    let mut out = Vec::new();
+    for model in std::fs::read_dir(root.join("fixtures/models"))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.path())
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default()
+    {
+        for gguf in files(&model.join("gguf")) {
+            out.push(("gguf_header", gguf.clone()));
+            out.push(("gguf_model", gguf));
+        }
+        let hf = model.join("hf");
+        if hf.join("config.json").is_file() {
+            out.push(("hf_config", hf.join("config.json")));
+        }
+        if hf.join("tokenizer.json").is_file() {
+            out.push(("tokenizer_json", hf.join("tokenizer.json")));
+        }
+    }
+    for t in files(&root.join("crates/tandem-engine/tests/data/templates")) {
+        out.push(("chat_template", t));
+    }
+    out
+}
+
+#[test]
+fn fixtures_replay() {
+    let seeds = seeds();
+    assert!(seeds.len() > 10);
+    for (target, path) in seeds {
+        let f = tandem_fuzz::TARGETS
+            .iter()
+            .find(|t| t.0 == target)
+            .map(|t| t.1)
+            .expect("target");
+        run(target, f, &path);
+    }
+    tandem_fuzz::kv_page(&tandem_fuzz::kv_page_seed());
+}
+
+/// Writes `fuzz/corpus/<target>/` from the fixtures (run by hand).
+#[test]
+#[ignore]
+fn write_corpus() {
+    let corpus = root().join("fuzz/corpus");
+    let mut n = 0;
+    for (target, path) in seeds() {
+        let dir = corpus.join(target);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let name = path.to_string_lossy().replace(['/', '.'], "_");
+        std::fs::copy(&path, dir.join(name)).expect("copy");
+        n += 1;
+    }
+    // Conversations for the templates: template, NUL, messages.
+    let dir = corpus.join("chat_template");
+    for path in files(&root().join("crates/tandem-engine/tests/data/templates")) {
+        let mut data = std::fs::read(&path).expect("read");
+        data.extend_from_slice(b"\0Be brief.\0Hi\0Hello!\0What is 2+2?");
+        let name = path
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .to_string();
+        std::fs::write(dir.join(format!("{name}-conversation")), data).expect("write");
+        n += 1;
+    }
+    // Vocabularies: the first byte picks the model and options.
+    let dir = corpus.join("gguf_vocab");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let words = "<unk>\n<s>\n</s>\n\u{2581}the\n\u{2581}a\nhe\nll\no\n<0x0A>\n\u{120}w\nor\nld\n!";
+    for pick in [0u8, 1, 0x19, 0x29, 0x3a, 0x7b, 0xff] {
+        let mut data = vec![pick];
+        data.extend_from_slice(words.as_bytes());
+        std::fs::write(dir.join(format!("vocab-{pick:02x}")), data).expect("write");
+        n += 1;
+    }
+    let dir = corpus.join("kv_page");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(dir.join("page"), tandem_fuzz::kv_page_seed()).expect("write");
+    eprintln!("{} seeds written under {}", n + 1, corpus.display());
+}
