@@ -28,6 +28,9 @@ const MODELS: &[&str] = &[
     "tiny-mistral",
     "tiny-qwen2",
     "tiny-qwen3",
+    "tiny-mixtral",
+    "tiny-qwen3moe",
+    "tiny-gemma3",
 ];
 
 fn refs(name: &str) -> Value {

@@ -47,6 +47,10 @@ pub struct ModelConfig {
     /// RMSNorm weights are stored as `w - 1` (Gemma checkpoints on Hugging
     /// Face; llama.cpp's converter adds the one back).
     pub norm_weight_offset: f32,
+    /// Element-wise operations as ggml computes them where that differs
+    /// from transformers (GELU through an f16 table): set for GGUF files,
+    /// whose reference is llama.cpp.
+    pub ggml_numerics: bool,
 }
 
 /// Sliding-window attention layers (Gemma 3: five of every six layers).
@@ -318,6 +322,7 @@ impl ModelConfig {
             swa,
             attn_scale: None,
             norm_weight_offset: 0.0,
+            ggml_numerics: true,
         }
         .with_local_rope(
             meta.get_f32(&key("rope.freq_base_swa"))?
@@ -385,6 +390,10 @@ impl ModelConfig {
 
         // transformers 5 folds rope_theta and rope_scaling into rope_parameters.
         let params = cfg.get("rope_parameters").filter(|v| v.is_object());
+        // Per layer type (Gemma 3 in transformers 5): the global layers'
+        // parameters are the model's; the windowed ones' base is read below.
+        let local_params = params.and_then(|p| p.get("sliding_attention"));
+        let params = params.map(|p| p.get("full_attention").unwrap_or(p));
         let scaling = cfg.get("rope_scaling").filter(|v| v.is_object()).or(params);
         let theta = opt_f64(cfg, "rope_theta")
             .or_else(|| params.and_then(|p| opt_f64(p, "rope_theta")))
@@ -479,9 +488,11 @@ impl ModelConfig {
                 .filter(|_| gemma)
                 .map(|s| (1.0 / s.sqrt()) as f32),
             norm_weight_offset: if gemma { 1.0 } else { 0.0 },
+            ggml_numerics: false,
         }
         .with_local_rope(
             opt_f64(cfg, "rope_local_base_freq")
+                .or_else(|| local_params.and_then(|p| opt_f64(p, "rope_theta")))
                 .map(|t| t as f32)
                 .or(gemma.then_some(10_000.0)),
         )
@@ -598,7 +609,11 @@ fn moe_from_hf(cfg: &Json, arch: Arch) -> Result<Option<MoeConfig>, ModelError> 
                 ));
             }
             MoeConfig {
-                n_experts: need("num_experts")?,
+                // transformers 5 renamed num_experts to num_local_experts.
+                n_experts: match get("num_experts") {
+                    Some(n) => n,
+                    None => need("num_local_experts")?,
+                },
                 top_k: need("num_experts_per_tok")?,
                 expert_ffn: need("moe_intermediate_size")?,
                 shared_ffn: 0,

@@ -36,6 +36,26 @@ pub fn gelu_tanh_mul(gate: &mut [f32], up: &[f32]) {
     }
 }
 
+/// [`gelu_tanh_mul`] as ggml computes it on the CPU (`GGML_GELU_FP16`):
+/// the input rounded to f16, GELU looked up in a table of f16 results
+/// (here: computed, then rounded to f16), 0 below -10 and the identity
+/// above 10. GGUF models run this so their logits track llama.cpp's.
+pub fn gelu_tanh_f16_mul(gate: &mut [f32], up: &[f32]) {
+    use half::f16;
+    for (g, &u) in gate.iter_mut().zip(up) {
+        let x = *g;
+        *g = if x <= -10.0 {
+            0.0
+        } else if x >= 10.0 {
+            x * u
+        } else {
+            let mut v = [f16::from_f32(x).to_f32()];
+            gelu_tanh_mul(&mut v, &[1.0]);
+            f16::from_f32(v[0]).to_f32() * u
+        };
+    }
+}
+
 /// Numerically stable softmax in place.
 pub fn softmax(x: &mut [f32]) {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);

@@ -216,6 +216,7 @@ pub(crate) fn gate_up(
                 match act {
                     crate::spec::Activation::Silu => crate::ops::silu_mul(g, u),
                     crate::spec::Activation::GeluTanh => crate::ops::gelu_tanh_mul(g, u),
+                    crate::spec::Activation::GeluTanhF16 => crate::ops::gelu_tanh_f16_mul(g, u),
                 }
             }
         }

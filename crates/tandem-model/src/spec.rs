@@ -37,6 +37,8 @@ pub enum Activation {
     Silu,
     /// GeGLU with the tanh approximation (Gemma).
     GeluTanh,
+    /// The same through ggml's f16 table (GGUF files: llama.cpp's numbers).
+    GeluTanhF16,
 }
 
 /// Grouped-query attention with RoPE.

@@ -19,7 +19,10 @@ pub(super) fn layer_spec(c: &ModelConfig, layer: usize) -> LayerSpec {
         attn,
         ffn: FfnSpec::Dense {
             width: c.ffn_hidden,
-            act: Activation::GeluTanh,
+            act: match c.ggml_numerics {
+                true => Activation::GeluTanhF16,
+                false => Activation::GeluTanh,
+            },
         },
         ffn_norm: "ffn_norm",
         post_norms: true,
