@@ -262,6 +262,19 @@ impl<'p> Placer<'p> {
     /// workers, and returns the matrices in the order they were added.
     pub fn finish(self) -> Result<Vec<ShardedMatrix>, ModelError> {
         let layout = self.pool.layout();
+        // Linux overcommits: a copy larger than the memory there is would
+        // map, then get the process killed half-way through the load.
+        let total: usize = self.nodes.iter().map(|(used, _)| *used).sum();
+        crate::kv_cache::check_fits(
+            || {
+                format!(
+                    "a copy of the weights in node memory ({:.1} GiB, more than is available; \
+                     --no-repack --numa off runs from the file's mapping instead)",
+                    total as f64 / (1u64 << 30) as f64
+                )
+            },
+            total,
+        )?;
         let mut mems = Vec::with_capacity(self.nodes.len());
         for (node, (used, _)) in self.nodes.iter().enumerate() {
             if *used == 0 {
