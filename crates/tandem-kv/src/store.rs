@@ -761,15 +761,11 @@ impl Sequence {
                                 head,
                                 pos,
                             };
+                            let ptr = self.row_ptr(node, layer, kv, head, pos)?;
                             // SAFETY: `pos` was reserved just now (a private
                             // page, rule 1 of the module docs) and the row is
                             // `row_bytes` inside it.
-                            let row = unsafe {
-                                std::slice::from_raw_parts_mut(
-                                    self.row_ptr(node, layer, kv, head, pos),
-                                    g.row_bytes(),
-                                )
-                            };
+                            let row = unsafe { std::slice::from_raw_parts_mut(ptr, g.row_bytes()) };
                             write(key, row);
                         }
                     }
@@ -780,7 +776,12 @@ impl Sequence {
     }
 
     /// Where position `pos`'s row of (`layer`, K = 0 / V = 1, node-local
-    /// head) is in `node`'s pool. `pos` must be below `len + reserved`.
+    /// head) is in `node`'s pool: `row_bytes` bytes inside a page this
+    /// sequence holds. Every index is checked (an error, not a pointer
+    /// outside the pool); reading or writing through the pointer is the
+    /// caller's `unsafe`, under the module's memory protocol (write only
+    /// reserved positions of private pages, read only positions below
+    /// every holder's `len`).
     pub fn row_ptr(
         &self,
         node: usize,
@@ -788,13 +789,22 @@ impl Sequence {
         kv: usize,
         local_head: usize,
         pos: usize,
-    ) -> *mut u8 {
+    ) -> Result<*mut u8, KvError> {
         let g = &self.store.geom;
-        let page = self.pages[pos / g.page_tokens];
+        let heads = g.node_heads.get(node).map_or(0, |r| r.len());
+        let page = self.pages.get(pos / g.page_tokens.max(1));
+        let Some(&page) = page.filter(|_| layer < g.n_layers && kv < 2 && local_head < heads)
+        else {
+            return Err(KvError::Geometry(format!(
+                "row (node {node}, layer {layer}, kv {kv}, head {local_head}, position {pos}) \
+                 outside the sequence's pages"
+            )));
+        };
         let off =
             g.slab_offset(node, layer, kv, local_head) + (pos % g.page_tokens) * g.row_bytes();
-        // SAFETY: `off` is within the node's page (slab offsets are).
-        unsafe { self.store.page_ptr(node, page).add(off) }
+        // SAFETY: with the indices checked above, `off` plus a row lies
+        // within the node's page (slab offsets are), and `page` is held.
+        Ok(unsafe { self.store.page_ptr(node, page).add(off) })
     }
 }
 

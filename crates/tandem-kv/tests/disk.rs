@@ -74,7 +74,7 @@ fn verify(seq: &Sequence) {
             for layer in 0..g.n_layers {
                 for kv in 0..2 {
                     for local in 0..heads.len() {
-                        let p = seq.row_ptr(node, layer, kv, local, pos);
+                        let p = seq.row_ptr(node, layer, kv, local, pos).expect("row");
                         // SAFETY: positions below len are initialised.
                         let row = unsafe { std::slice::from_raw_parts(p, g.row_bytes()) };
                         let h = global_head(seq, node, local);

@@ -73,7 +73,7 @@ fn intact(seq: &Sequence) -> bool {
             (0..g.n_layers).all(|layer| {
                 (0..2).all(|kv| {
                     (0..heads.len()).all(|local| {
-                        let p = seq.row_ptr(node, layer, kv, local, pos);
+                        let p = seq.row_ptr(node, layer, kv, local, pos).expect("row");
                         // SAFETY: positions below len are initialised.
                         let row = unsafe { std::slice::from_raw_parts(p, g.row_bytes()) };
                         row.iter().enumerate().all(|(i, &b)| {

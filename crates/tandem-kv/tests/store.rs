@@ -45,7 +45,7 @@ fn each_row(
                 for kv in 0..2 {
                     for (local, head) in heads.clone().enumerate() {
                         f(
-                            seq.row_ptr(node, layer, kv, local, pos),
+                            seq.row_ptr(node, layer, kv, local, pos).expect("row"),
                             pos,
                             layer,
                             kv,

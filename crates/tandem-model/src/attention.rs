@@ -342,10 +342,10 @@ unsafe fn store_new_rows(
         for (kv, src) in [(0, &*kr), (1, &*vr)] {
             // Position s.p0 + i was reserved (a private page); its row of
             // (layer, kv, head) is written by this item only.
-            let dst = std::slice::from_raw_parts_mut(
-                seq.row_ptr(it.node, s.layer, kv, local, s.p0 + i),
-                row_bytes,
-            );
+            let ptr = seq
+                .row_ptr(it.node, s.layer, kv, local, s.p0 + i)
+                .map_err(|e| ModelError::Kernel(e.to_string()))?;
+            let dst = std::slice::from_raw_parts_mut(ptr, row_bytes);
             encode_row(format, src, dst).map_err(|e| ModelError::Kernel(e.to_string()))?;
         }
     }
