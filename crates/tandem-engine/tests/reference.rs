@@ -31,6 +31,7 @@ const MODELS: &[&str] = &[
     "tiny-mixtral",
     "tiny-qwen3moe",
     "tiny-gemma3",
+    "tiny-glm4moe",
 ];
 
 fn refs(name: &str) -> Value {

@@ -475,7 +475,9 @@ impl ModelConfig {
                 theta: theta as f32,
                 layout: RopeLayout::Halves,
                 // GLM rotates the first half of each head.
-                n_rot: match opt_f64(cfg, "partial_rotary_factor") {
+                n_rot: match opt_f64(cfg, "partial_rotary_factor")
+                    .or_else(|| params.and_then(|p| opt_f64(p, "partial_rotary_factor")))
+                {
                     Some(f) if f > 0.0 && f <= 1.0 => (head_dim as f64 * f) as usize,
                     _ => head_dim,
                 },
