@@ -212,10 +212,38 @@ pub(crate) fn route_token(
     }
 }
 
+/// Runs `f` once per slot, in one pool run: the slots are dealt to nodes
+/// round-robin and claimed by the node's workers, and `f` gets the slot's
+/// expert and its own `acts[slot]`.
+fn per_slot<F>(
+    pool: &Pool,
+    moe: &MoeFfn,
+    slots: &[Slot],
+    acts: &mut [ActsCache],
+    f: F,
+) -> Result<(), ModelError>
+where
+    F: Fn(&Worker<'_>, &Slot, &Expert, &mut ActsCache) -> Result<(), ModelError> + Sync,
+{
+    let acts = Claimed::new(acts);
+    pool.try_run(|w: Worker<'_>| -> Result<(), ModelError> {
+        loop {
+            let si = w.claim() * w.n_nodes + w.node;
+            let Some(s) = slots.get(si) else {
+                return Ok(());
+            };
+            // SAFETY: slot `si` went to this worker alone (node by `si %
+            // n_nodes`, then the node's claim counter).
+            let (Some(e), Some(a)) = (moe.expert(s), unsafe { acts.get(si) }) else {
+                continue;
+            };
+            f(&w, s, e, a)?;
+        }
+    })
+}
+
 /// The slots' inputs: each slot's token rows of `xn` (`hidden` wide)
-/// gathered and quantized for its gate and up into `acts[slot]`. One pool
-/// run; the slots are dealt to nodes round-robin and claimed by the
-/// node's workers.
+/// gathered and quantized for its gate and up into `acts[slot]`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn quantize_inputs(
     pool: &Pool,
@@ -227,42 +255,30 @@ pub(crate) fn quantize_inputs(
     acts: &mut [ActsCache],
     gather: &PerWorker<Vec<f32>>,
 ) -> Result<(), ModelError> {
-    let acts = Claimed::new(acts);
-    pool.try_run(|w: Worker<'_>| -> Result<(), ModelError> {
+    per_slot(pool, moe, slots, acts, |w, s, e, a| {
         // SAFETY: worker `w.index` is the only user of its buffer.
         let buf = unsafe { gather.get(w.index) };
-        loop {
-            let si = w.claim() * w.n_nodes + w.node;
-            let Some(s) = slots.get(si) else {
-                return Ok(());
-            };
-            let Some(e) = moe.expert(s) else { continue };
-            let rows = s.rows.len();
-            if buf.len() < rows * hidden {
-                buf.resize(rows * hidden, 0.0);
-            }
-            for (dst, &t) in buf.chunks_exact_mut(hidden).zip(&tokens[s.rows.clone()]) {
-                let t = t as usize;
-                dst.copy_from_slice(&xn[t * hidden..(t + 1) * hidden]);
-            }
-            // SAFETY: slot `si` went to this worker alone (node by `si %
-            // n_nodes`, then the node's claim counter).
-            let Some(a) = (unsafe { acts.get(si) }) else {
-                continue;
-            };
-            a.invalidate();
-            for f in [
-                e.gate.format.activation_format(),
-                e.up.format.activation_format(),
-            ] {
-                a.prepare(f, &buf[..rows * hidden], rows, hidden)?;
-            }
+        let rows = s.rows.len();
+        if buf.len() < rows * hidden {
+            buf.resize(rows * hidden, 0.0);
         }
+        for (dst, &t) in buf.chunks_exact_mut(hidden).zip(&tokens[s.rows.clone()]) {
+            let t = t as usize;
+            dst.copy_from_slice(&xn[t * hidden..(t + 1) * hidden]);
+        }
+        a.invalidate();
+        for f in [
+            e.gate.format.activation_format(),
+            e.up.format.activation_format(),
+        ] {
+            a.prepare(f, &buf[..rows * hidden], rows, hidden)?;
+        }
+        Ok(())
     })
 }
 
 /// The slots' SwiGLU rows (`g`, each slot's `[tokens × ffn]` block)
-/// quantized for their down into `acts[slot]`; one pool run as above.
+/// quantized for their down into `acts[slot]`.
 pub(crate) fn quantize_hidden(
     pool: &Pool,
     moe: &MoeFfn,
@@ -270,27 +286,15 @@ pub(crate) fn quantize_hidden(
     g: &[f32],
     acts: &mut [ActsCache],
 ) -> Result<(), ModelError> {
-    let acts = Claimed::new(acts);
-    pool.try_run(|w: Worker<'_>| -> Result<(), ModelError> {
-        loop {
-            let si = w.claim() * w.n_nodes + w.node;
-            let Some(s) = slots.get(si) else {
-                return Ok(());
-            };
-            let Some(e) = moe.expert(s) else { continue };
-            let (rows, f) = (s.rows.len(), e.gate.rows);
-            // SAFETY: as in `quantize_inputs`.
-            let Some(a) = (unsafe { acts.get(si) }) else {
-                continue;
-            };
-            a.invalidate();
-            a.prepare(
-                e.down.format.activation_format(),
-                &g[s.h_off..s.h_off + rows * f],
-                rows,
-                f,
-            )?;
-        }
+    per_slot(pool, moe, slots, acts, |_, s, e, a| {
+        let (rows, f) = (s.rows.len(), e.gate.rows);
+        a.invalidate();
+        a.prepare(
+            e.down.format.activation_format(),
+            &g[s.h_off..s.h_off + rows * f],
+            rows,
+            f,
+        )
     })
 }
 

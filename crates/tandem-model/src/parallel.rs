@@ -213,11 +213,7 @@ pub(crate) fn gate_up(
                 let off = b * ffn + gs.rows.start + local.start;
                 // SAFETY: this chunk's columns, written only by this worker.
                 let (g, u) = unsafe { (gate.slice(off, local.len()), up.slice(off, local.len())) };
-                match act {
-                    crate::spec::Activation::Silu => crate::ops::silu_mul(g, u),
-                    crate::spec::Activation::GeluTanh => crate::ops::gelu_tanh_mul(g, u),
-                    crate::spec::Activation::GeluTanhF16 => crate::ops::gelu_tanh_f16_mul(g, u),
-                }
+                act.apply(g, u);
             }
         }
     })

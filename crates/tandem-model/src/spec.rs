@@ -41,6 +41,17 @@ pub enum Activation {
     GeluTanhF16,
 }
 
+impl Activation {
+    /// In place: `gate = act(gate) * up`.
+    pub fn apply(self, gate: &mut [f32], up: &[f32]) {
+        match self {
+            Activation::Silu => crate::ops::silu_mul(gate, up),
+            Activation::GeluTanh => crate::ops::gelu_tanh_mul(gate, up),
+            Activation::GeluTanhF16 => crate::ops::gelu_tanh_f16_mul(gate, up),
+        }
+    }
+}
+
 /// Grouped-query attention with RoPE.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AttnSpec {

@@ -410,7 +410,7 @@ pub fn attend_block<'a>(
     acc: &mut [f32],
     scores: &mut [f32],
 ) -> Result<(), KernelError> {
-    attend(
+    attend_block_limited(
         isa,
         q,
         head_dim,
@@ -421,7 +421,6 @@ pub fn attend_block<'a>(
         states,
         acc,
         scores,
-        true,
     )
 }
 
