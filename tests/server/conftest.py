@@ -24,12 +24,12 @@ def free_port():
 
 
 class Server:
-    def __init__(self, *extra):
+    def __init__(self, *extra, ctx=1024):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
             [str(BIN), "serve", "--model", str(MODEL), "--port", str(self.port),
-             "--api-key", KEY, "--threads", "2", "--ctx-size", "1024", *extra],
+             "--api-key", KEY, "--threads", "2", "--ctx-size", str(ctx), *extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         deadline = time.time() + 120
         while time.time() < deadline:
@@ -81,6 +81,8 @@ def server():
 
 @pytest.fixture(scope="session")
 def small_server():
-    s = Server("--max-batch", "1", "--max-queue", "1")
+    # A long context, so a held request keeps the one batch slot busy for
+    # seconds even on a fast machine.
+    s = Server("--max-batch", "1", "--max-queue", "1", ctx=8192)
     yield s
     s.stop()
