@@ -30,8 +30,9 @@ use tandem_kernels::matmul_rows_layout;
 use tandem_numa::{Pool, Worker};
 
 use crate::config::{Gating, MoeConfig};
-use crate::parallel::{chunk_rows, matmul_into};
+use crate::parallel::{chunk_rows, gated_rows};
 use crate::shard::ShardedMatrix;
+use crate::spec::Activation;
 use crate::workspace::{ActsCache, Claimed, PerWorker, SharedOut};
 use crate::ModelError;
 
@@ -349,17 +350,19 @@ pub(crate) fn gate_up(
                     cache.get(e.gate.format.activation_format())?,
                     cache.get(e.up.format.activation_format())?,
                 );
-                let col0 = s.h_off + gs.rows.start;
-                matmul_into(gs, &e.gate, local.clone(), ga, n, g, ffn, col0, scratch)?;
-                matmul_into(us, &e.up, local.clone(), ua, n, u, ffn, col0, scratch)?;
-                for t in 0..n {
-                    let off = s.h_off + t * ffn + gs.rows.start + local.start;
-                    // SAFETY: this chunk's columns of this slot, written
-                    // only by this worker.
-                    let (gv, uv) =
-                        unsafe { (g.slice(off, local.len()), u.slice(off, local.len())) };
-                    crate::ops::silu_mul(gv, uv);
-                }
+                let (gm, um) = ((&e.gate, gs, ga), (&e.up, us, ua));
+                gated_rows(
+                    gm,
+                    um,
+                    Activation::Silu,
+                    local,
+                    n,
+                    g,
+                    u,
+                    s.h_off,
+                    ffn,
+                    scratch,
+                )?;
             }
         }
     })

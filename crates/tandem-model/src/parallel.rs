@@ -187,36 +187,50 @@ pub(crate) fn gate_up(
                 return Ok(());
             }
             let local = start..(start + chunk).min(total);
-            matmul_into(
-                gs,
-                gate_m,
-                local.clone(),
-                ga,
-                n,
-                gate,
-                ffn,
-                gs.rows.start,
-                scratch,
-            )?;
-            matmul_into(
-                us,
-                up_m,
-                local.clone(),
-                ua,
-                n,
-                up,
-                ffn,
-                us.rows.start,
-                scratch,
-            )?;
-            for b in 0..n {
-                let off = b * ffn + gs.rows.start + local.start;
-                // SAFETY: this chunk's columns, written only by this worker.
-                let (g, u) = unsafe { (gate.slice(off, local.len()), up.slice(off, local.len())) };
-                act.apply(g, u);
-            }
+            let (gm, um) = ((gate_m, gs, ga), (up_m, us, ua));
+            gated_rows(gm, um, act, local, n, gate, up, 0, ffn, scratch)?;
         }
     })
+}
+
+/// One chunk of a gated FFN: rows `local` of a node's gate and up shards
+/// times `n` activation rows, then `gate = act(gate) * up` in place. The
+/// outputs are `[n × stride]` blocks starting at `base` of `gate`/`up`
+/// (column `shard.rows.start + r` for local row `r`). Shared by the dense
+/// FFN and every MoE slot.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gated_rows(
+    (gate_m, gs, ga): (&ShardedMatrix, &Shard, &QuantizedActivations),
+    (up_m, us, ua): (&ShardedMatrix, &Shard, &QuantizedActivations),
+    act: crate::spec::Activation,
+    local: Range<usize>,
+    n: usize,
+    gate: SharedOut,
+    up: SharedOut,
+    base: usize,
+    stride: usize,
+    scratch: &mut [f32],
+) -> Result<(), ModelError> {
+    let col0 = base + gs.rows.start;
+    matmul_into(
+        gs,
+        gate_m,
+        local.clone(),
+        ga,
+        n,
+        gate,
+        stride,
+        col0,
+        scratch,
+    )?;
+    matmul_into(us, up_m, local.clone(), ua, n, up, stride, col0, scratch)?;
+    for b in 0..n {
+        let off = col0 + b * stride + local.start;
+        // SAFETY: this chunk's columns, written only by this worker.
+        let (g, u) = unsafe { (gate.slice(off, local.len()), up.slice(off, local.len())) };
+        act.apply(g, u);
+    }
+    Ok(())
 }
 
 /// `partial[node] = m[:, cols of node] · x[:, cols of node]` for a
