@@ -3,7 +3,7 @@
 //! Every expert is split across engine nodes like a dense FFN: gate and up
 //! by the expert's FFN rows, down by hidden rows, so every node holds a
 //! slice of every expert and no expert is copied. One MoE layer is three
-//! pool runs:
+//! pool runs that compute, plus one or two that quantize:
 //!
 //! 1. **Router**: the router matrix times the normed input (a row-split
 //!    run); the routing itself (softmax or sigmoid, grouped top-k, weights)
@@ -21,8 +21,10 @@
 //!    workers write the same output and no reduction pass is needed.
 //!
 //! A shared expert is one more slot that every token uses with weight 1.
-//! Activations are gathered and quantized per slot on the calling thread
-//! (for one token, all slots share the one quantized row).
+//! Between the runs, each slot's input rows are gathered and quantized,
+//! and its SwiGLU rows quantized for down, in pool runs of one slot per
+//! claim ([`quantize_inputs`], [`quantize_hidden`]); for one token every
+//! slot reads the batch's one quantized row and no gather runs.
 
 use std::ops::Range;
 
