@@ -99,6 +99,10 @@ pub struct MoeConfig {
     pub groups_used: usize,
 }
 
+/// Most expert groups a router may have (the routing keeps a fixed-size
+/// mask of them; DeepSeek-V3 has 8).
+pub(crate) const MAX_EXPERT_GROUPS: usize = 256;
+
 impl MoeConfig {
     fn validate(&self) -> Result<(), ModelError> {
         let m = self;
@@ -121,6 +125,7 @@ impl MoeConfig {
             ));
         }
         if m.n_groups == 0
+            || m.n_groups > MAX_EXPERT_GROUPS
             || !m.n_experts.is_multiple_of(m.n_groups)
             || m.groups_used == 0
             || m.groups_used > m.n_groups

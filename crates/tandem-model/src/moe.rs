@@ -168,7 +168,8 @@ pub(crate) fn route_token(
             }
         };
         // Drop the worst groups one at a time until `groups_used` remain.
-        let mut kept = [true; 256];
+        // `MoeConfig::validate` bounds the groups by the mask's size.
+        let mut kept = [true; crate::config::MAX_EXPERT_GROUPS];
         let groups = cfg.n_groups.min(kept.len());
         for _ in cfg.groups_used..groups {
             let worst = (0..groups)
