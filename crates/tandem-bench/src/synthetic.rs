@@ -18,7 +18,7 @@ use tandem_gguf::{Array, GgmlType, GgufWriter, Value};
 
 pub use blocks::{fill, WEIGHT_STD};
 pub use quant::{use_more_bits, Quant, Role};
-pub use shape::{MoeShape, Shape, VocabStyle};
+pub use shape::{MlaShape, MoeShape, Shape, VocabStyle};
 pub use vocab::{build as build_vocab, byte_char, Vocab};
 
 use crate::BenchError;
@@ -80,11 +80,71 @@ pub fn plan(shape: &Shape, quant: Quant) -> Vec<TensorPlan> {
     for i in 0..nl {
         let n = |s: &str| format!("blk.{i}.{s}");
         push(n("attn_norm.weight"), vec![h], GgmlType::F32, Init::Ones);
-        for (s, rows, role) in [
+        if let Some(m) = &shape.mla {
+            let (heads, qk) = (shape.n_heads as u64, (m.qk_nope + m.qk_rope) as u64);
+            let (ql, kl, v) = (m.q_lora as u64, m.kv_lora as u64, m.v_head as u64);
+            push(
+                n("attn_q_a.weight"),
+                vec![h, ql],
+                ty(Role::AttnQ, i),
+                Init::Random,
+            );
+            push(
+                n("attn_q_a_norm.weight"),
+                vec![ql],
+                GgmlType::F32,
+                Init::Ones,
+            );
+            push(
+                n("attn_q_b.weight"),
+                vec![ql, heads * qk],
+                ty(Role::AttnQ, i),
+                Init::Random,
+            );
+            push(
+                n("attn_kv_a_mqa.weight"),
+                vec![h, kl + m.qk_rope as u64],
+                ty(Role::AttnK, i),
+                Init::Random,
+            );
+            push(
+                n("attn_kv_a_norm.weight"),
+                vec![kl],
+                GgmlType::F32,
+                Init::Ones,
+            );
+            // 128 columns: no k-quant fits; llama-quantize falls back
+            // (to Q5_0 for Q4_K); Q8_0 here, a few MiB per layer.
+            let k_b = match ty(Role::AttnK, i) {
+                t @ (GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::Q8_0) => t,
+                _ => GgmlType::Q8_0,
+            };
+            push(
+                n("attn_k_b.weight"),
+                vec![m.qk_nope as u64, kl, heads],
+                k_b,
+                Init::Random,
+            );
+            push(
+                n("attn_v_b.weight"),
+                vec![kl, v, heads],
+                ty(Role::AttnV, i),
+                Init::Random,
+            );
+            push(
+                n("attn_output.weight"),
+                vec![heads * v, h],
+                ty(Role::AttnOut, i),
+                Init::Random,
+            );
+        }
+        let gqa = [
             ("attn_q", q, Role::AttnQ),
             ("attn_k", kv, Role::AttnK),
             ("attn_v", kv, Role::AttnV),
-        ] {
+        ];
+        let n_gqa = if shape.mla.is_some() { 0 } else { gqa.len() };
+        for (s, rows, role) in gqa.into_iter().take(n_gqa) {
             push(
                 n(&format!("{s}.weight")),
                 vec![h, rows],
@@ -105,14 +165,16 @@ pub fn plan(shape: &Shape, quant: Quant) -> Vec<TensorPlan> {
             push(n("attn_q_norm.weight"), vec![hd], GgmlType::F32, Init::Ones);
             push(n("attn_k_norm.weight"), vec![hd], GgmlType::F32, Init::Ones);
         }
-        push(
-            n("attn_output.weight"),
-            vec![q, h],
-            ty(Role::AttnOut, i),
-            Init::Random,
-        );
+        if shape.mla.is_none() {
+            push(
+                n("attn_output.weight"),
+                vec![q, h],
+                ty(Role::AttnOut, i),
+                Init::Random,
+            );
+        }
         push(n("ffn_norm.weight"), vec![h], GgmlType::F32, Init::Ones);
-        if let Some(m) = &shape.moe {
+        if let Some(m) = shape.moe.as_ref().filter(|m| i >= m.leading_dense) {
             // llama-quantize leaves the router in F32; experts follow the
             // dense roles (ffn_down_exps gets ffn_down's extra bits).
             let (e, f) = (m.n_experts as u64, m.expert_ffn as u64);
@@ -140,6 +202,30 @@ pub fn plan(shape: &Shape, quant: Quant) -> Vec<TensorPlan> {
                 ty(Role::FfnDown, i),
                 Init::Random,
             );
+            if m.deepseek.is_some() {
+                push(n("exp_probs_b.bias"), vec![e], GgmlType::F32, Init::Small);
+            }
+            if m.shared_ffn > 0 {
+                let sf = m.shared_ffn as u64;
+                push(
+                    n("ffn_gate_shexp.weight"),
+                    vec![h, sf],
+                    ty(Role::FfnGate, i),
+                    Init::Random,
+                );
+                push(
+                    n("ffn_up_shexp.weight"),
+                    vec![h, sf],
+                    ty(Role::FfnUp, i),
+                    Init::Random,
+                );
+                push(
+                    n("ffn_down_shexp.weight"),
+                    vec![sf, h],
+                    ty(Role::FfnDown, i),
+                    Init::Random,
+                );
+            }
             continue;
         }
         push(
@@ -213,7 +299,32 @@ pub fn writer(
         format!("{a}.attention.layer_norm_rms_epsilon"),
         Value::F32(shape.norm_eps),
     );
-    w.add_metadata(format!("{a}.rope.dimension_count"), u32v(shape.head_dim()));
+    match &shape.mla {
+        Some(m) => {
+            w.add_metadata(format!("{a}.rope.dimension_count"), u32v(m.qk_rope));
+            w.add_metadata(format!("{a}.attention.q_lora_rank"), u32v(m.q_lora));
+            w.add_metadata(format!("{a}.attention.kv_lora_rank"), u32v(m.kv_lora));
+            w.add_metadata(format!("{a}.attention.key_length"), u32v(shape.head_dim()));
+            w.add_metadata(format!("{a}.attention.value_length"), u32v(m.kv_lora));
+            w.add_metadata(
+                format!("{a}.attention.key_length_mla"),
+                u32v(m.qk_nope + m.qk_rope),
+            );
+            w.add_metadata(format!("{a}.attention.value_length_mla"), u32v(m.v_head));
+            // DeepSeek-V3's YaRN (factor 40 over 4096 positions).
+            w.add_metadata(format!("{a}.rope.scaling.type"), Value::from("yarn"));
+            w.add_metadata(format!("{a}.rope.scaling.factor"), Value::F32(40.0));
+            w.add_metadata(
+                format!("{a}.rope.scaling.original_context_length"),
+                u32v(4096),
+            );
+            w.add_metadata(
+                format!("{a}.rope.scaling.yarn_log_multiplier"),
+                Value::F32(0.1),
+            );
+        }
+        None => w.add_metadata(format!("{a}.rope.dimension_count"), u32v(shape.head_dim())),
+    }
     if let Some(k) = shape.key_length {
         w.add_metadata(format!("{a}.attention.key_length"), u32v(k));
         w.add_metadata(format!("{a}.attention.value_length"), u32v(k));
@@ -225,8 +336,27 @@ pub fn writer(
             format!("{a}.expert_feed_forward_length"),
             u32v(m.expert_ffn),
         );
+        if m.shared_ffn > 0 {
+            w.add_metadata(
+                format!("{a}.expert_shared_count"),
+                u32v(m.shared_ffn / m.expert_ffn.max(1)),
+            );
+        }
+        if m.leading_dense > 0 {
+            w.add_metadata(
+                format!("{a}.leading_dense_block_count"),
+                u32v(m.leading_dense),
+            );
+        }
+        if let Some((groups, used, scale)) = m.deepseek {
+            w.add_metadata(format!("{a}.expert_gating_func"), Value::U32(2));
+            w.add_metadata(format!("{a}.expert_group_count"), u32v(groups));
+            w.add_metadata(format!("{a}.expert_group_used_count"), u32v(used));
+            w.add_metadata(format!("{a}.expert_weights_scale"), Value::F32(scale));
+            w.add_metadata(format!("{a}.expert_weights_norm"), Value::Bool(true));
+        }
     }
-    if a == "llama" {
+    if a == "llama" || a == "deepseek2" {
         w.add_metadata(format!("{a}.vocab_size"), u32v(shape.vocab));
     }
     w.add_metadata("tokenizer.ggml.model", Value::from("gpt2"));

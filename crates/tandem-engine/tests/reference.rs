@@ -32,6 +32,7 @@ const MODELS: &[&str] = &[
     "tiny-qwen3moe",
     "tiny-gemma3",
     "tiny-glm4moe",
+    "tiny-deepseek3",
 ];
 
 fn refs(name: &str) -> Value {

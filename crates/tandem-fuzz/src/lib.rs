@@ -210,6 +210,7 @@ pub const KV_PAGE_TOKENS: &[u32] = &[1, 2, 3, 4];
 #[allow(clippy::single_range_in_vec_init)] // one node
 fn kv_geometry() -> tandem_kv::KvGeometry {
     tandem_kv::KvGeometry {
+        values: Default::default(),
         n_layers: 1,
         head_dim: 32,
         page_tokens: KV_PAGE_TOKENS.len(),

@@ -261,7 +261,7 @@ impl DiskTier {
     /// Bytes of a page file of geometry `g`.
     pub fn file_bytes(g: &KvGeometry) -> u64 {
         let header = 8 + 4 + 8 + 16 + 16 + 16 + 4 * g.page_tokens;
-        let rows = g.n_layers * 2 * g.n_kv_heads() * g.slab_bytes();
+        let rows = g.n_layers * g.planes() * g.n_kv_heads() * g.slab_bytes();
         (header + rows + 8) as u64
     }
 
@@ -291,7 +291,7 @@ impl DiskTier {
             sum.update(&header);
             f.write_all(&header)?;
             for layer in 0..g.n_layers {
-                for kv in 0..2 {
+                for kv in 0..g.planes() {
                     for head in 0..g.n_kv_heads() {
                         let s = slab(layer, kv, head);
                         sum.update(s);
@@ -353,7 +353,7 @@ impl DiskTier {
             let mut sum = xxhash_rust::xxh3::Xxh3::new();
             sum.update(&got);
             for layer in 0..g.n_layers {
-                for kv in 0..2 {
+                for kv in 0..g.planes() {
                     for head in 0..g.n_kv_heads() {
                         let s = slab(layer, kv, head);
                         f.read_exact(s).ok()?;

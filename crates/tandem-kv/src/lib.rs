@@ -16,7 +16,9 @@
 //! attention reads node-local memory only. Within a node's page the layout
 //! is `[layer][K|V][head][token][head_dim]`: one head's rows of one page
 //! are a contiguous slab, which is exactly a block for
-//! `tandem_kernels::attention::attend_block`.
+//! `tandem_kernels::attention::attend_block`. A latent (MLA) cache
+//! ([`KvValues::InKeys`]) stores K slabs only: a value is a prefix of its
+//! key row. It has one head, so one node holds it.
 //!
 //! Does not know: models, tokens' meaning, attention arithmetic, threads.
 //! It is told the geometry and the token ids that filled each page.
@@ -27,7 +29,7 @@ mod store;
 
 pub use disk::{DiskStats, DiskTier, ModelIdentity};
 pub use pages::{chain_hash, Evicted, PageCounts, PageId, PageTable, ROOT_HASH};
-pub use store::{KvGeometry, KvStore, RowKey, Sequence};
+pub use store::{KvGeometry, KvStore, KvValues, RowKey, Sequence};
 pub use tandem_kernels::attention::KvFormat;
 
 /// Errors of the KV store.

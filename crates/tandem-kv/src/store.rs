@@ -38,11 +38,25 @@ use crate::disk::DiskTier;
 use crate::pages::{chain_hash, Evicted, PageCounts, PageId, PageTable, ROOT_HASH};
 use crate::KvError;
 
+/// Where a position's values are.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
+pub enum KvValues {
+    /// Value rows of `head_dim` values, in slabs of their own.
+    #[default]
+    Separate,
+    /// A position's value is a prefix of its key row (MLA's latent cache:
+    /// the key is `[latent | rope part]`, the value the latent), so no
+    /// value slabs are stored and reading a value row reads the key row.
+    InKeys,
+}
+
 /// Shape of the store: what a page of each node holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KvGeometry {
     pub n_layers: usize,
+    /// Values per stored key row (and value row, when separate).
     pub head_dim: usize,
+    pub values: KvValues,
     /// Tokens per page.
     pub page_tokens: usize,
     pub format: KvFormat,
@@ -86,7 +100,7 @@ impl KvGeometry {
             .row_bytes(self.head_dim)
             .and_then(|r| r.checked_mul(self.page_tokens))
             .and_then(|s| s.checked_mul(self.n_layers))
-            .and_then(|s| s.checked_mul(2))
+            .and_then(|s| s.checked_mul(self.planes()))
             .and_then(|s| s.checked_mul(next));
         if page.is_none() {
             return Err(KvError::TooLarge);
@@ -107,9 +121,19 @@ impl KvGeometry {
         self.page_tokens * self.row_bytes()
     }
 
-    /// Bytes of one page in `node`'s pool.
+    /// Slabs per (layer, head): K and V, or K alone when values live in
+    /// the keys.
+    pub fn planes(&self) -> usize {
+        match self.values {
+            KvValues::Separate => 2,
+            KvValues::InKeys => 1,
+        }
+    }
+
+    /// Bytes of one page in `node`'s pool (0 for a node that holds no
+    /// heads: an MLA cache has one).
     pub fn node_page_bytes(&self, node: usize) -> usize {
-        self.n_layers * 2 * self.node_heads[node].len() * self.slab_bytes()
+        self.n_layers * self.planes() * self.node_heads[node].len() * self.slab_bytes()
     }
 
     /// Bytes of one page summed over nodes.
@@ -140,9 +164,12 @@ impl KvGeometry {
     }
 
     /// Offset of a head's slab within a node's page: layer-major, then K
-    /// (0) or V (1), then the node-local head.
+    /// (0) or V (1), then the node-local head. With values in the keys,
+    /// V's slab is K's.
     pub fn slab_offset(&self, node: usize, layer: usize, kv: usize, local_head: usize) -> usize {
-        ((layer * 2 + kv) * self.node_heads[node].len() + local_head) * self.slab_bytes()
+        let planes = self.planes();
+        let kv = kv.min(planes - 1);
+        ((layer * planes + kv) * self.node_heads[node].len() + local_head) * self.slab_bytes()
     }
 }
 
@@ -751,7 +778,7 @@ impl Sequence {
         let g = &self.store.geom;
         for (node, heads) in g.node_heads.iter().enumerate() {
             for layer in 0..g.n_layers {
-                for kv in 0..2 {
+                for kv in 0..g.planes() {
                     for head in 0..heads.len() {
                         for pos in self.len..self.len + tokens.len() {
                             let key = RowKey {
@@ -793,7 +820,8 @@ impl Sequence {
         let g = &self.store.geom;
         let heads = g.node_heads.get(node).map_or(0, |r| r.len());
         let page = self.pages.get(pos / g.page_tokens.max(1));
-        let Some(&page) = page.filter(|_| layer < g.n_layers && kv < 2 && local_head < heads)
+        let Some(&page) =
+            page.filter(|_| layer < g.n_layers && kv < g.planes() && local_head < heads)
         else {
             return Err(KvError::Geometry(format!(
                 "row (node {node}, layer {layer}, kv {kv}, head {local_head}, position {pos}) \

@@ -18,6 +18,7 @@ const ID: ModelIdentity = ModelIdentity(0x1234_5678_9abc_def0_0fed_cba9_8765_432
 
 fn geometry(format: KvFormat, node_heads: Vec<std::ops::Range<usize>>) -> KvGeometry {
     KvGeometry {
+        values: Default::default(),
         n_layers: 2,
         head_dim: 8,
         page_tokens: PT,

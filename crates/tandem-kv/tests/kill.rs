@@ -30,6 +30,7 @@ const KILLS: usize = 100;
 
 fn geometry() -> KvGeometry {
     KvGeometry {
+        values: Default::default(),
         n_layers: 4,
         head_dim: 64,
         page_tokens: PT,

@@ -11,6 +11,7 @@ use tandem_kv::{KvError, KvFormat, KvGeometry, KvStore, PageCounts, Sequence};
 
 fn geometry(page_tokens: usize) -> KvGeometry {
     KvGeometry {
+        values: Default::default(),
         n_layers: 2,
         head_dim: 4,
         page_tokens,
@@ -99,6 +100,7 @@ fn geometry_layout() {
     assert_eq!(g.token_bytes(), 2 * 2 * 3 * 16);
     assert!(KvStore::new(
         KvGeometry {
+            values: Default::default(),
             node_heads: vec![0..1, 2..3],
             ..geometry(16)
         },
@@ -113,6 +115,7 @@ fn geometry_layout() {
 #[test]
 fn q8_0_rows_are_whole_blocks() {
     let q8 = |head_dim| KvGeometry {
+        values: Default::default(),
         head_dim,
         format: KvFormat::Q8_0,
         ..geometry(16)
@@ -135,6 +138,7 @@ fn q8_0_rows_are_whole_blocks() {
     }
     // A page whose size overflows is refused, not wrapped.
     let huge = KvGeometry {
+        values: Default::default(),
         page_tokens: usize::MAX / 64,
         ..geometry(16)
     };
@@ -335,5 +339,44 @@ proptest! {
         seqs.clear();
         prop_assert_eq!(s.counts().in_use, 0);
         assert_conserved(&s);
+    }
+}
+
+/// A latent (MLA) cache: one head on one of two nodes, key slabs only.
+/// A page costs exactly its key rows, writers are asked for keys only,
+/// a value read is the key row, and the other node holds nothing.
+#[test]
+fn latent_cache_stores_keys_only() {
+    let g = KvGeometry {
+        values: tandem_kv::KvValues::InKeys,
+        n_layers: 3,
+        head_dim: 8,
+        page_tokens: 4,
+        format: KvFormat::F32,
+        node_heads: vec![0..0, 0..1],
+    };
+    assert_eq!(g.planes(), 1);
+    assert_eq!(g.node_page_bytes(0), 0);
+    assert_eq!(g.token_bytes(), 3 * 8 * 4, "one row per layer per token");
+    let store = KvStore::new(g, 4, &[None, None]).expect("store");
+    let mut seq = store.new_sequence();
+    let mut calls = Vec::new();
+    seq.append_rows(&[1, 2, 3, 4, 5], |key, row| {
+        calls.push((key.node, key.kv));
+        row.copy_from_slice(&(key.layer * 100 + key.pos).to_le_bytes().repeat(4)[..32]);
+    })
+    .expect("append");
+    assert_eq!(calls.len(), 5 * 3);
+    assert!(calls.iter().all(|&(node, kv)| node == 1 && kv == 0));
+    for layer in 0..3 {
+        for pos in 0..5 {
+            let k = seq.row_ptr(1, layer, 0, 0, pos).expect("key");
+            assert_eq!(seq.row_ptr(1, layer, 1, 0, pos), Err(KvError::Geometry(format!(
+                "row (node 1, layer {layer}, kv 1, head 0, position {pos}) outside the sequence's pages"
+            ))));
+            // SAFETY: position `pos` was written above; nothing writes it now.
+            let first = unsafe { std::slice::from_raw_parts(k, 8) };
+            assert_eq!(first, &(layer * 100 + pos).to_le_bytes()[..]);
+        }
     }
 }

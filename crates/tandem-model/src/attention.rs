@@ -75,6 +75,9 @@ pub(crate) struct AttnLayer<'a> {
     pub bv: Option<&'a [f32]>,
     pub q_norm: Option<&'a [f32]>,
     pub k_norm: Option<&'a [f32]>,
+    /// RoPE the new queries and keys here (false: they arrive rotated,
+    /// as MLA's do).
+    pub rotate: bool,
 }
 
 /// How a layer's attention is cut into work items (module docs).
@@ -262,8 +265,9 @@ struct Item<'a> {
 }
 
 /// Query rows attended together: all heads of a KV group, for as many
-/// sequence rows as fit (so each K/V page is read once per tile).
-pub(crate) const MAX_QUERIES: usize = 64;
+/// sequence rows as fit (so each K/V page is read once per tile). 128:
+/// MLA attends all of DeepSeek-V3's 128 heads with its one latent head.
+pub(crate) const MAX_QUERIES: usize = 128;
 
 /// How many blocks (one head's K and V slabs of a page) ahead of the one
 /// it reads attention prefetches. Pages sit anywhere in the pool and a
@@ -328,7 +332,7 @@ unsafe fn store_new_rows(
             x.layer.bk.map(|b| &b[kvh * hd..(kvh + 1) * hd]),
             x.layer.k_norm,
             c.norm_eps,
-            Some((x.rope, table)),
+            x.layer.rotate.then_some((x.rope, table)),
             tmp,
         );
         finish_head(
@@ -339,7 +343,8 @@ unsafe fn store_new_rows(
             None,
             tmp,
         );
-        for (kv, src) in [(0, &*kr), (1, &*vr)] {
+        // Without value slabs (MLA), the key row holds the value.
+        for (kv, src) in [(0, &*kr), (1, &*vr)].into_iter().take(geom.planes()) {
             // Position s.p0 + i was reserved (a private page); its row of
             // (layer, kv, head) is written by this item only.
             let ptr = seq
@@ -419,7 +424,7 @@ unsafe fn run_item(
                         x.layer.bq.map(|b| &b[qi * hd..(qi + 1) * hd]),
                         x.layer.q_norm,
                         c.norm_eps,
-                        Some((x.rope, table)),
+                        x.layer.rotate.then_some((x.rope, table)),
                         tmp,
                     );
                 }

@@ -21,6 +21,59 @@ pub struct RopeConfig {
     pub freq_scale: f32,
     /// Per-frequency divisors ("llama3" scaling); `n_rot / 2` entries.
     pub freq_factors: Option<Vec<f32>>,
+    /// YaRN: `freq_scale` applies only to the low frequencies, ramped
+    /// between the correction dimensions (ggml's `rope_yarn`).
+    pub yarn: Option<Yarn>,
+}
+
+/// YaRN RoPE scaling parameters (GGUF `rope.scaling.*`, HF
+/// `rope_scaling` of type `yarn`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Yarn {
+    /// The context the model was trained for before scaling.
+    pub orig_ctx: usize,
+    pub beta_fast: f32,
+    pub beta_slow: f32,
+    /// Multiplies every sine and cosine (ggml's effective `mscale`; 1 for
+    /// DeepSeek, whose attention scale carries it instead).
+    pub mscale: f32,
+}
+
+/// Multi-head latent attention (DeepSeek-V2/V3, Kimi-K2): keys and values
+/// are decompressed per head from one shared latent of `kv_lora_rank`
+/// values plus a `qk_rope`-wide rotated key part, which is all the cache
+/// holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MlaConfig {
+    /// Rank of Q's low-rank projection (0: Q is projected directly, as in
+    /// DeepSeek-V2-Lite).
+    pub q_lora_rank: usize,
+    pub kv_lora_rank: usize,
+    /// Per head: the query/key part without and with RoPE, and the value.
+    pub qk_nope: usize,
+    pub qk_rope: usize,
+    pub v_head: usize,
+}
+
+impl MlaConfig {
+    /// Query/key width per head before absorption.
+    pub fn qk_head(&self) -> usize {
+        self.qk_nope + self.qk_rope
+    }
+
+    /// A cached row: the latent, then the rotated key part.
+    pub fn row(&self) -> usize {
+        self.kv_lora_rank + self.qk_rope
+    }
+}
+
+/// `mscale` of YaRN (DeepSeek's `yarn_get_mscale`).
+pub(crate) fn yarn_mscale(factor: f64, m: f64) -> f64 {
+    if factor <= 1.0 {
+        1.0
+    } else {
+        0.1 * m * factor.ln() + 1.0
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -39,6 +92,9 @@ pub struct ModelConfig {
     pub rope: RopeConfig,
     /// Mixture-of-experts hyperparameters; None for a dense model.
     pub moe: Option<MoeConfig>,
+    /// Latent attention (then `n_kv_heads` is 1 and `head_dim` the cached
+    /// row, [`MlaConfig::row`]).
+    pub mla: Option<MlaConfig>,
     /// Sliding-window attention: the window and which layers use it.
     pub swa: Option<SlidingWindow>,
     /// Score scale when it is not `1/sqrt(head_dim)` (Gemma 3's
@@ -244,8 +300,9 @@ impl ModelConfig {
             Some(d) => d,
             None => hidden / n_heads.max(1),
         };
-        let freq_scale = match meta.get_str(&key("rope.scaling.type"))? {
-            Some("linear") => {
+        let scaling_type = meta.get_str(&key("rope.scaling.type"))?;
+        let freq_scale = match scaling_type {
+            Some("linear") | Some("yarn") => {
                 let f = meta.get_f32(&key("rope.scaling.factor"))?.unwrap_or(1.0);
                 if !(f.is_finite() && f > 0.0) {
                     return Err(ModelError::invalid(&key("rope.scaling.factor"), f));
@@ -256,10 +313,78 @@ impl ModelConfig {
             Some(other) => {
                 return Err(ModelError::invalid(
                     &key("rope.scaling.type"),
-                    format!("'{other}' is not supported (none, linear; llama3 uses rope_freqs)"),
+                    format!(
+                        "'{other}' is not supported (none, linear, yarn; llama3 uses rope_freqs)"
+                    ),
                 ))
             }
         };
+        // DeepSeek's converter writes 0.1 · mscale_all_dim (llama.cpp
+        // divides it back out).
+        let log_mul = meta
+            .get_f32(&key("rope.scaling.yarn_log_multiplier"))?
+            .map(|m| if arch == Arch::Deepseek2 { m / 0.1 } else { m });
+        let factor = f64::from(1.0 / freq_scale);
+        let yarn = match scaling_type {
+            Some("yarn") if factor > 1.0 => Some(Yarn {
+                orig_ctx: meta
+                    .get_usize(&key("rope.scaling.original_context_length"))?
+                    .ok_or_else(|| {
+                        ModelError::MissingHyperparameter(key(
+                            "rope.scaling.original_context_length",
+                        ))
+                    })?,
+                beta_fast: meta
+                    .get_f32(&key("rope.scaling.yarn_beta_fast"))?
+                    .unwrap_or(32.0),
+                beta_slow: meta
+                    .get_f32(&key("rope.scaling.yarn_beta_slow"))?
+                    .unwrap_or(1.0),
+                // llama.cpp's yarn_attn_factor, times the (1 + 0.1 ln f)
+                // its rope kernel multiplies in again.
+                mscale: match log_mul {
+                    Some(m_all) if m_all != 0.0 => {
+                        let m = if arch == Arch::Deepseek2 && m_all != 1.0 {
+                            f64::from(m_all)
+                        } else {
+                            1.0
+                        };
+                        (yarn_mscale(factor, m) / yarn_mscale(factor, f64::from(m_all))) as f32
+                    }
+                    _ => yarn_mscale(factor, 1.0) as f32,
+                },
+            }),
+            _ => None,
+        };
+        let mla = match arch {
+            Arch::Deepseek2 => {
+                let rope = req("rope.dimension_count")?;
+                let (qk, v) = match meta.get_usize(&key("attention.key_length_mla"))? {
+                    Some(k) => (k, req("attention.value_length_mla")?),
+                    None => (req("attention.key_length")?, req("attention.value_length")?),
+                };
+                Some(MlaConfig {
+                    q_lora_rank: meta.get_usize(&key("attention.q_lora_rank"))?.unwrap_or(0),
+                    kv_lora_rank: req("attention.kv_lora_rank")?,
+                    qk_nope: qk.checked_sub(rope).ok_or_else(|| {
+                        ModelError::invalid(
+                            &key("attention.key_length"),
+                            format!("{qk} is less than the rope dimension {rope}"),
+                        )
+                    })?,
+                    qk_rope: rope,
+                    v_head: v,
+                })
+            }
+            _ => None,
+        };
+        // DeepSeek's score scale: 1/sqrt(qk head) times llama.cpp's mscale².
+        let attn_scale = mla.as_ref().map(|m| {
+            let sincos = yarn.as_ref().map_or(1.0, |y| f64::from(y.mscale));
+            let ms = sincos * (1.0 + 0.1 * f64::from(log_mul.unwrap_or(0.0)) * factor.ln());
+            (ms * ms / (m.qk_head() as f64).sqrt()) as f32
+        });
+        let head_dim = mla.as_ref().map_or(head_dim, MlaConfig::row);
         let moe = moe_from_gguf(meta, arch, &key)?;
         let swa = match meta.get_usize(&key("attention.sliding_window"))? {
             Some(w) if w > 0 && arch == Arch::Gemma3 => {
@@ -299,9 +424,12 @@ impl ModelConfig {
             n_layers,
             hidden,
             n_heads,
-            n_kv_heads: meta
-                .get_usize(&key("attention.head_count_kv"))?
-                .unwrap_or(n_heads),
+            n_kv_heads: match &mla {
+                Some(_) => 1,
+                None => meta
+                    .get_usize(&key("attention.head_count_kv"))?
+                    .unwrap_or(n_heads),
+            },
             head_dim,
             ffn_hidden,
             vocab_size: meta.get_usize(&key("vocab_size"))?.unwrap_or(0),
@@ -312,7 +440,9 @@ impl ModelConfig {
             rope: RopeConfig {
                 theta: meta.get_f32(&key("rope.freq_base"))?.unwrap_or(10000.0),
                 layout: match arch {
-                    Arch::Llama | Arch::Mistral | Arch::Mixtral => RopeLayout::Interleaved,
+                    Arch::Llama | Arch::Mistral | Arch::Mixtral | Arch::Deepseek2 => {
+                        RopeLayout::Interleaved
+                    }
                     Arch::Qwen2 | Arch::Qwen3 | Arch::Qwen3Moe | Arch::Glm4Moe | Arch::Gemma3 => {
                         RopeLayout::Halves
                     }
@@ -322,10 +452,12 @@ impl ModelConfig {
                     .unwrap_or(head_dim),
                 freq_scale,
                 freq_factors: None,
+                yarn,
             },
             moe,
+            mla,
             swa,
-            attn_scale: None,
+            attn_scale,
             norm_weight_offset: 0.0,
             ggml_numerics: true,
         }
@@ -343,6 +475,7 @@ impl ModelConfig {
             w.rope = Some(RopeConfig {
                 theta,
                 freq_scale: 1.0,
+                yarn: None,
                 ..self.rope.clone()
             });
         }
@@ -409,8 +542,41 @@ impl ModelConfig {
             .unwrap_or("default");
         let mut freq_scale = 1.0f32;
         let mut freq_factors = None;
+        let mut yarn = None;
+        let mut yarn_factor = 1.0f64;
         match rope_type {
             "default" => {}
+            "yarn" => {
+                let s = scaling.ok_or_else(|| ModelError::invalid("rope_scaling", "missing"))?;
+                let f = opt_f64(s, "factor").unwrap_or(1.0);
+                if !(f.is_finite() && f >= 1.0) {
+                    return Err(ModelError::invalid("rope_scaling.factor", f));
+                }
+                freq_scale = (1.0 / f) as f32;
+                yarn_factor = f;
+                let m = opt_f64(s, "mscale").filter(|&m| m != 0.0);
+                let m_all = opt_f64(s, "mscale_all_dim").filter(|&m| m != 0.0);
+                let mscale = match (opt_f64(s, "attention_factor"), m, m_all) {
+                    (Some(a), _, _) => a,
+                    (None, Some(m), Some(m_all)) => yarn_mscale(f, m) / yarn_mscale(f, m_all),
+                    _ => yarn_mscale(f, 1.0),
+                };
+                let orig = opt_f64(s, "original_max_position_embeddings")
+                    .or_else(|| opt_f64(cfg, "original_max_position_embeddings"))
+                    .filter(|&o| o >= 1.0 && o <= MAX_DIM as f64 * 16.0)
+                    .ok_or_else(|| {
+                        ModelError::invalid(
+                            "rope_scaling.original_max_position_embeddings",
+                            "missing",
+                        )
+                    })?;
+                yarn = (f > 1.0).then_some(Yarn {
+                    orig_ctx: orig as usize,
+                    beta_fast: opt_f64(s, "beta_fast").unwrap_or(32.0) as f32,
+                    beta_slow: opt_f64(s, "beta_slow").unwrap_or(1.0) as f32,
+                    mscale: mscale as f32,
+                });
+            }
             "linear" => {
                 let f = scaling.and_then(|s| opt_f64(s, "factor")).unwrap_or(1.0);
                 if !(f.is_finite() && f > 0.0) {
@@ -436,7 +602,7 @@ impl ModelConfig {
             other => {
                 return Err(ModelError::invalid(
                     "rope_scaling",
-                    format!("rope type '{other}' is not supported (default, linear, llama3)"),
+                    format!("rope type '{other}' is not supported (default, linear, llama3, yarn)"),
                 ))
             }
         }
@@ -465,12 +631,38 @@ impl ModelConfig {
             _ => None,
         };
         let gemma = arch == Arch::Gemma3;
+        let mla = match arch {
+            Arch::Deepseek2 => Some(MlaConfig {
+                q_lora_rank: opt_usize("q_lora_rank").unwrap_or(0),
+                kv_lora_rank: req("kv_lora_rank")?,
+                qk_nope: req("qk_nope_head_dim")?,
+                qk_rope: req("qk_rope_head_dim")?,
+                v_head: req("v_head_dim")?,
+            }),
+            _ => None,
+        };
+        // DeepSeek: 1/sqrt(qk head), times mscale(mscale_all_dim)² under YaRN.
+        let mla_scale = mla.as_ref().map(|m| {
+            let m_all = scaling
+                .and_then(|s| opt_f64(s, "mscale_all_dim"))
+                .filter(|&m| m != 0.0 && yarn.is_some());
+            let ms = m_all.map_or(1.0, |m_all| yarn_mscale(yarn_factor, m_all));
+            (ms * ms / (m.qk_head() as f64).sqrt()) as f32
+        });
+        let head_dim = mla.as_ref().map_or(head_dim, MlaConfig::row);
+        let rope_layout = match cfg.get("rope_interleave").and_then(Json::as_bool) {
+            Some(true) | None if mla.is_some() => RopeLayout::Interleaved,
+            _ => RopeLayout::Halves,
+        };
         ModelConfig {
             arch,
             n_layers: n_layers_hf,
             hidden,
             n_heads,
-            n_kv_heads: opt_usize("num_key_value_heads").unwrap_or(n_heads),
+            n_kv_heads: match &mla {
+                Some(_) => 1,
+                None => opt_usize("num_key_value_heads").unwrap_or(n_heads),
+            },
             head_dim,
             ffn_hidden: req("intermediate_size")?,
             vocab_size: req("vocab_size")?,
@@ -478,22 +670,28 @@ impl ModelConfig {
             norm_eps: opt_f64(cfg, "rms_norm_eps").unwrap_or(1e-6) as f32,
             rope: RopeConfig {
                 theta: theta as f32,
-                layout: RopeLayout::Halves,
+                layout: rope_layout,
                 // GLM rotates the first half of each head.
-                n_rot: match opt_f64(cfg, "partial_rotary_factor")
-                    .or_else(|| params.and_then(|p| opt_f64(p, "partial_rotary_factor")))
-                {
-                    Some(f) if f > 0.0 && f <= 1.0 => (head_dim as f64 * f) as usize,
+                n_rot: match (
+                    &mla,
+                    opt_f64(cfg, "partial_rotary_factor")
+                        .or_else(|| params.and_then(|p| opt_f64(p, "partial_rotary_factor"))),
+                ) {
+                    (Some(m), _) => m.qk_rope,
+                    (None, Some(f)) if f > 0.0 && f <= 1.0 => (head_dim as f64 * f) as usize,
                     _ => head_dim,
                 },
                 freq_scale,
                 freq_factors,
+                yarn,
             },
             moe,
+            mla,
             swa,
             attn_scale: opt_f64(cfg, "query_pre_attn_scalar")
                 .filter(|_| gemma)
-                .map(|s| (1.0 / s.sqrt()) as f32),
+                .map(|s| (1.0 / s.sqrt()) as f32)
+                .or(mla_scale),
             norm_weight_offset: if gemma { 1.0 } else { 0.0 },
             ggml_numerics: false,
         }
@@ -635,7 +833,7 @@ fn moe_from_hf(cfg: &Json, arch: Arch) -> Result<Option<MoeConfig>, ModelError> 
                 groups_used: 1,
             }
         }
-        Arch::Glm4Moe => MoeConfig {
+        Arch::Glm4Moe | Arch::Deepseek2 => MoeConfig {
             n_experts: need("n_routed_experts")?,
             top_k: need("num_experts_per_tok")?,
             expert_ffn: need("moe_intermediate_size")?,
@@ -643,7 +841,10 @@ fn moe_from_hf(cfg: &Json, arch: Arch) -> Result<Option<MoeConfig>, ModelError> 
                 .unwrap_or(0)
                 .saturating_mul(need("moe_intermediate_size")?),
             leading_dense: get("first_k_dense_replace").unwrap_or(0),
-            gating: Gating::Sigmoid,
+            gating: match cfg.get("scoring_func").and_then(Json::as_str) {
+                Some("softmax") => Gating::Softmax,
+                _ => Gating::Sigmoid,
+            },
             norm_top_k: cfg
                 .get("norm_topk_prob")
                 .and_then(Json::as_bool)

@@ -22,6 +22,7 @@ mod error;
 pub mod inspect;
 pub mod kv_cache;
 pub mod linear;
+mod mla;
 pub mod model;
 mod moe;
 pub mod ops;

@@ -15,20 +15,21 @@ use tandem_numa::{NumaMode, Pool};
 use tandem_tokenizer::Tokenizer;
 
 use crate::attention::{attention, choose_plan, AttnLayer, AttnPlan, SeqView, SplitState};
-use crate::config::{Gating, ModelConfig, MoeConfig};
+use crate::config::{Gating, MlaConfig, ModelConfig, MoeConfig};
 use crate::kv_cache::{check_fits, KvCache, KvOptions, KvStore};
 use crate::linear::Matrix;
+use crate::mla::{split_kv_b, MlaWeights};
 use crate::moe::{self, route_token, Expert, MoeFfn, Slot, SlotActs, SHARED};
 use crate::ops::{rms_norm, Rope};
 use crate::parallel::{col_split, gate_up, row_split, RowTarget, SCRATCH};
-use crate::shard::{aligned_ranges, kv_head_ranges, Placer, ShardedMatrix, Split};
+use crate::shard::{aligned_ranges, even_ranges, kv_head_ranges, Placer, ShardedMatrix, Split};
 use crate::source::{ModelFiles, SourceFormat};
 use crate::spec::{Activation, AttnSpec, FfnSpec};
 use crate::tensor::Tensor;
 use crate::workspace::{grow, Dims, SharedOut, Workspace};
 use crate::ModelError;
 use tandem_kernels::GROUP_ROWS;
-use tandem_kv::KvGeometry;
+use tandem_kv::{KvGeometry, KvValues};
 
 /// Which positions of a forward pass need logits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,15 +46,9 @@ pub enum Logits {
 
 struct Layer {
     attn_norm: Vec<f32>,
-    wq: ShardedMatrix,
-    wk: ShardedMatrix,
-    wv: ShardedMatrix,
+    /// Q/K/V projections, by attention kind.
+    qkv: Qkv,
     wo: ShardedMatrix,
-    bq: Option<Vec<f32>>,
-    bk: Option<Vec<f32>>,
-    bv: Option<Vec<f32>>,
-    q_norm: Option<Vec<f32>>,
-    k_norm: Option<Vec<f32>>,
     ffn_norm: Vec<f32>,
     ffn: Ffn,
     /// KV heads per node (query heads follow their group).
@@ -64,6 +59,35 @@ struct Layer {
     /// Sandwich norms of the attention and FFN outputs.
     attn_post_norm: Option<Vec<f32>>,
     ffn_post_norm: Option<Vec<f32>>,
+}
+
+/// How a layer computes its queries, keys and values.
+// One per layer; the common (GQA) kind stays inline.
+#[allow(clippy::large_enum_variant)]
+enum Qkv {
+    /// Grouped-query attention: Q, K and V projections (optionally biased),
+    /// optional Q/K norms.
+    Gqa {
+        wq: ShardedMatrix,
+        wk: ShardedMatrix,
+        wv: ShardedMatrix,
+        bq: Option<Vec<f32>>,
+        bk: Option<Vec<f32>>,
+        bv: Option<Vec<f32>>,
+        q_norm: Option<Vec<f32>>,
+        k_norm: Option<Vec<f32>>,
+    },
+    /// Latent attention (`crate::mla`).
+    Mla(Box<MlaWeights>),
+}
+
+impl Qkv {
+    fn matrices(&self) -> Vec<&ShardedMatrix> {
+        match self {
+            Qkv::Gqa { wq, wk, wv, .. } => vec![wq, wk, wv],
+            Qkv::Mla(m) => m.matrices().collect(),
+        }
+    }
 }
 
 /// A layer's feed-forward block, by kind ([`FfnSpec`]).
@@ -86,15 +110,16 @@ impl Layer {
                 .chain(m.experts.iter().chain(&m.shared).flat_map(Expert::matrices))
                 .collect(),
         };
-        [&self.wq, &self.wk, &self.wv, &self.wo]
-            .into_iter()
-            .chain(ffn)
+        self.qkv.matrices().into_iter().chain([&self.wo]).chain(ffn)
     }
 
     /// Weight bytes one token's decode reads in this layer.
     fn bytes_per_token(&self) -> usize {
-        let attn: usize = [&self.wq, &self.wk, &self.wv, &self.wo]
+        let attn: usize = self
+            .qkv
+            .matrices()
             .iter()
+            .chain([&&self.wo])
             .map(|m| m.n_bytes())
             .sum();
         attn + match &self.ffn {
@@ -209,19 +234,35 @@ fn optional_vector(
 struct LayerPlan {
     attn_norm: Vec<f32>,
     ffn_norm: Vec<f32>,
-    bq: Option<Vec<f32>>,
-    bk: Option<Vec<f32>>,
-    bv: Option<Vec<f32>>,
-    q_norm: Option<Vec<f32>>,
-    k_norm: Option<Vec<f32>>,
+    qkv: QkvPlan,
     kv_ranges: Vec<Range<usize>>,
     attn: AttnSpec,
     sinks: Option<Vec<f32>>,
     attn_post_norm: Option<Vec<f32>>,
     ffn_post_norm: Option<Vec<f32>>,
-    /// Placer indices of wq, wk, wv, wo.
-    attn_ids: [usize; 4],
+    /// Placer index of wo.
+    wo: usize,
     ffn: FfnPlan,
+}
+
+/// Placer indices (and vectors) of a layer's Q/K/V weights.
+enum QkvPlan {
+    Gqa {
+        /// wq, wk, wv.
+        ids: [usize; 3],
+        bq: Option<Vec<f32>>,
+        bk: Option<Vec<f32>>,
+        bv: Option<Vec<f32>>,
+        q_norm: Option<Vec<f32>>,
+        k_norm: Option<Vec<f32>>,
+    },
+    Mla {
+        cfg: MlaConfig,
+        q_a: Option<(usize, Vec<f32>)>,
+        /// q_b, kv_a, k_b, v_b.
+        ids: [usize; 4],
+        kv_a_norm: Vec<f32>,
+    },
 }
 
 /// Placer indices of a layer's FFN matrices.
@@ -244,6 +285,10 @@ fn kv_shape(c: &ModelConfig, kv: KvOptions, node_heads: Vec<Range<usize>>) -> Kv
     KvGeometry {
         n_layers: c.n_layers,
         head_dim: c.head_dim,
+        values: match c.mla {
+            Some(_) => KvValues::InKeys,
+            None => KvValues::Separate,
+        },
         page_tokens: kv.page_tokens,
         format: kv.format,
         node_heads,
@@ -331,40 +376,123 @@ impl Model {
                     v
                 }))
             };
-            let (wq, wk, wv, wo) = (
-                m("attn_q.weight", q_dim, c.hidden)?,
-                m("attn_k.weight", kv_dim, c.hidden)?,
-                m("attn_v.weight", kv_dim, c.hidden)?,
-                m("attn_output.weight", c.hidden, q_dim)?,
-            );
-            // Heads: whole KV groups, aligned to O's blocks.
-            let kv_ranges = kv_head_ranges(
-                c.n_kv_heads,
-                group,
-                c.head_dim,
-                wo.format.block_len(),
-                n_nodes,
-            );
-            let scale = |r: &Range<usize>, f: usize| r.start * f..r.end * f;
-            let q_rows: Vec<_> = kv_ranges
-                .iter()
-                .map(|r| scale(r, group * c.head_dim))
-                .collect();
-            let kv_rows: Vec<_> = kv_ranges.iter().map(|r| scale(r, c.head_dim)).collect();
             // Whole interleaved groups per node, so a row is computed the
             // same way whatever the node count (a row in a group and the
             // same row in a row-major tail round differently).
             let hidden_rows = aligned_ranges(c.hidden, GROUP_ROWS, n_nodes);
-            let (o_split, o_ranges) = match opts.tensor_parallel {
-                TensorParallel::AllReduce if !spec.post_norms => (Split::Cols, &q_rows),
-                _ => (Split::Rows, &hidden_rows),
+            let (qkv, kv_ranges, wo) = match &spec.attn.mla {
+                None => {
+                    let (wq, wk, wv, wo) = (
+                        m("attn_q.weight", q_dim, c.hidden)?,
+                        m("attn_k.weight", kv_dim, c.hidden)?,
+                        m("attn_v.weight", kv_dim, c.hidden)?,
+                        m("attn_output.weight", c.hidden, q_dim)?,
+                    );
+                    // Heads: whole KV groups, aligned to O's blocks.
+                    let kv_ranges = kv_head_ranges(
+                        c.n_kv_heads,
+                        group,
+                        c.head_dim,
+                        wo.format.block_len(),
+                        n_nodes,
+                    );
+                    let scale = |r: &Range<usize>, f: usize| r.start * f..r.end * f;
+                    let q_rows: Vec<_> = kv_ranges
+                        .iter()
+                        .map(|r| scale(r, group * c.head_dim))
+                        .collect();
+                    let kv_rows: Vec<_> = kv_ranges.iter().map(|r| scale(r, c.head_dim)).collect();
+                    let (o_split, o_ranges) = match opts.tensor_parallel {
+                        TensorParallel::AllReduce if !spec.post_norms => (Split::Cols, &q_rows),
+                        _ => (Split::Rows, &hidden_rows),
+                    };
+                    let qkv = QkvPlan::Gqa {
+                        ids: [
+                            placer.add(&wq, Split::Rows, &q_rows, lay(&wq))?,
+                            placer.add(&wk, Split::Rows, &kv_rows, lay(&wk))?,
+                            placer.add(&wv, Split::Rows, &kv_rows, lay(&wv))?,
+                        ],
+                        bq: bias("attn_q.bias", q_dim)?,
+                        bk: bias("attn_k.bias", kv_dim)?,
+                        bv: bias("attn_v.bias", kv_dim)?,
+                        q_norm: qk_norm("attn_q_norm.weight")?,
+                        k_norm: qk_norm("attn_k_norm.weight")?,
+                    };
+                    (
+                        qkv,
+                        kv_ranges,
+                        placer.add(&wo, o_split, o_ranges, lay(&wo))?,
+                    )
+                }
+                Some(mc) => {
+                    let (h, qk, lora) = (c.n_heads, mc.qk_head(), mc.kv_lora_rank);
+                    let q_a = match mc.q_lora_rank {
+                        0 => None,
+                        r => Some((
+                            m("attn_q_a.weight", r, c.hidden)?,
+                            norm(&n("attn_q_a_norm.weight"), r)?,
+                        )),
+                    };
+                    let q_b = match &q_a {
+                        Some(_) => m("attn_q_b.weight", h * qk, mc.q_lora_rank)?,
+                        None => m("attn_q.weight", h * qk, c.hidden)?,
+                    };
+                    let kv_a = m("attn_kv_a_mqa.weight", mc.row(), c.hidden)?;
+                    // Both GGUF layouts: split k_b/v_b, or kv_b to split here.
+                    let (k_b, v_b) = match files.tensor(&n("attn_k_b.weight")) {
+                        Some(kb) => (
+                            kb.as_matrix(h * lora, mc.qk_nope)?,
+                            files
+                                .require(&n("attn_v_b.weight"))?
+                                .as_matrix(h * mc.v_head, lora)?,
+                        ),
+                        None => split_kv_b(files.require(&n("attn_kv_b.weight"))?, mc, h)?,
+                    };
+                    let (k_b, v_b) = (
+                        Matrix::new(&k_b, h * lora, mc.qk_nope)?,
+                        Matrix::new(&v_b, h * mc.v_head, lora)?,
+                    );
+                    let wo = m("attn_output.weight", c.hidden, h * mc.v_head)?;
+                    let rows = |m: &Matrix| aligned_ranges(m.rows, GROUP_ROWS, n_nodes);
+                    // k_b and v_b by whole heads (each head's block of
+                    // rows multiplies its own input).
+                    let heads = even_ranges(h, n_nodes);
+                    let per_head = |m: &Matrix, rph: usize| {
+                        let ranges: Vec<_> =
+                            heads.iter().map(|r| r.start * rph..r.end * rph).collect();
+                        let layout = match rph % GROUP_ROWS {
+                            0 => lay(m),
+                            _ => tandem_kernels::WeightLayout::Rows,
+                        };
+                        (ranges, layout)
+                    };
+                    let (kb_rows, kb_lay) = per_head(&k_b, lora);
+                    let (vb_rows, vb_lay) = per_head(&v_b, mc.v_head);
+                    let qkv = QkvPlan::Mla {
+                        cfg: mc.clone(),
+                        q_a: match q_a {
+                            Some((qa, norm)) => {
+                                Some((placer.add(&qa, Split::Rows, &rows(&qa), lay(&qa))?, norm))
+                            }
+                            None => None,
+                        },
+                        ids: [
+                            placer.add(&q_b, Split::Rows, &rows(&q_b), lay(&q_b))?,
+                            placer.add(&kv_a, Split::Rows, &rows(&kv_a), lay(&kv_a))?,
+                            placer.add(&k_b, Split::Rows, &kb_rows, kb_lay)?,
+                            placer.add(&v_b, Split::Rows, &vb_rows, vb_lay)?,
+                        ],
+                        kv_a_norm: norm(&n("attn_kv_a_norm.weight"), lora)?,
+                    };
+                    // One latent KV head: the node that holds it attends.
+                    let kv_ranges = even_ranges(1, n_nodes);
+                    (
+                        qkv,
+                        kv_ranges,
+                        placer.add(&wo, Split::Rows, &hidden_rows, lay(&wo))?,
+                    )
+                }
             };
-            let attn_ids = [
-                placer.add(&wq, Split::Rows, &q_rows, lay(&wq))?,
-                placer.add(&wk, Split::Rows, &kv_rows, lay(&wk))?,
-                placer.add(&wv, Split::Rows, &kv_rows, lay(&wv))?,
-                placer.add(&wo, o_split, o_ranges, lay(&wo))?,
-            ];
             // A SwiGLU block of width `ffn` from three matrices: gate/up by
             // FFN rows aligned to down's blocks, down by hidden rows (or by
             // FFN columns, Megatron, for dense layers).
@@ -385,7 +513,9 @@ impl Model {
                 ])
             };
             // Sandwich norms need the whole block output before the add.
-            let megatron = opts.tensor_parallel == TensorParallel::AllReduce && !spec.post_norms;
+            let megatron = opts.tensor_parallel == TensorParallel::AllReduce
+                && !spec.post_norms
+                && spec.attn.mla.is_none();
             let ffn = match &spec.ffn {
                 FfnSpec::Dense { width, act } => FfnPlan::Dense(
                     place_swiglu(
@@ -452,18 +582,14 @@ impl Model {
                 ffn_norm: norm(&n(&format!("{}.weight", spec.ffn_norm)), c.hidden)?,
                 attn_post_norm: post("post_attention_norm.weight")?,
                 ffn_post_norm: post("post_ffw_norm.weight")?,
-                bq: bias("attn_q.bias", q_dim)?,
-                bk: bias("attn_k.bias", kv_dim)?,
-                bv: bias("attn_v.bias", kv_dim)?,
-                q_norm: qk_norm("attn_q_norm.weight")?,
-                k_norm: qk_norm("attn_k_norm.weight")?,
+                qkv,
                 kv_ranges,
                 sinks: match spec.attn.sinks {
                     true => Some(vector(&files, &n("attn_sinks.weight"), c.n_heads)?),
                     false => None,
                 },
                 attn: spec.attn.clone(),
-                attn_ids,
+                wo,
                 ffn,
             });
         }
@@ -491,7 +617,6 @@ impl Model {
         };
         let mut layers = Vec::with_capacity(plans.len());
         for p in plans {
-            let [q, k, v, o] = p.attn_ids;
             fn expert(
                 take: &mut impl FnMut(usize) -> Result<ShardedMatrix, ModelError>,
                 [g, u, d]: [usize; 3],
@@ -529,17 +654,46 @@ impl Model {
                     shared: shared.map(|ids| expert(&mut take, ids)).transpose()?,
                 })),
             };
+            let qkv = match p.qkv {
+                QkvPlan::Gqa {
+                    ids: [q, k, v],
+                    bq,
+                    bk,
+                    bv,
+                    q_norm,
+                    k_norm,
+                } => Qkv::Gqa {
+                    wq: take(q)?,
+                    wk: take(k)?,
+                    wv: take(v)?,
+                    bq,
+                    bk,
+                    bv,
+                    q_norm,
+                    k_norm,
+                },
+                QkvPlan::Mla {
+                    cfg,
+                    q_a,
+                    ids: [q_b, kv_a, k_b, v_b],
+                    kv_a_norm,
+                } => Qkv::Mla(Box::new(MlaWeights {
+                    cfg,
+                    q_a: match q_a {
+                        Some((id, norm)) => Some((take(id)?, norm)),
+                        None => None,
+                    },
+                    q_b: take(q_b)?,
+                    kv_a: take(kv_a)?,
+                    kv_a_norm,
+                    k_b: take(k_b)?,
+                    v_b: take(v_b)?,
+                })),
+            };
             layers.push(Layer {
                 attn_norm: p.attn_norm,
-                wq: take(q)?,
-                wk: take(k)?,
-                wv: take(v)?,
-                wo: take(o)?,
-                bq: p.bq,
-                bk: p.bk,
-                bv: p.bv,
-                q_norm: p.q_norm,
-                k_norm: p.k_norm,
+                qkv,
+                wo: take(p.wo)?,
                 ffn_norm: p.ffn_norm,
                 ffn,
                 kv_ranges: p.kv_ranges,
@@ -891,38 +1045,61 @@ impl Model {
                 &mut ws.xn[..n * h],
             );
             ws.acts.invalidate();
-            for m in [&l.wq, &l.wk, &l.wv] {
-                ws.acts
-                    .prepare(m.format.activation_format(), &ws.xn[..n * h], n, h)?;
+            let rope_i = l.attn.rope.min(n_ropes - 1);
+            match &l.qkv {
+                Qkv::Gqa { wq, wk, wv, .. } => {
+                    for m in [wq, wk, wv] {
+                        ws.acts
+                            .prepare(m.format.activation_format(), &ws.xn[..n * h], n, h)?;
+                    }
+                    let (q, k, v) = (
+                        SharedOut::new(&mut ws.q),
+                        SharedOut::new(&mut ws.k),
+                        SharedOut::new(&mut ws.v),
+                    );
+                    row_split(
+                        pool,
+                        &[
+                            RowTarget {
+                                m: wq,
+                                out: q,
+                                stride: q_dim,
+                            },
+                            RowTarget {
+                                m: wk,
+                                out: k,
+                                stride: kv_dim,
+                            },
+                            RowTarget {
+                                m: wv,
+                                out: v,
+                                stride: kv_dim,
+                            },
+                        ],
+                        &ws.acts,
+                        n,
+                        &ws.scratch,
+                    )?;
+                }
+                Qkv::Mla(m) => {
+                    crate::mla::prepare(
+                        pool,
+                        m,
+                        c.n_heads,
+                        h,
+                        c.norm_eps,
+                        &self.ropes[rope_i],
+                        rope_i * n * pairs,
+                        ws,
+                        n,
+                    )?;
+                }
             }
             let (q, k, v) = (
                 SharedOut::new(&mut ws.q),
                 SharedOut::new(&mut ws.k),
                 SharedOut::new(&mut ws.v),
             );
-            row_split(
-                pool,
-                &[
-                    RowTarget {
-                        m: &l.wq,
-                        out: q,
-                        stride: q_dim,
-                    },
-                    RowTarget {
-                        m: &l.wk,
-                        out: k,
-                        stride: kv_dim,
-                    },
-                    RowTarget {
-                        m: &l.wv,
-                        out: v,
-                        stride: kv_dim,
-                    },
-                ],
-                &ws.acts,
-                n,
-                &ws.scratch,
-            )?;
             let attn_out = SharedOut::new(&mut ws.attn);
             let mut row0 = 0;
             let views_buf = &mut ws.seq_views;
@@ -942,18 +1119,31 @@ impl Model {
                 partials: SharedOut::new(&mut ws.attn_partials),
                 done: &ws.attn_done,
             };
+            let no_vec: Option<Vec<f32>> = None;
+            let (bq, bk, bv, q_norm, k_norm) = match &l.qkv {
+                Qkv::Gqa {
+                    bq,
+                    bk,
+                    bv,
+                    q_norm,
+                    k_norm,
+                    ..
+                } => (bq, bk, bv, q_norm, k_norm),
+                Qkv::Mla(_) => (&no_vec, &no_vec, &no_vec, &no_vec, &no_vec),
+            };
             attention(
                 pool,
                 c,
-                &self.ropes[l.attn.rope.min(n_ropes - 1)],
+                &self.ropes[rope_i],
                 &AttnLayer {
                     spec: &l.attn,
                     sinks: l.sinks.as_deref(),
-                    bq: l.bq.as_deref(),
-                    bk: l.bk.as_deref(),
-                    bv: l.bv.as_deref(),
-                    q_norm: l.q_norm.as_deref(),
-                    k_norm: l.k_norm.as_deref(),
+                    bq: bq.as_deref(),
+                    bk: bk.as_deref(),
+                    bv: bv.as_deref(),
+                    q_norm: q_norm.as_deref(),
+                    k_norm: k_norm.as_deref(),
+                    rotate: l.attn.mla.is_none(),
                 },
                 &l.kv_ranges,
                 &ws.seq_views,
@@ -961,12 +1151,21 @@ impl Model {
                 k,
                 v,
                 attn_out,
-                &ws.rope[l.attn.rope.min(n_ropes - 1) * n * pairs..],
+                &ws.rope[rope_i * n * pairs..],
                 &ws.scratch,
                 &ws.attn_states,
                 &split,
             )?;
-            self.project_add(ws, &l.wo, n, q_dim, Buf::Attn, l.attn_post_norm.as_deref())?;
+            match &l.qkv {
+                Qkv::Gqa { .. } => {
+                    self.project_add(ws, &l.wo, n, q_dim, Buf::Attn, l.attn_post_norm.as_deref())?
+                }
+                Qkv::Mla(m) => {
+                    crate::mla::output(pool, m, c.n_heads, ws, n)?;
+                    let w = c.n_heads * m.cfg.v_head;
+                    self.project_add(ws, &l.wo, n, w, Buf::Mla, l.attn_post_norm.as_deref())?
+                }
+            }
 
             // Feed-forward block.
             rms_norm(&ws.x[..n * h], &l.ffn_norm, c.norm_eps, &mut ws.xn[..n * h]);
@@ -1049,6 +1248,7 @@ impl Model {
         let h = self.config.hidden;
         let src = match buf {
             Buf::Attn => &ws.attn[..n * width],
+            Buf::Mla => &ws.mla.o[..n * width],
             Buf::Gate => &ws.gate[..n * width],
         };
         ws.acts.invalidate();
@@ -1114,6 +1314,7 @@ impl Model {
             let src = match buf {
                 Buf::Attn => &ws.attn,
                 Buf::Gate => &ws.gate,
+                Buf::Mla => &ws.mla.o,
             };
             let cols = sh.cols.clone();
             if cols.len() == width {
@@ -1315,4 +1516,6 @@ impl Model {
 enum Buf {
     Attn,
     Gate,
+    /// MLA's output after `v_b`.
+    Mla,
 }

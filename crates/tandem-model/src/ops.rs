@@ -76,11 +76,36 @@ pub struct Rope {
     inv_freq: Vec<f64>,
     layout: RopeLayout,
     n_rot: usize,
+    /// Multiplies every sine and cosine (YaRN's magnitude scaling).
+    mscale: f32,
+}
+
+/// YaRN's correction range: the pair indices between which frequencies go
+/// from extrapolated (fast, below `low`) to interpolated (slow, above
+/// `high`), computed in f32 as ggml's `ggml_rope_yarn_corr_dims`.
+pub(crate) fn yarn_corr_dims(
+    n_rot: usize,
+    orig_ctx: usize,
+    base: f32,
+    fast: f32,
+    slow: f32,
+) -> (f32, f32) {
+    let dim = |beta: f32| {
+        n_rot as f32 * (orig_ctx as f32 / (beta * 2.0 * std::f32::consts::PI)).ln()
+            / (2.0 * base.ln())
+    };
+    let low = dim(fast).floor().max(0.0);
+    let high = dim(slow).ceil().min(n_rot as f32 - 1.0);
+    (low, high)
 }
 
 impl Rope {
     pub fn new(cfg: &RopeConfig) -> Rope {
         let half = cfg.n_rot / 2;
+        let ramp = cfg
+            .yarn
+            .as_ref()
+            .map(|y| yarn_corr_dims(cfg.n_rot, y.orig_ctx, cfg.theta, y.beta_fast, y.beta_slow));
         let inv_freq = (0..half)
             .map(|i| {
                 let base = f64::from(cfg.theta).powf(-((2 * i) as f64) / cfg.n_rot as f64);
@@ -90,13 +115,25 @@ impl Rope {
                     .and_then(|f| f.get(i))
                     .copied()
                     .unwrap_or(1.0);
-                base * f64::from(cfg.freq_scale) / f64::from(factor)
+                let fs = f64::from(cfg.freq_scale);
+                // YaRN mixes the interpolated (×freq_scale) and the
+                // extrapolated frequency by ggml's `rope_yarn_ramp`.
+                let scale = match ramp {
+                    Some((low, high)) => {
+                        let y = (i as f32 - low) / (high - low).max(0.001);
+                        let mix = f64::from(1.0 - y.clamp(0.0, 1.0));
+                        fs * (1.0 - mix) + mix
+                    }
+                    None => fs,
+                };
+                base * scale / f64::from(factor)
             })
             .collect();
         Rope {
             inv_freq,
             layout: cfg.layout,
             n_rot: cfg.n_rot,
+            mscale: cfg.yarn.as_ref().map_or(1.0, |y| y.mscale),
         }
     }
 
@@ -119,7 +156,7 @@ impl Rope {
     pub fn table(&self, pos: usize, out: &mut [(f32, f32)]) {
         for (o, &f) in out.iter_mut().zip(&self.inv_freq) {
             let (sin, cos) = (pos as f64 * f).sin_cos();
-            *o = (sin as f32, cos as f32);
+            *o = (sin as f32 * self.mscale, cos as f32 * self.mscale);
         }
     }
 
@@ -162,6 +199,7 @@ mod tests {
             n_rot: 8,
             freq_scale: 1.0,
             freq_factors: None,
+            yarn: None,
         };
         let halves = Rope::new(&cfg);
         let inter = Rope::new(&RopeConfig {

@@ -13,7 +13,7 @@ use tandem_kernels::{matmul_rows_layout, QuantizedActivations, GROUP_ROWS};
 use tandem_numa::{Pool, Worker};
 
 use crate::shard::{Shard, ShardedMatrix};
-use crate::workspace::{ActsCache, PerWorker, SharedOut};
+use crate::workspace::{grow, ActsCache, HeadScratch, PerWorker, SharedOut};
 use crate::ModelError;
 
 /// Most scratch values per worker for matmul chunks (×4 bytes).
@@ -260,6 +260,94 @@ pub(crate) fn col_split(
             }
             let local = start..(start + chunk).min(total);
             matmul_into(sh, m, local, acts, n, partials[w.node], m.rows, 0, scratch)?;
+        }
+    })
+}
+
+/// Where [`per_head`] reads each head's input and writes its output:
+/// token `t`'s input of head `h` is `in_len` values at `t·in_stride +
+/// h·in_head`, its output `rows_per_head` values at `t·out_stride +
+/// h·out_head`.
+pub(crate) struct HeadIo<'a> {
+    pub input: &'a [f32],
+    pub in_stride: usize,
+    pub in_head: usize,
+    pub in_len: usize,
+    pub out: SharedOut,
+    pub out_stride: usize,
+    pub out_head: usize,
+}
+
+/// `out_h = m_h · in_h` for a matrix whose rows are `n_heads` blocks of
+/// `rows_per_head`, block `h` multiplying head `h`'s own input (MLA's
+/// per-head `k_b` and `v_b`). Shards hold whole heads; each node does
+/// its heads, its workers claiming (head, chunk of tokens) items and
+/// quantizing that head's inputs themselves.
+pub(crate) fn per_head(
+    pool: &Pool,
+    m: &ShardedMatrix,
+    rows_per_head: usize,
+    n: usize,
+    io: &HeadIo<'_>,
+    scratch: &PerWorker<Vec<f32>>,
+    heads: &PerWorker<HeadScratch>,
+) -> Result<(), ModelError> {
+    let rph = rows_per_head.max(1);
+    let chunk = (SCRATCH / rph).clamp(1, n.max(1));
+    let t_chunks = n.div_ceil(chunk);
+    let fmt = m.format.activation_format();
+    pool.try_run(|w: Worker<'_>| -> Result<(), ModelError> {
+        let sh = &m.shards[w.node];
+        if sh.is_empty() {
+            return Ok(());
+        }
+        let (h0, h1) = (sh.rows.start / rph, sh.rows.end / rph);
+        let items = (h1 - h0) * t_chunks;
+        // SAFETY: worker `w.index` is the only user of its buffers.
+        let (scratch, hs) = unsafe { (scratch.get(w.index), heads.get(w.index)) };
+        loop {
+            let item = w.claim();
+            if item >= items {
+                return Ok(());
+            }
+            let h = h0 + item / t_chunks;
+            let t0 = (item % t_chunks) * chunk;
+            let nt = chunk.min(n - t0);
+            grow(&mut hs.gather, nt * io.in_len);
+            for (b, dst) in hs.gather.chunks_exact_mut(io.in_len).take(nt).enumerate() {
+                let at = (t0 + b) * io.in_stride + h * io.in_head;
+                let src = io
+                    .input
+                    .get(at..at + io.in_len)
+                    .ok_or_else(|| ModelError::Kernel("per-head input out of range".into()))?;
+                dst.copy_from_slice(src);
+            }
+            hs.acts.invalidate();
+            hs.acts
+                .prepare(fmt, &hs.gather[..nt * io.in_len], nt, io.in_len)?;
+            let local = h * rph - sh.rows.start..(h + 1) * rph - sh.rows.start;
+            let tmp = &mut scratch[..rph * nt];
+            matmul_rows_layout(
+                m.format,
+                m.layout,
+                sh.bytes(),
+                sh.n_cols(),
+                local,
+                hs.acts.get(fmt)?,
+                tmp,
+            )
+            .map_err(kernel_err)?;
+            for b in 0..nt {
+                // SAFETY: (token, head) output runs are disjoint between
+                // items, and each item writes only its own.
+                let dst = unsafe {
+                    io.out
+                        .slice((t0 + b) * io.out_stride + h * io.out_head, rph)
+                };
+                for (r, d) in dst.iter_mut().enumerate() {
+                    *d = tmp[r * nt + b];
+                }
+            }
         }
     })
 }

@@ -7,7 +7,7 @@
 //! adding a family that only recombines existing kinds touches its arch
 //! module and nothing else.
 
-use crate::config::{ModelConfig, MoeConfig};
+use crate::config::{MlaConfig, ModelConfig, MoeConfig};
 
 /// What the model does outside its layers.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -77,6 +77,10 @@ pub struct AttnSpec {
     /// Which of the model's RoPEs rotates Q and K (0: the global one; 1:
     /// the windowed layers' own).
     pub rope: usize,
+    /// Multi-head latent attention instead of separate K/V heads: then
+    /// `n_kv_heads` is 1, `head_dim` is the cached row (latent + rotated
+    /// part) and queries are absorbed into latent space (`crate::mla`).
+    pub mla: Option<MlaConfig>,
 }
 
 /// The feed-forward block.
@@ -104,6 +108,7 @@ impl AttnSpec {
             softcap: None,
             sinks: false,
             rope: 0,
+            mla: None,
         }
     }
 

@@ -21,6 +21,9 @@ enum Blob {
     Gguf { file: Arc<GgufFile>, index: usize },
     /// A byte range of a mapped safetensors file, validated at load.
     Mapped { map: Arc<Mmap>, range: Range<usize> },
+    /// Bytes made at load time (a tensor derived from the file's, e.g.
+    /// MLA's `k_b` transposed out of an older file's `kv_b`).
+    Owned(Arc<[u8]>),
 }
 
 #[derive(Clone)]
@@ -116,6 +119,50 @@ impl Tensor {
         })
     }
 
+    /// A tensor of `format` over bytes made at load time; checks that
+    /// they are exactly `dims` in that format.
+    pub(crate) fn owned(
+        name: String,
+        format: WeightFormat,
+        type_name: &'static str,
+        dims: Vec<usize>,
+        bytes: Vec<u8>,
+    ) -> Result<Tensor, ModelError> {
+        let cols = dims.last().copied().unwrap_or(1);
+        let rows: usize = dims.iter().rev().skip(1).product();
+        if format.row_bytes(cols).and_then(|r| r.checked_mul(rows)) != Some(bytes.len()) {
+            return Err(ModelError::bad_tensor(
+                &name,
+                "derived bytes do not match shape",
+            ));
+        }
+        Ok(Tensor {
+            name,
+            type_name,
+            format: Some(format),
+            dims,
+            n_bytes: bytes.len(),
+            blob: Blob::Owned(bytes.into()),
+            offset: 0,
+        })
+    }
+
+    /// The same bytes as a `[rows, cols]` matrix (a stacked 3-D tensor
+    /// seen as one matrix whose rows are its blocks' rows in order), when
+    /// the element counts agree and `cols` is the innermost dimension.
+    pub fn as_matrix(&self, rows: usize, cols: usize) -> Result<Tensor, ModelError> {
+        if self.cols() != cols || rows.checked_mul(cols) != Some(self.n_elements()) {
+            return Err(ModelError::bad_tensor(
+                &self.name,
+                format!("shape {:?}, expected {rows} rows of {cols}", self.dims),
+            ));
+        }
+        Ok(Tensor {
+            dims: vec![rows, cols],
+            ..self.clone()
+        })
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -154,6 +201,7 @@ impl Tensor {
                 .map(|t| file.tensor_data(t))
                 .unwrap_or(&[]),
             Blob::Mapped { map, range } => map.get(range.clone()).unwrap_or(&[]),
+            Blob::Owned(bytes) => bytes,
         };
         all.get(self.offset..self.offset + self.n_bytes)
             .unwrap_or(&[])
@@ -213,6 +261,7 @@ impl Tensor {
         let mapped = match &self.blob {
             Blob::Gguf { file, .. } => file.is_file_mapped(),
             Blob::Mapped { .. } => true,
+            Blob::Owned(_) => false,
         };
         if mapped {
             // SAFETY: the bytes belong to a read-only file mapping, whose

@@ -98,6 +98,31 @@ pub(crate) struct Workspace {
     pub attn_done: Vec<std::sync::atomic::AtomicUsize>,
     /// Mixture-of-experts buffers (`crate::moe`).
     pub moe: MoeBuffers,
+    /// Latent attention buffers (`crate::mla`).
+    pub mla: MlaBuffers,
+}
+
+/// The MLA block's buffers (token-major).
+#[derive(Default)]
+pub(crate) struct MlaBuffers {
+    /// `[n × n_heads·qk_head]` queries before absorption.
+    pub q: Vec<f32>,
+    /// `[n × q_lora_rank]` Q's low-rank projection, then normed.
+    pub low: Vec<f32>,
+    pub low_n: Vec<f32>,
+    /// `[n × (kv_lora_rank + rope)]` latent and key rope part.
+    pub kva: Vec<f32>,
+    /// `[n × n_heads·v_head]` attention output after `v_b`.
+    pub o: Vec<f32>,
+    /// Per worker: one head's gathered and quantized inputs.
+    pub heads: PerWorker<HeadScratch>,
+}
+
+/// A worker's buffers for one head's matmul (`parallel::per_head`).
+#[derive(Default)]
+pub(crate) struct HeadScratch {
+    pub gather: Vec<f32>,
+    pub acts: ActsCache,
 }
 
 /// The MoE block's buffers: router logits, each token's routes, the batch
@@ -236,6 +261,16 @@ impl<T: Clone + Default> PerWorker<Vec<T>> {
             if v.len() < len {
                 v.resize(len, T::default());
             }
+        }
+    }
+}
+
+impl<T: Default> PerWorker<T> {
+    /// At least `n_workers` elements (new ones default).
+    pub(crate) fn ensure_workers(&mut self, n_workers: usize) {
+        if self.0.len() < n_workers {
+            self.0
+                .resize_with(n_workers, || UnsafeCell::new(T::default()));
         }
     }
 }

@@ -14,13 +14,30 @@ pub enum VocabStyle {
     Qwen2,
 }
 
-/// The experts of a mixture-of-experts shape (every layer MoE, softmax
-/// routing).
+/// The experts of a mixture-of-experts shape (softmax routing unless
+/// `deepseek` says otherwise).
 #[derive(Debug, Clone, PartialEq)]
 pub struct MoeShape {
     pub n_experts: usize,
     pub top_k: usize,
     pub expert_ffn: usize,
+    /// Width of the shared expert (0: none).
+    pub shared_ffn: usize,
+    /// The first layers have a dense FFN of `Shape::ffn`.
+    pub leading_dense: usize,
+    /// DeepSeek-V3 routing: sigmoid with a selection bias, groups
+    /// (count, used) and the routed weights' scale.
+    pub deepseek: Option<(usize, usize, f32)>,
+}
+
+/// Latent attention (DeepSeek-V3, Kimi-K2): ranks and per-head widths.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MlaShape {
+    pub q_lora: usize,
+    pub kv_lora: usize,
+    pub qk_nope: usize,
+    pub qk_rope: usize,
+    pub v_head: usize,
 }
 
 /// A decoder's hyperparameters (all GQA, SwiGLU, RMSNorm, RoPE).
@@ -47,8 +64,10 @@ pub struct Shape {
     pub key_length: Option<usize>,
     /// Q and K heads are RMS-normalised (Qwen3).
     pub qk_norm: bool,
-    /// Experts instead of a dense FFN in every layer.
+    /// Experts instead of a dense FFN (past `leading_dense` layers).
     pub moe: Option<MoeShape>,
+    /// Latent attention instead of GQA (`deepseek2`).
+    pub mla: Option<MlaShape>,
 }
 
 impl Shape {
@@ -59,6 +78,8 @@ impl Shape {
         "qwen2.5-3b",
         "llama3.1-405b",
         "qwen3-30b-a3b",
+        "deepseek-v3",
+        "kimi-k2",
         "tiny",
         "tiny-qwen2",
         "tiny-qwen3moe",
@@ -85,6 +106,7 @@ impl Shape {
             key_length: None,
             qk_norm: false,
             moe: None,
+            mla: None,
         };
         // Qwen3-30B-A3B's config: 48 layers of 128 experts (top 8, 768
         // wide), 32 query heads of 128 on 4 KV heads, hidden 2048.
@@ -100,8 +122,40 @@ impl Shape {
                 n_experts: experts,
                 top_k,
                 expert_ffn: eff,
+                shared_ffn: 0,
+                leading_dense: 0,
+                deepseek: None,
             }),
             ..llama(hidden, 3 * hidden, n_layers, n_heads, n_kv, false, 40_960)
+        };
+        // DeepSeek-V3's config (Kimi-K2 is the same architecture with 384
+        // experts, 64 heads, one dense layer and no expert groups): hidden
+        // 7168, 61 layers, MLA with q_lora 1536 and kv_lora 512, heads of
+        // 128 + 64 (RoPE), values of 128; routed experts 2048 wide, one
+        // shared, top 8; the dense layers' FFN 18432. Slices default to 4
+        // layers: the first dense one(s), then MoE layers.
+        let deepseek = |n_heads, experts, leading, groups: (usize, usize), scale, vocab| Shape {
+            arch: "deepseek2",
+            vocab,
+            rope_theta: 10_000.0,
+            norm_eps: 1e-6,
+            vocab_style: VocabStyle::Qwen2,
+            moe: Some(MoeShape {
+                n_experts: experts,
+                top_k: 8,
+                expert_ffn: 2048,
+                shared_ffn: 2048,
+                leading_dense: leading,
+                deepseek: Some((groups.0, groups.1, scale)),
+            }),
+            mla: Some(MlaShape {
+                q_lora: 1536,
+                kv_lora: 512,
+                qk_nope: 128,
+                qk_rope: 64,
+                v_head: 128,
+            }),
+            ..llama(7168, 18432, 4, n_heads, 1, false, 163_840)
         };
         let mut s = match name {
             "llama3.2-3b" => llama(3072, 8192, 28, 24, 8, true, 131_072),
@@ -117,6 +171,8 @@ impl Shape {
                 ..llama(2048, 11008, 36, 16, 2, true, 32_768)
             },
             "qwen3-30b-a3b" => qwen3moe(2048, 48, 32, 4, 128, 128, 8, 768, 151_936),
+            "deepseek-v3" => deepseek(128, 256, 3, (8, 4), 2.5, 129_280),
+            "kimi-k2" => deepseek(64, 384, 1, (1, 1), 2.827, 163_840),
             // Test shapes: every dimension a multiple of 256 so all quant
             // types apply; small enough to write and run in milliseconds.
             "tiny" => Shape {
@@ -147,7 +203,11 @@ impl Shape {
     }
 
     pub fn head_dim(&self) -> usize {
-        self.key_length.unwrap_or(self.hidden / self.n_heads)
+        match &self.mla {
+            // The cached row: latent, then the rotated key part.
+            Some(m) => m.kv_lora + m.qk_rope,
+            None => self.key_length.unwrap_or(self.hidden / self.n_heads),
+        }
     }
 
     pub fn q_dim(&self) -> usize {

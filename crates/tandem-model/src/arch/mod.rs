@@ -8,6 +8,7 @@
 //! layout its GGUF files use (`config.rs`). New layer kinds go in
 //! `spec.rs` and the forward pass; see ARCHITECTURE.md.
 
+mod deepseek;
 mod gemma;
 mod glm;
 mod llama;
@@ -19,7 +20,8 @@ use crate::ModelError;
 
 /// Every architecture name tandem accepts (GGUF `general.architecture`,
 /// HF `model_type`), for error messages.
-pub const SUPPORTED: &str = "llama, mistral, mixtral, qwen2, qwen3, qwen3moe, glm4moe, gemma3";
+pub const SUPPORTED: &str =
+    "llama, mistral, mixtral, qwen2, qwen3, qwen3moe, glm4moe, gemma3, deepseek2";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arch {
@@ -36,6 +38,9 @@ pub enum Arch {
     /// Gemma 3 (text): sandwich norms, GELU, scaled embeddings, local
     /// (windowed) and global layers with their own RoPE.
     Gemma3,
+    /// DeepSeek-V2/V3/R1, Kimi-K2: latent attention (MLA), YaRN, sigmoid
+    /// grouped routing with a shared expert.
+    Deepseek2,
 }
 
 impl Arch {
@@ -50,6 +55,7 @@ impl Arch {
             "qwen3moe" | "qwen3_moe" => Arch::Qwen3Moe,
             "glm4moe" | "glm4_moe" => Arch::Glm4Moe,
             "gemma3" | "gemma3_text" => Arch::Gemma3,
+            "deepseek2" | "deepseek_v2" | "deepseek_v3" | "kimi_k2" => Arch::Deepseek2,
             other => return Err(ModelError::UnsupportedArchitecture(other.to_string())),
         })
     }
@@ -64,12 +70,16 @@ impl Arch {
             Arch::Qwen3Moe => "qwen3moe",
             Arch::Glm4Moe => "glm4moe",
             Arch::Gemma3 => "gemma3",
+            Arch::Deepseek2 => "deepseek2",
         }
     }
 
     /// Architectures whose every file has experts.
     pub fn is_moe(self) -> bool {
-        matches!(self, Arch::Mixtral | Arch::Qwen3Moe | Arch::Glm4Moe)
+        matches!(
+            self,
+            Arch::Mixtral | Arch::Qwen3Moe | Arch::Glm4Moe | Arch::Deepseek2
+        )
     }
 
     /// What layer `layer` of a model of this architecture computes.
@@ -79,6 +89,7 @@ impl Arch {
             Arch::Qwen2 | Arch::Qwen3 | Arch::Qwen3Moe => qwen::layer_spec(self, c, layer),
             Arch::Glm4Moe => glm::layer_spec(c, layer),
             Arch::Gemma3 => gemma::layer_spec(c, layer),
+            Arch::Deepseek2 => deepseek::layer_spec(c, layer),
         }
     }
 
@@ -111,6 +122,7 @@ impl Arch {
             Arch::Llama | Arch::Mistral | Arch::Mixtral => llama::hf_stem(stem, expert)?,
             Arch::Qwen2 | Arch::Qwen3 | Arch::Qwen3Moe => qwen::hf_stem(stem, expert)?,
             Arch::Glm4Moe => return glm::hf_name(layer, stem, suffix, expert),
+            Arch::Deepseek2 => return deepseek::hf_name(layer, stem, suffix, expert),
             Arch::Gemma3 => gemma::hf_stem(stem, expert)?,
         };
         Some(format!("model.layers.{layer}.{hf}.{suffix}"))
