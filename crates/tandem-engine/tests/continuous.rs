@@ -258,7 +258,7 @@ fn a_gone_listener_cancels_its_request_and_a_full_queue_refuses() {
         std::thread::sleep(Duration::from_millis(5));
     }
     assert!(t0.elapsed() < Duration::from_secs(20));
-    assert_eq!(engine.stats().scheduler.decoded_tokens < 10, true);
+    assert!(engine.stats().scheduler.decoded_tokens < 10);
 
     // Bounded queue: with the engine busy on long requests, the queue
     // takes `max_queue` more and refuses the next.

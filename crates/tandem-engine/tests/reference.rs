@@ -33,6 +33,7 @@ const MODELS: &[&str] = &[
     "tiny-gemma3",
     "tiny-glm4moe",
     "tiny-deepseek3",
+    "tiny-gpt-oss",
 ];
 
 fn refs(name: &str) -> Value {

@@ -32,6 +32,9 @@ pub struct RopeConfig {
 pub struct Yarn {
     /// The context the model was trained for before scaling.
     pub orig_ctx: usize,
+    /// The correction range is rounded out to whole dimensions (ggml
+    /// always; transformers unless `truncate: false`, as gpt-oss says).
+    pub truncate: bool,
     pub beta_fast: f32,
     pub beta_slow: f32,
     /// Multiplies every sine and cosine (ggml's effective `mscale`; 1 for
@@ -127,6 +130,9 @@ pub enum Gating {
     /// Sigmoid per expert; selection on sigmoid + a learned bias
     /// (`exp_probs_b`), weights from the sigmoid alone (DeepSeek-V3, GLM-4.5).
     Sigmoid,
+    /// Top k of the raw logits, weights a softmax over those k (gpt-oss;
+    /// llama.cpp's `SOFTMAX_WEIGHT`).
+    SoftmaxTopK,
 }
 
 /// Mixture-of-experts hyperparameters (GGUF `{arch}.expert_*`, HF
@@ -153,6 +159,8 @@ pub struct MoeConfig {
     /// choose among the best `groups_used` groups only. 1/1: off.
     pub n_groups: usize,
     pub groups_used: usize,
+    /// The experts' gated activation (SwiGLU; gpt-oss's clamped one).
+    pub act: crate::spec::Activation,
 }
 
 /// Most expert groups a router may have (the routing keeps a fixed-size
@@ -327,6 +335,7 @@ impl ModelConfig {
         let factor = f64::from(1.0 / freq_scale);
         let yarn = match scaling_type {
             Some("yarn") if factor > 1.0 => Some(Yarn {
+                truncate: true,
                 orig_ctx: meta
                     .get_usize(&key("rope.scaling.original_context_length"))?
                     .ok_or_else(|| {
@@ -387,11 +396,11 @@ impl ModelConfig {
         let head_dim = mla.as_ref().map_or(head_dim, MlaConfig::row);
         let moe = moe_from_gguf(meta, arch, &key)?;
         let swa = match meta.get_usize(&key("attention.sliding_window"))? {
-            Some(w) if w > 0 && arch == Arch::Gemma3 => {
+            Some(w) if w > 0 && matches!(arch, Arch::Gemma3 | Arch::GptOss) => {
                 let blocks = req("block_count")?;
                 let period = meta
                     .get_usize(&key("attention.sliding_window_pattern"))?
-                    .unwrap_or(6);
+                    .unwrap_or(if arch == Arch::GptOss { 2 } else { 6 });
                 Some(SlidingWindow {
                     window: w,
                     // llama.cpp's set_swa_pattern: the last of every
@@ -443,9 +452,12 @@ impl ModelConfig {
                     Arch::Llama | Arch::Mistral | Arch::Mixtral | Arch::Deepseek2 => {
                         RopeLayout::Interleaved
                     }
-                    Arch::Qwen2 | Arch::Qwen3 | Arch::Qwen3Moe | Arch::Glm4Moe | Arch::Gemma3 => {
-                        RopeLayout::Halves
-                    }
+                    Arch::Qwen2
+                    | Arch::Qwen3
+                    | Arch::Qwen3Moe
+                    | Arch::Glm4Moe
+                    | Arch::Gemma3
+                    | Arch::GptOss => RopeLayout::Halves,
                 },
                 n_rot: meta
                     .get_usize(&key("rope.dimension_count"))?
@@ -571,6 +583,7 @@ impl ModelConfig {
                         )
                     })?;
                 yarn = (f > 1.0).then_some(Yarn {
+                    truncate: s.get("truncate").and_then(Json::as_bool).unwrap_or(true),
                     orig_ctx: orig as usize,
                     beta_fast: opt_f64(s, "beta_fast").unwrap_or(32.0) as f32,
                     beta_slow: opt_f64(s, "beta_slow").unwrap_or(1.0) as f32,
@@ -609,7 +622,7 @@ impl ModelConfig {
         let moe = moe_from_hf(cfg, arch)?;
         let n_layers_hf = req("num_hidden_layers")?;
         let swa = match (arch, opt_usize("sliding_window")) {
-            (Arch::Gemma3, Some(w)) if w > 0 => {
+            (Arch::Gemma3 | Arch::GptOss, Some(w)) if w > 0 => {
                 let layers = match cfg.get("layer_types").and_then(Json::as_array) {
                     Some(t) => t
                         .iter()
@@ -730,6 +743,8 @@ fn moe_from_gguf(
             .ok_or_else(|| ModelError::MissingHyperparameter(key("expert_feed_forward_length")))?,
     };
     let gating = match meta.get_u32(&key("expert_gating_func"))? {
+        // llama.cpp hard-codes gpt-oss's routing.
+        _ if arch == Arch::GptOss => Gating::SoftmaxTopK,
         // GLM files that predate the key route by sigmoid.
         None | Some(0) if arch == Arch::Glm4Moe => Gating::Sigmoid,
         None | Some(0) | Some(1) => Gating::Softmax,
@@ -773,6 +788,10 @@ fn moe_from_gguf(
             .get_usize(&key("expert_group_used_count"))?
             .unwrap_or(1)
             .max(1),
+        act: match arch {
+            Arch::GptOss => crate::spec::Activation::SwigluOai,
+            _ => crate::spec::Activation::Silu,
+        },
     }))
 }
 
@@ -798,6 +817,7 @@ fn moe_from_hf(cfg: &Json, arch: Arch) -> Result<Option<MoeConfig>, ModelError> 
             scale: 1.0,
             n_groups: 1,
             groups_used: 1,
+            act: crate::spec::Activation::Silu,
         },
         Arch::Qwen3Moe => {
             // Layers listed in mlp_only_layers, or off the sparse step, are
@@ -831,6 +851,7 @@ fn moe_from_hf(cfg: &Json, arch: Arch) -> Result<Option<MoeConfig>, ModelError> 
                 scale: 1.0,
                 n_groups: 1,
                 groups_used: 1,
+                act: crate::spec::Activation::Silu,
             }
         }
         Arch::Glm4Moe | Arch::Deepseek2 => MoeConfig {
@@ -855,6 +876,20 @@ fn moe_from_hf(cfg: &Json, arch: Arch) -> Result<Option<MoeConfig>, ModelError> 
                 .unwrap_or(1.0) as f32,
             n_groups: get("n_group").unwrap_or(1).max(1),
             groups_used: get("topk_group").unwrap_or(1).max(1),
+            act: crate::spec::Activation::Silu,
+        },
+        Arch::GptOss => MoeConfig {
+            n_experts: need("num_local_experts")?,
+            top_k: need("num_experts_per_tok")?,
+            expert_ffn: need("intermediate_size")?,
+            shared_ffn: 0,
+            leading_dense: 0,
+            gating: Gating::SoftmaxTopK,
+            norm_top_k: false,
+            scale: 1.0,
+            n_groups: 1,
+            groups_used: 1,
+            act: crate::spec::Activation::SwigluOai,
         },
         _ => return Ok(None),
     };

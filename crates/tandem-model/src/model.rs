@@ -19,7 +19,7 @@ use crate::config::{Gating, MlaConfig, ModelConfig, MoeConfig};
 use crate::kv_cache::{check_fits, KvCache, KvOptions, KvStore};
 use crate::linear::Matrix;
 use crate::mla::{split_kv_b, MlaWeights};
-use crate::moe::{self, route_token, Expert, MoeFfn, Slot, SlotActs, SHARED};
+use crate::moe::{self, route_token, Expert, ExpertBias, MoeFfn, Slot, SlotActs, SHARED};
 use crate::ops::{rms_norm, Rope};
 use crate::parallel::{col_split, gate_up, row_split, RowTarget, SCRATCH};
 use crate::shard::{aligned_ranges, even_ranges, kv_head_ranges, Placer, ShardedMatrix, Split};
@@ -49,6 +49,8 @@ struct Layer {
     /// Q/K/V projections, by attention kind.
     qkv: Qkv,
     wo: ShardedMatrix,
+    /// O's bias (gpt-oss).
+    bo: Option<Vec<f32>>,
     ffn_norm: Vec<f32>,
     ffn: Ffn,
     /// KV heads per node (query heads follow their group).
@@ -235,6 +237,7 @@ struct LayerPlan {
     attn_norm: Vec<f32>,
     ffn_norm: Vec<f32>,
     qkv: QkvPlan,
+    bo: Option<Vec<f32>>,
     kv_ranges: Vec<Range<usize>>,
     attn: AttnSpec,
     sinks: Option<Vec<f32>>,
@@ -265,7 +268,8 @@ enum QkvPlan {
     },
 }
 
-/// Placer indices of a layer's FFN matrices.
+/// Placer indices of a layer's FFN matrices (load time only).
+#[allow(clippy::large_enum_variant)]
 enum FfnPlan {
     /// gate, up, down.
     Dense([usize; 3], Activation),
@@ -273,8 +277,11 @@ enum FfnPlan {
         cfg: MoeConfig,
         router: usize,
         bias: Option<Vec<f32>>,
+        router_bias: Option<Vec<f32>>,
         /// gate, up, down of each routed expert, then of the shared one.
         experts: Vec<[usize; 3]>,
+        /// All experts' gate, up and down biases, expert after expert.
+        expert_bias: Option<[Vec<f32>; 3]>,
         shared: Option<[usize; 3]>,
     },
 }
@@ -563,13 +570,30 @@ impl Model {
                     )?;
                     let bias = match mc.gating {
                         Gating::Sigmoid => optional_vector(&files, &n("exp_probs_b.bias"), ne)?,
-                        Gating::Softmax => None,
+                        Gating::Softmax | Gating::SoftmaxTopK => None,
+                    };
+                    // Biases of the router and of every expert (gpt-oss).
+                    let eb = |s: &str, len| optional_vector(&files, &n(s), ne * len);
+                    let expert_bias = match (
+                        eb("ffn_gate_exps.bias", f)?,
+                        eb("ffn_up_exps.bias", f)?,
+                        eb("ffn_down_exps.bias", c.hidden)?,
+                    ) {
+                        (Some(g), Some(u), Some(d)) => Some([g, u, d]),
+                        (None, None, None) => None,
+                        _ => {
+                            return Err(ModelError::MissingTensor(n(
+                                "ffn_{gate,up,down}_exps.bias (some, not all)",
+                            )))
+                        }
                     };
                     FfnPlan::Moe {
                         cfg: mc.clone(),
                         router,
                         bias,
+                        router_bias: optional_vector(&files, &n("ffn_gate_inp.bias"), ne)?,
                         experts,
+                        expert_bias,
                         shared,
                     }
                 }
@@ -583,6 +607,7 @@ impl Model {
                 attn_post_norm: post("post_attention_norm.weight")?,
                 ffn_post_norm: post("post_ffw_norm.weight")?,
                 qkv,
+                bo: optional_vector(&files, &n("attn_output.bias"), c.hidden)?,
                 kv_ranges,
                 sinks: match spec.attn.sinks {
                     true => Some(vector(&files, &n("attn_sinks.weight"), c.n_heads)?),
@@ -625,6 +650,7 @@ impl Model {
                     gate: take(g)?,
                     up: take(u)?,
                     down: take(d)?,
+                    bias: None,
                 })
             }
             let ffn = match p.ffn {
@@ -641,18 +667,31 @@ impl Model {
                     cfg,
                     router,
                     bias,
+                    router_bias,
                     experts,
+                    expert_bias,
                     shared,
-                } => Ffn::Moe(Box::new(MoeFfn {
-                    cfg,
-                    router: take(router)?,
-                    bias,
-                    experts: experts
-                        .into_iter()
-                        .map(|ids| expert(&mut take, ids))
-                        .collect::<Result<_, _>>()?,
-                    shared: shared.map(|ids| expert(&mut take, ids)).transpose()?,
-                })),
+                } => {
+                    let (f, h) = (cfg.expert_ffn, c.hidden);
+                    let mut list = Vec::with_capacity(experts.len());
+                    for (e, ids) in experts.into_iter().enumerate() {
+                        let mut x = expert(&mut take, ids)?;
+                        x.bias = expert_bias.as_ref().map(|[g, u, d]| ExpertBias {
+                            gate: g[e * f..(e + 1) * f].to_vec(),
+                            up: u[e * f..(e + 1) * f].to_vec(),
+                            down: d[e * h..(e + 1) * h].to_vec(),
+                        });
+                        list.push(x);
+                    }
+                    Ffn::Moe(Box::new(MoeFfn {
+                        cfg,
+                        router: take(router)?,
+                        bias,
+                        router_bias,
+                        experts: list,
+                        shared: shared.map(|ids| expert(&mut take, ids)).transpose()?,
+                    }))
+                }
             };
             let qkv = match p.qkv {
                 QkvPlan::Gqa {
@@ -694,6 +733,7 @@ impl Model {
                 attn_norm: p.attn_norm,
                 qkv,
                 wo: take(p.wo)?,
+                bo: p.bo,
                 ffn_norm: p.ffn_norm,
                 ffn,
                 kv_ranges: p.kv_ranges,
@@ -1157,13 +1197,27 @@ impl Model {
                 &split,
             )?;
             match &l.qkv {
-                Qkv::Gqa { .. } => {
-                    self.project_add(ws, &l.wo, n, q_dim, Buf::Attn, l.attn_post_norm.as_deref())?
-                }
+                Qkv::Gqa { .. } => self.project_add(
+                    ws,
+                    &l.wo,
+                    n,
+                    q_dim,
+                    Buf::Attn,
+                    l.bo.as_deref(),
+                    l.attn_post_norm.as_deref(),
+                )?,
                 Qkv::Mla(m) => {
                     crate::mla::output(pool, m, c.n_heads, ws, n)?;
                     let w = c.n_heads * m.cfg.v_head;
-                    self.project_add(ws, &l.wo, n, w, Buf::Mla, l.attn_post_norm.as_deref())?
+                    self.project_add(
+                        ws,
+                        &l.wo,
+                        n,
+                        w,
+                        Buf::Mla,
+                        l.bo.as_deref(),
+                        l.attn_post_norm.as_deref(),
+                    )?
                 }
             }
 
@@ -1184,7 +1238,7 @@ impl Model {
                     let (g, u) = (SharedOut::new(&mut ws.gate), SharedOut::new(&mut ws.up));
                     gate_up(pool, gate, up, *act, g, u, &ws.acts, n, &ws.scratch)?;
                     let post = l.ffn_post_norm.as_deref();
-                    self.project_add(ws, down, n, gate.rows, Buf::Gate, post)?;
+                    self.project_add(ws, down, n, gate.rows, Buf::Gate, None, post)?;
                 }
                 Ffn::Moe(m) => self.moe_add(ws, m, n, l.ffn_post_norm.as_deref())?,
             }
@@ -1231,6 +1285,7 @@ impl Model {
 
     /// `x += m · buf` for O (`buf` = attention output) and down (`buf` =
     /// gated FFN activations), however `m` is split.
+    #[allow(clippy::too_many_arguments)]
     fn project_add(
         &self,
         ws: &mut Workspace,
@@ -1238,14 +1293,21 @@ impl Model {
         n: usize,
         width: usize,
         buf: Buf,
+        bias: Option<&[f32]>,
         post_norm: Option<&[f32]>,
     ) -> Result<(), ModelError> {
+        let h = self.config.hidden;
         if m.split == Split::Cols {
             // (The loader never splits a sandwich-normed block by columns.)
             self.prepare_node_acts(ws, m, n, width, buf)?;
-            return self.col_split_add(ws, m, n);
+            self.col_split_add(ws, m, n)?;
+            if let Some(b) = bias {
+                for row in ws.x[..n * h].chunks_exact_mut(h) {
+                    row.iter_mut().zip(b).for_each(|(x, &y)| *x += y);
+                }
+            }
+            return Ok(());
         }
-        let h = self.config.hidden;
         let src = match buf {
             Buf::Attn => &ws.attn[..n * width],
             Buf::Mla => &ws.mla.o[..n * width],
@@ -1262,6 +1324,11 @@ impl Model {
             n,
             &ws.scratch,
         )?;
+        if let Some(b) = bias {
+            for row in ws.partial[0][..n * h].chunks_exact_mut(h) {
+                row.iter_mut().zip(b).for_each(|(x, &y)| *x += y);
+            }
+        }
         self.add_residual(ws, n, post_norm);
         Ok(())
     }
@@ -1403,6 +1470,11 @@ impl Model {
         grow(&mut b.probs, ne);
         grow(&mut b.choice, ne);
         grow(&mut b.routes, n * k);
+        if let Some(rb) = &m.router_bias {
+            for row in b.logits[..n * ne].chunks_exact_mut(ne) {
+                row.iter_mut().zip(rb).for_each(|(l, &x)| *l += x);
+            }
+        }
         for t in 0..n {
             route_token(
                 cfg,

@@ -34,15 +34,23 @@ use tandem_numa::{Pool, Worker};
 use crate::config::{Gating, MoeConfig};
 use crate::parallel::{chunk_rows, gated_rows};
 use crate::shard::ShardedMatrix;
-use crate::spec::Activation;
 use crate::workspace::{ActsCache, Claimed, PerWorker, SharedOut};
 use crate::ModelError;
 
-/// One SwiGLU expert, each matrix sharded over the nodes.
+/// One gated expert, each matrix sharded over the nodes.
 pub(crate) struct Expert {
     pub gate: ShardedMatrix,
     pub up: ShardedMatrix,
     pub down: ShardedMatrix,
+    /// Biases of gate, up (FFN wide) and down (hidden wide): gpt-oss.
+    pub bias: Option<ExpertBias>,
+}
+
+/// An expert's biases, whole (each node reads its rows' part).
+pub(crate) struct ExpertBias {
+    pub gate: Vec<f32>,
+    pub up: Vec<f32>,
+    pub down: Vec<f32>,
 }
 
 impl Expert {
@@ -61,6 +69,8 @@ pub(crate) struct MoeFfn {
     pub router: ShardedMatrix,
     /// Selection bias of sigmoid routing (`exp_probs_b`).
     pub bias: Option<Vec<f32>>,
+    /// Added to the router's logits (`ffn_gate_inp.bias`, gpt-oss).
+    pub router_bias: Option<Vec<f32>>,
     pub experts: Vec<Expert>,
     pub shared: Option<Expert>,
 }
@@ -143,6 +153,8 @@ pub(crate) fn route_token(
         Gating::Sigmoid => probs
             .iter_mut()
             .for_each(|p| *p = 1.0 / (1.0 + (-*p).exp())),
+        // Selected on the logits; the softmax comes after the top k.
+        Gating::SoftmaxTopK => {}
     }
     choice.copy_from_slice(probs);
     if let Some(b) = bias {
@@ -204,6 +216,21 @@ pub(crate) fn route_token(
             }
             None => (0, 0.0),
         };
+    }
+    if cfg.gating == Gating::SoftmaxTopK {
+        let max = out
+            .iter()
+            .take(k)
+            .map(|p| p.1)
+            .fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0f32;
+        for p in out.iter_mut().take(k) {
+            p.1 = (p.1 - max).exp();
+            sum += p.1;
+        }
+        if sum > 0.0 {
+            out.iter_mut().take(k).for_each(|p| p.1 /= sum);
+        }
     }
     if cfg.norm_top_k {
         let sum: f32 = out.iter().take(k).map(|p| p.1).sum();
@@ -357,7 +384,8 @@ pub(crate) fn gate_up(
                 gated_rows(
                     gm,
                     um,
-                    Activation::Silu,
+                    moe.cfg.act,
+                    e.bias.as_ref().map(|b| (&b.gate[..], &b.up[..])),
                     local,
                     n,
                     g,
@@ -440,8 +468,18 @@ pub(crate) fn down(
                     // SAFETY: as above.
                     let dst =
                         unsafe { out.slice(tok as usize * hidden + rows.start + local.start, len) };
-                    for (r, d) in dst.iter_mut().enumerate() {
-                        *d += wt * tmp[r * n + b];
+                    match &e.bias {
+                        Some(eb) => {
+                            let bias = &eb.down[rows.start + local.start..][..len];
+                            for ((r, d), &bb) in dst.iter_mut().enumerate().zip(bias) {
+                                *d += wt * (tmp[r * n + b] + bb);
+                            }
+                        }
+                        None => {
+                            for (r, d) in dst.iter_mut().enumerate() {
+                                *d += wt * tmp[r * n + b];
+                            }
+                        }
                     }
                 }
             }
@@ -465,7 +503,20 @@ mod tests {
             scale: 1.0,
             n_groups: groups.0,
             groups_used: groups.1,
+            act: crate::spec::Activation::Silu,
         }
+    }
+
+    #[test]
+    fn softmax_after_top_k_weighs_the_selected_logits_only() {
+        // gpt-oss: pick the two largest logits, softmax over those two.
+        let c = cfg(Gating::SoftmaxTopK, 4, 2, (1, 1), false);
+        let got = route(&c, &[0.5, 2.0, -1.0, 1.0], None);
+        let (a, b) = (2.0f32.exp(), 1.0f32.exp());
+        assert_eq!(got[0].0, 1);
+        assert_eq!(got[1].0, 3);
+        assert!((got[0].1 - a / (a + b)).abs() < 1e-6);
+        assert!((got[1].1 - b / (a + b)).abs() < 1e-6);
     }
 
     fn route(c: &MoeConfig, logits: &[f32], bias: Option<&[f32]>) -> Vec<(u32, f32)> {

@@ -56,6 +56,19 @@ pub fn gelu_tanh_f16_mul(gate: &mut [f32], up: &[f32]) {
     }
 }
 
+/// In place: gpt-oss's clamped SwiGLU with `alpha = 1.702`, `limit = 7`:
+/// `gate = min(gate, limit)`, `up = clamp(up, -limit, limit)`,
+/// `gate = gate · sigmoid(alpha · gate) · (up + 1)`.
+pub fn swiglu_oai_mul(gate: &mut [f32], up: &[f32]) {
+    const ALPHA: f32 = 1.702;
+    const LIMIT: f32 = 7.0;
+    for (g, &u) in gate.iter_mut().zip(up) {
+        let x = g.min(LIMIT);
+        let y = u.clamp(-LIMIT, LIMIT);
+        *g = x / (1.0 + (-x * ALPHA).exp()) * (y + 1.0);
+    }
+}
+
 /// Numerically stable softmax in place.
 pub fn softmax(x: &mut [f32]) {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -82,21 +95,24 @@ pub struct Rope {
 
 /// YaRN's correction range: the pair indices between which frequencies go
 /// from extrapolated (fast, below `low`) to interpolated (slow, above
-/// `high`), computed in f32 as ggml's `ggml_rope_yarn_corr_dims`.
-pub(crate) fn yarn_corr_dims(
-    n_rot: usize,
-    orig_ctx: usize,
-    base: f32,
-    fast: f32,
-    slow: f32,
-) -> (f32, f32) {
+/// `high`). Rounded out to whole dimensions in f32 as ggml's
+/// `ggml_rope_yarn_corr_dims`; without `truncate`, unrounded in f64 as
+/// transformers computes it for configs that ask so (gpt-oss).
+pub(crate) fn yarn_corr_dims(y: &crate::config::Yarn, n_rot: usize, base: f32) -> (f32, f32) {
+    let (n, ctx) = (n_rot as f64, y.orig_ctx as f64);
     let dim = |beta: f32| {
-        n_rot as f32 * (orig_ctx as f32 / (beta * 2.0 * std::f32::consts::PI)).ln()
+        n * (ctx / (f64::from(beta) * 2.0 * std::f64::consts::PI)).ln()
+            / (2.0 * f64::from(base).ln())
+    };
+    let dim32 = |beta: f32| {
+        n_rot as f32 * (y.orig_ctx as f32 / (beta * 2.0 * std::f32::consts::PI)).ln()
             / (2.0 * base.ln())
     };
-    let low = dim(fast).floor().max(0.0);
-    let high = dim(slow).ceil().min(n_rot as f32 - 1.0);
-    (low, high)
+    let (low, high) = match y.truncate {
+        true => (dim32(y.beta_fast).floor(), dim32(y.beta_slow).ceil()),
+        false => (dim(y.beta_fast) as f32, dim(y.beta_slow) as f32),
+    };
+    (low.max(0.0), high.min(n_rot as f32 - 1.0))
 }
 
 impl Rope {
@@ -105,7 +121,7 @@ impl Rope {
         let ramp = cfg
             .yarn
             .as_ref()
-            .map(|y| yarn_corr_dims(cfg.n_rot, y.orig_ctx, cfg.theta, y.beta_fast, y.beta_slow));
+            .map(|y| yarn_corr_dims(y, cfg.n_rot, cfg.theta));
         let inv_freq = (0..half)
             .map(|i| {
                 let base = f64::from(cfg.theta).powf(-((2 * i) as f64) / cfg.n_rot as f64);

@@ -188,7 +188,7 @@ pub(crate) fn gate_up(
             }
             let local = start..(start + chunk).min(total);
             let (gm, um) = ((gate_m, gs, ga), (up_m, us, ua));
-            gated_rows(gm, um, act, local, n, gate, up, 0, ffn, scratch)?;
+            gated_rows(gm, um, act, None, local, n, gate, up, 0, ffn, scratch)?;
         }
     })
 }
@@ -203,6 +203,7 @@ pub(crate) fn gated_rows(
     (gate_m, gs, ga): (&ShardedMatrix, &Shard, &QuantizedActivations),
     (up_m, us, ua): (&ShardedMatrix, &Shard, &QuantizedActivations),
     act: crate::spec::Activation,
+    bias: Option<(&[f32], &[f32])>,
     local: Range<usize>,
     n: usize,
     gate: SharedOut,
@@ -228,6 +229,11 @@ pub(crate) fn gated_rows(
         let off = col0 + b * stride + local.start;
         // SAFETY: this chunk's columns, written only by this worker.
         let (g, u) = unsafe { (gate.slice(off, local.len()), up.slice(off, local.len())) };
+        if let Some((gb, ub)) = bias {
+            let r0 = gs.rows.start + local.start;
+            g.iter_mut().zip(&gb[r0..]).for_each(|(x, &b)| *x += b);
+            u.iter_mut().zip(&ub[r0..]).for_each(|(x, &b)| *x += b);
+        }
         act.apply(g, u);
     }
     Ok(())

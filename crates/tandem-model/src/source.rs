@@ -383,6 +383,9 @@ fn open_hf(dir: &Path) -> Result<ModelFiles, ModelError> {
             order.push(name);
         }
     }
+    if config.arch == crate::arch::Arch::GptOss {
+        crate::arch::split_gpt_oss_experts(&mut tensors, &config)?;
+    }
     let name = dir.file_name().and_then(|n| n.to_str()).map(str::to_owned);
     let format = SourceFormat::Safetensors { files: paths.len() };
     finish(config, tokenizer, format, name, tensors, order, true)

@@ -39,6 +39,10 @@ pub enum Activation {
     GeluTanh,
     /// The same through ggml's f16 table (GGUF files: llama.cpp's numbers).
     GeluTanhF16,
+    /// gpt-oss's clamped SwiGLU: `g = min(g, 7)`, `u = clamp(u, -7, 7)`,
+    /// `g · σ(1.702 g) · (u + 1)` (llama.cpp's `swiglu_oai`; the constants
+    /// are the model's, fixed there too).
+    SwigluOai,
 }
 
 impl Activation {
@@ -48,6 +52,7 @@ impl Activation {
             Activation::Silu => crate::ops::silu_mul(gate, up),
             Activation::GeluTanh => crate::ops::gelu_tanh_mul(gate, up),
             Activation::GeluTanhF16 => crate::ops::gelu_tanh_f16_mul(gate, up),
+            Activation::SwigluOai => crate::ops::swiglu_oai_mul(gate, up),
         }
     }
 }

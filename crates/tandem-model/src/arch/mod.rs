@@ -11,17 +11,19 @@
 mod deepseek;
 mod gemma;
 mod glm;
+mod gpt_oss;
 mod llama;
 mod qwen;
 
 use crate::config::ModelConfig;
 use crate::spec::LayerSpec;
 use crate::ModelError;
+pub(crate) use gpt_oss::split_hf_experts as split_gpt_oss_experts;
 
 /// Every architecture name tandem accepts (GGUF `general.architecture`,
 /// HF `model_type`), for error messages.
 pub const SUPPORTED: &str =
-    "llama, mistral, mixtral, qwen2, qwen3, qwen3moe, glm4moe, gemma3, deepseek2";
+    "llama, mistral, mixtral, qwen2, qwen3, qwen3moe, glm4moe, gemma3, deepseek2, gpt-oss";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arch {
@@ -41,6 +43,9 @@ pub enum Arch {
     /// DeepSeek-V2/V3/R1, Kimi-K2: latent attention (MLA), YaRN, sigmoid
     /// grouped routing with a shared expert.
     Deepseek2,
+    /// gpt-oss: sinks, alternating windows, biased experts with a clamped
+    /// SwiGLU.
+    GptOss,
 }
 
 impl Arch {
@@ -56,6 +61,7 @@ impl Arch {
             "glm4moe" | "glm4_moe" => Arch::Glm4Moe,
             "gemma3" | "gemma3_text" => Arch::Gemma3,
             "deepseek2" | "deepseek_v2" | "deepseek_v3" | "kimi_k2" => Arch::Deepseek2,
+            "gpt-oss" | "gpt_oss" => Arch::GptOss,
             other => return Err(ModelError::UnsupportedArchitecture(other.to_string())),
         })
     }
@@ -71,6 +77,7 @@ impl Arch {
             Arch::Glm4Moe => "glm4moe",
             Arch::Gemma3 => "gemma3",
             Arch::Deepseek2 => "deepseek2",
+            Arch::GptOss => "gpt-oss",
         }
     }
 
@@ -78,7 +85,7 @@ impl Arch {
     pub fn is_moe(self) -> bool {
         matches!(
             self,
-            Arch::Mixtral | Arch::Qwen3Moe | Arch::Glm4Moe | Arch::Deepseek2
+            Arch::Mixtral | Arch::Qwen3Moe | Arch::Glm4Moe | Arch::Deepseek2 | Arch::GptOss
         )
     }
 
@@ -90,6 +97,7 @@ impl Arch {
             Arch::Glm4Moe => glm::layer_spec(c, layer),
             Arch::Gemma3 => gemma::layer_spec(c, layer),
             Arch::Deepseek2 => deepseek::layer_spec(c, layer),
+            Arch::GptOss => gpt_oss::layer_spec(c, layer),
         }
     }
 
@@ -124,6 +132,13 @@ impl Arch {
             Arch::Glm4Moe => return glm::hf_name(layer, stem, suffix, expert),
             Arch::Deepseek2 => return deepseek::hf_name(layer, stem, suffix, expert),
             Arch::Gemma3 => gemma::hf_stem(stem, expert)?,
+            // Sinks are a bare parameter (no `.weight`).
+            Arch::GptOss if stem == "attn_sinks" => {
+                return expert
+                    .is_none()
+                    .then(|| format!("model.layers.{layer}.self_attn.sinks"))
+            }
+            Arch::GptOss => gpt_oss::hf_stem(stem, expert)?,
         };
         Some(format!("model.layers.{layer}.{hf}.{suffix}"))
     }
