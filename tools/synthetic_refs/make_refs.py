@@ -26,6 +26,8 @@ CASES = [
     # (shape, quant, seed)
     ("tiny-qwen3moe", "F16", 7),
     ("tiny-qwen3moe", "Q8_0", 7),
+    ("tiny-deepseek3", "F16", 7),
+    ("tiny-deepseek3", "Q8_0", 7),
 ]
 IDS = [1, 50, 100, 200, 300, 400, 450, 17, 33, 65, 129, 257, 3, 511, 256, 128]
 

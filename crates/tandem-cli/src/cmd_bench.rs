@@ -58,7 +58,9 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1024)]
     probe_mib: usize,
     /// Write a synthetic model of this shape instead of measuring
-    /// (llama3.2-3b, llama3-8b, qwen2.5-3b, llama3.1-405b, tiny, tiny-qwen2).
+    /// (llama3.2-3b, llama3-8b, qwen2.5-3b, llama3.1-405b, qwen3-30b-a3b,
+    /// deepseek-v3, kimi-k2; for tests: tiny, tiny-qwen2, tiny-qwen3moe,
+    /// tiny-deepseek3).
     #[arg(long, value_name = "SHAPE")]
     synthetic: Option<String>,
     /// Quantization of the synthetic model (F16, BF16, Q8_0, Q4_0, Q4_K_M, Q5_K_M, Q6_K).

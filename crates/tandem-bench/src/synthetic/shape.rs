@@ -83,6 +83,7 @@ impl Shape {
         "tiny",
         "tiny-qwen2",
         "tiny-qwen3moe",
+        "tiny-deepseek3",
     ];
 
     /// A named shape. `layers` overrides the layer count (the 405B shape is
@@ -189,6 +190,28 @@ impl Shape {
                 ..llama(256, 512, 2, 4, 2, true, 2048)
             },
             "tiny-qwen3moe" => qwen3moe(256, 2, 4, 2, 64, 8, 2, 256, 512),
+            // DeepSeek-V3's layout at test size: one dense layer, then MoE
+            // (8 experts in 4 groups, 2 used; a shared expert).
+            "tiny-deepseek3" => {
+                let mut s = deepseek(4, 8, 1, (4, 2), 2.5, 512);
+                s.hidden = 256;
+                s.ffn = 512;
+                s.n_layers = 2;
+                s.context_length = 4096;
+                s.mla = Some(MlaShape {
+                    q_lora: 128,
+                    kv_lora: 256,
+                    qk_nope: 64,
+                    qk_rope: 32,
+                    v_head: 64,
+                });
+                if let Some(m) = &mut s.moe {
+                    m.top_k = 2;
+                    m.expert_ffn = 256;
+                    m.shared_ffn = 256;
+                }
+                s
+            }
             other => return Err(BenchError::UnknownShape(other.to_string())),
         };
         if let Some(n) = layers {
