@@ -417,7 +417,7 @@ unsafe fn run_item(
                 let table = &x.rope_table[row * pairs..(row + 1) * pairs];
                 let dst = &mut qh[r * gq..(r + 1) * gq];
                 // Read only: every part finishes its own copy.
-                dst.copy_from_slice(x.q.slice(row * q_dim + kvh * gq, gq));
+                dst.copy_from_slice(x.q.read(row * q_dim + kvh * gq, gq));
                 for (h, qi) in dst.chunks_exact_mut(hd).zip(kvh * group..) {
                     finish_head(
                         h,
@@ -570,10 +570,11 @@ unsafe fn merge_parts(
         let mut st = SoftmaxState::EMPTY;
         a.fill(0.0);
         for part in 0..parts {
+            // Read only: every part published its slot and is done.
             let slot = x
                 .split
                 .partials
-                .slice((head * parts + part) * slot_len, slot_len);
+                .read((head * parts + part) * slot_len, slot_len);
             let src = SoftmaxState {
                 max: slot[2 * qi],
                 sum: slot[2 * qi + 1],

@@ -314,11 +314,27 @@ impl SharedOut {
     /// and the underlying buffer must outlive the returned slice.
     #[allow(clippy::mut_from_ref)]
     pub(crate) unsafe fn slice(&self, start: usize, len: usize) -> &mut [f32] {
+        self.check(start, len);
+        std::slice::from_raw_parts_mut(self.ptr.add(start), len)
+    }
+
+    /// `buf[start..start+len]`, shared: for ranges several workers read
+    /// during a run (flash-decoding's parts all read their heads' query
+    /// rows), where a `&mut` from [`slice`](Self::slice) would alias.
+    ///
+    /// # Safety
+    /// No worker may write any part of this range during the run, and the
+    /// underlying buffer must outlive the returned slice.
+    pub(crate) unsafe fn read(&self, start: usize, len: usize) -> &[f32] {
+        self.check(start, len);
+        std::slice::from_raw_parts(self.ptr.add(start), len)
+    }
+
+    fn check(&self, start: usize, len: usize) {
         assert!(
             start + len <= self.len,
             "SharedOut range {start}+{len} outside {}",
             self.len
         );
-        std::slice::from_raw_parts_mut(self.ptr.add(start), len)
     }
 }
