@@ -22,9 +22,15 @@ fn geometry(node_heads: Vec<std::ops::Range<usize>>) -> KvGeometry {
     }
 }
 
-fn store(node_heads: Vec<std::ops::Range<usize>>, pages: usize) -> Arc<KvStore> {
+/// One node holding all three heads.
+fn one_node(pages: usize) -> Arc<KvStore> {
+    let heads = std::iter::once(0..3).collect::<Vec<_>>();
+    KvStore::new(geometry(heads), pages, &[None]).expect("store")
+}
+
+fn store(node_heads: &[std::ops::Range<usize>], pages: usize) -> Arc<KvStore> {
     let nodes = vec![None; node_heads.len()];
-    KvStore::new(geometry(node_heads), pages, &nodes).expect("store")
+    KvStore::new(geometry(node_heads.to_vec()), pages, &nodes).expect("store")
 }
 
 /// A value unique to (global head, layer, kv, pos, lane).
@@ -70,9 +76,9 @@ fn check_rows(seq: &Sequence, upto: usize) {
 #[test]
 fn images_carry_rows_between_numa_splits_and_partial_pages() {
     let tokens: Vec<u32> = (100..110).collect();
-    let src_store = store(vec![0..1, 1..3], 8);
+    let src_store = store(&[0..1, 1..3], 8);
     let src = filled(&src_store, &tokens);
-    let dst_store = store(vec![0..3], 8);
+    let dst_store = one_node(8);
     let mut dst = dst_store.new_sequence();
     // Pages of 4: pieces 0..4, 4..6, 6..8 (a page in two pieces), 8..10.
     for (start, n) in [(0, 4), (4, 2), (6, 2), (8, 2)] {
@@ -93,7 +99,7 @@ fn images_carry_rows_between_numa_splits_and_partial_pages() {
 
 #[test]
 fn encoding_refuses_rows_that_are_not_cached_or_cross_a_page() {
-    let st = store(vec![0..3], 8);
+    let st = one_node(8);
     let seq = filled(&st, &[1, 2, 3, 4, 5, 6]);
     assert!(
         encode_page_image(&seq, ID, 0, 2, 4).is_err(),
@@ -106,11 +112,11 @@ fn encoding_refuses_rows_that_are_not_cached_or_cross_a_page() {
 #[test]
 fn a_damaged_or_foreign_image_is_refused_and_changes_nothing() {
     let tokens: Vec<u32> = (0..8).collect();
-    let st = store(vec![0..3], 8);
+    let st = one_node(8);
     let src = filled(&st, &tokens);
     let good = encode_page_image(&src, ID, 1, 0, 4).expect("encode");
     let g = st.geometry().clone();
-    let dst_store = store(vec![0..3], 4);
+    let dst_store = one_node(4);
     let mut dst = dst_store.new_sequence();
     let before = dst_store.counts();
 
@@ -152,9 +158,9 @@ fn a_damaged_or_foreign_image_is_refused_and_changes_nothing() {
 #[test]
 fn a_full_pool_is_an_error_not_a_write() {
     let tokens: Vec<u32> = (0..8).collect();
-    let st = store(vec![0..3], 8);
+    let st = one_node(8);
     let src = filled(&st, &tokens);
-    let dst_store = store(vec![0..3], 1);
+    let dst_store = one_node(1);
     let mut dst = dst_store.new_sequence();
     for start in [0, 4] {
         let b = encode_page_image(&src, ID, 1, start, 4).expect("encode");
