@@ -167,3 +167,27 @@ def test_a_client_gone_during_a_long_prefill_cancels_it(plain):
     # way when the connection's end is noticed), far from the prompt's end.
     assert after - at_close <= 8 * CHUNK, (at_close - before, after - at_close, n_prompt)
     assert after - before < n_prompt / 2
+
+
+def test_garbage_on_the_prefill_port_harms_nothing(disagg):
+    host, port = disagg.prefill_addr.split(":")
+    import struct
+    frames = [
+        b"GET / HTTP/1.1\r\n\r\n",
+        # A frame header announcing 4 GiB.
+        b"TDPF" + struct.pack("<HBBI", 1, 1, 0, 0xFFFFFFFF),
+        # Another protocol version.
+        b"TDPF" + struct.pack("<HBBI", 99, 1, 0, 32) + bytes(40),
+        # A hello with a bad checksum.
+        b"TDPF" + struct.pack("<HBBI", 1, 1, 0, 32) + bytes(40),
+    ]
+    for f in frames:
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            s.sendall(f)
+            s.settimeout(10)
+            try:
+                assert s.recv(100) == b""  # closed without a word
+            except ConnectionResetError:
+                pass
+    assert disagg.metric("tandem:prefill_workers") == 0
+    assert run(disagg, PROMPTS[0])[0]

@@ -62,10 +62,12 @@ pub fn listen(
     let listener = TcpListener::bind(addr)?;
     let local = listener.local_addr()?;
     let hello = hello_of(model);
+    let identity = hello.identity;
     let vocab_bytes = 12 + 4 * hello.vocab as usize;
     let greeting = Greeting {
         hello,
         welcome: Welcome {
+            identity,
             kv_format: geom.format,
             page_tokens: geom.page_tokens as u32,
             prefill_chunk: prefill_chunk as u32,

@@ -21,7 +21,7 @@
 //! | kind | from | payload |
 //! | --- | --- | --- |
 //! | 1 `Hello` | worker | model identity u128, n_layers u32, head_dim u32, n_kv_heads u32, vocab u32 |
-//! | 2 `Welcome` | server | KV type name (8 bytes), page_tokens u32, prefill_chunk u32, max_tokens u32 |
+//! | 2 `Welcome` | server | model identity u128, KV type name (8 bytes), page_tokens u32, prefill_chunk u32, max_tokens u32 |
 //! | 3 `Refuse` | server | reason (UTF-8, at most 4096 bytes) |
 //! | 4 `Job` | server | job u64, skip u32, n u32, n × token u32 |
 //! | 5 `Cancel` | server | job u64 |
@@ -68,6 +68,8 @@ pub struct Hello {
 /// How the server wants the KV: the worker builds its pool with these.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Welcome {
+    /// The server's model identity (the worker checks it too).
+    pub identity: u128,
     pub kv_format: KvFormat,
     pub page_tokens: u32,
     pub prefill_chunk: u32,
@@ -188,6 +190,7 @@ impl Message {
                 }
             }
             Message::Welcome(w) => {
+                p.extend_from_slice(&w.identity.to_le_bytes());
                 let mut name = [0u8; 8];
                 let n = w.kv_format.name().as_bytes();
                 name[..n.len().min(8)].copy_from_slice(&n[..n.len().min(8)]);
@@ -240,6 +243,7 @@ impl Message {
                 vocab: c.u32()?,
             }),
             2 => {
+                let identity = c.u128()?;
                 let raw = c.take(8)?;
                 let end = raw.iter().position(|&b| b == 0).unwrap_or(8);
                 let name = std::str::from_utf8(&raw[..end]).map_err(|_| proto("KV type name"))?;
@@ -248,6 +252,7 @@ impl Message {
                     .find(|f| f.name() == name)
                     .ok_or_else(|| proto(format!("unknown KV type {name:?}")))?;
                 Message::Welcome(Welcome {
+                    identity,
                     kv_format,
                     page_tokens: c.u32()?,
                     prefill_chunk: c.u32()?,
@@ -364,6 +369,7 @@ mod tests {
                 vocab: 1000,
             }),
             Message::Welcome(Welcome {
+                identity: 5,
                 kv_format: KvFormat::Q8_0,
                 page_tokens: 16,
                 prefill_chunk: 512,

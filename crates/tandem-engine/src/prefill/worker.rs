@@ -1,7 +1,8 @@
 //! The worker process's side (`tandem prefill-worker --connect ADDR`):
-//! connect, say hello (model identity and shape), learn the server's KV
-//! type, page size, chunk size and context, build a backend for them,
-//! then run jobs until the server goes away.
+//! connect, say hello (model identity and shape), learn the server's
+//! model identity (checked here too: a worker never computes for another
+//! model), KV type, page size, chunk size and context, build a backend
+//! for them, then run jobs until the server goes away.
 //!
 //! A reader thread takes the server's frames: jobs go to the computing
 //! thread through a channel, a `Cancel` marks its job so the rows
@@ -46,7 +47,7 @@ pub fn run(
     let _ = stream.set_nodelay(true);
     let mut writer = stream.try_clone().map_err(WireError::from)?;
     let mut reader = BufReader::with_capacity(1 << 16, stream);
-    write_message(&mut writer, &Message::Hello(hello))?;
+    write_message(&mut writer, &Message::Hello(hello.clone()))?;
     let _ = reader
         .get_ref()
         .set_read_timeout(Some(Duration::from_secs(30)));
@@ -59,6 +60,12 @@ pub fn run(
             )
         }
     };
+    if welcome.identity != hello.identity {
+        return Err(WorkerError::Refused(format!(
+            "the server's model (identity {:032x}) is not this worker's ({:032x})",
+            welcome.identity, hello.identity
+        )));
+    }
     let _ = reader.get_ref().set_read_timeout(None);
     let mut backend = make(&welcome).map_err(WorkerError::Backend)?;
     eprintln!(
