@@ -4,7 +4,8 @@
 //! loads (under the progress bar) and 200 once the engine thread runs, as
 //! llama-server does. Loopback unless `--host` says otherwise. SIGTERM
 //! (or Ctrl-C) stops accepting connections, lets the requests in flight
-//! finish, and exits.
+//! finish, and exits. With `--prefill-listen ADDR`, prefill worker
+//! processes may join (`tandem prefill-worker --connect ADDR`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -50,6 +51,19 @@ pub struct ServeArgs {
     /// Seconds a request may run (0: no limit).
     #[arg(long, default_value_t = 600)]
     request_timeout: u64,
+    /// Accept prefill worker processes (`tandem prefill-worker --connect
+    /// ADDR`) on this address (e.g. 127.0.0.1:8081; loopback unless told
+    /// otherwise: the protocol has no authentication).
+    #[arg(long, value_name = "ADDR")]
+    prefill_listen: Option<String>,
+    /// Prompts with fewer tokens left to compute are prefilled here even
+    /// when a worker is idle.
+    #[arg(long, default_value_t = 512)]
+    prefill_remote_min: usize,
+    /// Seconds a worker with a job may stay silent before its job is
+    /// taken back and prefilled here.
+    #[arg(long, default_value_t = 120)]
+    prefill_timeout: u64,
     #[command(flatten)]
     pub common: Common,
 }
@@ -122,8 +136,21 @@ fn load(args: &ServeArgs, state: &AppState) -> anyhow::Result<()> {
             ctx: model_ctx,
             prefill_chunk: args.common.prefill_chunk as usize,
             max_queue: args.max_queue,
+            remote_min_tokens: args.prefill_remote_min,
+            remote_timeout: Duration::from_secs(args.prefill_timeout.max(1)),
         },
     );
+    if let Some(addr) = &args.prefill_listen {
+        let addr = if addr.contains(':') {
+            addr.clone()
+        } else {
+            format!("127.0.0.1:{addr}")
+        };
+        let bound = engine
+            .listen_prefill(&addr)
+            .with_context(|| format!("cannot listen for prefill workers on {addr}"))?;
+        eprintln!("prefill workers: tandem prefill-worker --connect {bound}");
+    }
     state.set_ready(Ready {
         engine: Arc::new(engine),
         model,

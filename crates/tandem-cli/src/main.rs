@@ -3,7 +3,9 @@
 //! Subcommands: `run` (generate text), `chat` (a multi-turn REPL on the
 //! prefix cache), `perplexity` (llama.cpp-compatible
 //! evaluation), `inspect` (what a model file holds), `tokenize` (as
-//! llama-tokenize) and `bench` (speed and bandwidth; synthetic models). Errors end the
+//! llama-tokenize), `bench` (speed and bandwidth; synthetic models),
+//! `serve` (the OpenAI API) and `prefill-worker` (a prefill worker
+//! process for `serve`). Errors end the
 //! process with one line on stderr and a non-zero exit code.
 
 mod bundled;
@@ -11,6 +13,7 @@ mod cmd_bench;
 mod cmd_chat;
 mod cmd_inspect;
 mod cmd_perplexity;
+mod cmd_prefill_worker;
 mod cmd_run;
 mod cmd_serve;
 mod cmd_tokenize;
@@ -108,6 +111,9 @@ enum Command {
     Bench(cmd_bench::BenchArgs),
     /// Serve the OpenAI API over HTTP (continuous batching).
     Serve(cmd_serve::ServeArgs),
+    /// Compute prefills for a `tandem serve --prefill-listen` as a
+    /// separate process.
+    PrefillWorker(cmd_prefill_worker::PrefillWorkerArgs),
     /// Print the tokens of a text, as llama.cpp's llama-tokenize does.
     Tokenize(cmd_tokenize::TokenizeArgs),
 }
@@ -125,6 +131,7 @@ fn main() -> ExitCode {
         Command::Inspect(a) => cmd_inspect::run(a),
         Command::Bench(a) => cmd_bench::run(a),
         Command::Serve(a) => cmd_serve::run(a),
+        Command::PrefillWorker(a) => cmd_prefill_worker::run(a),
         Command::Tokenize(a) => cmd_tokenize::run(a),
     };
     match result {

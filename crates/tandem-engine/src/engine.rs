@@ -15,17 +15,29 @@
 //! [`Engine::stats`] is a snapshot for metrics and health, refreshed
 //! after every step.
 //!
+//! Prefill workers (`prefill/`) join through [`Engine::worker_hub`] (or
+//! [`Engine::listen_prefill`] for worker processes); the engine thread
+//! owns them too: before each step it hands prefills to idle workers, and
+//! it takes their reports between steps (the hand-off protocol is in
+//! `prefill/mod.rs`). While requests wait only for workers, the thread
+//! sleeps until a report arrives or a worker's time is up.
+//!
 //! Does not know: HTTP, text, async runtimes (sinks are plain closures).
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
+use tandem_kv::KvGeometry;
+use tandem_model::kv_cache::KvOptions;
 use tandem_model::{KvStore, Model};
 
-use crate::scheduler::{Event, Request, Scheduler, SchedulerStats};
+use crate::prefill::{WorkerHub, WorkerLink, WorkerReport};
+use crate::scheduler::{Event, HandoffError, Request, Scheduler, SchedulerStats};
 use crate::EngineError;
 
 /// Receives a request's events on the engine thread; returns false when
@@ -43,6 +55,12 @@ pub struct EngineConfig {
     pub prefill_chunk: usize,
     /// Requests waiting for admission at most (beyond: refused).
     pub max_queue: usize,
+    /// A prefill goes to an idle worker only with at least this many
+    /// prompt tokens left to compute (shorter ones are cheaper here).
+    pub remote_min_tokens: usize,
+    /// A worker that sends nothing for this long while it has a job is
+    /// dropped and its job retried here.
+    pub remote_timeout: Duration,
 }
 
 impl Default for EngineConfig {
@@ -52,6 +70,8 @@ impl Default for EngineConfig {
             ctx: 4096,
             prefill_chunk: 512,
             max_queue: 256,
+            remote_min_tokens: 512,
+            remote_timeout: Duration::from_secs(120),
         }
     }
 }
@@ -76,6 +96,9 @@ pub struct EngineStats {
     pub pages_cached: usize,
     pub pages_total: usize,
     pub scheduler: SchedulerStats,
+    /// Prefill workers connected, and how many have a job.
+    pub prefill_workers: usize,
+    pub prefill_workers_busy: usize,
 }
 
 impl EngineStats {
@@ -85,9 +108,13 @@ impl EngineStats {
     }
 }
 
-enum Command {
+pub(crate) enum Command {
     Submit(Request, Sink),
     Cancel(u64),
+    AddWorker(u64, Box<dyn WorkerLink>),
+    Report(u64, WorkerReport),
+    /// Stop taking requests; end once everything has drained.
+    Stop,
 }
 
 struct Shared {
@@ -104,6 +131,11 @@ pub struct Engine {
     next_id: AtomicU64,
     max_queue: usize,
     ctx: usize,
+    prefill_chunk: usize,
+    model: Arc<Model>,
+    kv: KvOptions,
+    geometry: KvGeometry,
+    workers: Arc<AtomicU64>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -121,9 +153,15 @@ impl Engine {
         let ctx = cfg.ctx.min(store.capacity_tokens()).max(1);
         let sh = Arc::clone(&shared);
         let c = EngineConfig { ctx, ..cfg.clone() };
+        let geometry = store.geometry().clone();
+        let kv = KvOptions {
+            format: geometry.format,
+            page_tokens: geometry.page_tokens,
+        };
+        let m = Arc::clone(&model);
         let thread = std::thread::Builder::new()
             .name("tandem-engine".into())
-            .spawn(move || engine_loop(&model, store, c, rx, &sh))
+            .spawn(move || engine_loop(&m, store, c, rx, &sh))
             .ok();
         Engine {
             tx: Some(tx),
@@ -131,8 +169,42 @@ impl Engine {
             next_id: AtomicU64::new(1),
             max_queue: cfg.max_queue,
             ctx,
+            prefill_chunk: cfg.prefill_chunk.max(1),
+            model,
+            kv,
+            geometry,
+            workers: Arc::new(AtomicU64::new(1)),
             thread,
         }
+    }
+
+    /// Adds prefill workers to this engine (None once it is stopping).
+    pub fn worker_hub(&self) -> Option<WorkerHub> {
+        Some(WorkerHub {
+            tx: self.tx.as_ref()?.clone(),
+            next: Arc::clone(&self.workers),
+        })
+    }
+
+    /// The KV options of the engine's pool (what its workers must use).
+    pub fn kv_options(&self) -> KvOptions {
+        self.kv
+    }
+
+    /// Listens on `addr` for prefill worker processes
+    /// (`tandem prefill-worker --connect ADDR`); returns the bound address.
+    pub fn listen_prefill(&self, addr: &str) -> std::io::Result<SocketAddr> {
+        let hub = self
+            .worker_hub()
+            .ok_or_else(|| std::io::Error::other("the engine has stopped"))?;
+        crate::prefill::remote::listen(
+            addr,
+            hub,
+            &self.model,
+            &self.geometry,
+            self.prefill_chunk,
+            self.ctx,
+        )
     }
 
     /// Tokens one sequence may hold (the context, capped by the pool).
@@ -193,7 +265,9 @@ impl Engine {
     }
 
     fn stop(&mut self) {
-        self.tx = None;
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(Command::Stop);
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -212,6 +286,22 @@ struct Listener {
     started: bool,
 }
 
+/// A prefill worker as the engine thread sees it.
+struct Worker {
+    link: Box<dyn WorkerLink>,
+    /// Its job, and when it last reported on it.
+    busy: Option<(u64, Instant)>,
+}
+
+/// What the engine thread owns besides the scheduler.
+struct Loop<'a> {
+    sinks: HashMap<u64, Listener>,
+    workers: HashMap<u64, Worker>,
+    shared: &'a Shared,
+    cfg: EngineConfig,
+    open: bool,
+}
+
 fn engine_loop(
     model: &Model,
     store: Arc<KvStore>,
@@ -221,136 +311,297 @@ fn engine_loop(
 ) {
     let mut sched =
         Scheduler::new(model, store, cfg.max_batch, cfg.ctx).with_prefill_chunk(cfg.prefill_chunk);
-    let mut sinks: HashMap<u64, Listener> = HashMap::new();
-    let mut open = true;
+    let mut st = Loop {
+        sinks: HashMap::new(),
+        workers: HashMap::new(),
+        shared,
+        cfg,
+        open: true,
+    };
+    // Whether the last round did nothing but wait for workers.
+    let mut stalled = false;
     loop {
-        // Sleep while idle; take everything that arrived.
-        if sched.is_idle() {
-            if !open {
+        // Sleep while there is nothing to compute; take everything that
+        // arrived.
+        if sched.is_idle() || stalled || !sched.has_runnable() {
+            if sched.is_idle() && !st.open {
                 break;
             }
-            match rx.recv() {
-                Ok(cmd) => handle(cmd, &mut sched, &mut sinks, shared),
-                Err(_) => break,
+            let cmd = if sched.handed_off() > 0 {
+                match rx.recv_timeout(Duration::from_millis(250)) {
+                    Ok(cmd) => Some(cmd),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                match rx.recv() {
+                    Ok(cmd) => Some(cmd),
+                    Err(_) => break,
+                }
+            };
+            if let Some(cmd) = cmd {
+                st.handle(cmd, &mut sched);
             }
         }
         loop {
             match rx.try_recv() {
-                Ok(cmd) => handle(cmd, &mut sched, &mut sinks, shared),
+                Ok(cmd) => st.handle(cmd, &mut sched),
                 Err(std::sync::mpsc::TryRecvError::Empty) => break,
                 Err(std::sync::mpsc::TryRecvError::Disconnected) => {
-                    open = false;
+                    st.open = false;
                     break;
                 }
             }
         }
-        if sched.is_idle() {
-            publish(&sched, shared);
+        st.check_timeouts(&mut sched);
+        st.dispatch(&mut sched);
+        stalled = false;
+        if !sched.has_runnable() {
+            publish(&sched, &st);
             continue;
         }
         match sched.step() {
             Ok(events) => {
                 // Stats first: whoever hears a request end sees it gone.
-                publish(&sched, shared);
+                publish(&sched, &st);
                 for ev in events {
-                    route(ev, &mut sched, &mut sinks, shared);
+                    st.route(ev, &mut sched);
                 }
+                stalled = !sched.ran() && sched.handed_off() > 0;
             }
             Err(e) => {
                 tracing::error!("engine step failed: {e}");
                 let error = e.to_string();
                 for id in sched.abort_all() {
-                    route(
+                    st.route(
                         Event::Failed {
                             id,
                             error: error.clone(),
                         },
                         &mut sched,
-                        &mut sinks,
-                        shared,
                     );
                 }
-            }
-        }
-        publish(&sched, shared);
-    }
-}
-
-fn handle(
-    cmd: Command,
-    sched: &mut Scheduler<'_>,
-    sinks: &mut HashMap<u64, Listener>,
-    shared: &Shared,
-) {
-    match cmd {
-        Command::Submit(req, mut sink) => {
-            let id = req.id;
-            match sched.submit(req) {
-                Ok(()) => {
-                    sinks.insert(
-                        id,
-                        Listener {
-                            sink,
-                            started: false,
-                        },
-                    );
-                }
-                Err(e) => {
-                    shared.queued.fetch_sub(1, Ordering::SeqCst);
-                    sink(Event::Failed {
-                        id,
-                        error: e.to_string(),
-                    });
-                }
-            }
-        }
-        Command::Cancel(id) => {
-            if sched.cancel(id) {
-                if let Some(l) = sinks.remove(&id) {
-                    if !l.started {
-                        shared.queued.fetch_sub(1, Ordering::SeqCst);
+                // Their jobs are gone: each worker answers the cancel and
+                // is idle again.
+                for w in st.workers.values_mut() {
+                    if let Some((job, _)) = w.busy {
+                        w.link.cancel(job);
                     }
                 }
             }
         }
+        publish(&sched, &st);
+    }
+    for (_, mut w) in st.workers.drain() {
+        w.link.close();
     }
 }
 
-/// Hands an event to its request's sink; cancels a request nobody hears.
-fn route(
-    ev: Event,
-    sched: &mut Scheduler<'_>,
-    sinks: &mut HashMap<u64, Listener>,
-    shared: &Shared,
-) {
-    let (id, ends) = match &ev {
-        Event::Started { id, .. } | Event::Token { id, .. } | Event::Preempted { id } => {
-            (*id, false)
+impl Loop<'_> {
+    fn handle(&mut self, cmd: Command, sched: &mut Scheduler<'_>) {
+        match cmd {
+            Command::Submit(req, mut sink) => {
+                let id = req.id;
+                match sched.submit(req) {
+                    Ok(()) => {
+                        self.sinks.insert(
+                            id,
+                            Listener {
+                                sink,
+                                started: false,
+                            },
+                        );
+                    }
+                    Err(e) => {
+                        self.shared.queued.fetch_sub(1, Ordering::SeqCst);
+                        sink(Event::Failed {
+                            id,
+                            error: e.to_string(),
+                        });
+                    }
+                }
+            }
+            Command::Cancel(id) => self.cancel(id, sched),
+            Command::AddWorker(worker, link) => {
+                tracing::info!("{} joined", link.name());
+                self.workers.insert(worker, Worker { link, busy: None });
+            }
+            Command::Report(worker, report) => self.report(worker, report, sched),
+            Command::Stop => self.open = false,
         }
-        Event::Finished { id, .. } | Event::Failed { id, .. } => (*id, true),
-    };
-    let Some(l) = sinks.get_mut(&id) else { return };
-    if matches!(ev, Event::Started { .. }) || (ends && !l.started) {
-        l.started = true;
-        shared.queued.fetch_sub(1, Ordering::SeqCst);
     }
-    let heard = (l.sink)(ev);
-    if ends {
-        sinks.remove(&id);
-    } else if !heard {
-        sched.cancel(id);
-        sinks.remove(&id);
+
+    /// Drops request `id` (its pages are freed now) and tells its worker.
+    fn cancel(&mut self, id: u64, sched: &mut Scheduler<'_>) {
+        let job = sched.job_of(id);
+        if sched.cancel(id) {
+            if let Some(l) = self.sinks.remove(&id) {
+                if !l.started {
+                    self.shared.queued.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
+        }
+        if let Some(job) = job {
+            if let Some(w) = self
+                .workers
+                .values_mut()
+                .find(|w| w.busy.is_some_and(|(j, _)| j == job))
+            {
+                w.link.cancel(job);
+            }
+        }
+    }
+
+    /// Hands prefills to idle workers.
+    fn dispatch(&mut self, sched: &mut Scheduler<'_>) {
+        if !self.open && sched.is_idle() {
+            return;
+        }
+        let idle: Vec<u64> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.busy.is_none())
+            .map(|(&k, _)| k)
+            .collect();
+        for worker in idle {
+            for ev in sched.admit_waiting() {
+                self.route(ev, sched);
+            }
+            let Some(job) = sched.take_prefill(self.cfg.remote_min_tokens) else {
+                return;
+            };
+            let Some(w) = self.workers.get_mut(&worker) else {
+                continue;
+            };
+            match w.link.start(&job) {
+                Ok(()) => w.busy = Some((job.job, Instant::now())),
+                Err(e) => {
+                    tracing::warn!("{}: cannot start a prefill ({e}); dropped", w.link.name());
+                    sched.return_prefill(job.job);
+                    self.drop_worker(worker, sched);
+                }
+            }
+        }
+    }
+
+    /// Drops a worker; its job, if any, is taken back.
+    fn drop_worker(&mut self, worker: u64, sched: &mut Scheduler<'_>) {
+        if let Some(mut w) = self.workers.remove(&worker) {
+            if let Some((job, _)) = w.busy {
+                sched.return_prefill(job);
+            }
+            w.link.close();
+        }
+    }
+
+    fn check_timeouts(&mut self, sched: &mut Scheduler<'_>) {
+        let limit = self.cfg.remote_timeout;
+        let late: Vec<u64> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.busy.is_some_and(|(_, t)| t.elapsed() > limit))
+            .map(|(&k, _)| k)
+            .collect();
+        for worker in late {
+            if let Some(w) = self.workers.get(&worker) {
+                tracing::warn!("{}: silent for {limit:?}; dropped", w.link.name());
+            }
+            self.drop_worker(worker, sched);
+        }
+    }
+
+    fn report(&mut self, worker: u64, report: WorkerReport, sched: &mut Scheduler<'_>) {
+        let Some(w) = self.workers.get_mut(&worker) else {
+            return; // Dropped already.
+        };
+        let busy = w.busy.map(|(j, _)| j);
+        let (job, result) = match report {
+            WorkerReport::Gone { error } => {
+                tracing::warn!("{} gone: {error}", w.link.name());
+                self.drop_worker(worker, sched);
+                return;
+            }
+            WorkerReport::Rows { job, image } if busy == Some(job) => {
+                w.busy = Some((job, Instant::now()));
+                (job, sched.accept_rows(job, &image).map(|()| Vec::new()))
+            }
+            WorkerReport::Done { job, logits } if busy == Some(job) => {
+                w.busy = None;
+                (job, sched.finish_prefill(job, &logits))
+            }
+            WorkerReport::Failed { job, error } if busy == Some(job) => {
+                w.busy = None;
+                if sched.return_prefill(job) {
+                    tracing::warn!("{}: prefill failed ({error}); computed here", w.link.name());
+                }
+                return;
+            }
+            WorkerReport::Rows { job, .. }
+            | WorkerReport::Done { job, .. }
+            | WorkerReport::Failed { job, .. } => (
+                job,
+                Err(HandoffError::Bad {
+                    job,
+                    reason: "a report on a job the worker does not have".into(),
+                }),
+            ),
+        };
+        match result {
+            Ok(events) => {
+                for ev in events {
+                    self.route(ev, sched);
+                }
+            }
+            // Cancelled meanwhile: the rest of its reports are dropped.
+            Err(HandoffError::UnknownJob(_)) => {}
+            Err(e) => {
+                if let Some(w) = self.workers.get(&worker) {
+                    tracing::warn!(
+                        "{}: {e}; dropped, the prefill is computed here",
+                        w.link.name()
+                    );
+                }
+                sched.return_prefill(job);
+                self.drop_worker(worker, sched);
+            }
+        }
+    }
+
+    /// Hands an event to its request's sink; cancels a request nobody
+    /// hears.
+    fn route(&mut self, ev: Event, sched: &mut Scheduler<'_>) {
+        let (id, ends) = match &ev {
+            Event::Started { id, .. } | Event::Token { id, .. } | Event::Preempted { id } => {
+                (*id, false)
+            }
+            Event::Finished { id, .. } | Event::Failed { id, .. } => (*id, true),
+        };
+        let Some(l) = self.sinks.get_mut(&id) else {
+            return;
+        };
+        if matches!(ev, Event::Started { .. }) || (ends && !l.started) {
+            l.started = true;
+            self.shared.queued.fetch_sub(1, Ordering::SeqCst);
+        }
+        let heard = (l.sink)(ev);
+        if ends {
+            self.sinks.remove(&id);
+        } else if !heard {
+            self.cancel(id, sched);
+        }
     }
 }
 
-fn publish(sched: &Scheduler<'_>, shared: &Shared) {
+fn publish(sched: &Scheduler<'_>, st: &Loop<'_>) {
     let (waiting, running) = sched.load();
     let c = sched.store().counts();
-    let mut s = shared.stats.lock().unwrap_or_else(|p| p.into_inner());
+    let mut s = st.shared.stats.lock().unwrap_or_else(|p| p.into_inner());
     s.waiting = waiting;
     s.running = running;
     s.pages_in_use = c.in_use;
     s.pages_cached = c.cached;
     s.pages_total = sched.store().n_pages();
     s.scheduler = sched.stats();
+    s.prefill_workers = st.workers.len();
+    s.prefill_workers_busy = st.workers.values().filter(|w| w.busy.is_some()).count();
 }

@@ -14,5 +14,6 @@ pub mod chat;
 pub mod engine;
 pub mod logprobs;
 pub mod penalties;
+pub mod prefill;
 pub mod sampler;
 pub mod scheduler;

@@ -42,8 +42,18 @@
 //! finished, cancelled, failed or preempted — so when the scheduler is
 //! idle no page is in use.
 //!
+//! A prefill can also be handed to a worker with compute of its own
+//! (another process, a GPU): the request leaves the batch with its
+//! remaining pages reserved, its rows come back as checked page images,
+//! and it rejoins the batch to decode (`handoff.rs`; the protocol is in
+//! `prefill/mod.rs`).
+//!
 //! Does not know: HTTP, streaming text, threads (the model's pool runs
 //! each batch; `engine.rs` runs the scheduler on its own thread).
+
+mod handoff;
+
+pub use handoff::{HandoffError, PrefillJob};
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -109,6 +119,12 @@ struct Entry {
     started: bool,
     /// Tokens planned for this step.
     chunk: usize,
+    /// The prefill job of a handed-off entry (0: none).
+    job: u64,
+    /// A worker failed its prefill: compute it here.
+    local_only: bool,
+    /// Positions held when the prefill was handed off.
+    handed_from: usize,
 }
 
 impl Entry {
@@ -135,6 +151,10 @@ pub struct SchedulerStats {
     /// Tokens decoded (one per running request per step).
     pub decoded_tokens: u64,
     pub steps: u64,
+    /// Prefills a worker completed.
+    pub remote_prefills: u64,
+    /// Prefills taken back from a worker (failed, gone, misbehaved).
+    pub remote_failures: u64,
 }
 
 /// Runs requests in batches on one model and one KV pool.
@@ -151,6 +171,11 @@ pub struct Scheduler<'m> {
     /// Penalised logits of one row (only when penalties are on).
     scratch: Vec<f32>,
     stats: SchedulerStats,
+    /// Requests whose prefill a worker is computing (pages reserved).
+    handed: Vec<Entry>,
+    next_job: u64,
+    /// Whether the last step ran a forward pass.
+    ran: bool,
 }
 
 impl<'m> Scheduler<'m> {
@@ -168,6 +193,9 @@ impl<'m> Scheduler<'m> {
             logits: Vec::new(),
             scratch: Vec::new(),
             stats: SchedulerStats::default(),
+            handed: Vec::new(),
+            next_job: 0,
+            ran: false,
         }
     }
 
@@ -214,6 +242,9 @@ impl<'m> Scheduler<'m> {
             seq: None,
             started: false,
             chunk: 0,
+            job: 0,
+            local_only: false,
+            handed_from: 0,
         });
         Ok(())
     }
@@ -229,6 +260,10 @@ impl<'m> Scheduler<'m> {
             self.waiting.remove(i);
             return true;
         }
+        if let Some(i) = self.handed.iter().position(|e| e.id == id) {
+            self.handed.remove(i);
+            return true;
+        }
         false
     }
 
@@ -239,26 +274,29 @@ impl<'m> Scheduler<'m> {
             .active
             .iter()
             .chain(self.waiting.iter())
+            .chain(self.handed.iter())
             .map(|e| e.id)
             .collect();
         self.active.clear();
         self.waiting.clear();
+        self.handed.clear();
         ids
     }
 
     /// Whether nothing is queued or running.
     pub fn is_idle(&self) -> bool {
-        self.waiting.is_empty() && self.active.is_empty()
+        self.waiting.is_empty() && self.active.is_empty() && self.handed.is_empty()
     }
 
-    /// Requests (waiting, active).
+    /// Requests (waiting, active: in the batch or with a prefill worker).
     pub fn load(&self) -> (usize, usize) {
-        (self.waiting.len(), self.active.len())
+        (self.waiting.len(), self.active.len() + self.handed.len())
     }
 
     /// One round: admit, plan, run (see the module docs).
     pub fn step(&mut self) -> Result<Vec<Event>, EngineError> {
         let mut events = Vec::new();
+        self.ran = false;
         self.admit(&mut events);
         loop {
             self.plan_decodes(&mut events);
@@ -268,7 +306,7 @@ impl<'m> Scheduler<'m> {
             }
             // Nothing can advance: every active request is a prefill the
             // pool has no page for.
-            if self.active.len() == 1 {
+            if self.active.len() == 1 && self.handed.is_empty() {
                 if let Some(e) = self.active.pop() {
                     events.push(self.too_large(&e));
                 }
@@ -306,12 +344,13 @@ impl<'m> Scheduler<'m> {
         let mut promised: usize = self
             .active
             .iter()
+            .chain(self.handed.iter())
             .map(|e| {
                 let held = e.seq.as_ref().map_or(0, |s| s.pages().len());
                 self.pages_for(e.tokens.len() + 1).saturating_sub(held)
             })
             .sum();
-        while self.active.len() < self.max_batch {
+        while self.active.len() + self.handed.len() < self.max_batch {
             let Some(mut e) = self.waiting.pop_front() else {
                 break;
             };
@@ -355,7 +394,7 @@ impl<'m> Scheduler<'m> {
         let pt = self.store.geometry().page_tokens;
         // The prefix cache never gives the last token (it needs logits).
         let usable = tokens.len().saturating_sub(1);
-        self.active.iter().any(|a| {
+        self.active.iter().chain(self.handed.iter()).any(|a| {
             let done = a.seq.as_ref().map_or(0, |s| s.len());
             let common = tokens
                 .iter()
@@ -400,7 +439,7 @@ impl<'m> Scheduler<'m> {
                 i += 1;
                 continue;
             }
-            if self.active.len() == 1 {
+            if self.active.len() == 1 && self.handed.is_empty() {
                 // Alone and still no page: its context is full.
                 if let Some(e) = self.active.pop() {
                     events.push(Event::Finished {
@@ -452,6 +491,7 @@ impl<'m> Scheduler<'m> {
         if !self.active.iter().any(|e| e.chunk > 0) {
             return Ok(());
         }
+        self.ran = true;
         let mut seqs: Vec<SeqInput<'_>> = Vec::with_capacity(self.active.len());
         for e in self.active.iter_mut().filter(|e| e.chunk > 0) {
             let Entry {
@@ -501,25 +541,23 @@ impl<'m> Scheduler<'m> {
                 ));
             };
             row += 1;
-            let logits = if e.penalties.is_active() {
-                self.scratch.clear();
-                self.scratch.extend_from_slice(logits);
-                e.penalties
-                    .apply(&mut self.scratch, &e.tokens[e.prompt_len..]);
-                &self.scratch[..]
-            } else {
-                logits
-            };
-            let token = e.sampler.sample(logits, &e.tokens)?;
-            // Log-probabilities of the model's distribution (before any
-            // penalty), as vLLM reports them.
-            let lp = e.logprobs.map(|n| {
-                let raw = &self.logits[(row - 1) * vocab..row * vocab];
-                token_logprobs(raw, token, n)
-            });
+            let (token, lp) = sample(&mut e, logits, &mut self.scratch)?;
             self.accept(e, token, lp, events);
         }
         Ok(())
+    }
+
+    /// Whether a step would do anything now: a request in the batch, or
+    /// one waiting with room in the batch (requests with a prefill worker
+    /// only wait for its reports).
+    pub fn has_runnable(&self) -> bool {
+        !self.active.is_empty()
+            || (!self.waiting.is_empty() && self.active.len() + self.handed.len() < self.max_batch)
+    }
+
+    /// Whether the last [`step`](Self::step) ran a forward pass.
+    pub fn ran(&self) -> bool {
+        self.ran
     }
 
     /// Records a sampled token: the entry finishes or keeps running.
@@ -552,4 +590,25 @@ impl<'m> Scheduler<'m> {
             None => self.active.push(e),
         }
     }
+}
+
+/// Samples `e`'s next token from `logits` (its penalties on a copy in
+/// `scratch`) with the log-probabilities of the raw distribution, as vLLM
+/// reports them.
+fn sample(
+    e: &mut Entry,
+    logits: &[f32],
+    scratch: &mut Vec<f32>,
+) -> Result<(u32, Option<TokenLogprobs>), EngineError> {
+    let penalised = if e.penalties.is_active() {
+        scratch.clear();
+        scratch.extend_from_slice(logits);
+        e.penalties.apply(scratch, &e.tokens[e.prompt_len..]);
+        &scratch[..]
+    } else {
+        logits
+    };
+    let token = e.sampler.sample(penalised, &e.tokens)?;
+    let lp = e.logprobs.map(|n| token_logprobs(logits, token, n));
+    Ok((token, lp))
 }

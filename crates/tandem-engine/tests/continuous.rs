@@ -165,6 +165,7 @@ fn the_engine_thread_serves_concurrent_requests_like_solo_runs() {
             ctx: 512,
             prefill_chunk: 16,
             max_queue: 64,
+            ..EngineConfig::default()
         },
     );
     let (tx, rx) = channel::<(usize, Event)>();
@@ -222,6 +223,7 @@ fn a_gone_listener_cancels_its_request_and_a_full_queue_refuses() {
             ctx: 512,
             prefill_chunk: 64,
             max_queue: 2,
+            ..EngineConfig::default()
         },
     );
     let prompt = m

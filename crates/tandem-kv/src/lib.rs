@@ -10,6 +10,7 @@
 //! | `pages` | [`PageTable`]: reference counts, free list, prefix index, LRU of cached pages (no memory) |
 //! | `store` | [`KvStore`] (page memory per node + the table) and [`Sequence`] (a block table) |
 //! | `disk` | [`DiskTier`]: evicted and persisted pages as checked files, read back on a prefix hit |
+//! | `page_image` | [`PageImage`]: a sequence's rows inside one page as checked bytes, for handing KV between processes |
 //!
 //! A page id names the same page in every node's pool: node `n`'s part
 //! holds the KV heads `node_heads[n]` that node computes attention for, so
@@ -24,10 +25,12 @@
 //! It is told the geometry and the token ids that filled each page.
 
 mod disk;
+mod page_image;
 mod pages;
 mod store;
 
 pub use disk::{DiskStats, DiskTier, ModelIdentity};
+pub use page_image::{encode_page_image, image_bytes, max_image_bytes, PageImage};
 pub use pages::{chain_hash, Evicted, PageCounts, PageId, PageTable, ROOT_HASH};
 pub use store::{KvGeometry, KvStore, KvValues, RowKey, Sequence};
 pub use tandem_kernels::attention::KvFormat;
@@ -55,6 +58,9 @@ pub enum KvError {
     /// The disk tier's directory cannot be used.
     #[error("KV disk tier: {0}")]
     Disk(String),
+    /// A page image (`page_image.rs`) that does not check out.
+    #[error("bad KV page image: {0}")]
+    BadImage(String),
     /// A broken invariant of this crate (a bug), reported instead of a panic.
     #[error("KV store internal error: {0}")]
     Internal(&'static str),

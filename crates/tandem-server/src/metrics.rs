@@ -44,6 +44,13 @@ pub struct Metrics {
     preemptions: Counter,
     /// The engine counters as last exported (deltas go into the counters).
     last: Mutex<(u64, u64, u64)>,
+    prefill_workers: Gauge,
+    prefill_workers_busy: Gauge,
+    remote_prefills: Counter,
+    remote_failures: Counter,
+    prefill_computed: Counter,
+    /// The prefill counters as last exported.
+    last_prefill: Mutex<(u64, u64, u64)>,
 }
 
 fn histogram() -> Histogram {
@@ -74,6 +81,12 @@ impl Metrics {
             prefix_hits: Counter::default(),
             preemptions: Counter::default(),
             last: Mutex::new((0, 0, 0)),
+            prefill_workers: Gauge::default(),
+            prefill_workers_busy: Gauge::default(),
+            remote_prefills: Counter::default(),
+            remote_failures: Counter::default(),
+            prefill_computed: Counter::default(),
+            last_prefill: Mutex::new((0, 0, 0)),
             registry: Registry::default(),
         };
         let p = |n: &str| format!("tandem:{n}");
@@ -142,6 +155,32 @@ impl Metrics {
             "Count of successfully processed requests, by finish reason.",
             m.request_success.clone(),
         );
+        // tandem's own: disaggregated prefill.
+        registry.register(
+            p("prefill_workers"),
+            "Prefill workers connected (worker processes and threads).",
+            m.prefill_workers.clone(),
+        );
+        registry.register(
+            p("prefill_workers_busy"),
+            "Prefill workers computing a job.",
+            m.prefill_workers_busy.clone(),
+        );
+        registry.register(
+            p("remote_prefills"),
+            "Prefills completed by a prefill worker.",
+            m.remote_prefills.clone(),
+        );
+        registry.register(
+            p("remote_prefill_failures"),
+            "Prefills taken back from a worker (failed, gone, misbehaved) and computed in-process.",
+            m.remote_failures.clone(),
+        );
+        registry.register(
+            p("prefill_tokens_computed"),
+            "Prompt tokens computed (in-process or by workers; recomputation included).",
+            m.prefill_computed.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -167,6 +206,19 @@ impl Metrics {
             self.prefix_queries.inc_by(now.0.saturating_sub(last.0));
             self.prefix_hits.inc_by(now.1.saturating_sub(last.1));
             self.preemptions.inc_by(now.2.saturating_sub(last.2));
+            *last = now;
+            drop(last);
+            self.prefill_workers.set(s.prefill_workers as i64);
+            self.prefill_workers_busy.set(s.prefill_workers_busy as i64);
+            let mut last = self.last_prefill.lock().unwrap_or_else(|p| p.into_inner());
+            let now = (
+                s.scheduler.remote_prefills,
+                s.scheduler.remote_failures,
+                s.scheduler.prefilled_tokens,
+            );
+            self.remote_prefills.inc_by(now.0.saturating_sub(last.0));
+            self.remote_failures.inc_by(now.1.saturating_sub(last.1));
+            self.prefill_computed.inc_by(now.2.saturating_sub(last.2));
             *last = now;
         }
         let mut out = String::new();

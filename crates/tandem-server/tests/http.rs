@@ -47,6 +47,7 @@ fn ready(st: &AppState, m: &Arc<Model>, max_queue: usize) {
             ctx: 256,
             prefill_chunk: 64,
             max_queue,
+            ..EngineConfig::default()
         },
     );
     st.set_ready(Ready {
