@@ -54,7 +54,7 @@ pub struct Metrics {
 }
 
 fn histogram() -> Histogram {
-    Histogram::new(LATENCY_BUCKETS.into_iter())
+    Histogram::new(LATENCY_BUCKETS)
 }
 
 impl Default for Metrics {
