@@ -20,7 +20,11 @@ use crate::Common;
 #[derive(Args)]
 pub struct BenchArgs {
     /// The model to measure (.gguf file, first shard, or Hugging Face directory).
+    #[arg(long, short = 'm', value_name = "MODEL")]
     model: Option<PathBuf>,
+    /// The same, given without `--model` (as llama-bench's `-m` is not).
+    #[arg(value_name = "PATH", conflicts_with = "model")]
+    path: Option<PathBuf>,
     /// Prompt tokens of the prefill test (0 skips it).
     #[arg(long = "n-prompt", short = 'p', default_value_t = 512)]
     n_prompt: usize,
@@ -79,7 +83,10 @@ pub struct BenchArgs {
     pub common: Common,
 }
 
-pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+pub fn run(mut args: BenchArgs) -> anyhow::Result<()> {
+    if args.model.is_none() {
+        args.model = args.path.take();
+    }
     if let Some(shape) = &args.synthetic {
         if args.model.is_some() {
             anyhow::bail!("give either a MODEL to measure or --synthetic, not both");

@@ -8,7 +8,16 @@ use crate::load::open_files;
 #[derive(Args)]
 pub struct InspectArgs {
     /// A .gguf file, the first shard of a split GGUF, or a Hugging Face directory.
-    path: PathBuf,
+    #[arg(
+        long,
+        short = 'm',
+        value_name = "MODEL",
+        required_unless_present = "path"
+    )]
+    model: Option<PathBuf>,
+    /// The same, given without `--model`.
+    #[arg(value_name = "PATH", conflicts_with = "model")]
+    path: Option<PathBuf>,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -35,7 +44,8 @@ fn human_count(n: u64) -> String {
 }
 
 pub fn run(args: InspectArgs) -> anyhow::Result<()> {
-    let files = open_files(Some(&args.path))?;
+    let path = args.model.as_deref().or(args.path.as_deref());
+    let files = open_files(path)?;
     let s = Summary::of(&files);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&s)?);

@@ -9,19 +9,19 @@ pub struct SamplingArgs {
     #[arg(long, short = 'n', default_value_t = 128)]
     pub max_tokens: usize,
     /// 0 is greedy.
-    #[arg(long, default_value_t = 0.8)]
+    #[arg(long, default_value_t = 0.8, allow_negative_numbers = true)]
     pub temperature: f32,
     /// 0 disables.
     #[arg(long, default_value_t = 40)]
     pub top_k: usize,
     /// 1.0 disables.
-    #[arg(long, default_value_t = 0.95)]
+    #[arg(long, default_value_t = 0.95, allow_negative_numbers = true)]
     pub top_p: f32,
     /// 0 disables.
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.05, allow_negative_numbers = true)]
     pub min_p: f32,
     /// 1.0 disables.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub repeat_penalty: f32,
     /// Tokens the repeat penalty looks back over.
     #[arg(long, default_value_t = 64)]

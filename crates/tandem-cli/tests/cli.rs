@@ -195,6 +195,44 @@ fn prompt_longer_than_context_is_a_clean_error() {
 fn bad_sampling_parameters_are_refused() {
     let o = tandem(&["run", "--top-p", "1.5", "--prompt", "x"]);
     assert_clean_error(&o, "top_p");
+    // A negative value reaches tandem's own check, not the parser's
+    // "unexpected argument".
+    let o = tandem(&["run", "--temperature", "-1", "--prompt", "x"]);
+    assert_clean_error(&o, "temperature");
+    let o = tandem(&["run", "--min-p", "-0.5", "--prompt", "x"]);
+    assert_clean_error(&o, "min_p");
+}
+
+#[test]
+fn every_model_command_takes_model() {
+    let path = root().join("fixtures/models/tandem-tiny/gguf/tandem-tiny-Q8_0.gguf");
+    let p = path.to_str().expect("path");
+    let text_path = root().join("fixtures/text/eval.txt");
+    let text = text_path.to_str().expect("text");
+    for args in [
+        vec!["inspect", "--model", p],
+        vec!["inspect", "-m", p],
+        vec![
+            "bench",
+            "--model",
+            p,
+            "-p",
+            "8",
+            "-n",
+            "2",
+            "-r",
+            "1",
+            "-b",
+            "1",
+            "--probe-mib",
+            "0",
+        ],
+        vec!["tokenize", "--model", p, "--prompt", "hi"],
+        vec!["perplexity", "--model", p, "--ctx", "64", "--file", text],
+    ] {
+        let o = tandem(&args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+    }
 }
 
 #[test]
