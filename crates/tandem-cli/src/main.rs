@@ -8,12 +8,15 @@
 
 mod bundled;
 mod cmd_bench;
+mod cmd_bench_gpu;
+mod cmd_calibrate;
 mod cmd_chat;
 mod cmd_inspect;
 mod cmd_perplexity;
 mod cmd_run;
 mod cmd_serve;
 mod cmd_tokenize;
+mod gpu;
 mod kv_pool;
 mod load;
 mod sampling_args;
@@ -110,6 +113,9 @@ enum Command {
     Serve(cmd_serve::ServeArgs),
     /// Print the tokens of a text, as llama.cpp's llama-tokenize does.
     Tokenize(cmd_tokenize::TokenizeArgs),
+    /// Measure PCIe bandwidth, the GPU's GEMM rate and this CPU's prefill
+    /// rate; save the profile `--prefill auto` routes by.
+    Calibrate(cmd_calibrate::CalibrateArgs),
 }
 
 fn main() -> ExitCode {
@@ -126,6 +132,7 @@ fn main() -> ExitCode {
         Command::Bench(a) => cmd_bench::run(a),
         Command::Serve(a) => cmd_serve::run(a),
         Command::Tokenize(a) => cmd_tokenize::run(a),
+        Command::Calibrate(a) => cmd_calibrate::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
