@@ -124,8 +124,15 @@ fn check(c: &Case) {
     );
     assert_eq!(b.len(), n);
     assert_eq!(b.tokens(), a.tokens());
+    // Stored values may round to the neighbouring value of the KV format
+    // when the f32 values differ in their last bits.
+    let kv_tol = match c.kv {
+        KvFormat::F32 => c.tol,
+        KvFormat::F16 | KvFormat::BF16 => c.tol.max(2e-2),
+        KvFormat::Q8_0 => c.tol.max(6e-2),
+    };
     let kd = kv_diff(&a, &b, n);
-    assert!(kd <= c.tol, "{}: stored K/V differ by {kd}", c.file);
+    assert!(kd <= kv_tol, "{}: stored K/V differ by {kd}", c.file);
     for &t in decode {
         let da = m.forward(&[t], &mut a, Logits::Last).expect("decode a");
         let db = m.forward(&[t], &mut b, Logits::Last).expect("decode b");
