@@ -111,6 +111,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             check: args.check,
             reps: args.reps,
             load: args.common.load_options(),
+            stand_in: args.gpu.gpu_stand_in,
         };
         return crate::gpu::with_device(&args.gpu, b);
     }

@@ -22,6 +22,8 @@ pub struct GpuBench<'a> {
     pub check: Option<usize>,
     pub reps: usize,
     pub load: tandem_model::LoadOptions,
+    /// The CPU stand-in device: small measurements (its GEMM is a loop).
+    pub stand_in: bool,
 }
 
 fn tokens(vocab: usize, n: usize, seed: u32) -> Vec<u32> {
@@ -64,17 +66,22 @@ fn kv_diff(a: &KvCache, b: &KvCache, n: usize) -> anyhow::Result<f32> {
     Ok(worst)
 }
 
-/// Quantized tolerance of `--check` on logits, K/V and decode (f16
-/// operands against the CPU's 8-bit activations; the reference tests'
-/// bound on quantized fixtures is 1e-2 per ulp-level change, this covers
-/// f16 rounding over a whole prompt).
-const CHECK_TOL: f32 = 0.15;
+/// Tolerance of `--check` on logits, K/V and decode: the CPU path
+/// quantizes activations to 8 bits for quantized weights (as llama.cpp),
+/// the GPU path rounds them to f16; on the fixtures that moves logits of
+/// ±15 by up to ~0.21, of which f16 is ≤ 1.2e-2 (tandem-gpu's
+/// `tests/prefill.rs` measures both on the CPU stand-in device).
+const CHECK_TOL: f32 = 0.3;
 
 impl OnDevice for GpuBench<'_> {
     type Out = ();
     fn run<D: Device>(self, dev: D) -> anyhow::Result<()> {
         eprintln!("device: {}", dev.describe());
-        let rates = measure_device(&dev, 256 << 20, 4096, 3).context("measuring the device")?;
+        let (bytes, dim) = match self.stand_in {
+            true => (16 << 20, 128),
+            false => (256 << 20, 4096),
+        };
+        let rates = measure_device(&dev, bytes, dim, 3).context("measuring the device")?;
         println!(
             "measured: H2D {:.2} GB/s ({}), D2H {:.2} GB/s, f16 GEMM {:.1} TFLOP/s",
             rates.h2d_gbps,

@@ -64,7 +64,7 @@ impl<'a, B> Ptr<'a, B> {
         Ptr { buf, off: 0 }
     }
     /// `bytes` further into the buffer.
-    pub fn add(self, bytes: usize) -> Self {
+    pub fn offset(self, bytes: usize) -> Self {
         Ptr {
             buf: self.buf,
             off: self.off + bytes,

@@ -1366,6 +1366,9 @@ fn attn_flops(n_q: usize, n_k: usize, heads: usize, hd: usize) -> f64 {
     4.0 * n_q as f64 * n_k as f64 * heads as f64 * hd as f64
 }
 
+/// Routed experts with their entries' range; entries' tokens; weights.
+pub type Routes = (Vec<(usize, Range<usize>)>, Vec<u32>, Vec<f32>);
+
 /// Routes `n` tokens (router logits `n × n_experts`) and groups them by
 /// expert: the routed experts in index order with their entries' range,
 /// and the entries' token indices and weights. Same routing and order as
@@ -1376,7 +1379,7 @@ pub fn route(
     logits: &[f32],
     n: usize,
     k: usize,
-) -> (Vec<(usize, Range<usize>)>, Vec<u32>, Vec<f32>) {
+) -> Routes {
     let ne = cfg.n_experts;
     let mut probs = vec![0f32; ne];
     let mut choice = vec![0f32; ne];

@@ -62,6 +62,7 @@ impl Glu {
 }
 
 /// A layer's FFN as streamed.
+#[allow(clippy::large_enum_variant)] // one per layer, never moved in a loop
 pub enum FfnWeights {
     Dense {
         glu: Glu,

@@ -241,11 +241,13 @@ impl Raw {
     /// # Safety
     /// No other live view of these bytes is written meanwhile (the
     /// stream protocol; ops check their own views for overlap).
+    #[allow(clippy::mut_from_ref)] // device memory: ordered by streams, not borrows
     unsafe fn u8(&self) -> &mut [u8] {
         std::slice::from_raw_parts_mut(self.ptr, self.len)
     }
     /// # Safety
     /// As [`Raw::u8`]; the offset is 4-aligned (checked).
+    #[allow(clippy::mut_from_ref)] // device memory: ordered by streams, not borrows
     unsafe fn f32(&self) -> Result<&mut [f32], GpuError> {
         if !(self.ptr as usize).is_multiple_of(4) {
             return Err(GpuError::Protocol("unaligned f32 view".into()));
@@ -257,6 +259,7 @@ impl Raw {
     }
     /// # Safety
     /// As [`Raw::f32`].
+    #[allow(clippy::mut_from_ref)] // device memory: ordered by streams, not borrows
     unsafe fn u32(&self) -> Result<&mut [u32], GpuError> {
         if !(self.ptr as usize).is_multiple_of(4) {
             return Err(GpuError::Protocol("unaligned u32 view".into()));
