@@ -2,7 +2,6 @@
 //! feature, or the CPU stand-in for tests), and running code generic over
 //! [`Device`] on whichever was opened.
 
-use anyhow::Context;
 use clap::Args;
 use tandem_gpu::{CpuDevice, Device};
 
@@ -38,12 +37,12 @@ pub fn with_device<F: OnDevice>(a: &GpuArgs, f: F) -> anyhow::Result<F::Out> {
     }
     #[cfg(feature = "cuda")]
     {
-        let dev = tandem_gpu::open_cuda(a.gpu_device, cap).context("--prefill gpu")?;
+        let dev = tandem_gpu::open_cuda(a.gpu_device, cap)?;
         f.run(dev)
     }
     #[cfg(not(feature = "cuda"))]
     {
         let _ = a.gpu_device;
-        Err(tandem_gpu::cuda_unavailable()).context("--prefill gpu")
+        Err(tandem_gpu::cuda_unavailable().into())
     }
 }

@@ -29,10 +29,7 @@ pub fn measure_device<D: Device>(
 ) -> Result<DeviceRates, GpuError> {
     let s = dev.new_stream()?;
     let mut host = vec![1u8; bytes];
-    // SAFETY: `host` outlives the device calls below (registration is
-    // kept by the device until it is dropped; `host` is dropped after it
-    // only if the caller keeps the device — the CUDA device unregisters
-    // nothing, so the buffer is leaked on purpose when registered).
+    // SAFETY: `host` outlives its registration (undone below).
     let pinned = unsafe { dev.register_host(host.as_ptr(), host.len()) }.unwrap_or(false);
     let buf = dev.alloc(bytes, "bandwidth buffer")?;
     let reps = reps.max(1);
@@ -68,8 +65,10 @@ pub fn measure_device<D: Device>(
         accumulate: false,
     };
     let gemm = time(&|| dev.gemm(&s, &g))?;
+    dev.sync_stream(&s)?;
     if pinned {
-        std::mem::forget(host);
+        // SAFETY: the stream is idle: no copy reads `host` any more.
+        unsafe { dev.unregister_host(host.as_ptr())? };
     }
     Ok(DeviceRates {
         h2d_gbps: bytes as f64 / h2d / 1e9,

@@ -177,6 +177,15 @@ pub trait Device: Send + Sync + 'static {
     /// `ptr..ptr + len` is mapped for as long as the device lives.
     unsafe fn register_host(&self, ptr: *const u8, len: usize) -> Result<bool, GpuError>;
 
+    /// Undoes [`register_host`](Device::register_host) of the range
+    /// starting at `ptr`.
+    ///
+    /// # Safety
+    /// No queued copy reads the range any more.
+    unsafe fn unregister_host(&self, _ptr: *const u8) -> Result<(), GpuError> {
+        Ok(())
+    }
+
     /// Copies `len` host bytes into `dst` (copy engine, in `stream`'s order).
     ///
     /// # Safety

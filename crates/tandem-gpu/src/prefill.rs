@@ -131,6 +131,22 @@ pub struct GpuPrefill<D: Device> {
     opts: PrefillOptions,
     /// One prefill at a time per device.
     streams: Mutex<Streams<D>>,
+    /// Host ranges page-locked by `register_weights` (undone on drop).
+    registered: Vec<usize>,
+}
+
+impl<D: Device> Drop for GpuPrefill<D> {
+    fn drop(&mut self) {
+        let s = self.streams.get_mut().unwrap_or_else(|p| p.into_inner());
+        for st in [&s.compute, &s.copy, &s.back] {
+            let _ = self.dev.sync_stream(st);
+        }
+        for &p in &self.registered {
+            // SAFETY: registered by `register_weights`; every stream is
+            // idle, so no copy reads it.
+            let _ = unsafe { self.dev.unregister_host(p as *const u8) };
+        }
+    }
 }
 
 struct Streams<D: Device> {
@@ -251,7 +267,7 @@ impl<D: Device> GpuPrefill<D> {
                 )));
             }
         }
-        register_weights(&dev, &w);
+        let registered = register_weights(&dev, &w);
         let streams = Streams {
             compute: dev.new_stream()?,
             copy: dev.new_stream()?,
@@ -262,6 +278,7 @@ impl<D: Device> GpuPrefill<D> {
             w,
             opts,
             streams: Mutex::new(streams),
+            registered,
         })
     }
 
@@ -484,8 +501,8 @@ impl<D: Device> GpuPrefill<D> {
 }
 
 /// Page-locks the mapped weights where the device can (merged page
-/// ranges, registered once).
-fn register_weights<D: Device>(dev: &D, w: &ModelWeights) {
+/// ranges, registered once); returns the starts of the ranges registered.
+fn register_weights<D: Device>(dev: &D, w: &ModelWeights) -> Vec<usize> {
     const PAGE: usize = 4096;
     let mut ranges: Vec<(usize, usize)> = w
         .all_matrices()
@@ -506,12 +523,16 @@ fn register_weights<D: Device>(dev: &D, w: &ModelWeights) {
     }
     let mut done = 0usize;
     let mut failed = 0usize;
+    let mut starts = Vec::new();
     for (s, e) in merged {
         // SAFETY: the ranges cover mapped tensor bytes (rounded to their
         // pages), which live as long as the weights, owned with the device
         // by the prefill.
         match unsafe { dev.register_host(s as *const u8, e - s) } {
-            Ok(true) => done += e - s,
+            Ok(true) => {
+                done += e - s;
+                starts.push(s);
+            }
             Ok(false) => {}
             Err(err) => {
                 failed += 1;
@@ -526,6 +547,7 @@ fn register_weights<D: Device>(dev: &D, w: &ModelWeights) {
     if done > 0 {
         tracing::info!("page-locked {} MiB of mapped weights", done >> 20);
     }
+    starts
 }
 
 /// One call's state: buffers, events, host staging.
