@@ -139,6 +139,33 @@ pub struct RopeArgs<'a, B> {
     pub layout: RopeLayout,
 }
 
+/// Host memory a device copies from/to at full speed (page-locked on a
+/// GPU; plain heap memory on the CPU stand-in).
+pub trait HostMem: Send {
+    fn as_mut_ptr(&mut self) -> *mut u8;
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The bytes. Only while no queued copy writes them.
+    fn as_slice(&self) -> &[u8];
+}
+
+/// Heap memory as [`HostMem`].
+pub struct HeapMem(pub Vec<u8>);
+
+impl HostMem for HeapMem {
+    fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.0.as_mut_ptr()
+    }
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn as_slice(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 /// What a device is: memory, copies, streams, events, and compute ops.
 pub trait Device: Send + Sync + 'static {
     /// Device memory; dropping it returns its bytes to the budget (once
@@ -146,6 +173,8 @@ pub trait Device: Send + Sync + 'static {
     type Buffer: Send + Sync;
     type Stream: Send + Sync;
     type Event: Send + Sync;
+    /// Page-locked host memory ([`Device::alloc_host`]).
+    type Host: HostMem;
 
     /// One line: what the device is.
     fn describe(&self) -> String;
@@ -176,6 +205,10 @@ pub trait Device: Send + Sync + 'static {
     /// # Safety
     /// `ptr..ptr + len` is mapped for as long as the device lives.
     unsafe fn register_host(&self, ptr: *const u8, len: usize) -> Result<bool, GpuError>;
+
+    /// `bytes` of host memory copies run at full speed from and to
+    /// (CUDA: `cuMemHostAlloc`), zeroed.
+    fn alloc_host(&self, bytes: usize) -> Result<Self::Host, GpuError>;
 
     /// Undoes [`register_host`](Device::register_host) of the range
     /// starting at `ptr`.

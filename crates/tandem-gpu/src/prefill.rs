@@ -53,7 +53,7 @@ use tandem_kernels::WeightFormat;
 use tandem_kv::Sequence;
 use tandem_model::{Logits, ModelError, ModelFiles};
 
-use crate::device::{kv_weight_format, Attend, DType, Device, Gemm, Ptr, RopeArgs};
+use crate::device::{kv_weight_format, Attend, DType, Device, Gemm, HostMem, Ptr, RopeArgs};
 use crate::kv_io;
 use crate::weights::{align, pack, FfnWeights, Glu, HostMatrix, LayerWeights, ModelWeights};
 use crate::GpuError;
@@ -565,7 +565,8 @@ struct Run<'p, D: Device> {
     kv_down: Ev<D>,
     host_ev: Ev<D>,
     /// Host copies of each layer's new K/V (`[2][kv heads][n][row]`).
-    stage: [RefCell<Vec<u8>>; 2],
+    /// Page-locked, sized for the largest chunk.
+    stage: [RefCell<D::Host>; 2],
     /// Host memory under queued uploads, kept until the chunk's sync.
     keep: RefCell<Vec<Vec<u8>>>,
     geom: tandem_kv::KvGeometry,
@@ -650,7 +651,10 @@ impl<'p, D: Device> Run<'p, D> {
             kv_ready: Ev::new(dev, 2)?,
             kv_down: Ev::new(dev, 2)?,
             host_ev: Ev::new(dev, 1)?,
-            stage: Default::default(),
+            stage: [
+                RefCell::new(dev.alloc_host(2 * chunk * g.n_kv_heads() * g.row_bytes())?),
+                RefCell::new(dev.alloc_host(2 * chunk * g.n_kv_heads() * g.row_bytes())?),
+            ],
             keep: Default::default(),
             geom: g.clone(),
         })
@@ -751,8 +755,8 @@ impl<'p, D: Device> Run<'p, D> {
             self.upload_unit(u, &mut st)?;
         }
         let kv_rows = 2 * c.n_kv_heads * n * self.geom.row_bytes();
-        for s in &self.stage {
-            s.borrow_mut().resize(kv_rows, 0);
+        if self.stage.iter().any(|s| s.borrow().len() < kv_rows) {
+            return Err(GpuError::Protocol("write-back staging smaller than a chunk".into()));
         }
         for u in 0..units {
             let si = u % ns;
@@ -814,7 +818,7 @@ impl<'p, D: Device> Run<'p, D> {
     /// Waits for layer `li`'s K/V on the host and puts them in the pages.
     fn write_back(&self, seq: &Sequence, li: usize, p0: usize, n: usize) -> Result<(), GpuError> {
         self.kv_down.sync(self.dev(), li % 2)?;
-        kv_io::scatter_layer(seq, li, p0, n, &self.stage[li % 2].borrow())
+        kv_io::scatter_layer(seq, li, p0, n, self.stage[li % 2].borrow().as_slice())
     }
 
     /// `y = x · mᵀ` for `n` rows: the matrix at `m_off` of `m_buf` (as

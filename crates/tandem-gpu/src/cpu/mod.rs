@@ -28,7 +28,7 @@ use tandem_kernels::attention::KvFormat;
 use tandem_kernels::WeightFormat;
 use tandem_model::spec::Activation;
 
-use crate::device::{Attend, DType, Device, Gemm, MemInfo, Ptr, RopeArgs};
+use crate::device::{Attend, DType, Device, Gemm, HeapMem, MemInfo, Ptr, RopeArgs};
 use crate::GpuError;
 
 /// Heap memory standing in for device memory.
@@ -292,6 +292,11 @@ impl Device for CpuDevice {
     type Buffer = CpuBuffer;
     type Stream = CpuStream;
     type Event = CpuEvent;
+    type Host = HeapMem;
+
+    fn alloc_host(&self, bytes: usize) -> Result<HeapMem, GpuError> {
+        Ok(HeapMem(vec![0; bytes]))
+    }
 
     fn describe(&self) -> String {
         format!("CPU stand-in device ({} MiB budget)", self.budget >> 20)

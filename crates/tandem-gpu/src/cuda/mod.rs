@@ -27,7 +27,7 @@ use tandem_kernels::WeightFormat;
 use tandem_model::spec::Activation;
 use tandem_model::RopeLayout;
 
-use crate::device::{Attend, DType, Device, Gemm, MemInfo, Ptr, RopeArgs};
+use crate::device::{Attend, DType, Device, Gemm, HostMem, MemInfo, Ptr, RopeArgs};
 use crate::GpuError;
 
 /// The kernels' source.
@@ -70,6 +70,39 @@ impl Drop for CudaBuffer {
             let _ = cu::free_sync(self.ptr);
         }
         self.used.fetch_sub(self.len, Ordering::AcqRel);
+    }
+}
+
+/// Page-locked host memory (`cuMemHostAlloc`).
+pub struct PinnedMem {
+    ptr: *mut u8,
+    len: usize,
+    ctx: sys::CUcontext,
+}
+
+// SAFETY: plain host memory; the pointer is owned.
+unsafe impl Send for PinnedMem {}
+
+impl HostMem for PinnedMem {
+    fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.ptr
+    }
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn as_slice(&self) -> &[u8] {
+        // SAFETY: `len` bytes allocated (and zeroed) by `alloc_host`.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl Drop for PinnedMem {
+    fn drop(&mut self) {
+        // SAFETY: allocated by `cuMemHostAlloc`, freed once.
+        unsafe {
+            let _ = cu::ctx::set_current(self.ctx);
+            let _ = cu::free_host(self.ptr as *mut c_void);
+        }
     }
 }
 
@@ -349,6 +382,21 @@ impl Device for CudaDevice {
     type Buffer = CudaBuffer;
     type Stream = CudaStream;
     type Event = CudaEvent;
+    type Host = PinnedMem;
+
+    fn alloc_host(&self, bytes: usize) -> Result<PinnedMem, GpuError> {
+        self.bind()?;
+        let len = bytes.max(1);
+        // SAFETY: a plain allocation, zeroed before use.
+        let ptr = unsafe { cu::malloc_host(len, 0) }.map_err(drv("cuMemHostAlloc"))? as *mut u8;
+        // SAFETY: `len` bytes just allocated.
+        unsafe { std::ptr::write_bytes(ptr, 0, len) };
+        Ok(PinnedMem {
+            ptr,
+            len: bytes,
+            ctx: self.ctx,
+        })
+    }
 
     fn describe(&self) -> String {
         format!("{} ({} MiB budget)", self.name, self.budget >> 20)
