@@ -21,16 +21,19 @@
 //!    into a scratch of bounded size (row chunks), and multiplied there.
 //! 4. The new K/V of layer i are encoded in the store's format on the
 //!    compute stream into one of two buffers (`kv_ready[i mod 2]`), copied
-//!    to host staging on the write-back stream (`kv_down[i mod 2]`), and
+//!    to page-locked host staging on the write-back stream (`kv_down[i mod 2]`), and
 //!    the host scatters them into the pages while the device runs layer
 //!    i+1 (the host waits on `kv_down[i-1]` after queueing layer i). The
 //!    encoding buffer of layer i is rewritten by layer i+2 only after
 //!    `kv_down[i mod 2]`.
 //! 5. Attention folds, into online-softmax partials on the device, first
 //!    the positions cached before the chunk — pulled from the host pages
-//!    block by block through two staging buffers (`blk_up`/`blk_free`,
-//!    as the layer slots) — then the chunk's own K/V, decoded from the
-//!    stored encoding so both paths attend over the same values.
+//!    block by block: the host copies a block's page runs into one of two
+//!    page-locked staging buffers (after `blk_up` of its previous use),
+//!    the copy stream uploads it in one copy into one of two device
+//!    buffers (after `blk_free`, recorded once the compute stream has
+//!    decoded the block before) — then the chunk's own K/V, decoded from
+//!    the stored encoding so both paths attend over the same values.
 //! 6. An MoE layer's router logits go to the host, which routes each token
 //!    with the CPU model's `route_token` and groups tokens by expert; only
 //!    the routed experts are uploaded, through two expert slots
@@ -567,6 +570,9 @@ struct Run<'p, D: Device> {
     /// Host copies of each layer's new K/V (`[2][kv heads][n][row]`).
     /// Page-locked, sized for the largest chunk.
     stage: [RefCell<D::Host>; 2],
+    /// Page-locked staging of cached K/V blocks (pages are copied here by
+    /// the host, then uploaded in one copy).
+    blk_host: [RefCell<D::Host>; 2],
     /// Host memory under queued uploads, kept until the chunk's sync.
     keep: RefCell<Vec<Vec<u8>>>,
     geom: tandem_kv::KvGeometry,
@@ -623,6 +629,10 @@ impl<'p, D: Device> Run<'p, D> {
             dev.alloc(blk, "cached K/V block (0)")?,
             dev.alloc(blk, "cached K/V block (1)")?,
         ];
+        let blk_host = [
+            RefCell::new(dev.alloc_host(blk)?),
+            RefCell::new(dev.alloc_host(blk)?),
+        ];
         // SAFETY: `host` lives until the sync below.
         unsafe { dev.h2d(&s.copy, ptr(&resident, 0), host.as_ptr(), host.len())? };
         dev.sync_stream(&s.copy)?;
@@ -656,6 +666,7 @@ impl<'p, D: Device> Run<'p, D> {
                 RefCell::new(dev.alloc_host(2 * chunk * g.n_kv_heads() * g.row_bytes())?),
             ],
             keep: Default::default(),
+            blk_host,
             geom: g.clone(),
         })
     }
@@ -756,7 +767,9 @@ impl<'p, D: Device> Run<'p, D> {
         }
         let kv_rows = 2 * c.n_kv_heads * n * self.geom.row_bytes();
         if self.stage.iter().any(|s| s.borrow().len() < kv_rows) {
-            return Err(GpuError::Protocol("write-back staging smaller than a chunk".into()));
+            return Err(GpuError::Protocol(
+                "write-back staging smaller than a chunk".into(),
+            ));
         }
         for u in 0..units {
             let si = u % ns;
@@ -1281,14 +1294,29 @@ impl<'p, D: Device> Run<'p, D> {
         for (j, blk) in blocks.into_iter().enumerate() {
             let bi = j % 2;
             let (runs, v_base) = kv_io::block_runs(seq, li, blk.clone())?;
-            self.blk_free.wait(dev, &self.s.copy, bi)?;
+            // The host staging `bi` is free once its previous upload is
+            // done; the device staging once its previous block was decoded.
+            self.blk_up.sync(dev, bi)?;
+            let mut host = self.blk_host[bi].borrow_mut();
+            let base = host.as_mut_ptr();
+            let cap = host.len();
             for r in &runs {
+                if r.dst + r.len > cap {
+                    return Err(GpuError::Protocol(
+                        "cached K/V block over its staging".into(),
+                    ));
+                }
                 // SAFETY: pages below the sequence's length are read-only
-                // (tandem-kv's protocol) and held by `seq` until the chunk's
-                // sync.
-                unsafe { dev.h2d(&self.s.copy, ptr(&self.b.blk_raw[bi], r.dst), r.src, r.len)? };
-                st.h2d_bytes += r.len;
+                // (tandem-kv's protocol) and held by `seq`; the staging
+                // range was checked and no queued copy reads it (synced).
+                unsafe { std::ptr::copy_nonoverlapping(r.src, base.add(r.dst), r.len) };
             }
+            self.blk_free.wait(dev, &self.s.copy, bi)?;
+            // SAFETY: the staging is not written again before `blk_up[bi]`
+            // is synced (above, for the block after next; or the chunk's end).
+            unsafe { dev.h2d(&self.s.copy, ptr(&self.b.blk_raw[bi], 0), base, 2 * v_base)? };
+            st.h2d_bytes += 2 * v_base;
+            drop(host);
             self.blk_up.record(dev, bi, &self.s.copy)?;
             let (s, b, a) = (&self.s.compute, &self.b.act, &self.b.a);
             self.blk_up.wait(dev, s, bi)?;
