@@ -17,6 +17,10 @@
 //!    `free[u mod S]`, uploads, records `up[(u + S) mod S]`, which unit
 //!    `u + S` waits on. So the upload of layer i+1 runs while layer i
 //!    computes, and a slot is rewritten only after its layer is done.
+//!    Uploads read the mapped weights in place when the device could
+//!    page-lock all of them (`register_host`); otherwise the host first
+//!    copies a unit into page-locked staging of its slot, once that
+//!    staging's previous upload (`up` of the same slot) is done.
 //! 3. A layer's matrices are dequantized on the device, from the slot
 //!    into a scratch of bounded size (row chunks), and multiplied there.
 //! 4. The new K/V of layer i are encoded in the store's format on the
@@ -136,6 +140,9 @@ pub struct GpuPrefill<D: Device> {
     streams: Mutex<Streams<D>>,
     /// Host ranges page-locked by `register_weights` (undone on drop).
     registered: Vec<usize>,
+    /// Every weight was page-locked in place (else uploads go through
+    /// page-locked staging).
+    pinned: bool,
 }
 
 impl<D: Device> Drop for GpuPrefill<D> {
@@ -270,7 +277,7 @@ impl<D: Device> GpuPrefill<D> {
                 )));
             }
         }
-        let registered = register_weights(&dev, &w);
+        let (registered, pinned) = register_weights(&dev, &w);
         let streams = Streams {
             compute: dev.new_stream()?,
             copy: dev.new_stream()?,
@@ -282,6 +289,7 @@ impl<D: Device> GpuPrefill<D> {
             opts,
             streams: Mutex::new(streams),
             registered,
+            pinned,
         })
     }
 
@@ -504,8 +512,9 @@ impl<D: Device> GpuPrefill<D> {
 }
 
 /// Page-locks the mapped weights where the device can (merged page
-/// ranges, registered once); returns the starts of the ranges registered.
-fn register_weights<D: Device>(dev: &D, w: &ModelWeights) -> Vec<usize> {
+/// ranges, registered once); returns the starts of the ranges registered,
+/// and whether that was all of them.
+fn register_weights<D: Device>(dev: &D, w: &ModelWeights) -> (Vec<usize>, bool) {
     const PAGE: usize = 4096;
     let mut ranges: Vec<(usize, usize)> = w
         .all_matrices()
@@ -527,6 +536,7 @@ fn register_weights<D: Device>(dev: &D, w: &ModelWeights) -> Vec<usize> {
     let mut done = 0usize;
     let mut failed = 0usize;
     let mut starts = Vec::new();
+    let all = merged.len();
     for (s, e) in merged {
         // SAFETY: the ranges cover mapped tensor bytes (rounded to their
         // pages), which live as long as the weights, owned with the device
@@ -536,7 +546,7 @@ fn register_weights<D: Device>(dev: &D, w: &ModelWeights) -> Vec<usize> {
                 done += e - s;
                 starts.push(s);
             }
-            Ok(false) => {}
+            Ok(false) => failed += 1,
             Err(err) => {
                 failed += 1;
                 if failed == 1 {
@@ -550,7 +560,17 @@ fn register_weights<D: Device>(dev: &D, w: &ModelWeights) -> Vec<usize> {
     if done > 0 {
         tracing::info!("page-locked {} MiB of mapped weights", done >> 20);
     }
-    starts
+    let pinned = starts.len() == all;
+    if !pinned {
+        // Partly registered ranges would be uploaded twice as fast as the
+        // rest for nothing: stage everything.
+        for &p in &starts {
+            // SAFETY: just registered; nothing queued.
+            let _ = unsafe { dev.unregister_host(p as *const u8) };
+        }
+        starts.clear();
+    }
+    (starts, pinned)
 }
 
 /// One call's state: buffers, events, host staging.
@@ -570,6 +590,10 @@ struct Run<'p, D: Device> {
     /// Host copies of each layer's new K/V (`[2][kv heads][n][row]`).
     /// Page-locked, sized for the largest chunk.
     stage: [RefCell<D::Host>; 2],
+    /// Page-locked staging of layer slots and expert slots, when the
+    /// mapped weights could not be page-locked in place (else empty).
+    slot_stage: Vec<RefCell<D::Host>>,
+    exp_stage: Vec<RefCell<D::Host>>,
     /// Page-locked staging of cached K/V blocks (pages are copied here by
     /// the host, then uploaded in one copy).
     blk_host: [RefCell<D::Host>; 2],
@@ -633,6 +657,17 @@ impl<'p, D: Device> Run<'p, D> {
             RefCell::new(dev.alloc_host(blk)?),
             RefCell::new(dev.alloc_host(blk)?),
         ];
+        let (slot_stage, exp_stage) = match p.pinned {
+            true => (Vec::new(), Vec::new()),
+            false => (
+                (0..p.opts.slots)
+                    .map(|_| dev.alloc_host(p.slot_bytes()).map(RefCell::new))
+                    .collect::<Result<Vec<_>, _>>()?,
+                (0..experts.len())
+                    .map(|_| dev.alloc_host(eb).map(RefCell::new))
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+        };
         // SAFETY: `host` lives until the sync below.
         unsafe { dev.h2d(&s.copy, ptr(&resident, 0), host.as_ptr(), host.len())? };
         dev.sync_stream(&s.copy)?;
@@ -667,6 +702,8 @@ impl<'p, D: Device> Run<'p, D> {
             ],
             keep: Default::default(),
             blk_host,
+            slot_stage,
+            exp_stage,
             geom: g.clone(),
         })
     }
@@ -697,15 +734,61 @@ impl<'p, D: Device> Run<'p, D> {
         let (offs, _) = pack(&ms);
         self.slot_free.wait(dev, &self.s.copy, si)?;
         dev.annotate(&self.s.copy, &format!("upload {u} begin"))?;
-        for (m, o) in ms.iter().zip(offs) {
-            let b = m.bytes();
-            // SAFETY: mapped weights outlive the prefill.
-            unsafe { dev.h2d(&self.s.copy, ptr(&self.b.slots[si], o), b.as_ptr(), b.len())? };
-            st.weight_bytes += b.len();
-            st.h2d_bytes += b.len();
-        }
+        let stage = self.slot_stage.get(si);
+        self.upload_matrices(&ms, &offs, &self.b.slots[si], stage, &self.slot_up, si, st)?;
         dev.annotate(&self.s.copy, &format!("upload {u} end"))?;
         self.slot_up.record(dev, si, &self.s.copy)
+    }
+
+    /// Queues the upload of matrices `ms` at `offs` of `dst` on the copy
+    /// stream: straight from the page-locked mapping, or — when the
+    /// weights could not be page-locked — through page-locked staging
+    /// `stage` (copied by the host once `up`'s previous record, the last
+    /// upload from that staging, is done).
+    #[allow(clippy::too_many_arguments)]
+    fn upload_matrices(
+        &self,
+        ms: &[&HostMatrix],
+        offs: &[usize],
+        dst: &D::Buffer,
+        stage: Option<&RefCell<D::Host>>,
+        up: &Ev<D>,
+        ui: usize,
+        st: &mut PrefillStats,
+    ) -> Result<(), GpuError> {
+        let dev = self.dev();
+        match stage {
+            None => {
+                for (m, &o) in ms.iter().zip(offs) {
+                    let b = m.bytes();
+                    // SAFETY: mapped weights outlive the prefill.
+                    unsafe { dev.h2d(&self.s.copy, ptr(dst, o), b.as_ptr(), b.len())? };
+                    st.weight_bytes += b.len();
+                    st.h2d_bytes += b.len();
+                }
+            }
+            Some(stage) => {
+                up.sync(dev, ui)?;
+                let mut h = stage.borrow_mut();
+                let (base, cap) = (h.as_mut_ptr(), h.len());
+                let mut end = 0;
+                for (m, &o) in ms.iter().zip(offs) {
+                    let b = m.bytes();
+                    if o + b.len() > cap {
+                        return Err(GpuError::Protocol("weights over their staging".into()));
+                    }
+                    // SAFETY: in bounds (checked); no queued copy reads the
+                    // staging (its last upload was synced above).
+                    unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), base.add(o), b.len()) };
+                    end = end.max(o + b.len());
+                    st.weight_bytes += b.len();
+                }
+                // SAFETY: not written again before `up[ui]` is synced.
+                unsafe { dev.h2d(&self.s.copy, ptr(dst, 0), base, end)? };
+                st.h2d_bytes += end;
+            }
+        }
+        Ok(())
     }
 
     /// Uploads host bytes on the compute stream (kept alive until the
@@ -1214,20 +1297,16 @@ impl<'p, D: Device> Run<'p, D> {
             let (eoffs, _) = pack(&ms);
             let es = j % 2;
             self.exp_free.wait(dev, &self.s.copy, es)?;
-            for (m, o) in ms.iter().zip(&eoffs) {
-                let bytes = m.bytes();
-                // SAFETY: mapped weights outlive the prefill.
-                unsafe {
-                    dev.h2d(
-                        &self.s.copy,
-                        ptr(&self.b.experts[es], *o),
-                        bytes.as_ptr(),
-                        bytes.len(),
-                    )?
-                };
-                st.weight_bytes += bytes.len();
-                st.h2d_bytes += bytes.len();
-            }
+            let stage = self.exp_stage.get(es);
+            self.upload_matrices(
+                &ms,
+                &eoffs,
+                &self.b.experts[es],
+                stage,
+                &self.exp_up,
+                es,
+                st,
+            )?;
             self.exp_up.record(dev, es, &self.s.copy)?;
             st.experts_uploaded += 1;
             let s = &self.s.compute;

@@ -95,7 +95,13 @@ fn check(c: &Case) {
         block_pages: 1,
         ..PrefillOptions::default()
     };
-    let gpu = GpuPrefill::new(CpuDevice::new(256 << 20), &f, opts).expect("prefill");
+    // Uploads straight from the mapping when chunked, through page-locked
+    // staging otherwise: both paths run.
+    let mut dev = CpuDevice::new(256 << 20);
+    if c.chunk.is_some() {
+        dev = dev.with_page_locking();
+    }
+    let gpu = GpuPrefill::new(dev, &f, opts).expect("prefill");
     let n = 40;
     let toks = tokens(m.config.vocab_size, n + 3, 7);
     let (prompt, decode) = toks.split_at(n);

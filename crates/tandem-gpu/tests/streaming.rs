@@ -50,15 +50,24 @@ fn uploads_overlap_compute_and_slots_are_reused_only_when_free() {
     .expect("model");
     // Every compute op sleeps: compute is slow, copies are not, so an
     // upload that may overlap a layer's compute visibly does.
-    let dev = CpuDevice::new(256 << 20)
-        .with_trace()
-        .with_op_delay(Duration::from_millis(3));
-    let gpu = GpuPrefill::new(dev, &files(), PrefillOptions::default()).expect("prefill");
-    let mut c = m.new_cache(32).expect("cache");
-    gpu.prefill(&mut c, &[1, 2, 3, 4, 5], Logits::Last)
-        .expect("prefill");
-    let trace = gpu.device().take_trace();
-    let units = m.config.n_layers + 1; // layers and the output head
+    for page_lock in [true, false] {
+        let mut dev = CpuDevice::new(256 << 20)
+            .with_trace()
+            .with_op_delay(Duration::from_millis(3));
+        if page_lock {
+            dev = dev.with_page_locking();
+        }
+        let gpu = GpuPrefill::new(dev, &files(), PrefillOptions::default()).expect("prefill");
+        let mut c = m.new_cache(32).expect("cache");
+        gpu.prefill(&mut c, &[1, 2, 3, 4, 5], Logits::Last)
+            .expect("prefill");
+        check_trace(&gpu.device().take_trace(), m.config.n_layers + 1);
+    }
+}
+
+/// Uploads and computes of `units` units (layers and the output head), in
+/// the order the protocol says.
+fn check_trace(trace: &[TraceEntry], units: usize) {
     assert!(units >= 4);
     let compute_stream = trace
         .iter()

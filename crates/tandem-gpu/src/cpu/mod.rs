@@ -135,6 +135,8 @@ pub struct CpuDevice {
     next_stream: AtomicUsize,
     trace: Arc<Mutex<Option<Vec<TraceEntry>>>>,
     op_delay: Option<Duration>,
+    /// `register_host` says yes (tests of the in-place upload path).
+    page_lock: bool,
 }
 
 impl CpuDevice {
@@ -146,6 +148,7 @@ impl CpuDevice {
             next_stream: AtomicUsize::new(0),
             trace: Arc::new(Mutex::new(None)),
             op_delay: None,
+            page_lock: false,
         }
     }
 
@@ -159,6 +162,14 @@ impl CpuDevice {
     /// slow enough that tests can see copies overlap it.
     pub fn with_op_delay(mut self, d: Duration) -> CpuDevice {
         self.op_delay = Some(d);
+        self
+    }
+
+    /// Pretends to page-lock host memory (`register_host` is Ok(true)), so
+    /// the prefill uploads straight from the mapped weights instead of
+    /// through page-locked staging.
+    pub fn with_page_locking(mut self) -> CpuDevice {
+        self.page_lock = true;
         self
     }
 
@@ -435,7 +446,7 @@ impl Device for CpuDevice {
     }
 
     unsafe fn register_host(&self, _ptr: *const u8, _len: usize) -> Result<bool, GpuError> {
-        Ok(false)
+        Ok(self.page_lock)
     }
 
     unsafe fn h2d(
