@@ -84,15 +84,15 @@ fn check_trace(trace: &[TraceEntry], units: usize) {
         "copies run on their own stream"
     );
     for u in 0..units {
-        let (ub, ue) = span(&trace, "upload", u);
-        let (cb, _) = span(&trace, "compute", u);
+        let (ub, ue) = span(trace, "upload", u);
+        let (cb, _) = span(trace, "compute", u);
         assert!(ue <= cb, "unit {u} computes before its upload ended");
         assert!(ub <= ue);
         if u >= 2 {
             // Two slots: unit u reuses unit u-2's slot, only once it is
             // done, and while unit u-1 computes.
-            let (_, prev2_end) = span(&trace, "compute", u - 2);
-            let (_, prev_end) = span(&trace, "compute", u - 1);
+            let (_, prev2_end) = span(trace, "compute", u - 2);
+            let (_, prev_end) = span(trace, "compute", u - 1);
             assert!(ub >= prev2_end, "unit {u} overwrote a slot in use");
             assert!(
                 ub < prev_end,
