@@ -2,10 +2,13 @@
 # The GPU prefill's device check: one run on a machine with an NVIDIA GPU
 # and no Rust toolchain, ending well inside 8 minutes.
 #
-#   bench/gpu-check.sh            (uses $TANDEM_BIN, default target/release/tandem)
+#   bench/gpu-check.sh   (runs $TANDEM_BIN, else target/gpu/tandem, else target/release/tandem)
 #
-# Build the binary here first and carry it to the device machine:
+# Build the binary here first and carry it to the device machine (stripped:
+# the release binary keeps line tables and is ~80 MB, stripped ~14 MB):
 #   cargo build --release --features cuda --bin tandem
+#   mkdir -p target/gpu && strip -o target/gpu/tandem target/release/tandem
+#   (on the device machine) TANDEM_BIN=target/gpu/tandem bench/gpu-check.sh
 #
 # 1. Correctness: on the fixture models, the GPU prefill's logits, the K/V
 #    it writes into the host pages and the CPU decode that continues from
@@ -15,11 +18,12 @@
 #    roofline max(weight bytes / H2D bandwidth, FLOPs / cuBLAS rate); the
 #    CPU prefill rate on the same file for the speed-up.
 # Every step has its own time limit, so a slow step is reported and the
-# rest still runs.
+# rest still runs. Exit 0: all passed; 1: a step failed; 77: no GPU.
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-BIN="${TANDEM_BIN:-$ROOT/target/release/tandem}"
+BIN="${TANDEM_BIN:-$ROOT/target/gpu/tandem}"
+[ -x "$BIN" ] || BIN="$ROOT/target/release/tandem"
 FIX="$ROOT/fixtures/models"
 WORK="${GPU_CHECK_DIR:-/tmp/tandem-gpu-check}"
 THREADS="${THREADS:-$(nproc)}"
@@ -44,6 +48,12 @@ step() { # step SECONDS NAME CMD... (cut to what is left of the budget)
 if [ ! -x "$BIN" ]; then
     echo "no tandem binary at $BIN: build it with cargo build --release --features cuda --bin tandem" >&2
     exit 2
+fi
+# No GPU, driver or CUDA library: say which, and stop (exit 77: skipped).
+probe="$("$BIN" bench "$FIX/tiny-llama3/gguf/tiny-llama3-F32.gguf" --prefill gpu --prefill-sizes 1 -r 1 --numa off 2>&1)"
+if echo "$probe" | grep -q "GPU prefill unavailable"; then
+    log "SKIPPED: $(echo "$probe" | grep -m1 "unavailable")"
+    exit 77
 fi
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version,pcie.link.gen.current,pcie.link.width.current --format=csv,noheader
 mkdir -p "$WORK"
