@@ -297,10 +297,19 @@ impl CudaDevice {
             Some(c) => c.min(free),
             None => free.saturating_sub(RESERVE),
         };
+        let cc = |a| {
+            // SAFETY: `dev` came from `cuDeviceGet`.
+            unsafe { cu::device::get_attribute(dev, a) }.unwrap_or(0)
+        };
+        let cc = (
+            cc(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR),
+            cc(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR),
+        );
         let ptx = cudarc::nvrtc::compile_ptx_with_opts(
             KERNELS,
             cudarc::nvrtc::CompileOptions {
                 name: Some("tandem_kernels.cu".into()),
+                arch: nvrtc_arch(cc),
                 ..Default::default()
             },
         )
@@ -945,6 +954,20 @@ impl Device for CudaDevice {
                 .i(rows as i64),
         )
     }
+}
+
+/// The virtual architecture to compile for (None: NVRTC's default, which
+/// the driver JIT-compiles for the device).
+fn nvrtc_arch(cc: (i32, i32)) -> Option<&'static str> {
+    Some(match cc {
+        (7, 0) => "compute_70",
+        (7, 5) => "compute_75",
+        (8, 0) => "compute_80",
+        (8, 6) => "compute_86",
+        (8, 9) => "compute_89",
+        (9, 0) => "compute_90",
+        _ => return None,
+    })
 }
 
 /// The dequantization kernel of each stored type; a type without one is
