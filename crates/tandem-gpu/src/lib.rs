@@ -11,7 +11,8 @@
 //! - `cuda` (feature `cuda`): `CudaDevice` over cudarc (driver, NVRTC,
 //!   cuBLAS, loaded at run time).
 //! - [`weights`]: what each layer streams (the file's bytes, as stored).
-//! - [`prefill`]: [`GpuPrefill`], the streaming protocol.
+//! - [`prefill`]: [`GpuPrefill`], the streaming protocol (layers, MoE,
+//!   attention over cached pages in its submodules).
 //! - [`routing`]: the cost model that sends a prefill to the CPU or the
 //!   GPU, and the calibration [`Profile`] it reads.
 //! - [`calibrate`]: the measurements behind a profile.
