@@ -79,6 +79,20 @@ pub struct BenchArgs {
     /// Seed of the synthetic weights.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Where the prefill test runs: cpu (the tests above) or gpu (the
+    /// streamed GPU prefill at each of --prefill-sizes, against its
+    /// roofline).
+    #[arg(long, default_value = "cpu", value_parser = ["cpu", "gpu"])]
+    prefill: String,
+    /// Prompt lengths of the GPU prefill test.
+    #[arg(long, value_delimiter = ',', default_value = "512")]
+    prefill_sizes: Vec<usize>,
+    /// With --prefill gpu: first compare GPU prefill + CPU decode against
+    /// the CPU path on N tokens (logits, stored K/V, decode).
+    #[arg(long, value_name = "N")]
+    check: Option<usize>,
+    #[command(flatten)]
+    gpu: crate::gpu::GpuArgs,
     #[command(flatten)]
     pub common: Common,
 }
@@ -99,6 +113,20 @@ pub fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     let Some(path) = args.model.as_deref() else {
         anyhow::bail!("a MODEL path is required (or --synthetic SHAPE --quant TYPE --out FILE)");
     };
+    if args.prefill == "gpu" {
+        let b = crate::cmd_bench_gpu::GpuBench {
+            path,
+            sizes: args.prefill_sizes.clone(),
+            check: args.check,
+            reps: args.reps,
+            load: args.common.load_options(),
+            stand_in: args.gpu.gpu_stand_in,
+        };
+        return crate::gpu::with_device(&args.gpu, b);
+    }
+    if args.check.is_some() {
+        anyhow::bail!("--check goes with --prefill gpu");
+    }
     bench(&args, path)
 }
 

@@ -10,6 +10,8 @@
 
 mod bundled;
 mod cmd_bench;
+mod cmd_bench_gpu;
+mod cmd_calibrate;
 mod cmd_chat;
 mod cmd_inspect;
 mod cmd_perplexity;
@@ -17,6 +19,7 @@ mod cmd_prefill_worker;
 mod cmd_run;
 mod cmd_serve;
 mod cmd_tokenize;
+mod gpu;
 mod kv_pool;
 mod load;
 mod sampling_args;
@@ -116,6 +119,9 @@ enum Command {
     PrefillWorker(cmd_prefill_worker::PrefillWorkerArgs),
     /// Print the tokens of a text, as llama.cpp's llama-tokenize does.
     Tokenize(cmd_tokenize::TokenizeArgs),
+    /// Measure PCIe bandwidth, the GPU's GEMM rate and this CPU's prefill
+    /// rate; save the profile `--prefill auto` routes by.
+    Calibrate(cmd_calibrate::CalibrateArgs),
 }
 
 fn main() -> ExitCode {
@@ -133,6 +139,7 @@ fn main() -> ExitCode {
         Command::Serve(a) => cmd_serve::run(a),
         Command::PrefillWorker(a) => cmd_prefill_worker::run(a),
         Command::Tokenize(a) => cmd_tokenize::run(a),
+        Command::Calibrate(a) => cmd_calibrate::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -137,7 +137,7 @@ impl MoeFfn {
 /// when experts are grouped; weights are the selected probabilities,
 /// renormalised if asked, times `scale`. Ties go to the lower index.
 /// `probs` and `choice` are scratch of `n_experts` values.
-pub(crate) fn route_token(
+pub fn route_token(
     cfg: &MoeConfig,
     logits: &[f32],
     bias: Option<&[f32]>,

@@ -1,0 +1,105 @@
+//! Attention over the positions cached before a chunk: the host pages
+//! pulled block by block into online-softmax partials on the device.
+
+use super::*;
+
+impl<D: Device> Run<'_, D> {
+    /// Folds the positions cached before the chunk into the partials,
+    /// block by block from the host pages.
+    pub(super) fn cached_blocks(
+        &self,
+        li: usize,
+        l: &LayerWeights,
+        seq: &Sequence,
+        p0: usize,
+        n: usize,
+        st: &mut PrefillStats,
+    ) -> Result<(), GpuError> {
+        let dev = self.dev();
+        let c = &self.p.w.config;
+        let (hd, kvh) = (c.head_dim, c.n_kv_heads);
+        let group = c.n_heads / kvh.max(1);
+        let pt = self.geom.page_tokens;
+        let bp = self.p.opts.block_pages.max(1);
+        let pages = p0.div_ceil(pt);
+        let kvw = kv_weight_format(self.geom.format);
+        let mut blocks: Vec<Range<usize>> = Vec::new();
+        let mut pi = 0;
+        while pi < pages {
+            let end = (pi + bp).min(pages);
+            // A window: blocks no query of the chunk sees are skipped.
+            let last_pos = (end * pt).min(p0) - 1;
+            if l.attn.window.is_none_or(|w| last_pos + w > p0) {
+                blocks.push(pi..end);
+            }
+            pi = end;
+        }
+        for (j, blk) in blocks.into_iter().enumerate() {
+            let bi = j % 2;
+            let (runs, v_base) = kv_io::block_runs(seq, li, blk.clone())?;
+            // The host staging `bi` is free once its previous upload is
+            // done; the device staging once its previous block was decoded.
+            self.blk_up.sync(dev, bi)?;
+            let mut host = self.blk_host[bi].borrow_mut();
+            let base = host.as_mut_ptr();
+            let cap = host.len();
+            for r in &runs {
+                if r.dst + r.len > cap {
+                    return Err(GpuError::Protocol(
+                        "cached K/V block over its staging".into(),
+                    ));
+                }
+                // SAFETY: pages below the sequence's length are read-only
+                // (tandem-kv's protocol) and held by `seq`; the staging
+                // range was checked and no queued copy reads it (synced).
+                unsafe { std::ptr::copy_nonoverlapping(r.src, base.add(r.dst), r.len) };
+            }
+            self.blk_free.wait(dev, &self.s.copy, bi)?;
+            // SAFETY: the staging is not written again before `blk_up[bi]`
+            // is synced (above, for the block after next; or the chunk's end).
+            unsafe { dev.h2d(&self.s.copy, ptr(&self.b.blk_raw[bi], 0), base, 2 * v_base)? };
+            st.h2d_bytes += 2 * v_base;
+            drop(host);
+            self.blk_up.record(dev, bi, &self.s.copy)?;
+            let (s, b, a) = (&self.s.compute, &self.b.act, &self.b.a);
+            self.blk_up.wait(dev, s, bi)?;
+            let np = blk.len();
+            let tok = np * pt;
+            let k0 = blk.start * pt;
+            let n_k = p0.min(blk.end * pt) - k0;
+            let vals = tok * kvh * hd;
+            let raw = &self.b.blk_raw[bi];
+            let (kd, vd) = (a.blk_dec, a.blk_dec + vals * 4);
+            let (kt, vt) = (a.blk_t, a.blk_t + vals * 4);
+            dev.dequantize(s, kvw, ptr(raw, 0), ptr(b, kd), DType::F32, vals)?;
+            dev.dequantize(s, kvw, ptr(raw, v_base), ptr(b, vd), DType::F32, vals)?;
+            self.blk_free.record(dev, bi, s)?;
+            // [page][head][token][dim] → [head][page][token][dim].
+            dev.transpose(s, ptr(b, kd), ptr(b, kt), np, kvh, pt * hd * 4)?;
+            dev.transpose(s, ptr(b, vd), ptr(b, vt), np, kvh, pt * hd * 4)?;
+            dev.attend(
+                s,
+                &Attend {
+                    q: ptr(b, a.qt),
+                    k: ptr(b, kt),
+                    v: ptr(b, vt),
+                    states: ptr(b, a.states),
+                    acc: ptr(b, a.acc),
+                    kv_heads: kvh,
+                    group,
+                    head_dim: hd,
+                    n_q: n,
+                    n_k,
+                    k_head_stride: tok * hd,
+                    q_pos0: p0,
+                    k_pos0: k0,
+                    scale: l.attn.scale,
+                    window: l.attn.window,
+                    softcap: l.attn.softcap,
+                },
+            )?;
+            st.flops += attn_flops(n, n_k, c.n_heads, hd);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,322 @@
+//! What the GPU prefill streams: each layer's matrices as the file stores
+//! them (views into the mapped files, never copied on the host), and the
+//! small f32 vectors (norms, biases, sinks) that stay resident on the
+//! device. Built from [`ModelFiles`] by the same rules as
+//! `tandem_model::Model::load_with` (names from the layer specs, norm
+//! weight offsets, tied embeddings), with every shape checked here once.
+
+use tandem_kernels::WeightFormat;
+use tandem_model::config::{Gating, MoeConfig};
+use tandem_model::ops::Rope;
+use tandem_model::spec::{Activation, AttnSpec, FfnSpec};
+use tandem_model::{ModelConfig, ModelError, ModelFiles, Tensor};
+
+/// A weight matrix in host memory, as stored.
+#[derive(Clone)]
+pub struct HostMatrix {
+    pub tensor: Tensor,
+    pub format: WeightFormat,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl HostMatrix {
+    fn new(t: &Tensor, rows: usize, cols: usize) -> Result<HostMatrix, ModelError> {
+        let format = t.expect_matrix(rows, cols)?;
+        Ok(HostMatrix {
+            tensor: t.clone(),
+            format,
+            rows,
+            cols,
+        })
+    }
+    pub fn bytes(&self) -> &[u8] {
+        self.tensor.bytes()
+    }
+    pub fn n_bytes(&self) -> usize {
+        self.tensor.n_bytes()
+    }
+    pub fn n_elements(&self) -> usize {
+        self.rows * self.cols
+    }
+    pub fn name(&self) -> &str {
+        self.tensor.name()
+    }
+}
+
+/// Gate, up and down of one SwiGLU expert (or a dense FFN).
+#[derive(Clone)]
+pub struct Glu {
+    pub gate: HostMatrix,
+    pub up: HostMatrix,
+    pub down: HostMatrix,
+}
+
+impl Glu {
+    pub fn matrices(&self) -> [&HostMatrix; 3] {
+        [&self.gate, &self.up, &self.down]
+    }
+    pub fn n_bytes(&self) -> usize {
+        self.matrices().iter().map(|m| m.n_bytes()).sum()
+    }
+}
+
+/// A layer's FFN as streamed.
+#[allow(clippy::large_enum_variant)] // one per layer, never moved in a loop
+pub enum FfnWeights {
+    Dense {
+        glu: Glu,
+        act: Activation,
+    },
+    Moe {
+        cfg: MoeConfig,
+        router: HostMatrix,
+        bias: Option<Vec<f32>>,
+        experts: Vec<Glu>,
+        shared: Option<Glu>,
+    },
+}
+
+/// The resident vectors of a layer.
+pub struct LayerVectors {
+    pub attn_norm: Vec<f32>,
+    pub ffn_norm: Vec<f32>,
+    pub bq: Option<Vec<f32>>,
+    pub bk: Option<Vec<f32>>,
+    pub bv: Option<Vec<f32>>,
+    pub q_norm: Option<Vec<f32>>,
+    pub k_norm: Option<Vec<f32>>,
+    pub sinks: Option<Vec<f32>>,
+    pub attn_post_norm: Option<Vec<f32>>,
+    pub ffn_post_norm: Option<Vec<f32>>,
+}
+
+impl LayerVectors {
+    /// Every vector, in a fixed order (the resident buffer's layout).
+    pub fn all(&self) -> [Option<&Vec<f32>>; 10] {
+        [
+            Some(&self.attn_norm),
+            Some(&self.ffn_norm),
+            self.bq.as_ref(),
+            self.bk.as_ref(),
+            self.bv.as_ref(),
+            self.q_norm.as_ref(),
+            self.k_norm.as_ref(),
+            self.sinks.as_ref(),
+            self.attn_post_norm.as_ref(),
+            self.ffn_post_norm.as_ref(),
+        ]
+    }
+}
+
+/// One decoder layer.
+pub struct LayerWeights {
+    pub attn: AttnSpec,
+    pub wq: HostMatrix,
+    pub wk: HostMatrix,
+    pub wv: HostMatrix,
+    pub wo: HostMatrix,
+    pub ffn: FfnWeights,
+    pub vectors: LayerVectors,
+}
+
+impl LayerWeights {
+    /// The matrices uploaded before the layer runs (its slot): attention,
+    /// then the dense FFN, or the router and shared expert of an MoE layer
+    /// (routed experts are uploaded once routing has chosen them).
+    pub fn slot_matrices(&self) -> Vec<&HostMatrix> {
+        let mut v = vec![&self.wq, &self.wk, &self.wv, &self.wo];
+        match &self.ffn {
+            FfnWeights::Dense { glu, .. } => v.extend(glu.matrices()),
+            FfnWeights::Moe { router, shared, .. } => {
+                v.push(router);
+                if let Some(s) = shared {
+                    v.extend(s.matrices());
+                }
+            }
+        }
+        v
+    }
+}
+
+/// The whole model as the GPU prefill sees it.
+pub struct ModelWeights {
+    pub config: ModelConfig,
+    pub layers: Vec<LayerWeights>,
+    pub embd: Tensor,
+    pub out_norm: Vec<f32>,
+    pub output: HostMatrix,
+    /// The RoPEs layers use (`AttnSpec::rope`), as the CPU model builds them.
+    pub ropes: Vec<Rope>,
+    pub embed_scale: Option<f32>,
+}
+
+/// Byte offsets of matrices packed one after another, each aligned.
+pub const ALIGN: usize = 256;
+
+pub fn align(n: usize) -> usize {
+    n.div_ceil(ALIGN) * ALIGN
+}
+
+/// Offsets of `ms` packed in a buffer, and the total size.
+pub fn pack(ms: &[&HostMatrix]) -> (Vec<usize>, usize) {
+    let mut off = 0;
+    let mut v = Vec::with_capacity(ms.len());
+    for m in ms {
+        v.push(off);
+        off += align(m.n_bytes());
+    }
+    (v, off)
+}
+
+impl ModelWeights {
+    /// Views of every weight the prefill needs, shapes checked.
+    pub fn from_files(files: &ModelFiles) -> Result<ModelWeights, ModelError> {
+        let c = files.config.clone();
+        let (q_dim, kv_dim) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
+        let vector = |name: &str, len| files.require(name)?.to_f32_vec(len);
+        let optional = |name: &str, len| files.tensor(name).map(|t| t.to_f32_vec(len)).transpose();
+        let offset = |mut v: Vec<f32>| {
+            v.iter_mut().for_each(|w| *w += c.norm_weight_offset);
+            v
+        };
+        let mut layers = Vec::with_capacity(c.n_layers);
+        for i in 0..c.n_layers {
+            let spec = c.arch.layer_spec(&c, i);
+            let n = |s: &str| format!("blk.{i}.{s}");
+            let m = |s: &str, rows, cols| HostMatrix::new(files.require(&n(s))?, rows, cols);
+            let bias = |s: &str, len| -> Result<Option<Vec<f32>>, ModelError> {
+                if spec.attn.qkv_bias {
+                    vector(&n(s), len).map(Some)
+                } else {
+                    optional(&n(s), len)
+                }
+            };
+            let qk_norm = |s: &str| -> Result<Option<Vec<f32>>, ModelError> {
+                let v = if spec.attn.qk_norm {
+                    Some(vector(&n(s), c.head_dim)?)
+                } else {
+                    optional(&n(s), c.head_dim)?
+                };
+                Ok(v.map(offset))
+            };
+            let ffn = match &spec.ffn {
+                FfnSpec::Dense { width, act } => FfnWeights::Dense {
+                    glu: Glu {
+                        gate: m("ffn_gate.weight", *width, c.hidden)?,
+                        up: m("ffn_up.weight", *width, c.hidden)?,
+                        down: m("ffn_down.weight", c.hidden, *width)?,
+                    },
+                    act: *act,
+                },
+                FfnSpec::Moe(mc) => {
+                    let (ne, f) = (mc.n_experts, mc.expert_ffn);
+                    let exps = |s: &str, rows, cols| {
+                        files.experts(&n(&format!("{s}.weight")), ne, rows, cols)
+                    };
+                    let gates = exps("ffn_gate_exps", f, c.hidden)?;
+                    let ups = exps("ffn_up_exps", f, c.hidden)?;
+                    let downs = exps("ffn_down_exps", c.hidden, f)?;
+                    let mut experts = Vec::with_capacity(ne);
+                    for ((g, u), d) in gates.iter().zip(&ups).zip(&downs) {
+                        experts.push(Glu {
+                            gate: HostMatrix::new(g, f, c.hidden)?,
+                            up: HostMatrix::new(u, f, c.hidden)?,
+                            down: HostMatrix::new(d, c.hidden, f)?,
+                        });
+                    }
+                    let shared = if mc.shared_ffn > 0 {
+                        let sf = mc.shared_ffn;
+                        Some(Glu {
+                            gate: m("ffn_gate_shexp.weight", sf, c.hidden)?,
+                            up: m("ffn_up_shexp.weight", sf, c.hidden)?,
+                            down: m("ffn_down_shexp.weight", c.hidden, sf)?,
+                        })
+                    } else {
+                        None
+                    };
+                    FfnWeights::Moe {
+                        cfg: mc.clone(),
+                        router: m("ffn_gate_inp.weight", ne, c.hidden)?,
+                        bias: match mc.gating {
+                            Gating::Sigmoid => optional(&n("exp_probs_b.bias"), ne)?,
+                            Gating::Softmax => None,
+                        },
+                        experts,
+                        shared,
+                    }
+                }
+            };
+            let post = |s: &str| -> Result<Option<Vec<f32>>, ModelError> {
+                spec.post_norms
+                    .then(|| vector(&n(s), c.hidden).map(offset))
+                    .transpose()
+            };
+            let vectors = LayerVectors {
+                attn_norm: offset(vector(&n("attn_norm.weight"), c.hidden)?),
+                ffn_norm: offset(vector(&n(&format!("{}.weight", spec.ffn_norm)), c.hidden)?),
+                bq: bias("attn_q.bias", q_dim)?,
+                bk: bias("attn_k.bias", kv_dim)?,
+                bv: bias("attn_v.bias", kv_dim)?,
+                q_norm: qk_norm("attn_q_norm.weight")?,
+                k_norm: qk_norm("attn_k_norm.weight")?,
+                sinks: match spec.attn.sinks {
+                    true => Some(vector(&n("attn_sinks.weight"), c.n_heads)?),
+                    false => None,
+                },
+                attn_post_norm: post("post_attention_norm.weight")?,
+                ffn_post_norm: post("post_ffw_norm.weight")?,
+            };
+            layers.push(LayerWeights {
+                wq: m("attn_q.weight", q_dim, c.hidden)?,
+                wk: m("attn_k.weight", kv_dim, c.hidden)?,
+                wv: m("attn_v.weight", kv_dim, c.hidden)?,
+                wo: m("attn_output.weight", c.hidden, q_dim)?,
+                attn: spec.attn.clone(),
+                ffn,
+                vectors,
+            });
+        }
+        let embd = files.require("token_embd.weight")?.clone();
+        embd.expect_matrix(c.vocab_size, c.hidden)?;
+        let output = HostMatrix::new(
+            files.tensor("output.weight").unwrap_or(&embd),
+            c.vocab_size,
+            c.hidden,
+        )?;
+        let ropes = std::iter::once(&c.rope)
+            .chain(c.swa.as_ref().and_then(|w| w.rope.as_ref()))
+            .map(Rope::new)
+            .collect();
+        Ok(ModelWeights {
+            out_norm: offset(vector("output_norm.weight", c.hidden)?),
+            embed_scale: c.arch.model_spec(&c).embed_scale,
+            config: c,
+            layers,
+            embd,
+            output,
+            ropes,
+        })
+    }
+
+    /// Every matrix (for support checks and host registration).
+    pub fn all_matrices(&self) -> Vec<&HostMatrix> {
+        let mut v = Vec::new();
+        for l in &self.layers {
+            v.extend(l.slot_matrices());
+            if let FfnWeights::Moe { experts, .. } = &l.ffn {
+                for e in experts {
+                    v.extend(e.matrices());
+                }
+            }
+        }
+        v.push(&self.output);
+        v
+    }
+
+    /// Bytes one prefill streams when every expert is routed: what the
+    /// roofline's transfer term counts for long prompts.
+    pub fn stream_bytes(&self) -> usize {
+        self.all_matrices().iter().map(|m| m.n_bytes()).sum()
+    }
+}
