@@ -101,6 +101,7 @@ impl OnDevice for GpuBench<'_> {
         }
         let kvo = self.load.kv;
         let geom = KvGeometry {
+            values: Default::default(),
             n_layers: cfg.n_layers,
             head_dim: cfg.head_dim,
             page_tokens: kvo.page_tokens,

@@ -183,6 +183,20 @@ impl ModelWeights {
         let mut layers = Vec::with_capacity(c.n_layers);
         for i in 0..c.n_layers {
             let spec = c.arch.layer_spec(&c, i);
+            // Kinds the GPU prefill does not implement yet: refused by name
+            // (the CPU runs them).
+            let gpt_oss = matches!(&spec.ffn, FfnSpec::Moe(mc) if mc.gating == Gating::SoftmaxTopK
+                || mc.act != tandem_model::spec::Activation::Silu);
+            if spec.attn.mla.is_some() || spec.attn.sinks || gpt_oss {
+                return Err(ModelError::BadTensor {
+                    name: format!("blk.{i}"),
+                    detail: format!(
+                        "the GPU prefill does not run {} layers yet (MLA, sinks, biased \
+                         experts); prefill this model on the CPU",
+                        c.arch.name()
+                    ),
+                });
+            }
             let n = |s: &str| format!("blk.{i}.{s}");
             let m = |s: &str, rows, cols| HostMatrix::new(files.require(&n(s))?, rows, cols);
             let bias = |s: &str, len| -> Result<Option<Vec<f32>>, ModelError> {
@@ -240,7 +254,7 @@ impl ModelWeights {
                         router: m("ffn_gate_inp.weight", ne, c.hidden)?,
                         bias: match mc.gating {
                             Gating::Sigmoid => optional(&n("exp_probs_b.bias"), ne)?,
-                            Gating::Softmax => None,
+                            Gating::Softmax | Gating::SoftmaxTopK => None,
                         },
                         experts,
                         shared,

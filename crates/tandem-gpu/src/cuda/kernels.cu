@@ -186,6 +186,10 @@ extern "C" __global__ void glu(float* gate, const float* up, int act, i64 n) {
             r = g / (1.0f + expf(-g)) * u;
         } else if (act == 1) {
             r = gelu_tanh(g) * u;
+        } else if (act == 3) {
+            // gpt-oss's clamped SwiGLU (alpha 1.702, limit 7).
+            float x = fminf(g, 7.0f), y = fminf(fmaxf(u, -7.0f), 7.0f);
+            r = x / (1.0f + expf(-x * 1.702f)) * (y + 1.0f);
         } else {
             if (g <= -10.0f) r = 0.0f;
             else if (g >= 10.0f) r = g * u;

@@ -732,6 +732,7 @@ impl Device for CudaDevice {
             Activation::Silu => 0,
             Activation::GeluTanh => 1,
             Activation::GeluTanhF16 => 2,
+            Activation::SwigluOai => 3,
         };
         self.launch(s, "glu", n, Args::new().p(gate).p(up).i32(a).i(n as i64))
     }
