@@ -64,6 +64,14 @@ pub struct ServeArgs {
     /// taken back and prefilled here.
     #[arg(long, default_value_t = 120)]
     prefill_timeout: u64,
+    /// Where prompts are prefilled: cpu (here, chunked beside decode), gpu
+    /// (a GPU prefill worker takes every prompt of at least
+    /// --prefill-remote-min tokens), or auto (the GPU takes prompts from
+    /// the calibrated crossover length on; `tandem calibrate` first).
+    #[arg(long, default_value = "cpu")]
+    prefill: tandem_gpu::PrefillMode,
+    #[command(flatten)]
+    gpu: crate::gpu::GpuArgs,
     #[command(flatten)]
     pub common: Common,
 }
@@ -128,6 +136,26 @@ fn load(args: &ServeArgs, state: &AppState) -> anyhow::Result<()> {
         ChatTemplate::of_tokenizer(&model.tokenizer).context("the model's chat template")?;
     let model_ctx = args.ctx_size.unwrap_or(model.config.context_length).max(1);
     let store = open_pool(&model, &args.common, model_ctx)?;
+    // The GPU worker's threshold: the crossover under `auto`.
+    let remote_min = match args.prefill {
+        tandem_gpu::PrefillMode::Auto => {
+            let files = crate::load::open_files(args.model.as_deref())?;
+            let weights = tandem_gpu::weights::ModelWeights::from_files(&files)?;
+            let kv_row = store.geometry().row_bytes();
+            let cost = tandem_gpu::routing::ModelCost::of(&weights, kv_row);
+            let path = tandem_gpu::Profile::default_path()
+                .context("--prefill auto: no profile path (set $HOME or $TANDEM_GPU_PROFILE)")?;
+            let profile = tandem_gpu::Profile::load(&path).with_context(|| {
+                format!(
+                    "--prefill auto needs `tandem calibrate` first ({})",
+                    path.display()
+                )
+            })?;
+            tandem_gpu::routing::crossover(&profile, &cost, 1 << 20)
+        }
+        tandem_gpu::PrefillMode::Gpu => Some(args.prefill_remote_min),
+        tandem_gpu::PrefillMode::Cpu => None,
+    };
     let engine = Engine::start(
         Arc::clone(&model),
         store,
@@ -136,10 +164,30 @@ fn load(args: &ServeArgs, state: &AppState) -> anyhow::Result<()> {
             ctx: model_ctx,
             prefill_chunk: args.common.prefill_chunk as usize,
             max_queue: args.max_queue,
-            remote_min_tokens: args.prefill_remote_min,
+            remote_min_tokens: remote_min.unwrap_or(args.prefill_remote_min),
             remote_timeout: Duration::from_secs(args.prefill_timeout.max(1)),
         },
     );
+    if let (Some(min), mode) = (remote_min, args.prefill) {
+        if mode != tandem_gpu::PrefillMode::Cpu {
+            let hub = engine
+                .worker_hub()
+                .context("the engine stopped before the GPU worker joined")?;
+            let pool = open_pool(&model, &args.common, model_ctx)?;
+            crate::gpu::with_device(
+                &args.gpu,
+                SpawnGpuWorker {
+                    model: args.model.clone(),
+                    store: pool,
+                    identity: model.identity(),
+                    hub,
+                },
+            )?;
+            eprintln!("GPU prefill worker ready: prompts of {min} tokens and more");
+        }
+    } else if args.prefill == tandem_gpu::PrefillMode::Auto {
+        eprintln!("--prefill auto: the CPU prefills this model faster at every length");
+    }
     if let Some(addr) = &args.prefill_listen {
         let addr = if addr.contains(':') {
             addr.clone()
@@ -157,4 +205,30 @@ fn load(args: &ServeArgs, state: &AppState) -> anyhow::Result<()> {
         template,
     });
     Ok(())
+}
+
+/// Opens the GPU prefill on the device and joins it to the engine as an
+/// in-process prefill worker.
+struct SpawnGpuWorker {
+    model: Option<PathBuf>,
+    store: Arc<tandem_model::KvStore>,
+    identity: tandem_kv::ModelIdentity,
+    hub: tandem_engine::prefill::WorkerHub,
+}
+
+impl crate::gpu::OnDevice for SpawnGpuWorker {
+    type Out = ();
+    fn run<D: tandem_gpu::Device>(self, dev: D) -> anyhow::Result<()> {
+        let files = crate::load::open_files(self.model.as_deref())?;
+        let gpu = tandem_gpu::GpuPrefill::new(dev, &files, tandem_gpu::PrefillOptions::default())
+            .context("GPU prefill")?;
+        let backend = crate::gpu_worker::GpuBackend {
+            gpu,
+            store: self.store,
+            identity: self.identity,
+        };
+        tandem_engine::prefill::local::spawn(&self.hub, Box::new(backend))
+            .context("the engine stopped before the GPU worker joined")?;
+        Ok(())
+    }
 }

@@ -20,6 +20,7 @@ mod cmd_run;
 mod cmd_serve;
 mod cmd_tokenize;
 mod gpu;
+mod gpu_worker;
 mod kv_pool;
 mod load;
 mod sampling_args;
