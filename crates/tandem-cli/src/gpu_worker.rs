@@ -9,10 +9,11 @@
 
 use std::sync::Arc;
 
+use tandem_engine::prefill::cpu::{check_job, send_rows};
 use tandem_engine::prefill::{PrefillBackend, PrefillJob};
 use tandem_engine::EngineError;
 use tandem_gpu::{Device, GpuPrefill};
-use tandem_kv::{encode_page_image, ModelIdentity};
+use tandem_kv::ModelIdentity;
 use tandem_model::{KvStore, Logits};
 
 /// A prefill worker that computes on a GPU (or its CPU stand-in).
@@ -31,35 +32,16 @@ impl<D: Device + Send> PrefillBackend for GpuBackend<D> {
         rows: &mut dyn FnMut(Vec<u8>) -> bool,
     ) -> Result<Option<Vec<f32>>, EngineError> {
         let tokens = &job.tokens;
-        let end = tokens.len();
-        if job.skip >= end {
-            return Err(EngineError::InvalidArgument(format!(
-                "a prefill job must leave a token to compute (skip {} of {end})",
-                job.skip
-            )));
-        }
-        if end > self.store.capacity_tokens() {
-            return Err(EngineError::PromptTooLong {
-                prompt: end,
-                ctx: self.store.capacity_tokens(),
-            });
-        }
+        check_job(job, self.store.capacity_tokens())?;
         let mut seq = self.store.sequence_with_prefix(tokens);
         let start = seq.len();
         let out = self
             .gpu
             .prefill(&mut seq, &tokens[start..], Logits::Last)
             .map_err(|e| EngineError::InvalidArgument(format!("GPU prefill: {e}")))?;
-        let pt = self.store.geometry().page_tokens;
         let mut sent = job.skip;
-        while sent < seq.len() {
-            let n = (pt - sent % pt).min(seq.len() - sent);
-            let image = encode_page_image(&seq, self.identity, job.job, sent, n)
-                .map_err(|e| EngineError::InvalidArgument(e.to_string()))?;
-            if !rows(image) {
-                return Ok(None);
-            }
-            sent += n;
+        if !send_rows(&seq, self.identity, job.job, &mut sent, rows)? {
+            return Ok(None);
         }
         Ok(Some(out.logits))
     }

@@ -41,37 +41,15 @@ impl PrefillBackend for CpuPrefill {
     ) -> Result<Option<Vec<f32>>, EngineError> {
         let tokens = &job.tokens;
         let end = tokens.len();
-        if job.skip >= end {
-            return Err(EngineError::InvalidArgument(format!(
-                "a prefill job must leave a token to compute (skip {} of {end})",
-                job.skip
-            )));
-        }
-        if end > self.store.capacity_tokens() {
-            return Err(EngineError::PromptTooLong {
-                prompt: end,
-                ctx: self.store.capacity_tokens(),
-            });
-        }
+        check_job(job, self.store.capacity_tokens())?;
         let identity = self.model.identity();
-        let pt = self.store.geometry().page_tokens;
         let mut seq = self.store.sequence_with_prefix(tokens);
         let mut sent = job.skip;
         let mut logits = Vec::new();
         // Sends the rows of `sent..seq.len()`, a page (or page tail) each.
-        let mut flush =
-            |seq: &tandem_model::KvCache, sent: &mut usize| -> Result<bool, EngineError> {
-                while *sent < seq.len() {
-                    let n = (pt - *sent % pt).min(seq.len() - *sent);
-                    let image = encode_page_image(seq, identity, job.job, *sent, n)
-                        .map_err(|e| EngineError::InvalidArgument(e.to_string()))?;
-                    if !rows(image) {
-                        return Ok(false);
-                    }
-                    *sent += n;
-                }
-                Ok(true)
-            };
+        let mut flush = |seq: &tandem_model::KvCache, sent: &mut usize| {
+            send_rows(seq, identity, job.job, sent, &mut *rows)
+        };
         while seq.len() < end {
             if !flush(&seq, &mut sent)? {
                 return Ok(None);
@@ -98,4 +76,46 @@ impl PrefillBackend for CpuPrefill {
         }
         Ok(Some(logits))
     }
+}
+
+/// Refuses a job that leaves no token to compute or holds more tokens
+/// than a pool of `capacity` tokens (what every backend checks first).
+pub fn check_job(job: &PrefillJob, capacity: usize) -> Result<(), EngineError> {
+    let end = job.tokens.len();
+    if job.skip >= end {
+        return Err(EngineError::InvalidArgument(format!(
+            "a prefill job must leave a token to compute (skip {} of {end})",
+            job.skip
+        )));
+    }
+    if end > capacity {
+        return Err(EngineError::PromptTooLong {
+            prompt: end,
+            ctx: capacity,
+        });
+    }
+    Ok(())
+}
+
+/// Hands positions `*sent..seq.len()` to `rows` as page images of stream
+/// `job` (one per page, partial pages included), advancing `*sent`.
+/// Ok(false): `rows` refused one (cancelled or gone).
+pub fn send_rows(
+    seq: &tandem_model::KvCache,
+    identity: tandem_kv::ModelIdentity,
+    job: u64,
+    sent: &mut usize,
+    rows: &mut dyn FnMut(Vec<u8>) -> bool,
+) -> Result<bool, EngineError> {
+    let pt = seq.store().geometry().page_tokens;
+    while *sent < seq.len() {
+        let n = (pt - *sent % pt).min(seq.len() - *sent);
+        let image = encode_page_image(seq, identity, job, *sent, n)
+            .map_err(|e| EngineError::InvalidArgument(e.to_string()))?;
+        if !rows(image) {
+            return Ok(false);
+        }
+        *sent += n;
+    }
+    Ok(true)
 }
