@@ -8,8 +8,10 @@
 //! `vpdpbusd` multiplies 4 consecutive weights of 8 rows against 4
 //! activations broadcast to every lane: the 8 lanes *are* the 8 rows, scales
 //! are applied to 8 rows with one `vpmulld`, and no horizontal reduction is
-//! left. The layout is chosen at load time ([`preferred_layout`]) and the
-//! model converts each shard once while placing it.
+//! left. The AVX2 family runs the same encodings with `vpmaddubsw` (no VNNI;
+//! `avx2/*_x8.rs`), as ggml repacks Q4_K for its AVX2 GEMV/GEMM. The layout
+//! is chosen at load time ([`preferred_layout`]) and the model converts each
+//! shard once while placing it.
 //!
 //! ## Contract
 //!
