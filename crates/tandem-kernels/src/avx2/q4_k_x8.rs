@@ -35,6 +35,17 @@ unsafe fn bcast4(p: *const i8) -> __m256i {
     _mm256_set1_epi32(std::ptr::read_unaligned(p as *const i32))
 }
 
+/// Chunk products of row lanes: `maddubs(q0, y[0..4]) + maddubs(q1,
+/// y[4..8])` in i16 (exact, see the module docs).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn chunk_pair(q0: __m256i, q1: __m256i, y: *const i8) -> __m256i {
+    _mm256_add_epi16(
+        _mm256_maddubs_epi16(q0, bcast4(y)),
+        _mm256_maddubs_epi16(q1, bcast4(y.add(4))),
+    )
+}
+
 /// The 96 packed scale bytes at `p` → 128 values (kernel order) in `out`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -42,12 +53,21 @@ unsafe fn decode_scales(p: *const u8, out: &mut Decoded) {
     let (l0, l1, h) = (load256(p), load256(p.add(32)), load256(p.add(64)));
     let m0f = _mm256_set1_epi8(0x0F);
     let m30 = _mm256_set1_epi8(0x30);
-    let lo = |x: __m256i| _mm256_and_si256(x, m0f);
-    let o0 = _mm256_or_si256(lo(l0), _mm256_and_si256(_mm256_slli_epi16::<4>(h), m30));
-    let o1 = _mm256_or_si256(lo(l1), _mm256_and_si256(_mm256_slli_epi16::<2>(h), m30));
-    let o2 = _mm256_or_si256(lo(_mm256_srli_epi16::<4>(l0)), _mm256_and_si256(h, m30));
+    // (no closures here: they are not always inlined into target_feature code)
+    let o0 = _mm256_or_si256(
+        _mm256_and_si256(l0, m0f),
+        _mm256_and_si256(_mm256_slli_epi16::<4>(h), m30),
+    );
+    let o1 = _mm256_or_si256(
+        _mm256_and_si256(l1, m0f),
+        _mm256_and_si256(_mm256_slli_epi16::<2>(h), m30),
+    );
+    let o2 = _mm256_or_si256(
+        _mm256_and_si256(_mm256_srli_epi16::<4>(l0), m0f),
+        _mm256_and_si256(h, m30),
+    );
     let o3 = _mm256_or_si256(
-        lo(_mm256_srli_epi16::<4>(l1)),
+        _mm256_and_si256(_mm256_srli_epi16::<4>(l1), m0f),
         _mm256_and_si256(_mm256_srli_epi16::<2>(h), m30),
     );
     let o = out.0.as_mut_ptr() as *mut __m256i;
@@ -94,19 +114,23 @@ unsafe fn group<const N: usize>(w: *const u8, nb: usize, ys: &[Q8KRow<'_>; N]) -
             }
             for k in 0..N {
                 let y = ys[k].qs.as_ptr().add(QK_K * i + 32 * j);
-                let p = |c: usize| {
+                let s = _mm256_add_epi16(
+                    _mm256_add_epi16(chunk_pair(q[0], q[1], y), chunk_pair(q[2], q[3], y.add(8))),
                     _mm256_add_epi16(
-                        _mm256_maddubs_epi16(q[2 * c], bcast4(y.add(8 * c))),
-                        _mm256_maddubs_epi16(q[2 * c + 1], bcast4(y.add(8 * c + 4))),
-                    )
-                };
-                let s =
-                    _mm256_add_epi16(_mm256_add_epi16(p(0), p(1)), _mm256_add_epi16(p(2), p(3)));
+                        chunk_pair(q[4], q[5], y.add(16)),
+                        chunk_pair(q[6], q[7], y.add(24)),
+                    ),
+                );
                 iacc[k] = _mm256_add_epi32(iacc[k], _mm256_madd_epi16(s, sc));
             }
         }
-        let mins: [__m256i; 4] =
-            std::array::from_fn(|p| _mm256_cvtepu8_epi16(load128(sm.0.as_ptr().add(64 + 16 * p))));
+        let mp = sm.0.as_ptr().add(64);
+        let mins: [__m256i; 4] = [
+            _mm256_cvtepu8_epi16(load128(mp)),
+            _mm256_cvtepu8_epi16(load128(mp.add(16))),
+            _mm256_cvtepu8_epi16(load128(mp.add(32))),
+            _mm256_cvtepu8_epi16(load128(mp.add(48))),
+        ];
         for k in 0..N {
             // Sub-block sums of the activations as i16, pairs (2p, 2p+1) in
             // i32 elements 0, 1, 4, 5.

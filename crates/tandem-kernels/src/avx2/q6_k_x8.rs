@@ -22,6 +22,32 @@ use crate::interleaved::q6_k::{GROUP_BLOCK, QS_OFF, SCALES_OFF, UNIT};
 use crate::interleaved::GROUP_ROWS;
 use crate::QuantizedActivations;
 
+/// High bits of vector `v` (`s = v % 4`) moved to bits 4..5: shift by
+/// 4 − 2·s. (A plain function, not a closure: closures are not always
+/// inlined into `target_feature` code, and a call per unit costs.)
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn high_bits(x: __m256i, s: usize, m30: __m256i) -> __m256i {
+    let y = match s {
+        0 => _mm256_slli_epi16::<4>(x),
+        1 => _mm256_slli_epi16::<2>(x),
+        2 => x,
+        _ => _mm256_srli_epi16::<2>(x),
+    };
+    _mm256_and_si256(y, m30)
+}
+
+/// Two chunk products of row lanes: `maddubs(q0, y[0..4]) + maddubs(q1,
+/// y[4..8])`, exact in i16 (see the module docs).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn chunk_pair(q0: __m256i, q1: __m256i, y: *const i8) -> __m256i {
+    _mm256_add_epi16(
+        _mm256_maddubs_epi16(q0, bcast4(y)),
+        _mm256_maddubs_epi16(q1, bcast4(y.add(4))),
+    )
+}
+
 /// The 8 quant vectors (index `2c + h`) of the unit at `p`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -29,16 +55,6 @@ unsafe fn decode_unit(p: *const u8) -> [__m256i; 8] {
     let m0f = _mm256_set1_epi8(0x0F);
     let m30 = _mm256_set1_epi8(0x30);
     let h = [load256(p.add(128)), load256(p.add(160))];
-    // High bits of vector v moved to bits 4..5: shift by 4 − 2·(v % 4).
-    let hs = |x: __m256i, s: usize| -> __m256i {
-        let y = match s {
-            0 => _mm256_slli_epi16::<4>(x),
-            1 => _mm256_slli_epi16::<2>(x),
-            2 => x,
-            _ => _mm256_srli_epi16::<2>(x),
-        };
-        _mm256_and_si256(y, m30)
-    };
     let mut q = [_mm256_setzero_si256(); 8];
     for c in 0..4 {
         let l = load256(p.add(32 * c));
@@ -49,7 +65,7 @@ unsafe fn decode_unit(p: *const u8) -> [__m256i; 8] {
             } else {
                 _mm256_srli_epi16::<4>(l)
             };
-            q[v] = _mm256_or_si256(_mm256_and_si256(lo, m0f), hs(h[v / 4], v % 4));
+            q[v] = _mm256_or_si256(_mm256_and_si256(lo, m0f), high_bits(h[v / 4], v % 4, m30));
         }
     }
     q
@@ -88,17 +104,11 @@ unsafe fn group<const N: usize>(w: *const u8, nb: usize, ys: &[Q8KRow<'_>; N]) -
                 for k in 0..N {
                     // per chunk c: two vpmaddubsw, each |lane| <= 2*63*128,
                     // their sum < 2^15: exact in i16
-                    let p = |c: usize| {
-                        let y = ys[k].qs.as_ptr().add(QK_K * i + 32 * u + 8 * c);
-                        _mm256_add_epi16(
-                            _mm256_maddubs_epi16(q[2 * c], bcast4(y)),
-                            _mm256_maddubs_epi16(q[2 * c + 1], bcast4(y.add(4))),
-                        )
-                    };
-                    let s = _mm256_add_epi32(
-                        _mm256_madd_epi16(p(2 * sub), sc16),
-                        _mm256_madd_epi16(p(2 * sub + 1), sc16),
-                    );
+                    let y = ys[k].qs.as_ptr().add(QK_K * i + 32 * u + 16 * sub);
+                    let p0 = chunk_pair(q[4 * sub], q[4 * sub + 1], y);
+                    let p1 = chunk_pair(q[4 * sub + 2], q[4 * sub + 3], y.add(8));
+                    let s =
+                        _mm256_add_epi32(_mm256_madd_epi16(p0, sc16), _mm256_madd_epi16(p1, sc16));
                     let off = _mm256_mullo_epi32(_mm256_set1_epi32(*bs32[k].get_unchecked(j)), sc);
                     iacc[k] = _mm256_add_epi32(iacc[k], _mm256_sub_epi32(s, off));
                 }
