@@ -187,19 +187,19 @@ pub fn plan(shape: &Shape, quant: Quant) -> Vec<TensorPlan> {
             push(
                 n("ffn_gate_exps.weight"),
                 vec![h, f, e],
-                ty(Role::FfnGate, i),
+                ty(Role::ExpGate, i),
                 Init::Random,
             );
             push(
                 n("ffn_up_exps.weight"),
                 vec![h, f, e],
-                ty(Role::FfnUp, i),
+                ty(Role::ExpUp, i),
                 Init::Random,
             );
             push(
                 n("ffn_down_exps.weight"),
                 vec![f, h, e],
-                ty(Role::FfnDown, i),
+                ty(Role::ExpDown, i),
                 Init::Random,
             );
             if m.deepseek.is_some() {

@@ -28,6 +28,23 @@ fn random_blocks_have_the_intended_std() {
         GgmlType::Q4_K,
         GgmlType::Q5_K,
         GgmlType::Q6_K,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q2_K,
+        GgmlType::Q3_K,
+        GgmlType::IQ4_NL,
+        GgmlType::IQ4_XS,
+        GgmlType::IQ3_XXS,
+        GgmlType::IQ3_S,
+        GgmlType::IQ2_XXS,
+        GgmlType::IQ2_XS,
+        GgmlType::IQ2_S,
+        GgmlType::IQ1_S,
+        GgmlType::IQ1_M,
+        GgmlType::TQ1_0,
+        GgmlType::TQ2_0,
+        GgmlType::MXFP4,
     ];
     let mut rng = SmallRng::seed_from_u64(7);
     for ty in types {
@@ -40,9 +57,13 @@ fn random_blocks_have_the_intended_std() {
         assert!(w.iter().all(|x| x.is_finite()), "{ty}");
         let mean = w.iter().sum::<f32>() / w.len() as f32;
         let std = (w.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / w.len() as f32).sqrt();
-        // Q4_0 codes (q − 8) average −0.5: a bias of 0.1 std, as in ggml.
-        assert!(mean.abs() < 0.15 * WEIGHT_STD, "{ty}: mean {mean}");
-        assert!((std / WEIGHT_STD - 1.0).abs() < 0.1, "{ty}: std {std}");
+        // Q4_0 codes (q − 8) average −0.5: a bias of 0.1 std, as in ggml;
+        // TQ2_0's codes are −1..=2 (mean 0.5: 0.45 std).
+        let bias = if ty == GgmlType::TQ2_0 { 0.5 } else { 0.15 };
+        assert!(mean.abs() < bias * WEIGHT_STD, "{ty}: mean {mean}");
+        // MXFP4's scale is a power of two: within a factor √2.
+        let tol = if ty == GgmlType::MXFP4 { 0.42 } else { 0.1 };
+        assert!((std / WEIGHT_STD - 1.0).abs() < tol, "{ty}: std {std}");
     }
 }
 
@@ -81,12 +102,43 @@ fn mixtures_follow_llama_quantize() {
     let s405 = Shape::named("llama3.1-405b", None).unwrap();
     assert_eq!(s405.n_layers, 2);
     assert!(Shape::named("gpt5", None).is_err());
-    assert!(Quant::parse("q4_k_m").is_ok() && Quant::parse("Q3_K").is_err());
+    assert!(Quant::parse("q4_k_m").is_ok() && Quant::parse("Q3_K_XL").is_err());
+}
+
+#[test]
+fn named_mixtures_put_the_experts_low() {
+    let s = Shape::named("tiny-qwen3moe", None).unwrap();
+    let ty = |q: &str, n: &str| {
+        let plan = synthetic::plan(&s, Quant::parse(q).unwrap());
+        plan.iter().find(|t| t.name == n).unwrap().ty
+    };
+    for (q, gate, down) in [
+        ("UD-Q2_K_XL", GgmlType::Q2_K, GgmlType::Q3_K),
+        ("ud-iq2_xxs", GgmlType::IQ2_XXS, GgmlType::IQ2_XXS),
+        ("UD-IQ1_S", GgmlType::IQ1_S, GgmlType::IQ1_M),
+    ] {
+        assert_eq!(ty(q, "blk.1.ffn_gate_exps.weight"), gate, "{q}");
+        assert_eq!(ty(q, "blk.1.ffn_up_exps.weight"), gate, "{q}");
+        assert_eq!(ty(q, "blk.1.ffn_down_exps.weight"), down, "{q}");
+        assert_eq!(ty(q, "blk.0.attn_q.weight"), GgmlType::Q4_K, "{q}");
+        assert_eq!(ty(q, "blk.0.attn_v.weight"), GgmlType::Q6_K, "{q}");
+        assert_eq!(ty(q, "output.weight"), GgmlType::Q6_K, "{q}");
+        assert_eq!(ty(q, "blk.0.ffn_gate_inp.weight"), GgmlType::F32, "{q}");
+    }
+    // MXFP4 is llama-quantize's MXFP4_MOE: experts MXFP4, the rest Q8_0.
+    assert_eq!(ty("MXFP4", "blk.0.ffn_up_exps.weight"), GgmlType::MXFP4);
+    assert_eq!(ty("MXFP4", "blk.0.attn_k.weight"), GgmlType::Q8_0);
+    assert_eq!(ty("MXFP4", "output.weight"), GgmlType::Q8_0);
+    // single types: every layer matrix in the type, output as llama-quantize
+    assert_eq!(ty("IQ2_XXS", "blk.1.attn_v.weight"), GgmlType::IQ2_XXS);
+    assert_eq!(ty("IQ2_XXS", "output.weight"), GgmlType::Q5_K);
+    assert_eq!(ty("IQ2_XXS", "token_embd.weight"), GgmlType::Q2_K);
+    assert_eq!(ty("Q2_K", "output.weight"), GgmlType::Q6_K);
 }
 
 #[test]
 fn every_quant_of_the_test_shapes_loads_and_runs() {
-    for shape in ["tiny", "tiny-qwen2"] {
+    for shape in ["tiny", "tiny-qwen2", "tiny-qwen3moe"] {
         let s = Shape::named(shape, None).unwrap();
         for q in Quant::ALL {
             let path = tmp(&format!("{shape}-{}.gguf", q.name()));

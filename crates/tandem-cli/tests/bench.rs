@@ -169,7 +169,7 @@ fn bad_arguments_exit_1() {
             "--synthetic",
             "tiny",
             "--quant",
-            "Q2_K",
+            "Q3_K_XL",
             "--out",
             o_,
         ]),

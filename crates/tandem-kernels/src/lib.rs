@@ -169,9 +169,9 @@ pub fn matmul_rows_with(
 
 /// [`matmul_rows_with`] for a matrix stored in `layout` (see
 /// [`WeightLayout`]). Returns [`KernelError::LayoutUnsupported`] when the
-/// ISA's kernel family has no kernel for that format and layout (only the
-/// AVX-512 and scalar families run [`WeightLayout::Interleaved8`]; use
-/// [`preferred_layout`] to choose).
+/// ISA's kernel family has no kernel for that format and layout (the
+/// AVX-512, AVX2 and scalar families run [`WeightLayout::Interleaved8`] of
+/// Q4_K, Q6_K and Q8_0; use [`preferred_layout`] to choose).
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_rows_in_layout(
     isa: Isa,
@@ -198,6 +198,7 @@ pub fn matmul_rows_in_layout(
             KernelFamily::Avx512 => {
                 avx512::matmul_interleaved(format, weights, rb, rows, acts, out)
             }
+            KernelFamily::Avx2 => avx2::matmul_interleaved(format, weights, rb, rows, acts, out),
             _ => {
                 interleaved::reference_matmul(format, weights, rb, rows, acts, out);
                 Ok(())

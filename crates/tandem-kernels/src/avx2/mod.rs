@@ -22,6 +22,15 @@
 //! (and ggml's generic code), tested with `==`. Both files are compiled
 //! for this family (`maddubs`) and for AVX-512 VL + VNNI (`exact::Dot`).
 //!
+//! Interleaved layouts ([`WeightLayout::Interleaved8`], chosen at load time
+//! as ggml's AVX2 repacking does): [`q4_k_x8`], [`q6_k_x8`] and [`q8_0_x8`]
+//! run the AVX-512 family's group layouts with `vpmaddubsw` in place of
+//! `vpdpbusd`, one lane per weight row and no horizontal reduction; they
+//! are bit-identical to the layouts' scalar references (not to ggml's row
+//! kernels: the float order is the layout's own).
+//!
+//! [`WeightLayout::Interleaved8`]: crate::WeightLayout::Interleaved8
+//!
 //! Safety: every `unsafe fn` here is `#[target_feature(enable = "avx2,fma,f16c")]`;
 //! the safe wrappers at the bottom check [`avx2_available`] first. Kernels
 //! assert their slice-length invariants on entry and only then use raw
@@ -37,6 +46,12 @@ mod float;
 mod k_quants;
 #[cfg(target_arch = "x86_64")]
 mod legacy;
+#[cfg(target_arch = "x86_64")]
+mod q4_k_x8;
+#[cfg(target_arch = "x86_64")]
+mod q6_k_x8;
+#[cfg(target_arch = "x86_64")]
+mod q8_0_x8;
 #[cfg(target_arch = "x86_64")]
 mod quantize;
 
@@ -204,6 +219,110 @@ pub(crate) fn matmul(
         },
     );
     Ok(())
+}
+
+/// A group kernel: the 8 rows of one interleaved group times activation
+/// rows `b0..b0 + N`, writing `tile[k * 8 + r]`.
+#[cfg(target_arch = "x86_64")]
+type GroupFn = unsafe fn(
+    &[u8],
+    usize,
+    &QuantizedActivations,
+    usize,
+    &mut [f32; crate::interleaved::GROUP_ROWS * crate::driver::GROUP_ACT_TILE],
+);
+
+/// This family's group kernels for the interleaved layout of `format`.
+#[cfg(target_arch = "x86_64")]
+fn group_fns(format: WeightFormat) -> Option<[GroupFn; crate::driver::GROUP_ACT_TILE]> {
+    Some(match format {
+        WeightFormat::Q4_K => [
+            q4_k_x8::dot_q4_k_x8::<1>,
+            q4_k_x8::dot_q4_k_x8::<2>,
+            q4_k_x8::dot_q4_k_x8::<3>,
+            q4_k_x8::dot_q4_k_x8::<4>,
+        ],
+        WeightFormat::Q6_K => [
+            q6_k_x8::dot_q6_k_x8::<1>,
+            q6_k_x8::dot_q6_k_x8::<2>,
+            q6_k_x8::dot_q6_k_x8::<3>,
+            q6_k_x8::dot_q6_k_x8::<4>,
+        ],
+        WeightFormat::Q8_0 => [
+            q8_0_x8::dot_q8_0_x8::<1>,
+            q8_0_x8::dot_q8_0_x8::<2>,
+            q8_0_x8::dot_q8_0_x8::<3>,
+            q8_0_x8::dot_q8_0_x8::<4>,
+        ],
+        _ => return None,
+    })
+}
+
+/// Whether this family has group kernels for `format`'s interleaved layout.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn has_group_kernel(format: WeightFormat) -> bool {
+    group_fns(format).is_some()
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) fn has_group_kernel(_: WeightFormat) -> bool {
+    false
+}
+
+/// Validated matmul over a [`WeightLayout::Interleaved8`] matrix: groups
+/// overlapping `rows` are computed whole (only the requested rows are
+/// stored), the row-major tail goes to [`matmul`].
+///
+/// [`WeightLayout::Interleaved8`]: crate::WeightLayout::Interleaved8
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn matmul_interleaved(
+    format: WeightFormat,
+    weights: &[u8],
+    row_bytes: usize,
+    rows: Range<usize>,
+    acts: &QuantizedActivations,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    if !avx2_available() {
+        return Err(KernelError::IsaUnavailable(Isa::Avx2));
+    }
+    let fns = group_fns(format).ok_or(KernelError::LayoutUnsupported {
+        format,
+        layout: crate::WeightLayout::Interleaved8,
+    })?;
+    let n_b = acts.n_rows();
+    let packed = crate::interleaved::packed_rows(weights.len() / row_bytes);
+    crate::driver::drive_groups(
+        weights,
+        row_bytes,
+        rows.clone(),
+        packed,
+        n_b,
+        out,
+        |w, b0, n, tile| {
+            // SAFETY: AVX2/FMA/F16C checked above; the kernel asserts its
+            // size invariants.
+            unsafe { fns[n - 1](w, row_bytes, acts, b0, tile) }
+        },
+    );
+    let tail = rows.start.max(packed)..rows.end;
+    if !tail.is_empty() {
+        let o = (tail.start - rows.start) * n_b;
+        matmul(format, weights, row_bytes, tail, acts, &mut out[o..])?;
+    }
+    Ok(())
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) fn matmul_interleaved(
+    _: WeightFormat,
+    _: &[u8],
+    _: usize,
+    _: Range<usize>,
+    _: &QuantizedActivations,
+    _: &mut [f32],
+) -> Result<(), KernelError> {
+    Err(KernelError::IsaUnavailable(Isa::Avx2))
 }
 
 /// Q8_0 activations, x86 variant (bit-identical to `reference::quantize::q8_0_x86`).

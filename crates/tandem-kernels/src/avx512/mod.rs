@@ -312,12 +312,6 @@ type GroupFn = unsafe fn(
     &mut [f32; crate::interleaved::GROUP_ROWS * ACT_TILE],
 );
 
-/// Activation rows per pass over a chunk of weight rows: the pass's
-/// activations (64 rows of a 4096-wide Q8_K input are ~270 KB) stay in L2
-/// while every group of the chunk is multiplied against them.
-#[cfg(target_arch = "x86_64")]
-const ACT_BLOCK: usize = 64;
-
 /// Validated matmul over a [`WeightLayout::Interleaved8`] matrix: groups
 /// overlapping `rows` are computed whole (only the requested rows are
 /// stored), the row-major tail goes to [`matmul`].
@@ -330,7 +324,7 @@ pub(crate) fn matmul_interleaved(
     acts: &QuantizedActivations,
     out: &mut [f32],
 ) -> Result<(), KernelError> {
-    use crate::interleaved::{packed_rows, GROUP_ROWS};
+    use crate::interleaved::packed_rows;
     if !avx512_available() {
         return Err(KernelError::IsaUnavailable(Isa::Avx512));
     }
@@ -362,36 +356,19 @@ pub(crate) fn matmul_interleaved(
     };
     let n_b = acts.n_rows();
     let packed = packed_rows(weights.len() / row_bytes);
-    let g_bytes = GROUP_ROWS * row_bytes;
-    let mut tile = [0f32; GROUP_ROWS * ACT_TILE];
-    if rows.start < packed {
-        let groups = rows.start / GROUP_ROWS..rows.end.min(packed).div_ceil(GROUP_ROWS);
-        let mut a0 = 0;
-        while a0 < n_b {
-            let a1 = (a0 + ACT_BLOCK).min(n_b);
-            for g in groups.clone() {
-                let w = &weights[g * g_bytes..(g + 1) * g_bytes];
-                let mut b0 = a0;
-                while b0 < a1 {
-                    let n = (a1 - b0).min(ACT_TILE);
-                    // SAFETY: AVX-512 F/BW/VL/VNNI (+ AVX2/FMA/F16C) checked
-                    // above; the kernel asserts its size invariants.
-                    unsafe { fns[n - 1](w, row_bytes, acts, b0, &mut tile) };
-                    for r in 0..GROUP_ROWS {
-                        let row = g * GROUP_ROWS + r;
-                        if rows.contains(&row) {
-                            let o = (row - rows.start) * n_b + b0;
-                            for k in 0..n {
-                                out[o + k] = tile[k * GROUP_ROWS + r];
-                            }
-                        }
-                    }
-                    b0 += n;
-                }
-            }
-            a0 = a1;
-        }
-    }
+    crate::driver::drive_groups(
+        weights,
+        row_bytes,
+        rows.clone(),
+        packed,
+        n_b,
+        out,
+        |w, b0, n, tile| {
+            // SAFETY: AVX-512 F/BW/VL/VNNI (+ AVX2/FMA/F16C) checked above;
+            // the kernel asserts its size invariants.
+            unsafe { fns[n - 1](w, row_bytes, acts, b0, tile) }
+        },
+    );
     let tail = rows.start.max(packed)..rows.end;
     if !tail.is_empty() {
         let o = (tail.start - rows.start) * n_b;

@@ -8,8 +8,10 @@
 //! `vpdpbusd` multiplies 4 consecutive weights of 8 rows against 4
 //! activations broadcast to every lane: the 8 lanes *are* the 8 rows, scales
 //! are applied to 8 rows with one `vpmulld`, and no horizontal reduction is
-//! left. The layout is chosen at load time ([`preferred_layout`]) and the
-//! model converts each shard once while placing it.
+//! left. The AVX2 family runs the same encodings with `vpmaddubsw` (no VNNI;
+//! `avx2/*_x8.rs`), as ggml repacks Q4_K for its AVX2 GEMV/GEMM. The layout
+//! is chosen at load time ([`preferred_layout`]) and the model converts each
+//! shard once while placing it.
 //!
 //! ## Contract
 //!
@@ -75,14 +77,25 @@ pub fn has_interleaved(format: WeightFormat) -> bool {
     converters(format).is_some()
 }
 
-/// The layout `isa`'s kernels run fastest on for `format`. Only the
-/// AVX-512 family has interleaved kernels; the scalar family can run them
-/// (it is their reference) but is faster on ggml's layout.
+/// The layout `isa`'s kernels run fastest on for `format`: interleaved
+/// where the family has group kernels for it (AVX-512: Q4_K, Q6_K, Q8_0;
+/// AVX2: the same three, as ggml repacks for AVX2). The scalar family can
+/// run every interleaved layout (it is their reference) but is faster on
+/// ggml's layout.
 pub fn preferred_layout(isa: Isa, format: WeightFormat) -> WeightLayout {
-    if isa.kernels() == KernelFamily::Avx512 && has_interleaved(format) {
+    if has_interleaved(format) && has_group_kernels(isa.kernels(), format) {
         WeightLayout::Interleaved8
     } else {
         WeightLayout::Rows
+    }
+}
+
+/// Whether SIMD family `family` has group kernels for `format`.
+fn has_group_kernels(family: KernelFamily, format: WeightFormat) -> bool {
+    match family {
+        KernelFamily::Avx512 => true,
+        KernelFamily::Avx2 => crate::avx2::has_group_kernel(format),
+        KernelFamily::Scalar | KernelFamily::Neon => false,
     }
 }
 
@@ -91,7 +104,8 @@ pub(crate) fn supports(family: KernelFamily, format: WeightFormat, layout: Weigh
     match layout {
         WeightLayout::Rows => true,
         WeightLayout::Interleaved8 => {
-            has_interleaved(format) && matches!(family, KernelFamily::Scalar | KernelFamily::Avx512)
+            has_interleaved(format)
+                && (family == KernelFamily::Scalar || has_group_kernels(family, format))
         }
     }
 }

@@ -17,11 +17,15 @@ fn formats() -> impl Iterator<Item = WeightFormat> {
 
 /// The SIMD ISAs with interleaved kernels that this CPU has.
 fn simd_isas(test: &str) -> Vec<Isa> {
-    let ok = Isa::Avx512.is_available();
-    if !ok {
-        eprintln!("note: {test}: avx512 skipped, this CPU lacks it");
+    let mut out = Vec::new();
+    for isa in [Isa::Avx512, Isa::Avx2] {
+        if isa.is_available() {
+            out.push(isa);
+        } else {
+            eprintln!("note: {test}: {isa} skipped, this CPU lacks it");
+        }
     }
-    ok.then_some(Isa::Avx512).into_iter().collect()
+    out
 }
 
 fn run(
@@ -101,16 +105,25 @@ fn interleave_rejects_bad_sizes_and_formats() {
         interleave_matrix(f, 256, &w, &mut d[..100]),
         Err(KernelError::SizeMismatch { .. })
     ));
-    // A family without interleaved kernels says so instead of computing garbage.
-    if Isa::Avx2.is_available() {
-        let q = quantized(f, &[0.5; 256], 1, 256);
-        let mut out = [0f32; 8];
+    // A format without an interleaved encoding says so instead of computing
+    // garbage, on every family.
+    let f16 = WeightFormat::F16;
+    let wf = vec![0u8; 8 * 512];
+    let q = quantized(f16, &[0.5; 256], 1, 256);
+    let mut out = [0f32; 8];
+    for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512] {
+        if !isa.is_available() {
+            eprintln!(
+                "note: interleave_rejects_bad_sizes_and_formats: {isa} skipped, this CPU lacks it"
+            );
+            continue;
+        }
         assert!(matches!(
             matmul_rows_in_layout(
-                Isa::Avx2,
-                f,
+                isa,
+                f16,
                 WeightLayout::Interleaved8,
-                &w,
+                &wf,
                 256,
                 0..8,
                 &q,
@@ -118,6 +131,25 @@ fn interleave_rejects_bad_sizes_and_formats() {
             ),
             Err(KernelError::LayoutUnsupported { .. })
         ));
+    }
+}
+
+#[test]
+fn preferred_layouts() {
+    use crate::preferred_layout;
+    for f in WeightFormat::ALL {
+        assert_eq!(preferred_layout(Isa::Scalar, f), WeightLayout::Rows, "{f}");
+        let want = if matches!(
+            f,
+            WeightFormat::Q4_K | WeightFormat::Q6_K | WeightFormat::Q8_0
+        ) {
+            WeightLayout::Interleaved8
+        } else {
+            WeightLayout::Rows
+        };
+        for isa in [Isa::Avx2, Isa::Avx512] {
+            assert_eq!(preferred_layout(isa, f), want, "{isa} {f}");
+        }
     }
 }
 
