@@ -212,6 +212,32 @@ impl MoeConfig {
 
 impl ModelConfig {
     fn validate(self) -> Result<Self, ModelError> {
+        // MLA first: its ranks make `head_dim`, so a bad rank is named.
+        if let Some(m) = &self.mla {
+            let dims = [
+                ("attention.kv_lora_rank", m.kv_lora_rank),
+                ("attention.key_length (nope part)", m.qk_nope),
+                ("rope.dimension_count", m.qk_rope),
+                ("attention.value_length", m.v_head),
+            ];
+            for (k, v) in dims {
+                if v == 0 || v > MAX_DIM {
+                    return Err(ModelError::invalid(k, format!("{v} (MLA: 1..={MAX_DIM})")));
+                }
+            }
+            if m.q_lora_rank > MAX_DIM {
+                return Err(ModelError::invalid(
+                    "attention.q_lora_rank",
+                    format!("{} is implausibly large", m.q_lora_rank),
+                ));
+            }
+            if self.n_kv_heads != 1 || self.head_dim != m.row() || self.rope.n_rot != m.qk_rope {
+                return Err(ModelError::invalid(
+                    "attention.kv_lora_rank",
+                    "the latent cache's row does not match the head sizes",
+                ));
+            }
+        }
         let nonzero = [
             ("block_count", self.n_layers),
             ("embedding_length", self.hidden),
@@ -924,4 +950,31 @@ fn llama3_freq_factors(
             f as f32
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deepseek(kv_lora: u64) -> Json {
+        serde_json::json!({
+            "model_type": "deepseek_v3", "hidden_size": 64, "num_attention_heads": 4,
+            "num_hidden_layers": 2, "intermediate_size": 128, "vocab_size": 100,
+            "q_lora_rank": 32, "kv_lora_rank": kv_lora, "qk_nope_head_dim": 32,
+            "qk_rope_head_dim": 16, "v_head_dim": 32, "n_routed_experts": 8,
+            "num_experts_per_tok": 2, "moe_intermediate_size": 32,
+        })
+    }
+
+    #[test]
+    fn mla_shapes_are_checked() {
+        let c = ModelConfig::from_hf(&deepseek(64)).expect("valid");
+        let m = c.mla.expect("mla");
+        assert_eq!((c.n_kv_heads, c.head_dim, c.rope.n_rot), (1, 80, 16));
+        assert_eq!(m.row(), 80);
+        for bad in [0, 1 << 40] {
+            let e = ModelConfig::from_hf(&deepseek(bad)).expect_err("refused");
+            assert!(e.to_string().contains("kv_lora_rank"), "{e}");
+        }
+    }
 }
