@@ -152,8 +152,11 @@ def test_a_worker_of_another_model_is_refused(disagg):
 def test_a_client_gone_during_a_long_prefill_cancels_it(plain):
     wait_idle(plain)
     before = plain.metric("tandem:prefill_tokens_computed_total")
-    # Not a prefix of anything cached: every token is to compute.
-    prompt = "Cancel me. " + LONG
+    # Not a prefix of anything cached: every token is to compute. Long
+    # (about 7.7k tokens of the 8192 context), so that even on a fast
+    # machine, where the metric poll below lags the prefill by a few
+    # thousand tokens, the hang-up comes well before the end.
+    prompt = "Cancel me. " + LONG + " " + LONG
     n_prompt = len(plain.post("/tokenize", {"content": prompt}).json()["tokens"])
     stream = plain.client().completions.create(
         model="tiny", prompt=prompt, max_tokens=4, temperature=0, stream=True)
@@ -166,7 +169,7 @@ def test_a_client_gone_during_a_long_prefill_cancels_it(plain):
     # Stopped within a few chunks of the hang-up (the steps already under
     # way when the connection's end is noticed), far from the prompt's end.
     assert after - at_close <= 8 * CHUNK, (at_close - before, after - at_close, n_prompt)
-    assert after - before < n_prompt / 2
+    assert after - before < n_prompt - 8 * CHUNK, (after - before, n_prompt)
 
 
 def test_garbage_on_the_prefill_port_harms_nothing(disagg):

@@ -50,6 +50,7 @@ mod x86 {
         }
         // SAFETY: features checked above.
         let (y, s1) = unsafe { dpbusd_ymm() };
+        // SAFETY: main checked that the CPU has AVX-512 VNNI before calling.
         let (z, s2) = unsafe { dpbusd_zmm() };
         std::hint::black_box((s1, s2));
         println!("vpdpbusd ymm: {y:.2} /ns   ({:.1} G int8 MAC/s)", y * 32.0);

@@ -190,6 +190,7 @@ pub struct KvStore {
 // never moved or freed while it lives; access to page bytes follows the
 // protocol of the module docs, and the page table is behind a mutex.
 unsafe impl Send for KvStore {}
+// SAFETY: as for `Send` above.
 unsafe impl Sync for KvStore {}
 
 impl std::fmt::Debug for KvStore {

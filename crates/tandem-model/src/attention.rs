@@ -62,6 +62,7 @@ pub(crate) struct SeqView {
 // `tandem-kv` protocol): the last part of each (sequence, KV head) writes
 // that head's new rows, and no other item does.
 unsafe impl Send for SeqView {}
+// SAFETY: as for `Send` above.
 unsafe impl Sync for SeqView {}
 
 /// Per-layer parameters the attention items need.
@@ -315,46 +316,49 @@ unsafe fn store_new_rows(
     local: usize,
     tmp: &mut [f32],
 ) -> Result<(), ModelError> {
-    let (c, s, seq) = (x.c, it.s, it.seq);
-    let hd = c.head_dim;
-    let kv_dim = c.n_kv_heads * hd;
-    let kvh = it.head0 + local;
-    let pairs = x.rope.table_len();
-    let geom = seq.store().geometry();
-    let (row_bytes, format) = (geom.row_bytes(), geom.format);
-    for i in 0..s.n_rows {
-        let row = s.row0 + i;
-        let table = &x.rope_table[row * pairs..(row + 1) * pairs];
-        let kr = x.k.slice(row * kv_dim + kvh * hd, hd);
-        let vr = x.v.slice(row * kv_dim + kvh * hd, hd);
-        finish_head(
-            kr,
-            x.layer.bk.map(|b| &b[kvh * hd..(kvh + 1) * hd]),
-            x.layer.k_norm,
-            c.norm_eps,
-            x.layer.rotate.then_some((x.rope, table)),
-            tmp,
-        );
-        finish_head(
-            vr,
-            x.layer.bv.map(|b| &b[kvh * hd..(kvh + 1) * hd]),
-            None,
-            c.norm_eps,
-            None,
-            tmp,
-        );
-        // Without value slabs (MLA), the key row holds the value.
-        for (kv, src) in [(0, &*kr), (1, &*vr)].into_iter().take(geom.planes()) {
-            // Position s.p0 + i was reserved (a private page); its row of
-            // (layer, kv, head) is written by this item only.
-            let ptr = seq
-                .row_ptr(it.node, s.layer, kv, local, s.p0 + i)
-                .map_err(|e| ModelError::Kernel(e.to_string()))?;
-            let dst = std::slice::from_raw_parts_mut(ptr, row_bytes);
-            encode_row(format, src, dst).map_err(|e| ModelError::Kernel(e.to_string()))?;
+    // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+    unsafe {
+        let (c, s, seq) = (x.c, it.s, it.seq);
+        let hd = c.head_dim;
+        let kv_dim = c.n_kv_heads * hd;
+        let kvh = it.head0 + local;
+        let pairs = x.rope.table_len();
+        let geom = seq.store().geometry();
+        let (row_bytes, format) = (geom.row_bytes(), geom.format);
+        for i in 0..s.n_rows {
+            let row = s.row0 + i;
+            let table = &x.rope_table[row * pairs..(row + 1) * pairs];
+            let kr = x.k.slice(row * kv_dim + kvh * hd, hd);
+            let vr = x.v.slice(row * kv_dim + kvh * hd, hd);
+            finish_head(
+                kr,
+                x.layer.bk.map(|b| &b[kvh * hd..(kvh + 1) * hd]),
+                x.layer.k_norm,
+                c.norm_eps,
+                x.layer.rotate.then_some((x.rope, table)),
+                tmp,
+            );
+            finish_head(
+                vr,
+                x.layer.bv.map(|b| &b[kvh * hd..(kvh + 1) * hd]),
+                None,
+                c.norm_eps,
+                None,
+                tmp,
+            );
+            // Without value slabs (MLA), the key row holds the value.
+            for (kv, src) in [(0, &*kr), (1, &*vr)].into_iter().take(geom.planes()) {
+                // Position s.p0 + i was reserved (a private page); its row of
+                // (layer, kv, head) is written by this item only.
+                let ptr = seq
+                    .row_ptr(it.node, s.layer, kv, local, s.p0 + i)
+                    .map_err(|e| ModelError::Kernel(e.to_string()))?;
+                let dst = std::slice::from_raw_parts_mut(ptr, row_bytes);
+                encode_row(format, src, dst).map_err(|e| ModelError::Kernel(e.to_string()))?;
+            }
         }
+        Ok(())
     }
-    Ok(())
 }
 
 /// `softmax(q·Kᵀ · scale) · V` for every query head of the item's KV heads
@@ -373,175 +377,178 @@ unsafe fn run_item(
     scratch: &mut [f32],
     states: &mut [SoftmaxState],
 ) -> Result<(), ModelError> {
-    let (s, seq, c) = (it.s, it.seq, x.c);
-    let (hd, group) = (c.head_dim, c.n_heads / c.n_kv_heads);
-    let parts = x.split.plan.parts;
-    let (tmp, scratch) = scratch.split_at_mut(hd);
-    if it.part + 1 == parts {
-        for local in it.local.clone() {
-            store_new_rows(x, it, local, tmp)?;
-        }
-    }
-    if s.n_rows == 0 {
-        return Ok(());
-    }
-    let q_dim = c.n_heads * hd;
-    let spec = x.layer.spec;
-    let scale = spec.scale;
-    let pairs = x.rope.table_len();
-    let kernel_err = |e: tandem_kernels::KernelError| ModelError::Kernel(e.to_string());
-    let isa = tandem_kernels::detected_isa();
-    let geom = seq.store().geometry();
-    let (pt, row_bytes, slab) = (geom.page_tokens, geom.row_bytes(), geom.slab_bytes());
-    let nh = it.local.len();
-    let (scores, rest) = scratch.split_at_mut(MAX_QUERIES * pt);
-    let (qbuf, rest) = rest.split_at_mut(nh * MAX_QUERIES * hd);
-    let acc = &mut rest[..nh * MAX_QUERIES * hd];
-    // The heads' K slabs of a page are one run, and so are their V slabs.
-    let k_run = geom.slab_offset(it.node, s.layer, 0, it.local.start);
-    let v_run = geom.slab_offset(it.node, s.layer, 1, it.local.start);
-    let mut visible = [0usize; MAX_QUERIES];
-    let mut starts = [0usize; MAX_QUERIES];
-    let tile_rows = (MAX_QUERIES / group).max(1);
-    let gq = group * hd; // a row's query values of one group
-    let mut r0 = 0;
-    while r0 < s.n_rows {
-        let nr = tile_rows.min(s.n_rows - r0);
-        // ≤ MAX_QUERIES: `Model::load_with` refuses larger groups.
-        let nq = nr * group;
-        for (hi, local) in it.local.clone().enumerate() {
-            let kvh = it.head0 + local;
-            let qh = &mut qbuf[hi * nq * hd..(hi + 1) * nq * hd];
-            for r in 0..nr {
-                let row = s.row0 + r0 + r;
-                let table = &x.rope_table[row * pairs..(row + 1) * pairs];
-                let dst = &mut qh[r * gq..(r + 1) * gq];
-                // Read only: every part finishes its own copy.
-                dst.copy_from_slice(x.q.read(row * q_dim + kvh * gq, gq));
-                for (h, qi) in dst.chunks_exact_mut(hd).zip(kvh * group..) {
-                    finish_head(
-                        h,
-                        x.layer.bq.map(|b| &b[qi * hd..(qi + 1) * hd]),
-                        x.layer.q_norm,
-                        c.norm_eps,
-                        x.layer.rotate.then_some((x.rope, table)),
-                        tmp,
-                    );
-                }
+    // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+    unsafe {
+        let (s, seq, c) = (it.s, it.seq, x.c);
+        let (hd, group) = (c.head_dim, c.n_heads / c.n_kv_heads);
+        let parts = x.split.plan.parts;
+        let (tmp, scratch) = scratch.split_at_mut(hd);
+        if it.part + 1 == parts {
+            for local in it.local.clone() {
+                store_new_rows(x, it, local, tmp)?;
             }
         }
-        states[..nh * nq].fill(SoftmaxState::EMPTY);
-        acc[..nh * nq * hd].fill(0.0);
-        let seen = s.p0 + r0 + nr; // positions the tile's last row sees
-                                   // A window: the tile's first row sees nothing before `w0`.
-        let w0 = spec.window.map_or(0, |w| (s.p0 + r0 + 1).saturating_sub(w));
-        let (first, end) = part_pages(it.part, parts, s.p0, seen, pt);
-        let first = first.max(w0 / pt);
-        let last = end.min(seen.div_ceil(pt));
-        let pages = seq.pages();
-        let page = |pi: usize| seq.store().page_ptr(it.node, pages[pi]);
-        // The block read `AHEAD_BLOCKS` blocks after (pi, hi), in the
-        // order they are read (page by page, head by head).
-        let ahead = |pi: usize, hi: usize| -> [&[u8]; 2] {
-            let t = (pi - first) * nh + hi + AHEAD_BLOCKS;
-            let (pa, ha) = (first + t / nh, t % nh);
-            if pa >= last {
-                return KvBlock::NOTHING_AHEAD;
-            }
-            let base = page(pa);
-            // That head's K and V slabs, inside the node's page.
-            [
-                std::slice::from_raw_parts(base.add(k_run + ha * slab), slab),
-                std::slice::from_raw_parts(base.add(v_run + ha * slab), slab),
-            ]
-        };
-        for pi in first..last {
-            let base = page(pi);
-            let b0 = pi * pt;
-            let bn = pt.min(seen - b0);
-            for r in 0..nr {
-                let v = (s.p0 + r0 + r + 1).saturating_sub(b0).min(bn);
-                visible[r * group..(r + 1) * group].fill(v);
-                if let Some(w) = spec.window {
-                    let st = (s.p0 + r0 + r + 1)
-                        .saturating_sub(w)
-                        .saturating_sub(b0)
-                        .min(bn);
-                    starts[r * group..(r + 1) * group].fill(st);
-                }
-            }
-            let limits = ScoreLimits {
-                starts: spec.window.map(|_| &starts[..nq]),
-                softcap: spec.softcap,
-            };
-            for hi in 0..nh {
-                // This head's K and V slabs of the page: `slab` bytes each
-                // inside the node's page, rows below `seen` initialised.
-                let block = KvBlock {
-                    format: geom.format,
-                    k: std::slice::from_raw_parts(base.add(k_run + hi * slab), slab),
-                    v: std::slice::from_raw_parts(base.add(v_run + hi * slab), slab),
-                    stride: row_bytes,
-                    n: bn,
-                    ahead: ahead(pi, hi),
-                };
-                let (q0, q1) = (hi * nq, (hi + 1) * nq);
-                attend_block_limited(
-                    isa,
-                    &qbuf[q0 * hd..q1 * hd],
-                    hd,
-                    scale,
-                    &block,
-                    &visible[..nq],
-                    limits,
-                    &mut states[q0..q1],
-                    &mut acc[q0 * hd..q1 * hd],
-                    scores,
-                )
-                .map_err(kernel_err)?;
-            }
+        if s.n_rows == 0 {
+            return Ok(());
         }
-        for (hi, local) in it.local.clone().enumerate() {
-            let kvh = it.head0 + local;
-            let (q0, q1) = (hi * nq, (hi + 1) * nq);
-            let st = &states[q0..q1];
-            if parts == 1 {
+        let q_dim = c.n_heads * hd;
+        let spec = x.layer.spec;
+        let scale = spec.scale;
+        let pairs = x.rope.table_len();
+        let kernel_err = |e: tandem_kernels::KernelError| ModelError::Kernel(e.to_string());
+        let isa = tandem_kernels::detected_isa();
+        let geom = seq.store().geometry();
+        let (pt, row_bytes, slab) = (geom.page_tokens, geom.row_bytes(), geom.slab_bytes());
+        let nh = it.local.len();
+        let (scores, rest) = scratch.split_at_mut(MAX_QUERIES * pt);
+        let (qbuf, rest) = rest.split_at_mut(nh * MAX_QUERIES * hd);
+        let acc = &mut rest[..nh * MAX_QUERIES * hd];
+        // The heads' K slabs of a page are one run, and so are their V slabs.
+        let k_run = geom.slab_offset(it.node, s.layer, 0, it.local.start);
+        let v_run = geom.slab_offset(it.node, s.layer, 1, it.local.start);
+        let mut visible = [0usize; MAX_QUERIES];
+        let mut starts = [0usize; MAX_QUERIES];
+        let tile_rows = (MAX_QUERIES / group).max(1);
+        let gq = group * hd; // a row's query values of one group
+        let mut r0 = 0;
+        while r0 < s.n_rows {
+            let nr = tile_rows.min(s.n_rows - r0);
+            // ≤ MAX_QUERIES: `Model::load_with` refuses larger groups.
+            let nq = nr * group;
+            for (hi, local) in it.local.clone().enumerate() {
+                let kvh = it.head0 + local;
+                let qh = &mut qbuf[hi * nq * hd..(hi + 1) * nq * hd];
                 for r in 0..nr {
                     let row = s.row0 + r0 + r;
-                    let o = x.out.slice(row * q_dim + kvh * gq, gq);
-                    for h in 0..group {
-                        let qi = r * group + h;
-                        let (mut stq, acq) =
-                            (st[qi], &mut acc[q0 * hd + qi * hd..q0 * hd + (qi + 1) * hd]);
-                        if let Some(sk) = x.layer.sinks {
-                            add_sink(&mut stq, acq, sk[kvh * group + h]);
-                        }
-                        finish(&stq, acq, &mut o[h * hd..(h + 1) * hd]).map_err(kernel_err)?;
+                    let table = &x.rope_table[row * pairs..(row + 1) * pairs];
+                    let dst = &mut qh[r * gq..(r + 1) * gq];
+                    // Read only: every part finishes its own copy.
+                    dst.copy_from_slice(x.q.read(row * q_dim + kvh * gq, gq));
+                    for (h, qi) in dst.chunks_exact_mut(hd).zip(kvh * group..) {
+                        finish_head(
+                            h,
+                            x.layer.bq.map(|b| &b[qi * hd..(qi + 1) * hd]),
+                            x.layer.q_norm,
+                            c.norm_eps,
+                            x.layer.rotate.then_some((x.rope, table)),
+                            tmp,
+                        );
                     }
                 }
-            } else {
-                // One tile only (`choose_plan`): publish, and merge if last.
-                let head = it.si * c.n_kv_heads + kvh;
-                let slot_len = partial_slot_len(hd);
-                let slot = x
-                    .split
-                    .partials
-                    .slice((head * parts + it.part) * slot_len, slot_len);
-                for (i, sti) in st.iter().enumerate() {
-                    slot[2 * i] = sti.max;
-                    slot[2 * i + 1] = sti.sum;
+            }
+            states[..nh * nq].fill(SoftmaxState::EMPTY);
+            acc[..nh * nq * hd].fill(0.0);
+            let seen = s.p0 + r0 + nr; // positions the tile's last row sees
+                                       // A window: the tile's first row sees nothing before `w0`.
+            let w0 = spec.window.map_or(0, |w| (s.p0 + r0 + 1).saturating_sub(w));
+            let (first, end) = part_pages(it.part, parts, s.p0, seen, pt);
+            let first = first.max(w0 / pt);
+            let last = end.min(seen.div_ceil(pt));
+            let pages = seq.pages();
+            let page = |pi: usize| seq.store().page_ptr(it.node, pages[pi]);
+            // The block read `AHEAD_BLOCKS` blocks after (pi, hi), in the
+            // order they are read (page by page, head by head).
+            let ahead = |pi: usize, hi: usize| -> [&[u8]; 2] {
+                let t = (pi - first) * nh + hi + AHEAD_BLOCKS;
+                let (pa, ha) = (first + t / nh, t % nh);
+                if pa >= last {
+                    return KvBlock::NOTHING_AHEAD;
                 }
-                let accs = 2 * MAX_QUERIES;
-                slot[accs..accs + nq * hd].copy_from_slice(&acc[q0 * hd..q1 * hd]);
-                let prev = x.split.done[head].fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-                if prev + 1 == parts {
-                    merge_parts(x, it.s, kvh, nq, head, tmp)?;
+                let base = page(pa);
+                // That head's K and V slabs, inside the node's page.
+                [
+                    std::slice::from_raw_parts(base.add(k_run + ha * slab), slab),
+                    std::slice::from_raw_parts(base.add(v_run + ha * slab), slab),
+                ]
+            };
+            for pi in first..last {
+                let base = page(pi);
+                let b0 = pi * pt;
+                let bn = pt.min(seen - b0);
+                for r in 0..nr {
+                    let v = (s.p0 + r0 + r + 1).saturating_sub(b0).min(bn);
+                    visible[r * group..(r + 1) * group].fill(v);
+                    if let Some(w) = spec.window {
+                        let st = (s.p0 + r0 + r + 1)
+                            .saturating_sub(w)
+                            .saturating_sub(b0)
+                            .min(bn);
+                        starts[r * group..(r + 1) * group].fill(st);
+                    }
+                }
+                let limits = ScoreLimits {
+                    starts: spec.window.map(|_| &starts[..nq]),
+                    softcap: spec.softcap,
+                };
+                for hi in 0..nh {
+                    // This head's K and V slabs of the page: `slab` bytes each
+                    // inside the node's page, rows below `seen` initialised.
+                    let block = KvBlock {
+                        format: geom.format,
+                        k: std::slice::from_raw_parts(base.add(k_run + hi * slab), slab),
+                        v: std::slice::from_raw_parts(base.add(v_run + hi * slab), slab),
+                        stride: row_bytes,
+                        n: bn,
+                        ahead: ahead(pi, hi),
+                    };
+                    let (q0, q1) = (hi * nq, (hi + 1) * nq);
+                    attend_block_limited(
+                        isa,
+                        &qbuf[q0 * hd..q1 * hd],
+                        hd,
+                        scale,
+                        &block,
+                        &visible[..nq],
+                        limits,
+                        &mut states[q0..q1],
+                        &mut acc[q0 * hd..q1 * hd],
+                        scores,
+                    )
+                    .map_err(kernel_err)?;
                 }
             }
+            for (hi, local) in it.local.clone().enumerate() {
+                let kvh = it.head0 + local;
+                let (q0, q1) = (hi * nq, (hi + 1) * nq);
+                let st = &states[q0..q1];
+                if parts == 1 {
+                    for r in 0..nr {
+                        let row = s.row0 + r0 + r;
+                        let o = x.out.slice(row * q_dim + kvh * gq, gq);
+                        for h in 0..group {
+                            let qi = r * group + h;
+                            let (mut stq, acq) =
+                                (st[qi], &mut acc[q0 * hd + qi * hd..q0 * hd + (qi + 1) * hd]);
+                            if let Some(sk) = x.layer.sinks {
+                                add_sink(&mut stq, acq, sk[kvh * group + h]);
+                            }
+                            finish(&stq, acq, &mut o[h * hd..(h + 1) * hd]).map_err(kernel_err)?;
+                        }
+                    }
+                } else {
+                    // One tile only (`choose_plan`): publish, and merge if last.
+                    let head = it.si * c.n_kv_heads + kvh;
+                    let slot_len = partial_slot_len(hd);
+                    let slot = x
+                        .split
+                        .partials
+                        .slice((head * parts + it.part) * slot_len, slot_len);
+                    for (i, sti) in st.iter().enumerate() {
+                        slot[2 * i] = sti.max;
+                        slot[2 * i + 1] = sti.sum;
+                    }
+                    let accs = 2 * MAX_QUERIES;
+                    slot[accs..accs + nq * hd].copy_from_slice(&acc[q0 * hd..q1 * hd]);
+                    let prev = x.split.done[head].fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                    if prev + 1 == parts {
+                        merge_parts(x, it.s, kvh, nq, head, tmp)?;
+                    }
+                }
+            }
+            r0 += nr;
         }
-        r0 += nr;
+        Ok(())
     }
-    Ok(())
 }
 
 /// Merges the `parts` partial slots of `head` (sequence × KV head index)
@@ -559,43 +566,46 @@ unsafe fn merge_parts(
     head: usize,
     a: &mut [f32],
 ) -> Result<(), ModelError> {
-    let c = x.c;
-    let (hd, group) = (c.head_dim, c.n_heads / c.n_kv_heads);
-    let (q_dim, gq) = (c.n_heads * hd, group * hd);
-    let parts = x.split.plan.parts;
-    let slot_len = partial_slot_len(hd);
-    let accs = 2 * MAX_QUERIES;
-    let kernel_err = |e: tandem_kernels::KernelError| ModelError::Kernel(e.to_string());
-    for qi in 0..nq {
-        let mut st = SoftmaxState::EMPTY;
-        a.fill(0.0);
-        for part in 0..parts {
-            // Read only: every part published its slot and is done.
-            let slot = x
-                .split
-                .partials
-                .read((head * parts + part) * slot_len, slot_len);
-            let src = SoftmaxState {
-                max: slot[2 * qi],
-                sum: slot[2 * qi + 1],
-            };
-            merge(
-                &mut st,
-                a,
-                &src,
-                &slot[accs + qi * hd..accs + (qi + 1) * hd],
-            )
-            .map_err(kernel_err)?;
+    // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+    unsafe {
+        let c = x.c;
+        let (hd, group) = (c.head_dim, c.n_heads / c.n_kv_heads);
+        let (q_dim, gq) = (c.n_heads * hd, group * hd);
+        let parts = x.split.plan.parts;
+        let slot_len = partial_slot_len(hd);
+        let accs = 2 * MAX_QUERIES;
+        let kernel_err = |e: tandem_kernels::KernelError| ModelError::Kernel(e.to_string());
+        for qi in 0..nq {
+            let mut st = SoftmaxState::EMPTY;
+            a.fill(0.0);
+            for part in 0..parts {
+                // Read only: every part published its slot and is done.
+                let slot = x
+                    .split
+                    .partials
+                    .read((head * parts + part) * slot_len, slot_len);
+                let src = SoftmaxState {
+                    max: slot[2 * qi],
+                    sum: slot[2 * qi + 1],
+                };
+                merge(
+                    &mut st,
+                    a,
+                    &src,
+                    &slot[accs + qi * hd..accs + (qi + 1) * hd],
+                )
+                .map_err(kernel_err)?;
+            }
+            let (r, h) = (qi / group, qi % group);
+            if let Some(sk) = x.layer.sinks {
+                add_sink(&mut st, a, sk[kvh * group + h]);
+            }
+            let row = s.row0 + r;
+            let o = x.out.slice(row * q_dim + kvh * gq + h * hd, hd);
+            finish(&st, a, o).map_err(kernel_err)?;
         }
-        let (r, h) = (qi / group, qi % group);
-        if let Some(sk) = x.layer.sinks {
-            add_sink(&mut st, a, sk[kvh * group + h]);
-        }
-        let row = s.row0 + r;
-        let o = x.out.slice(row * q_dim + kvh * gq + h * hd, hd);
-        finish(&st, a, o).map_err(kernel_err)?;
+        Ok(())
     }
-    Ok(())
 }
 
 /// Bias, RMS norm and RoPE of one head, in place.

@@ -368,6 +368,7 @@ struct SendPtr(*mut u8);
 // SAFETY: used only to write disjoint ranges from pool workers while the
 // owning NodeMemory is alive (Placer::finish waits for the run).
 unsafe impl Send for SendPtr {}
+// SAFETY: as for `Send` above.
 unsafe impl Sync for SendPtr {}
 
 fn copy_shard(job: &CopyJob, dst: &mut [u8]) -> Result<(), ModelError> {

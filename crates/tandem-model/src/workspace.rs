@@ -283,7 +283,8 @@ impl<T> PerWorker<T> {
     /// at most once at a time.
     #[allow(clippy::mut_from_ref)]
     pub(crate) unsafe fn get(&self, i: usize) -> &mut T {
-        &mut *self.0[i].get()
+        // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+        unsafe { &mut *self.0[i].get() }
     }
 }
 
@@ -297,6 +298,7 @@ pub(crate) struct SharedOut {
 // SAFETY: writers promise disjoint ranges (see `slice`); the buffer
 // outlives the pool run it is used in.
 unsafe impl Send for SharedOut {}
+// SAFETY: as for `Send` above.
 unsafe impl Sync for SharedOut {}
 
 impl SharedOut {
@@ -314,8 +316,11 @@ impl SharedOut {
     /// and the underlying buffer must outlive the returned slice.
     #[allow(clippy::mut_from_ref)]
     pub(crate) unsafe fn slice(&self, start: usize, len: usize) -> &mut [f32] {
-        self.check(start, len);
-        std::slice::from_raw_parts_mut(self.ptr.add(start), len)
+        // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+        unsafe {
+            self.check(start, len);
+            std::slice::from_raw_parts_mut(self.ptr.add(start), len)
+        }
     }
 
     /// `buf[start..start+len]`, shared: for ranges several workers read
@@ -326,8 +331,11 @@ impl SharedOut {
     /// No worker may write any part of this range during the run, and the
     /// underlying buffer must outlive the returned slice.
     pub(crate) unsafe fn read(&self, start: usize, len: usize) -> &[f32] {
-        self.check(start, len);
-        std::slice::from_raw_parts(self.ptr.add(start), len)
+        // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+        unsafe {
+            self.check(start, len);
+            std::slice::from_raw_parts(self.ptr.add(start), len)
+        }
     }
 
     fn check(&self, start: usize, len: usize) {

@@ -120,19 +120,22 @@ fn bind(_: *const u8, _: usize, _: usize) -> bool {
 /// back from the file on the next access. On anonymous or private written
 /// memory this would replace the contents with zeros.
 pub unsafe fn release_file_pages(bytes: &[u8]) {
-    #[cfg(target_os = "linux")]
-    {
-        let page = 4096usize;
-        let start = (bytes.as_ptr() as usize).next_multiple_of(page);
-        let end = (bytes.as_ptr() as usize + bytes.len()) / page * page;
-        if end > start {
-            // SAFETY: the caller guarantees a file-backed read-only range;
-            // a failure only leaves the pages resident.
-            let _ = libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+    // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+    unsafe {
+        #[cfg(target_os = "linux")]
+        {
+            let page = 4096usize;
+            let start = (bytes.as_ptr() as usize).next_multiple_of(page);
+            let end = (bytes.as_ptr() as usize + bytes.len()) / page * page;
+            if end > start {
+                // SAFETY: the caller guarantees a file-backed read-only range;
+                // a failure only leaves the pages resident.
+                let _ = libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+            }
         }
+        #[cfg(not(target_os = "linux"))]
+        let _ = bytes;
     }
-    #[cfg(not(target_os = "linux"))]
-    let _ = bytes;
 }
 
 /// The machine node holding the page at `addr`, per `get_mempolicy`

@@ -44,6 +44,7 @@ pub struct CpuMem {
 // who writes which bytes when is ordered by streams and events (the
 // caller's protocol), as on a GPU.
 unsafe impl Send for CpuMem {}
+// SAFETY: as for `Send` above.
 unsafe impl Sync for CpuMem {}
 
 impl Drop for CpuMem {
@@ -221,8 +222,8 @@ impl CpuDevice {
 fn bytes(p: Ptr<'_, CpuBuffer>, len: usize, what: &str) -> Result<Raw, GpuError> {
     let end = p.off.checked_add(len).filter(|&e| e <= p.buf.0.len);
     match end {
-        // SAFETY: in bounds of the buffer's allocation (checked above).
         Some(_) => Ok(Raw {
+            // SAFETY: in bounds of the buffer's allocation (checked above).
             ptr: unsafe { p.buf.0.base().add(p.off) },
             len,
             _keep: Arc::clone(&p.buf.0),
@@ -254,31 +255,38 @@ impl Raw {
     /// stream protocol; ops check their own views for overlap).
     #[allow(clippy::mut_from_ref)] // device memory: ordered by streams, not borrows
     unsafe fn u8(&self) -> &mut [u8] {
-        std::slice::from_raw_parts_mut(self.ptr, self.len)
+        // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
     }
     /// # Safety
     /// As [`Raw::u8`]; the offset is 4-aligned (checked).
     #[allow(clippy::mut_from_ref)] // device memory: ordered by streams, not borrows
     unsafe fn f32(&self) -> Result<&mut [f32], GpuError> {
-        if !(self.ptr as usize).is_multiple_of(4) {
-            return Err(GpuError::Protocol("unaligned f32 view".into()));
+        // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+        unsafe {
+            if !(self.ptr as usize).is_multiple_of(4) {
+                return Err(GpuError::Protocol("unaligned f32 view".into()));
+            }
+            Ok(std::slice::from_raw_parts_mut(
+                self.ptr as *mut f32,
+                self.len / 4,
+            ))
         }
-        Ok(std::slice::from_raw_parts_mut(
-            self.ptr as *mut f32,
-            self.len / 4,
-        ))
     }
     /// # Safety
     /// As [`Raw::f32`].
     #[allow(clippy::mut_from_ref)] // device memory: ordered by streams, not borrows
     unsafe fn u32(&self) -> Result<&mut [u32], GpuError> {
-        if !(self.ptr as usize).is_multiple_of(4) {
-            return Err(GpuError::Protocol("unaligned u32 view".into()));
+        // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+        unsafe {
+            if !(self.ptr as usize).is_multiple_of(4) {
+                return Err(GpuError::Protocol("unaligned u32 view".into()));
+            }
+            Ok(std::slice::from_raw_parts_mut(
+                self.ptr as *mut u32,
+                self.len / 4,
+            ))
         }
-        Ok(std::slice::from_raw_parts_mut(
-            self.ptr as *mut u32,
-            self.len / 4,
-        ))
     }
 }
 

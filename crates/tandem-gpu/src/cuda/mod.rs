@@ -60,6 +60,7 @@ pub struct CudaBuffer {
 
 // SAFETY: a device pointer is a number; the context is process-wide.
 unsafe impl Send for CudaBuffer {}
+// SAFETY: as for `Send` above.
 unsafe impl Sync for CudaBuffer {}
 
 impl Drop for CudaBuffer {
@@ -109,6 +110,7 @@ impl Drop for PinnedMem {
 pub struct CudaStream(sys::CUstream);
 // SAFETY: CUDA streams may be used from any thread of the context.
 unsafe impl Send for CudaStream {}
+// SAFETY: as for `Send` above.
 unsafe impl Sync for CudaStream {}
 
 impl Drop for CudaStream {
@@ -123,6 +125,7 @@ impl Drop for CudaStream {
 pub struct CudaEvent(sys::CUevent);
 // SAFETY: as streams.
 unsafe impl Send for CudaEvent {}
+// SAFETY: as for `Send` above.
 unsafe impl Sync for CudaEvent {}
 
 impl Drop for CudaEvent {
@@ -148,6 +151,7 @@ pub struct CudaDevice {
 // SAFETY: handles are process-wide; cuBLAS calls are serialised by the
 // prefill (one call at a time under its streams' mutex).
 unsafe impl Send for CudaDevice {}
+// SAFETY: as for `Send` above.
 unsafe impl Sync for CudaDevice {}
 
 const KERNEL_NAMES: &[&str] = &[
@@ -250,12 +254,15 @@ impl CudaDevice {
                 )))
             }
         };
+        // SAFETY: only looks the library up (dlopen), calling nothing in it.
         present("libcuda (the NVIDIA driver)", unsafe {
             sys::is_culib_present()
         })?;
+        // SAFETY: only looks the library up (dlopen), calling nothing in it.
         present("libnvrtc (CUDA's runtime compiler)", unsafe {
             cudarc::nvrtc::sys::is_culib_present()
         })?;
+        // SAFETY: only looks the library up (dlopen), calling nothing in it.
         present("libcublas", unsafe { blas::is_culib_present() })?;
         match std::panic::catch_unwind(|| Self::open_inner(ordinal, cap)) {
             Ok(r) => r,
@@ -488,10 +495,14 @@ impl Device for CudaDevice {
 
     unsafe fn register_host(&self, ptr: *const u8, len: usize) -> Result<bool, GpuError> {
         self.bind()?;
-        sys::cuMemHostRegister_v2(ptr as *mut c_void, len, sys::CU_MEMHOSTREGISTER_READ_ONLY)
-            .result()
-            .map(|_| true)
-            .map_err(drv("cuMemHostRegister"))
+        // SAFETY: the caller's contract: `ptr..ptr + len` is mapped and
+        // stays so until it is unregistered.
+        unsafe {
+            sys::cuMemHostRegister_v2(ptr as *mut c_void, len, sys::CU_MEMHOSTREGISTER_READ_ONLY)
+        }
+        .result()
+        .map(|_| true)
+        .map_err(drv("cuMemHostRegister"))
     }
 
     unsafe fn h2d(
@@ -503,9 +514,13 @@ impl Device for CudaDevice {
     ) -> Result<(), GpuError> {
         in_bounds(dst, len, "h2d destination")?;
         self.bind()?;
-        sys::cuMemcpyHtoDAsync_v2(dst.buf.ptr + dst.off as u64, src as *const c_void, len, s.0)
-            .result()
-            .map_err(drv("cuMemcpyHtoDAsync"))
+        // SAFETY: the destination was checked in bounds; the caller keeps
+        // `src..src + len` alive and unchanged until the stream passes.
+        unsafe {
+            sys::cuMemcpyHtoDAsync_v2(dst.buf.ptr + dst.off as u64, src as *const c_void, len, s.0)
+        }
+        .result()
+        .map_err(drv("cuMemcpyHtoDAsync"))
     }
 
     unsafe fn d2h(
@@ -517,9 +532,13 @@ impl Device for CudaDevice {
     ) -> Result<(), GpuError> {
         in_bounds(src, len, "d2h source")?;
         self.bind()?;
-        sys::cuMemcpyDtoHAsync_v2(dst as *mut c_void, src.buf.ptr + src.off as u64, len, s.0)
-            .result()
-            .map_err(drv("cuMemcpyDtoHAsync"))
+        // SAFETY: the source was checked in bounds; the caller keeps
+        // `dst..dst + len` writable and unread until the stream passes.
+        unsafe {
+            sys::cuMemcpyDtoHAsync_v2(dst as *mut c_void, src.buf.ptr + src.off as u64, len, s.0)
+        }
+        .result()
+        .map_err(drv("cuMemcpyDtoHAsync"))
     }
 
     fn fill_f32(

@@ -297,14 +297,17 @@ fn holds<const F: u8>(row: &[u8], n: usize) -> bool {
 /// block of `i`).
 #[inline]
 unsafe fn read_value<const F: u8>(p: *const u8, i: usize) -> f32 {
-    match F {
-        tag::F32 => (p.add(4 * i) as *const f32).read_unaligned(),
-        tag::F16 => crate::convert::f16_to_f32((p.add(2 * i) as *const u16).read_unaligned()),
-        tag::BF16 => crate::convert::bf16_to_f32((p.add(2 * i) as *const u16).read_unaligned()),
-        _ => {
-            let blk = p.add(i / QK8_0 * Q8_0_BYTES);
-            let d = crate::convert::f16_to_f32((blk as *const u16).read_unaligned());
-            d * f32::from((blk.add(2 + i % QK8_0) as *const i8).read())
+    // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+    unsafe {
+        match F {
+            tag::F32 => (p.add(4 * i) as *const f32).read_unaligned(),
+            tag::F16 => crate::convert::f16_to_f32((p.add(2 * i) as *const u16).read_unaligned()),
+            tag::BF16 => crate::convert::bf16_to_f32((p.add(2 * i) as *const u16).read_unaligned()),
+            _ => {
+                let blk = p.add(i / QK8_0 * Q8_0_BYTES);
+                let d = crate::convert::f16_to_f32((blk as *const u16).read_unaligned());
+                d * f32::from((blk.add(2 + i % QK8_0) as *const i8).read())
+            }
         }
     }
 }

@@ -9,8 +9,8 @@ pub(super) fn prims(format: KvFormat) -> Prims {
 
 fn dot<const F: u8>(q: &[f32], k: &[u8]) -> f32 {
     assert!(holds::<F>(k, q.len()));
-    // SAFETY: `k` holds `q.len()` values (asserted).
     q.iter().enumerate().fold(0.0f32, |s, (i, &a)| {
+        // SAFETY: `k` holds `q.len()` values (asserted).
         s + a * unsafe { read_value::<F>(k.as_ptr(), i) }
     })
 }

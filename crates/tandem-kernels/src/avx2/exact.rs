@@ -74,12 +74,15 @@ pub(super) unsafe fn hsum8x8v(v: &[__m256i; 8]) -> __m256i {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn load8(v: &[f32]) -> __m256 {
-    if v.len() >= 8 {
-        _mm256_loadu_ps(v.as_ptr())
-    } else {
-        let mut t = [0f32; 8];
-        t[..v.len()].copy_from_slice(v);
-        _mm256_loadu_ps(t.as_ptr())
+    // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+    unsafe {
+        if v.len() >= 8 {
+            _mm256_loadu_ps(v.as_ptr())
+        } else {
+            let mut t = [0f32; 8];
+            t[..v.len()].copy_from_slice(v);
+            _mm256_loadu_ps(t.as_ptr())
+        }
     }
 }
 
@@ -89,14 +92,16 @@ unsafe fn load8(v: &[f32]) -> __m256 {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn f16c(bits: u16) -> f32 {
-    f16_bits(bits)
+    // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+    unsafe { f16_bits(bits) }
 }
 
 /// Little-endian f16 at byte `off` of `b`, widened with F16C.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn read_f16(b: &[u8], off: usize) -> f32 {
-    f16c(u16::from_le_bytes([b[off], b[off + 1]]))
+    // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+    unsafe { f16c(u16::from_le_bytes([b[off], b[off + 1]])) }
 }
 
 /// `maddubs(|w|, sign(q8, w))`: 16 exact i16 pair sums of `w·q8`.
@@ -110,7 +115,8 @@ pub(super) unsafe fn pairs(w: __m256i, q8: __m256i) -> __m256i {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn sum32(w: __m256i, q8: __m256i) -> __m256i {
-    _mm256_madd_epi16(pairs(w, q8), _mm256_set1_epi16(1))
+    // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+    unsafe { _mm256_madd_epi16(pairs(w, q8), _mm256_set1_epi16(1)) }
 }
 
 /// Scale vector for two 16-weight halves.
@@ -124,11 +130,14 @@ pub(super) unsafe fn scales16(lo: i32, hi: i32) -> __m256i {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn nibbles32(p: *const u8) -> __m256i {
-    let tmp = load128(p);
-    _mm256_and_si256(
-        _mm256_set_m128i(_mm_srli_epi16::<4>(tmp), tmp),
-        _mm256_set1_epi8(0xF),
-    )
+    // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+    unsafe {
+        let tmp = load128(p);
+        _mm256_and_si256(
+            _mm256_set_m128i(_mm_srli_epi16::<4>(tmp), tmp),
+            _mm256_set1_epi8(0xF),
+        )
+    }
 }
 
 /// ggml's `bytes_from_bits_32`: bit j of `x` → byte j = 0xFF or 0.
@@ -150,7 +159,8 @@ unsafe fn bytes_from_bits_32(x: u32) -> __m256i {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn table256(t: &[i8; 16]) -> __m256i {
-    _mm256_broadcastsi128_si256(load128(t.as_ptr()))
+    // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+    unsafe { _mm256_broadcastsi128_si256(load128(t.as_ptr())) }
 }
 
 #[inline]
@@ -190,35 +200,38 @@ unsafe fn dot_pairs_ggml<D: Dot, const N: usize>(
     out: &mut [f32],
     decode: impl Fn(*const u8) -> (__m256i, f32),
 ) {
-    let nb = w.len() / bytes;
-    assert!(w.len() == nb * bytes && out.len() == N);
-    let rows = q8_rows::<N>(acts, b0, nb);
-    let mut acc1 = [_mm256_setzero_ps(); N];
-    let mut acc2 = [_mm256_setzero_ps(); N];
-    let mut ib = 0;
-    while ib + 1 < nb {
-        let (w1, x1) = decode(w.as_ptr().add(ib * bytes));
-        let (w2, x2) = decode(w.as_ptr().add((ib + 1) * bytes));
+    // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+    unsafe {
+        let nb = w.len() / bytes;
+        assert!(w.len() == nb * bytes && out.len() == N);
+        let rows = q8_rows::<N>(acts, b0, nb);
+        let mut acc1 = [_mm256_setzero_ps(); N];
+        let mut acc2 = [_mm256_setzero_ps(); N];
+        let mut ib = 0;
+        while ib + 1 < nb {
+            let (w1, x1) = decode(w.as_ptr().add(ib * bytes));
+            let (w2, x2) = decode(w.as_ptr().add((ib + 1) * bytes));
+            for k in 0..N {
+                let r = &rows[k];
+                let p1 = D::sum32(w1, load256(r.qs.as_ptr().add(ib * QK8_0)));
+                let p2 = D::sum32(w2, load256(r.qs.as_ptr().add((ib + 1) * QK8_0)));
+                let s1 = _mm256_set1_ps(*r.d.get_unchecked(ib) * x1);
+                let s2 = _mm256_set1_ps(*r.d.get_unchecked(ib + 1) * x2);
+                acc1[k] = _mm256_fmadd_ps(s1, _mm256_cvtepi32_ps(p1), acc1[k]);
+                acc2[k] = _mm256_fmadd_ps(s2, _mm256_cvtepi32_ps(p2), acc2[k]);
+            }
+            ib += 2;
+        }
         for k in 0..N {
-            let r = &rows[k];
-            let p1 = D::sum32(w1, load256(r.qs.as_ptr().add(ib * QK8_0)));
-            let p2 = D::sum32(w2, load256(r.qs.as_ptr().add((ib + 1) * QK8_0)));
-            let s1 = _mm256_set1_ps(*r.d.get_unchecked(ib) * x1);
-            let s2 = _mm256_set1_ps(*r.d.get_unchecked(ib + 1) * x2);
-            acc1[k] = _mm256_fmadd_ps(s1, _mm256_cvtepi32_ps(p1), acc1[k]);
-            acc2[k] = _mm256_fmadd_ps(s2, _mm256_cvtepi32_ps(p2), acc2[k]);
+            let mut sumf = hsum_float_8(_mm256_add_ps(acc1[k], acc2[k]));
+            if ib < nb {
+                let (wl, xl) = decode(w.as_ptr().add(ib * bytes));
+                let r = &rows[k];
+                let sumi = hsum_i32_8(D::sum32(wl, load256(r.qs.as_ptr().add(ib * QK8_0))));
+                sumf += (*r.d.get_unchecked(ib) * xl) * sumi as f32;
+            }
+            out[k] = sumf;
         }
-        ib += 2;
-    }
-    for k in 0..N {
-        let mut sumf = hsum_float_8(_mm256_add_ps(acc1[k], acc2[k]));
-        if ib < nb {
-            let (wl, xl) = decode(w.as_ptr().add(ib * bytes));
-            let r = &rows[k];
-            let sumi = hsum_i32_8(D::sum32(wl, load256(r.qs.as_ptr().add(ib * QK8_0))));
-            sumf += (*r.d.get_unchecked(ib) * xl) * sumi as f32;
-        }
-        out[k] = sumf;
     }
 }
 
@@ -235,37 +248,40 @@ unsafe fn dot_q8_0_blocks<D: Dot, const N: usize>(
     out: &mut [f32],
     decode: impl Fn(*const u8) -> (__m256i, f32),
 ) {
-    let nb = w.len() / bytes;
-    assert!(w.len() == nb * bytes && out.len() == N);
-    let rows = q8_rows::<N>(acts, b0, nb);
-    let mut sumf = [0f32; N];
-    let mut wv = [_mm256_setzero_si256(); 8];
-    let mut xd = [0f32; 8];
-    let mut ib0 = 0;
-    while ib0 < nb {
-        let m = (nb - ib0).min(8);
-        for j in 0..m {
-            (wv[j], xd[j]) = decode(w.as_ptr().add((ib0 + j) * bytes));
-        }
-        for k in 0..N {
-            let mut p = [_mm256_setzero_si256(); 8];
+    // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+    unsafe {
+        let nb = w.len() / bytes;
+        assert!(w.len() == nb * bytes && out.len() == N);
+        let rows = q8_rows::<N>(acts, b0, nb);
+        let mut sumf = [0f32; N];
+        let mut wv = [_mm256_setzero_si256(); 8];
+        let mut xd = [0f32; 8];
+        let mut ib0 = 0;
+        while ib0 < nb {
+            let m = (nb - ib0).min(8);
             for j in 0..m {
-                p[j] = D::sum32(wv[j], load256(rows[k].qs.as_ptr().add((ib0 + j) * QK8_0)));
+                (wv[j], xd[j]) = decode(w.as_ptr().add((ib0 + j) * bytes));
             }
-            // the reference's per-block products, 8 lanes at once (same
-            // IEEE operations per lane), then its sequential sum
-            let yd = load8(&rows[k].d[ib0..ib0 + m]);
-            let xy = _mm256_mul_ps(_mm256_loadu_ps(xd.as_ptr()), yd);
-            let t = _mm256_mul_ps(xy, _mm256_cvtepi32_ps(hsum8x8v(&p)));
-            let mut terms = [0f32; 8];
-            _mm256_storeu_ps(terms.as_mut_ptr(), t);
-            for &t in &terms[..m] {
-                sumf[k] += t;
+            for k in 0..N {
+                let mut p = [_mm256_setzero_si256(); 8];
+                for j in 0..m {
+                    p[j] = D::sum32(wv[j], load256(rows[k].qs.as_ptr().add((ib0 + j) * QK8_0)));
+                }
+                // the reference's per-block products, 8 lanes at once (same
+                // IEEE operations per lane), then its sequential sum
+                let yd = load8(&rows[k].d[ib0..ib0 + m]);
+                let xy = _mm256_mul_ps(_mm256_loadu_ps(xd.as_ptr()), yd);
+                let t = _mm256_mul_ps(xy, _mm256_cvtepi32_ps(hsum8x8v(&p)));
+                let mut terms = [0f32; 8];
+                _mm256_storeu_ps(terms.as_mut_ptr(), t);
+                for &t in &terms[..m] {
+                    sumf[k] += t;
+                }
             }
+            ib0 += m;
         }
-        ib0 += m;
+        out.copy_from_slice(&sumf);
     }
-    out.copy_from_slice(&sumf);
 }
 
 /// Q5_0 in ggml's x86 order (`ggml_vec_dot_q5_0_q8_0`, AVX2 and AVX-512
@@ -280,24 +296,27 @@ pub(super) unsafe fn dot_q5_0<D: Dot, const N: usize>(
     b0: usize,
     out: &mut [f32],
 ) {
-    let nb = w.len() / Q5_0_BYTES;
-    assert!(w.len() == nb * Q5_0_BYTES && out.len() == N);
-    let rows = q8_rows::<N>(acts, b0, nb);
-    let mut acc = [_mm256_setzero_ps(); N];
-    for ib in 0..nb {
-        let blk = &w[ib * Q5_0_BYTES..(ib + 1) * Q5_0_BYTES];
-        let hi = _mm256_andnot_si256(bytes_from_bits_32(u32_at(blk, 2)), _mm256_set1_epi8(-16));
-        let qx = _mm256_or_si256(nibbles32(blk.as_ptr().add(6)), hi);
-        let xd = read_f16(blk, 0);
-        for k in 0..N {
-            let q8 = load256(rows[k].qs.as_ptr().add(ib * QK8_0));
-            let d = _mm256_set1_ps(xd * *rows[k].d.get_unchecked(ib));
-            let q = _mm256_cvtepi32_ps(D::sum32(qx, q8));
-            acc[k] = _mm256_fmadd_ps(d, q, acc[k]);
+    // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+    unsafe {
+        let nb = w.len() / Q5_0_BYTES;
+        assert!(w.len() == nb * Q5_0_BYTES && out.len() == N);
+        let rows = q8_rows::<N>(acts, b0, nb);
+        let mut acc = [_mm256_setzero_ps(); N];
+        for ib in 0..nb {
+            let blk = &w[ib * Q5_0_BYTES..(ib + 1) * Q5_0_BYTES];
+            let hi = _mm256_andnot_si256(bytes_from_bits_32(u32_at(blk, 2)), _mm256_set1_epi8(-16));
+            let qx = _mm256_or_si256(nibbles32(blk.as_ptr().add(6)), hi);
+            let xd = read_f16(blk, 0);
+            for k in 0..N {
+                let q8 = load256(rows[k].qs.as_ptr().add(ib * QK8_0));
+                let d = _mm256_set1_ps(xd * *rows[k].d.get_unchecked(ib));
+                let q = _mm256_cvtepi32_ps(D::sum32(qx, q8));
+                acc[k] = _mm256_fmadd_ps(d, q, acc[k]);
+            }
         }
-    }
-    for k in 0..N {
-        out[k] = hsum_float_8(acc[k]);
+        for k in 0..N {
+            out[k] = hsum_float_8(acc[k]);
+        }
     }
 }
 
@@ -311,12 +330,15 @@ pub(super) unsafe fn dot_q5_0_generic<D: Dot, const N: usize>(
     b0: usize,
     out: &mut [f32],
 ) {
-    dot_q8_0_blocks::<D, N>(w, Q5_0_BYTES, acts, b0, out, |p| {
-        let blk = std::slice::from_raw_parts(p, Q5_0_BYTES);
-        // nibble | 0xF0 (= nibble - 16) where the high bit is clear
-        let hi = _mm256_andnot_si256(bytes_from_bits_32(u32_at(blk, 2)), _mm256_set1_epi8(-16));
-        (_mm256_or_si256(nibbles32(p.add(6)), hi), read_f16(blk, 0))
-    });
+    // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+    unsafe {
+        dot_q8_0_blocks::<D, N>(w, Q5_0_BYTES, acts, b0, out, |p| {
+            let blk = std::slice::from_raw_parts(p, Q5_0_BYTES);
+            // nibble | 0xF0 (= nibble - 16) where the high bit is clear
+            let hi = _mm256_andnot_si256(bytes_from_bits_32(u32_at(blk, 2)), _mm256_set1_epi8(-16));
+            (_mm256_or_si256(nibbles32(p.add(6)), hi), read_f16(blk, 0))
+        });
+    }
 }
 
 #[inline(always)]
@@ -326,14 +348,17 @@ pub(super) unsafe fn dot_iq4_nl<D: Dot, const N: usize>(
     b0: usize,
     out: &mut [f32],
 ) {
-    let t = table256(&KVALUES_IQ4NL);
-    dot_pairs_ggml::<D, N>(w, IQ4_NL_BYTES, acts, b0, out, |p| {
-        let blk = std::slice::from_raw_parts(p, IQ4_NL_BYTES);
-        (
-            _mm256_shuffle_epi8(t, nibbles32(p.add(2))),
-            read_f16(blk, 0),
-        )
-    });
+    // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+    unsafe {
+        let t = table256(&KVALUES_IQ4NL);
+        dot_pairs_ggml::<D, N>(w, IQ4_NL_BYTES, acts, b0, out, |p| {
+            let blk = std::slice::from_raw_parts(p, IQ4_NL_BYTES);
+            (
+                _mm256_shuffle_epi8(t, nibbles32(p.add(2))),
+                read_f16(blk, 0),
+            )
+        });
+    }
 }
 
 #[inline(always)]
@@ -343,13 +368,16 @@ pub(super) unsafe fn dot_mxfp4<D: Dot, const N: usize>(
     b0: usize,
     out: &mut [f32],
 ) {
-    let t = table256(&KVALUES_MXFP4);
-    dot_pairs_ggml::<D, N>(w, MXFP4_BYTES, acts, b0, out, |p| {
-        (
-            _mm256_shuffle_epi8(t, nibbles32(p.add(1))),
-            e8m0_to_f32_half(*p),
-        )
-    });
+    // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+    unsafe {
+        let t = table256(&KVALUES_MXFP4);
+        dot_pairs_ggml::<D, N>(w, MXFP4_BYTES, acts, b0, out, |p| {
+            (
+                _mm256_shuffle_epi8(t, nibbles32(p.add(1))),
+                e8m0_to_f32_half(*p),
+            )
+        });
+    }
 }
 
 /// Shared body of the × Q8_1 kernels in ggml's x86 order
@@ -365,26 +393,29 @@ unsafe fn dot_q8_1_blocks<D: Dot, const N: usize>(
     out: &mut [f32],
     decode: impl Fn(*const u8) -> __m256i,
 ) {
-    let nb = w.len() / bytes;
-    assert!(w.len() == nb * bytes && out.len() == N);
-    let rows = q8_1_rows::<N>(acts, b0, nb);
-    let mut acc = [_mm256_setzero_ps(); N];
-    let mut summs = [0f32; N];
-    for ib in 0..nb {
-        let blk = &w[ib * bytes..(ib + 1) * bytes];
-        let qx = decode(blk.as_ptr());
-        let (xd, xm) = (read_f16(blk, 0), read_f16(blk, 2));
-        for k in 0..N {
-            let r = &rows[k];
-            summs[k] += xm * *r.s.get_unchecked(ib);
-            let d = _mm256_set1_ps(xd * *r.d.get_unchecked(ib));
-            // Q4_1 / Q5_1 quants are unsigned (0..32)
-            let q = _mm256_cvtepi32_ps(D::sum32_u(qx, load256(r.qs.as_ptr().add(ib * QK8_0))));
-            acc[k] = _mm256_fmadd_ps(d, q, acc[k]);
+    // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+    unsafe {
+        let nb = w.len() / bytes;
+        assert!(w.len() == nb * bytes && out.len() == N);
+        let rows = q8_1_rows::<N>(acts, b0, nb);
+        let mut acc = [_mm256_setzero_ps(); N];
+        let mut summs = [0f32; N];
+        for ib in 0..nb {
+            let blk = &w[ib * bytes..(ib + 1) * bytes];
+            let qx = decode(blk.as_ptr());
+            let (xd, xm) = (read_f16(blk, 0), read_f16(blk, 2));
+            for k in 0..N {
+                let r = &rows[k];
+                summs[k] += xm * *r.s.get_unchecked(ib);
+                let d = _mm256_set1_ps(xd * *r.d.get_unchecked(ib));
+                // Q4_1 / Q5_1 quants are unsigned (0..32)
+                let q = _mm256_cvtepi32_ps(D::sum32_u(qx, load256(r.qs.as_ptr().add(ib * QK8_0))));
+                acc[k] = _mm256_fmadd_ps(d, q, acc[k]);
+            }
         }
-    }
-    for k in 0..N {
-        out[k] = hsum_float_8(acc[k]) + summs[k];
+        for k in 0..N {
+            out[k] = hsum_float_8(acc[k]) + summs[k];
+        }
     }
 }
 
@@ -395,7 +426,10 @@ pub(super) unsafe fn dot_q4_1<D: Dot, const N: usize>(
     b0: usize,
     out: &mut [f32],
 ) {
-    dot_q8_1_blocks::<D, N>(w, Q4_1_BYTES, acts, b0, out, |p| nibbles32(p.add(4)));
+    // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+    unsafe {
+        dot_q8_1_blocks::<D, N>(w, Q4_1_BYTES, acts, b0, out, |p| nibbles32(p.add(4)));
+    }
 }
 
 #[inline(always)]
@@ -405,11 +439,14 @@ pub(super) unsafe fn dot_q5_1<D: Dot, const N: usize>(
     b0: usize,
     out: &mut [f32],
 ) {
-    dot_q8_1_blocks::<D, N>(w, Q5_1_BYTES, acts, b0, out, |p| {
-        let blk = std::slice::from_raw_parts(p, Q5_1_BYTES);
-        let hi = _mm256_and_si256(bytes_from_bits_32(u32_at(blk, 4)), _mm256_set1_epi8(0x10));
-        _mm256_or_si256(nibbles32(p.add(8)), hi)
-    });
+    // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+    unsafe {
+        dot_q8_1_blocks::<D, N>(w, Q5_1_BYTES, acts, b0, out, |p| {
+            let blk = std::slice::from_raw_parts(p, Q5_1_BYTES);
+            let hi = _mm256_and_si256(bytes_from_bits_32(u32_at(blk, 4)), _mm256_set1_epi8(0x10));
+            _mm256_or_si256(nibbles32(p.add(8)), hi)
+        });
+    }
 }
 
 // ---------------------------------------------------------------- backends
@@ -425,7 +462,8 @@ pub(crate) trait Dot {
     /// `acc + Σ s·w·q8` with `s` an i16 per byte pair (lanes 0..8: bytes
     /// 0..16, lanes 8..16: bytes 16..32).
     unsafe fn acc_scaled(acc: __m256i, w: __m256i, q8: __m256i, s: __m256i) -> __m256i {
-        Self::acc_madd(acc, pairs(w, q8), s)
+        // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+        unsafe { Self::acc_madd(acc, pairs(w, q8), s) }
     }
     /// `acc + madd(p, s)` (i16 pairs times i16 scales into i32 lanes).
     unsafe fn acc_madd(acc: __m256i, p: __m256i, s: __m256i) -> __m256i;
@@ -437,15 +475,18 @@ pub(crate) struct Maddubs;
 impl Dot for Maddubs {
     #[inline(always)]
     unsafe fn sum32(w: __m256i, q8: __m256i) -> __m256i {
-        sum32(w, q8)
+        // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+        unsafe { sum32(w, q8) }
     }
     #[inline(always)]
     unsafe fn sum32_u(w: __m256i, q8: __m256i) -> __m256i {
-        _mm256_madd_epi16(_mm256_maddubs_epi16(w, q8), _mm256_set1_epi16(1))
+        // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+        unsafe { _mm256_madd_epi16(_mm256_maddubs_epi16(w, q8), _mm256_set1_epi16(1)) }
     }
     #[inline(always)]
     unsafe fn acc_madd(acc: __m256i, p: __m256i, s: __m256i) -> __m256i {
-        _mm256_add_epi32(acc, _mm256_madd_epi16(p, s))
+        // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+        unsafe { _mm256_add_epi32(acc, _mm256_madd_epi16(p, s)) }
     }
 }
 
@@ -457,19 +498,24 @@ pub(crate) struct Vnni;
 impl Dot for Vnni {
     #[inline(always)]
     unsafe fn sum32(w: __m256i, q8: __m256i) -> __m256i {
-        _mm256_dpbusd_epi32(
-            _mm256_setzero_si256(),
-            _mm256_sign_epi8(w, w),
-            _mm256_sign_epi8(q8, w),
-        )
+        // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+        unsafe {
+            _mm256_dpbusd_epi32(
+                _mm256_setzero_si256(),
+                _mm256_sign_epi8(w, w),
+                _mm256_sign_epi8(q8, w),
+            )
+        }
     }
     #[inline(always)]
     unsafe fn sum32_u(w: __m256i, q8: __m256i) -> __m256i {
-        _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, q8)
+        // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+        unsafe { _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, q8) }
     }
     #[inline(always)]
     unsafe fn acc_madd(acc: __m256i, p: __m256i, s: __m256i) -> __m256i {
-        _mm256_dpwssd_epi32(acc, p, s)
+        // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+        unsafe { _mm256_dpwssd_epi32(acc, p, s) }
     }
 }
 
@@ -496,7 +542,9 @@ macro_rules! exact_kernels {
                     b0: usize,
                     out: &mut [f32],
                 ) {
-                    $m::$f::<D, N>(w, acts, b0, out)
+                    // SAFETY: the caller upholds `$f`'s contract (it is
+                    // this function's, forwarded).
+                    unsafe { $m::$f::<D, N>(w, acts, b0, out) }
                 }
             }
         )*
@@ -562,7 +610,8 @@ unsafe fn tile_avx2<K: ExactKernel, const N: usize>(
     b0: usize,
     out: &mut [f32],
 ) {
-    K::run::<Maddubs, N>(w, acts, b0, out)
+    // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+    unsafe { K::run::<Maddubs, N>(w, acts, b0, out) }
 }
 
 /// The AVX-512 VL + VNNI build of kernel `K` (only called by the AVX-512
@@ -574,5 +623,6 @@ unsafe fn tile_vnni<K: ExactKernel, const N: usize>(
     b0: usize,
     out: &mut [f32],
 ) {
-    K::run::<Vnni, N>(w, acts, b0, out)
+    // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+    unsafe { K::run::<Vnni, N>(w, acts, b0, out) }
 }

@@ -31,11 +31,14 @@ fn k_rows<const N: usize>(acts: &QuantizedActivations, b0: usize, nb: usize) -> 
 /// `Σ_g Σ s_g·w_g·q8_g` over a super-block (exact).
 #[inline(always)]
 unsafe fn block_total<D: Dot>(w: &Regs, sc: &Regs, q8: *const i8) -> i32 {
-    let mut acc = _mm256_setzero_si256();
-    for g in 0..8 {
-        acc = D::acc_scaled(acc, w[g], load256(q8.add(32 * g)), sc[g]);
+    // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+    unsafe {
+        let mut acc = _mm256_setzero_si256();
+        for g in 0..8 {
+            acc = D::acc_scaled(acc, w[g], load256(q8.add(32 * g)), sc[g]);
+        }
+        hsum_i32_8(acc)
     }
-    hsum_i32_8(acc)
 }
 
 /// Shared body: `decode(block, w, scales)`, then per activation row
@@ -52,25 +55,28 @@ unsafe fn dot_total<D: Dot, const N: usize>(
     decode: impl Fn(&[u8], &mut Regs, &mut Regs),
     update: impl Fn(&[u8], &Q8KRow<'_>, usize, i32, f32) -> f32,
 ) {
-    let nb = w.len() / bytes;
-    assert!(w.len() == nb * bytes && out.len() == N);
-    let rows = k_rows::<N>(acts, b0, nb);
-    let mut sumf = [0f32; N];
-    let mut wv = [_mm256_setzero_si256(); 8];
-    let mut sc = [_mm256_setzero_si256(); 8];
-    for i in 0..nb {
-        let blk = &w[i * bytes..(i + 1) * bytes];
-        decode(blk, &mut wv, &mut sc);
-        for k in 0..N {
-            let total = block_total::<D>(&wv, &sc, rows[k].qs.as_ptr().add(i * QK_K));
-            sumf[k] = update(blk, &rows[k], i, total, sumf[k]);
+    // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+    unsafe {
+        let nb = w.len() / bytes;
+        assert!(w.len() == nb * bytes && out.len() == N);
+        let rows = k_rows::<N>(acts, b0, nb);
+        let mut sumf = [0f32; N];
+        let mut wv = [_mm256_setzero_si256(); 8];
+        let mut sc = [_mm256_setzero_si256(); 8];
+        for i in 0..nb {
+            let blk = &w[i * bytes..(i + 1) * bytes];
+            decode(blk, &mut wv, &mut sc);
+            for k in 0..N {
+                let total = block_total::<D>(&wv, &sc, rows[k].qs.as_ptr().add(i * QK_K));
+                sumf[k] = update(blk, &rows[k], i, total, sumf[k]);
+            }
         }
-    }
-    for k in 0..N {
-        out[k] = match factor {
-            Some(f) => f * sumf[k],
-            None => sumf[k],
-        };
+        for k in 0..N {
+            out[k] = match factor {
+                Some(f) => f * sumf[k],
+                None => sumf[k],
+            };
+        }
     }
 }
 
@@ -96,12 +102,15 @@ static SCALE_SHUFFLE: [[u8; 32]; 4] = {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn spread_scales(sc16: __m256i, sc: &mut Regs) {
-    let lo = _mm256_permute2x128_si256::<0x00>(sc16, sc16);
-    let hi = _mm256_permute2x128_si256::<0x11>(sc16, sc16);
-    for g in 0..4 {
-        let k = load256(SCALE_SHUFFLE[g].as_ptr());
-        sc[g] = _mm256_shuffle_epi8(lo, k);
-        sc[g + 4] = _mm256_shuffle_epi8(hi, k);
+    // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+    unsafe {
+        let lo = _mm256_permute2x128_si256::<0x00>(sc16, sc16);
+        let hi = _mm256_permute2x128_si256::<0x11>(sc16, sc16);
+        for g in 0..4 {
+            let k = load256(SCALE_SHUFFLE[g].as_ptr());
+            sc[g] = _mm256_shuffle_epi8(lo, k);
+            sc[g + 4] = _mm256_shuffle_epi8(hi, k);
+        }
     }
 }
 
@@ -109,14 +118,17 @@ unsafe fn spread_scales(sc16: __m256i, sc: &mut Regs) {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn odd_scales16(p: *const u8) -> __m256i {
-    let b = _mm_loadl_epi64(p as *const __m128i);
-    let m = _mm_set1_epi8(0xF);
-    let n = _mm_unpacklo_epi8(
-        _mm_and_si128(b, m),
-        _mm_and_si128(_mm_srli_epi16::<4>(b), m),
-    );
-    let s = _mm256_cvtepu8_epi16(n);
-    _mm256_add_epi16(_mm256_add_epi16(s, s), _mm256_set1_epi16(1))
+    // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+    unsafe {
+        let b = _mm_loadl_epi64(p as *const __m128i);
+        let m = _mm_set1_epi8(0xF);
+        let n = _mm_unpacklo_epi8(
+            _mm_and_si128(b, m),
+            _mm_and_si128(_mm_srli_epi16::<4>(b), m),
+        );
+        let s = _mm256_cvtepu8_epi16(n);
+        _mm256_add_epi16(_mm256_add_epi16(s, s), _mm256_set1_epi16(1))
+    }
 }
 
 /// `sumf + (x.d · y.d) · total`, the IQ2 / IQ3 update.
@@ -148,26 +160,29 @@ pub(super) unsafe fn dot_iq2_xxs<D: Dot, const N: usize>(
     b0: usize,
     out: &mut [f32],
 ) {
-    let decode = |blk: &[u8], wv: &mut Regs, sc: &mut Regs| {
-        for ib in 0..8 {
-            let a = &blk[2 + 8 * ib..2 + 8 * ib + 4];
-            let aux1 = u32_at(blk, 2 + 8 * ib + 4);
-            let g = std::array::from_fn(|l| IQ2XXS_GRID[usize::from(a[l])]);
-            let s = std::array::from_fn(|l| ksign_mask(aux1 >> (7 * l)));
-            wv[ib] = signed_grid(g, s);
-            sc[ib] = _mm256_set1_epi16((2 * (aux1 >> 28) + 1) as i16);
-        }
-    };
-    dot_total::<D, N>(
-        w,
-        IQ2_XXS_BYTES,
-        acts,
-        b0,
-        out,
-        Some(0.125),
-        decode,
-        plain_update,
-    );
+    // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+    unsafe {
+        let decode = |blk: &[u8], wv: &mut Regs, sc: &mut Regs| {
+            for ib in 0..8 {
+                let a = &blk[2 + 8 * ib..2 + 8 * ib + 4];
+                let aux1 = u32_at(blk, 2 + 8 * ib + 4);
+                let g = std::array::from_fn(|l| IQ2XXS_GRID[usize::from(a[l])]);
+                let s = std::array::from_fn(|l| ksign_mask(aux1 >> (7 * l)));
+                wv[ib] = signed_grid(g, s);
+                sc[ib] = _mm256_set1_epi16((2 * (aux1 >> 28) + 1) as i16);
+            }
+        };
+        dot_total::<D, N>(
+            w,
+            IQ2_XXS_BYTES,
+            acts,
+            b0,
+            out,
+            Some(0.125),
+            decode,
+            plain_update,
+        );
+    }
 }
 
 #[inline(always)]
@@ -177,25 +192,28 @@ pub(super) unsafe fn dot_iq2_xs<D: Dot, const N: usize>(
     b0: usize,
     out: &mut [f32],
 ) {
-    let decode = |blk: &[u8], wv: &mut Regs, sc: &mut Regs| {
-        for (ib, v) in wv.iter_mut().enumerate() {
-            let q: [u16; 4] = std::array::from_fn(|l| u16_at(blk, 2 + 2 * (4 * ib + l)));
-            let g = q.map(|q| IQ2XS_GRID[usize::from(q & 511)]);
-            let s = q.map(|q| ksign_mask(u32::from(q >> 9)));
-            *v = signed_grid(g, s);
-        }
-        spread_scales(odd_scales16(blk.as_ptr().add(66)), sc);
-    };
-    dot_total::<D, N>(
-        w,
-        IQ2_XS_BYTES,
-        acts,
-        b0,
-        out,
-        Some(0.125),
-        decode,
-        plain_update,
-    );
+    // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+    unsafe {
+        let decode = |blk: &[u8], wv: &mut Regs, sc: &mut Regs| {
+            for (ib, v) in wv.iter_mut().enumerate() {
+                let q: [u16; 4] = std::array::from_fn(|l| u16_at(blk, 2 + 2 * (4 * ib + l)));
+                let g = q.map(|q| IQ2XS_GRID[usize::from(q & 511)]);
+                let s = q.map(|q| ksign_mask(u32::from(q >> 9)));
+                *v = signed_grid(g, s);
+            }
+            spread_scales(odd_scales16(blk.as_ptr().add(66)), sc);
+        };
+        dot_total::<D, N>(
+            w,
+            IQ2_XS_BYTES,
+            acts,
+            b0,
+            out,
+            Some(0.125),
+            decode,
+            plain_update,
+        );
+    }
 }
 
 #[inline(always)]
@@ -205,27 +223,30 @@ pub(super) unsafe fn dot_iq2_s<D: Dot, const N: usize>(
     b0: usize,
     out: &mut [f32],
 ) {
-    let decode = |blk: &[u8], wv: &mut Regs, sc: &mut Regs| {
-        for ib in 0..8 {
-            let qh = usize::from(blk[66 + ib]);
-            let g = std::array::from_fn(|l| {
-                IQ2S_GRID[usize::from(blk[2 + 4 * ib + l]) | ((qh << (8 - 2 * l)) & 0x300)]
-            });
-            let s = std::array::from_fn(|l| BYTE_MASK64[usize::from(blk[34 + 4 * ib + l])]);
-            wv[ib] = signed_grid(g, s);
-        }
-        spread_scales(odd_scales16(blk.as_ptr().add(74)), sc);
-    };
-    dot_total::<D, N>(
-        w,
-        IQ2_S_BYTES,
-        acts,
-        b0,
-        out,
-        Some(0.125),
-        decode,
-        plain_update,
-    );
+    // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+    unsafe {
+        let decode = |blk: &[u8], wv: &mut Regs, sc: &mut Regs| {
+            for ib in 0..8 {
+                let qh = usize::from(blk[66 + ib]);
+                let g = std::array::from_fn(|l| {
+                    IQ2S_GRID[usize::from(blk[2 + 4 * ib + l]) | ((qh << (8 - 2 * l)) & 0x300)]
+                });
+                let s = std::array::from_fn(|l| BYTE_MASK64[usize::from(blk[34 + 4 * ib + l])]);
+                wv[ib] = signed_grid(g, s);
+            }
+            spread_scales(odd_scales16(blk.as_ptr().add(74)), sc);
+        };
+        dot_total::<D, N>(
+            w,
+            IQ2_S_BYTES,
+            acts,
+            b0,
+            out,
+            Some(0.125),
+            decode,
+            plain_update,
+        );
+    }
 }
 
 /// Four groups of 8 built from pairs of 4-wide grid points, with sign masks.
@@ -253,26 +274,29 @@ pub(super) unsafe fn dot_iq3_xxs<D: Dot, const N: usize>(
     b0: usize,
     out: &mut [f32],
 ) {
-    let decode = |blk: &[u8], wv: &mut Regs, sc: &mut Regs| {
-        for ib in 0..8 {
-            let qs = &blk[2 + 8 * ib..2 + 8 * ib + 8];
-            let aux32 = u32_at(blk, 66 + 4 * ib);
-            let g = std::array::from_fn(|j| IQ3XXS_GRID[usize::from(qs[j])]);
-            let s = std::array::from_fn(|l| ksign_mask(aux32 >> (7 * l)));
-            wv[ib] = signed_grid4(g, s);
-            sc[ib] = _mm256_set1_epi16((2 * (aux32 >> 28) + 1) as i16);
-        }
-    };
-    dot_total::<D, N>(
-        w,
-        IQ3_XXS_BYTES,
-        acts,
-        b0,
-        out,
-        Some(0.25),
-        decode,
-        plain_update,
-    );
+    // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+    unsafe {
+        let decode = |blk: &[u8], wv: &mut Regs, sc: &mut Regs| {
+            for ib in 0..8 {
+                let qs = &blk[2 + 8 * ib..2 + 8 * ib + 8];
+                let aux32 = u32_at(blk, 66 + 4 * ib);
+                let g = std::array::from_fn(|j| IQ3XXS_GRID[usize::from(qs[j])]);
+                let s = std::array::from_fn(|l| ksign_mask(aux32 >> (7 * l)));
+                wv[ib] = signed_grid4(g, s);
+                sc[ib] = _mm256_set1_epi16((2 * (aux32 >> 28) + 1) as i16);
+            }
+        };
+        dot_total::<D, N>(
+            w,
+            IQ3_XXS_BYTES,
+            acts,
+            b0,
+            out,
+            Some(0.25),
+            decode,
+            plain_update,
+        );
+    }
 }
 
 #[inline(always)]
@@ -282,21 +306,24 @@ pub(super) unsafe fn dot_iq3_s<D: Dot, const N: usize>(
     b0: usize,
     out: &mut [f32],
 ) {
-    let decode = |blk: &[u8], wv: &mut Regs, sc: &mut Regs| {
-        for ib in 0..8 {
-            let qs = &blk[2 + 8 * ib..2 + 8 * ib + 8];
-            let qh = usize::from(blk[66 + ib]);
-            let g = std::array::from_fn(|j| {
-                let (l, hi) = (j / 2, j % 2);
-                IQ3S_GRID[usize::from(qs[j]) | ((qh << (8 - 2 * l - hi)) & 256)]
-            });
-            let s = std::array::from_fn(|l| BYTE_MASK64[usize::from(blk[74 + 4 * ib + l])]);
-            wv[ib] = signed_grid4(g, s);
-            let b = blk[106 + ib / 2] >> (4 * (ib % 2));
-            sc[ib] = _mm256_set1_epi16(2 * i16::from(b & 0xf) + 1);
-        }
-    };
-    dot_total::<D, N>(w, IQ3_S_BYTES, acts, b0, out, None, decode, plain_update);
+    // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+    unsafe {
+        let decode = |blk: &[u8], wv: &mut Regs, sc: &mut Regs| {
+            for ib in 0..8 {
+                let qs = &blk[2 + 8 * ib..2 + 8 * ib + 8];
+                let qh = usize::from(blk[66 + ib]);
+                let g = std::array::from_fn(|j| {
+                    let (l, hi) = (j / 2, j % 2);
+                    IQ3S_GRID[usize::from(qs[j]) | ((qh << (8 - 2 * l - hi)) & 256)]
+                });
+                let s = std::array::from_fn(|l| BYTE_MASK64[usize::from(blk[74 + 4 * ib + l])]);
+                wv[ib] = signed_grid4(g, s);
+                let b = blk[106 + ib / 2] >> (4 * (ib % 2));
+                sc[ib] = _mm256_set1_epi16(2 * i16::from(b & 0xf) + 1);
+            }
+        };
+        dot_total::<D, N>(w, IQ3_S_BYTES, acts, b0, out, None, decode, plain_update);
+    }
 }
 
 #[inline]
@@ -312,31 +339,34 @@ pub(super) unsafe fn dot_iq1_s<D: Dot, const N: usize>(
     b0: usize,
     out: &mut [f32],
 ) {
-    let decode = |blk: &[u8], wv: &mut Regs, sc: &mut Regs| {
-        for ib in 0..8 {
-            let qh = usize::from(u16_at(blk, 34 + 2 * ib));
-            let g = std::array::from_fn(|l| {
-                IQ1S_GRID[usize::from(blk[2 + 4 * ib + l]) | (((qh >> (3 * l)) & 7) << 8)]
-            });
-            wv[ib] = grid_i8(g);
-            sc[ib] = _mm256_set1_epi16((2 * ((qh >> 12) & 7) + 1) as i16);
-        }
-    };
-    let update = |blk: &[u8], y: &Q8KRow<'_>, i: usize, sumi: i32, sumf: f32| {
-        let bsums = &y.bsums[16 * i..16 * i + 16];
-        // coefficient of bsums[j]: ls·delta of sub-block j / 2
-        let qh = _mm_loadu_si128(blk.as_ptr().add(34) as *const __m128i);
-        let ls = _mm_or_si128(
-            _mm_and_si128(_mm_srli_epi16::<11>(qh), _mm_set1_epi16(14)),
-            _mm_set1_epi16(1),
-        );
-        let neg = _mm_srai_epi16::<15>(qh);
-        let c = _mm_sub_epi16(_mm_xor_si128(ls, neg), neg);
-        let c = _mm256_set_m128i(_mm_unpackhi_epi16(c, c), _mm_unpacklo_epi16(c, c));
-        let sumi1 = hsum_i32_8(_mm256_madd_epi16(c, load256(bsums.as_ptr())));
-        sumf + read_f16(blk, 0) * y.d[i] * (sumi as f32 + IQ1S_DELTA * sumi1 as f32)
-    };
-    dot_total::<D, N>(w, IQ1_S_BYTES, acts, b0, out, None, decode, update);
+    // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+    unsafe {
+        let decode = |blk: &[u8], wv: &mut Regs, sc: &mut Regs| {
+            for ib in 0..8 {
+                let qh = usize::from(u16_at(blk, 34 + 2 * ib));
+                let g = std::array::from_fn(|l| {
+                    IQ1S_GRID[usize::from(blk[2 + 4 * ib + l]) | (((qh >> (3 * l)) & 7) << 8)]
+                });
+                wv[ib] = grid_i8(g);
+                sc[ib] = _mm256_set1_epi16((2 * ((qh >> 12) & 7) + 1) as i16);
+            }
+        };
+        let update = |blk: &[u8], y: &Q8KRow<'_>, i: usize, sumi: i32, sumf: f32| {
+            let bsums = &y.bsums[16 * i..16 * i + 16];
+            // coefficient of bsums[j]: ls·delta of sub-block j / 2
+            let qh = _mm_loadu_si128(blk.as_ptr().add(34) as *const __m128i);
+            let ls = _mm_or_si128(
+                _mm_and_si128(_mm_srli_epi16::<11>(qh), _mm_set1_epi16(14)),
+                _mm_set1_epi16(1),
+            );
+            let neg = _mm_srai_epi16::<15>(qh);
+            let c = _mm_sub_epi16(_mm_xor_si128(ls, neg), neg);
+            let c = _mm256_set_m128i(_mm_unpackhi_epi16(c, c), _mm_unpacklo_epi16(c, c));
+            let sumi1 = hsum_i32_8(_mm256_madd_epi16(c, load256(bsums.as_ptr())));
+            sumf + read_f16(blk, 0) * y.d[i] * (sumi as f32 + IQ1S_DELTA * sumi1 as f32)
+        };
+        dot_total::<D, N>(w, IQ1_S_BYTES, acts, b0, out, None, decode, update);
+    }
 }
 
 #[inline(always)]
@@ -346,52 +376,55 @@ pub(super) unsafe fn dot_iq1_m<D: Dot, const N: usize>(
     b0: usize,
     out: &mut [f32],
 ) {
-    let nb = w.len() / IQ1_M_BYTES;
-    assert!(w.len() == nb * IQ1_M_BYTES && out.len() == N);
-    let rows = k_rows::<N>(acts, b0, nb);
-    let mut sumf = [0f32; N];
-    let mut wv = [_mm256_setzero_si256(); 8];
-    let mut dv = [_mm256_setzero_si256(); 8];
-    let mut sc = [_mm256_setzero_si256(); 8];
-    for i in 0..nb {
-        let blk = &w[i * IQ1_M_BYTES..(i + 1) * IQ1_M_BYTES];
-        for ib in 0..8 {
-            let qs = &blk[4 * ib..4 * ib + 4];
-            let (h0, h1) = (usize::from(blk[32 + 2 * ib]), usize::from(blk[33 + 2 * ib]));
-            let idx = [
-                usize::from(qs[0]) | ((h0 << 8) & 0x700),
-                usize::from(qs[1]) | ((h0 << 4) & 0x700),
-                usize::from(qs[2]) | ((h1 << 8) & 0x700),
-                usize::from(qs[3]) | ((h1 << 4) & 0x700),
-            ];
-            let neg = [h0 & 0x08, h0 & 0x80, h1 & 0x08, h1 & 0x80];
-            wv[ib] = grid_i8(idx.map(|j| IQ1S_GRID[j]));
-            let s = u16_at(blk, 48 + 2 * (ib / 2));
-            let ls = |k: usize| 2 * i32::from((s >> (6 * (ib % 2) + k)) & 0x7) + 1;
-            let (ls1, ls2) = (ls(0), ls(3));
-            sc[ib] = scales16(ls1, ls2);
-            // sumi2's coefficient of each pair of q8 bytes: ls(half)·delta(group of 8)
-            let c: [u64; 4] = std::array::from_fn(|l| {
-                let v = if l < 2 { ls1 } else { ls2 } * if neg[l] != 0 { -1 } else { 1 };
-                u64::from(v as i16 as u16) * 0x0001_0001_0001_0001
-            });
-            dv[ib] = grid_i8(c);
-        }
-        let d = f16c(iq1_m_scale_bits(&blk[48..56]));
-        for k in 0..N {
-            let q8 = rows[k].qs.as_ptr().add(i * QK_K);
-            let sumi1 = block_total::<D>(&wv, &sc, q8);
-            // Σ_l ls·delta_l·Σ q8 over group l: pair sums of q8, times coefficients
-            let mut acc2 = _mm256_setzero_si256();
-            for (g, &c) in dv.iter().enumerate() {
-                let p = _mm256_maddubs_epi16(_mm256_set1_epi8(1), load256(q8.add(32 * g)));
-                acc2 = D::acc_madd(acc2, p, c);
+    // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+    unsafe {
+        let nb = w.len() / IQ1_M_BYTES;
+        assert!(w.len() == nb * IQ1_M_BYTES && out.len() == N);
+        let rows = k_rows::<N>(acts, b0, nb);
+        let mut sumf = [0f32; N];
+        let mut wv = [_mm256_setzero_si256(); 8];
+        let mut dv = [_mm256_setzero_si256(); 8];
+        let mut sc = [_mm256_setzero_si256(); 8];
+        for i in 0..nb {
+            let blk = &w[i * IQ1_M_BYTES..(i + 1) * IQ1_M_BYTES];
+            for ib in 0..8 {
+                let qs = &blk[4 * ib..4 * ib + 4];
+                let (h0, h1) = (usize::from(blk[32 + 2 * ib]), usize::from(blk[33 + 2 * ib]));
+                let idx = [
+                    usize::from(qs[0]) | ((h0 << 8) & 0x700),
+                    usize::from(qs[1]) | ((h0 << 4) & 0x700),
+                    usize::from(qs[2]) | ((h1 << 8) & 0x700),
+                    usize::from(qs[3]) | ((h1 << 4) & 0x700),
+                ];
+                let neg = [h0 & 0x08, h0 & 0x80, h1 & 0x08, h1 & 0x80];
+                wv[ib] = grid_i8(idx.map(|j| IQ1S_GRID[j]));
+                let s = u16_at(blk, 48 + 2 * (ib / 2));
+                let ls = |k: usize| 2 * i32::from((s >> (6 * (ib % 2) + k)) & 0x7) + 1;
+                let (ls1, ls2) = (ls(0), ls(3));
+                sc[ib] = scales16(ls1, ls2);
+                // sumi2's coefficient of each pair of q8 bytes: ls(half)·delta(group of 8)
+                let c: [u64; 4] = std::array::from_fn(|l| {
+                    let v = if l < 2 { ls1 } else { ls2 } * if neg[l] != 0 { -1 } else { 1 };
+                    u64::from(v as i16 as u16) * 0x0001_0001_0001_0001
+                });
+                dv[ib] = grid_i8(c);
             }
-            let sumi2 = hsum_i32_8(acc2);
-            sumf[k] += d * rows[k].d[i] * (sumi1 as f32 + IQ1S_DELTA * sumi2 as f32);
+            let d = f16c(iq1_m_scale_bits(&blk[48..56]));
+            for k in 0..N {
+                let q8 = rows[k].qs.as_ptr().add(i * QK_K);
+                let sumi1 = block_total::<D>(&wv, &sc, q8);
+                // Σ_l ls·delta_l·Σ q8 over group l: pair sums of q8, times coefficients
+                let mut acc2 = _mm256_setzero_si256();
+                for (g, &c) in dv.iter().enumerate() {
+                    let p = _mm256_maddubs_epi16(_mm256_set1_epi8(1), load256(q8.add(32 * g)));
+                    acc2 = D::acc_madd(acc2, p, c);
+                }
+                let sumi2 = hsum_i32_8(acc2);
+                sumf[k] += d * rows[k].d[i] * (sumi1 as f32 + IQ1S_DELTA * sumi2 as f32);
+            }
         }
+        out.copy_from_slice(&sumf);
     }
-    out.copy_from_slice(&sumf);
 }
 
 #[inline(always)]
@@ -401,38 +434,41 @@ pub(super) unsafe fn dot_q2_k<D: Dot, const N: usize>(
     b0: usize,
     out: &mut [f32],
 ) {
-    let decode = |blk: &[u8], wv: &mut Regs, sc: &mut Regs| {
-        let m3 = _mm256_set1_epi8(3);
-        for n in 0..2 {
-            let bits = load256(blk.as_ptr().add(Q2_K_QS_OFF + 32 * n));
-            let sh = [
-                bits,
-                _mm256_srli_epi16::<2>(bits),
-                _mm256_srli_epi16::<4>(bits),
-                _mm256_srli_epi16::<6>(bits),
-            ];
-            for (j, &shj) in sh.iter().enumerate() {
-                wv[4 * n + j] = _mm256_and_si256(shj, m3);
+    // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+    unsafe {
+        let decode = |blk: &[u8], wv: &mut Regs, sc: &mut Regs| {
+            let m3 = _mm256_set1_epi8(3);
+            for n in 0..2 {
+                let bits = load256(blk.as_ptr().add(Q2_K_QS_OFF + 32 * n));
+                let sh = [
+                    bits,
+                    _mm256_srli_epi16::<2>(bits),
+                    _mm256_srli_epi16::<4>(bits),
+                    _mm256_srli_epi16::<6>(bits),
+                ];
+                for (j, &shj) in sh.iter().enumerate() {
+                    wv[4 * n + j] = _mm256_and_si256(shj, m3);
+                }
             }
-        }
-        let s = _mm_and_si128(load128(blk.as_ptr()), _mm_set1_epi8(0xF));
-        spread_scales(_mm256_cvtepu8_epi16(s), sc);
-    };
-    let update = |blk: &[u8], y: &Q8KRow<'_>, i: usize, isum: i32, sumf: f32| {
-        let bsums = &y.bsums[16 * i..16 * i + 16];
-        let mins = _mm_and_si128(
-            _mm_srli_epi16::<4>(load128(blk.as_ptr())),
-            _mm_set1_epi8(0xF),
-        );
-        let summs = hsum_i32_8(_mm256_madd_epi16(
-            _mm256_cvtepu8_epi16(mins),
-            load256(bsums.as_ptr()),
-        ));
-        let dall = y.d[i] * read_f16(blk, Q2_K_D_OFF);
-        let dmin = y.d[i] * read_f16(blk, Q2_K_D_OFF + 2);
-        sumf + (dall * isum as f32 - dmin * summs as f32)
-    };
-    dot_total::<D, N>(w, Q2_K_BYTES, acts, b0, out, None, decode, update);
+            let s = _mm_and_si128(load128(blk.as_ptr()), _mm_set1_epi8(0xF));
+            spread_scales(_mm256_cvtepu8_epi16(s), sc);
+        };
+        let update = |blk: &[u8], y: &Q8KRow<'_>, i: usize, isum: i32, sumf: f32| {
+            let bsums = &y.bsums[16 * i..16 * i + 16];
+            let mins = _mm_and_si128(
+                _mm_srli_epi16::<4>(load128(blk.as_ptr())),
+                _mm_set1_epi8(0xF),
+            );
+            let summs = hsum_i32_8(_mm256_madd_epi16(
+                _mm256_cvtepu8_epi16(mins),
+                load256(bsums.as_ptr()),
+            ));
+            let dall = y.d[i] * read_f16(blk, Q2_K_D_OFF);
+            let dmin = y.d[i] * read_f16(blk, Q2_K_D_OFF + 2);
+            sumf + (dall * isum as f32 - dmin * summs as f32)
+        };
+        dot_total::<D, N>(w, Q2_K_BYTES, acts, b0, out, None, decode, update);
+    }
 }
 
 #[inline(always)]
@@ -442,26 +478,29 @@ pub(super) unsafe fn dot_tq2_0<D: Dot, const N: usize>(
     b0: usize,
     out: &mut [f32],
 ) {
-    let decode = |blk: &[u8], wv: &mut Regs, sc: &mut Regs| {
-        let (m3, one) = (_mm256_set1_epi8(3), _mm256_set1_epi8(1));
-        for j in 0..2 {
-            let bits = load256(blk.as_ptr().add(32 * j));
-            let sh = [
-                bits,
-                _mm256_srli_epi16::<2>(bits),
-                _mm256_srli_epi16::<4>(bits),
-                _mm256_srli_epi16::<6>(bits),
-            ];
-            for l in 0..4 {
-                wv[4 * j + l] = _mm256_sub_epi8(_mm256_and_si256(sh[l], m3), one);
-                sc[4 * j + l] = _mm256_set1_epi16(1);
+    // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+    unsafe {
+        let decode = |blk: &[u8], wv: &mut Regs, sc: &mut Regs| {
+            let (m3, one) = (_mm256_set1_epi8(3), _mm256_set1_epi8(1));
+            for j in 0..2 {
+                let bits = load256(blk.as_ptr().add(32 * j));
+                let sh = [
+                    bits,
+                    _mm256_srli_epi16::<2>(bits),
+                    _mm256_srli_epi16::<4>(bits),
+                    _mm256_srli_epi16::<6>(bits),
+                ];
+                for l in 0..4 {
+                    wv[4 * j + l] = _mm256_sub_epi8(_mm256_and_si256(sh[l], m3), one);
+                    sc[4 * j + l] = _mm256_set1_epi16(1);
+                }
             }
-        }
-    };
-    let update = |blk: &[u8], y: &Q8KRow<'_>, i: usize, sumi: i32, sumf: f32| {
-        sumf + sumi as f32 * (y.d[i] * read_f16(blk, 64))
-    };
-    dot_total::<D, N>(w, TQ2_0_BYTES, acts, b0, out, None, decode, update);
+        };
+        let update = |blk: &[u8], y: &Q8KRow<'_>, i: usize, sumi: i32, sumf: f32| {
+            sumf + sumi as f32 * (y.d[i] * read_f16(blk, 64))
+        };
+        dot_total::<D, N>(w, TQ2_0_BYTES, acts, b0, out, None, decode, update);
+    }
 }
 
 /// IQ4_XS in ggml's x86 order (`ggml_vec_dot_iq4_xs_q8_K`): per
@@ -475,33 +514,36 @@ pub(super) unsafe fn dot_iq4_xs<D: Dot, const N: usize>(
     b0: usize,
     out: &mut [f32],
 ) {
-    let nb = w.len() / IQ4_XS_BYTES;
-    assert!(w.len() == nb * IQ4_XS_BYTES && out.len() == N);
-    let rows = k_rows::<N>(acts, b0, nb);
-    let t = table256(&KVALUES_IQ4NL);
-    let mut acc = [_mm256_setzero_ps(); N];
-    let mut wv = [_mm256_setzero_si256(); 8];
-    let mut sc = [_mm256_setzero_si256(); 8];
-    for i in 0..nb {
-        let blk = &w[i * IQ4_XS_BYTES..(i + 1) * IQ4_XS_BYTES];
-        for ib in 0..8 {
-            wv[ib] = _mm256_shuffle_epi8(t, nibbles32(blk.as_ptr().add(8 + 16 * ib)));
-            let ls = crate::reference::nonlinear::iq4_xs_scale(blk, ib) - 32;
-            sc[ib] = _mm256_set1_epi16(ls as i16);
-        }
-        let dx = read_f16(blk, 0);
-        for k in 0..N {
-            let q8 = rows[k].qs.as_ptr().add(i * QK_K);
-            let mut sumi = _mm256_setzero_si256();
-            for g in 0..8 {
-                sumi = D::acc_scaled(sumi, wv[g], load256(q8.add(32 * g)), sc[g]);
+    // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+    unsafe {
+        let nb = w.len() / IQ4_XS_BYTES;
+        assert!(w.len() == nb * IQ4_XS_BYTES && out.len() == N);
+        let rows = k_rows::<N>(acts, b0, nb);
+        let t = table256(&KVALUES_IQ4NL);
+        let mut acc = [_mm256_setzero_ps(); N];
+        let mut wv = [_mm256_setzero_si256(); 8];
+        let mut sc = [_mm256_setzero_si256(); 8];
+        for i in 0..nb {
+            let blk = &w[i * IQ4_XS_BYTES..(i + 1) * IQ4_XS_BYTES];
+            for ib in 0..8 {
+                wv[ib] = _mm256_shuffle_epi8(t, nibbles32(blk.as_ptr().add(8 + 16 * ib)));
+                let ls = crate::reference::nonlinear::iq4_xs_scale(blk, ib) - 32;
+                sc[ib] = _mm256_set1_epi16(ls as i16);
             }
-            let d = _mm256_set1_ps(dx * rows[k].d[i]);
-            acc[k] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc[k]);
+            let dx = read_f16(blk, 0);
+            for k in 0..N {
+                let q8 = rows[k].qs.as_ptr().add(i * QK_K);
+                let mut sumi = _mm256_setzero_si256();
+                for g in 0..8 {
+                    sumi = D::acc_scaled(sumi, wv[g], load256(q8.add(32 * g)), sc[g]);
+                }
+                let d = _mm256_set1_ps(dx * rows[k].d[i]);
+                acc[k] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc[k]);
+            }
         }
-    }
-    for k in 0..N {
-        out[k] = hsum_float_8(acc[k]);
+        for k in 0..N {
+            out[k] = hsum_float_8(acc[k]);
+        }
     }
 }
 
@@ -529,72 +571,77 @@ pub(super) unsafe fn dot_q3_k<D: Dot, const N: usize>(
     b0: usize,
     out: &mut [f32],
 ) {
-    let nb = w.len() / Q3_K_BYTES;
-    assert!(w.len() == nb * Q3_K_BYTES && out.len() == N);
-    let rows = k_rows::<N>(acts, b0, nb);
-    let mut sums = [_mm256_setzero_ps(); N];
-    let mut wv = [_mm256_setzero_si256(); 8];
-    let mut sc = [_mm256_setzero_si256(); 8];
-    let (m3, four) = (_mm256_set1_epi8(3), _mm256_set1_epi8(4));
-    let pair = load256(Q3_PAIR.as_ptr());
-    for i in 0..nb {
-        let blk = &w[i * Q3_K_BYTES..(i + 1) * Q3_K_BYTES];
-        let hm = load256(blk.as_ptr());
-        for n in 0..2 {
-            let bits = load256(blk.as_ptr().add(Q3_K_QS_OFF + 32 * n));
-            let sh = [
-                bits,
-                _mm256_srli_epi16::<2>(bits),
-                _mm256_srli_epi16::<4>(bits),
-                _mm256_srli_epi16::<6>(bits),
-            ];
-            for (k, &shk) in sh.iter().enumerate() {
-                let g = 4 * n + k;
-                let bit = _mm256_set1_epi8((1u8 << g) as i8);
-                let clear = _mm256_cmpeq_epi8(_mm256_and_si256(hm, bit), _mm256_setzero_si256());
-                let a = _mm256_sub_epi8(_mm256_and_si256(shk, m3), _mm256_and_si256(clear, four));
-                wv[g] = _mm256_shuffle_epi8(a, pair);
+    // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+    unsafe {
+        let nb = w.len() / Q3_K_BYTES;
+        assert!(w.len() == nb * Q3_K_BYTES && out.len() == N);
+        let rows = k_rows::<N>(acts, b0, nb);
+        let mut sums = [_mm256_setzero_ps(); N];
+        let mut wv = [_mm256_setzero_si256(); 8];
+        let mut sc = [_mm256_setzero_si256(); 8];
+        let (m3, four) = (_mm256_set1_epi8(3), _mm256_set1_epi8(4));
+        let pair = load256(Q3_PAIR.as_ptr());
+        for i in 0..nb {
+            let blk = &w[i * Q3_K_BYTES..(i + 1) * Q3_K_BYTES];
+            let hm = load256(blk.as_ptr());
+            for n in 0..2 {
+                let bits = load256(blk.as_ptr().add(Q3_K_QS_OFF + 32 * n));
+                let sh = [
+                    bits,
+                    _mm256_srli_epi16::<2>(bits),
+                    _mm256_srli_epi16::<4>(bits),
+                    _mm256_srli_epi16::<6>(bits),
+                ];
+                for (k, &shk) in sh.iter().enumerate() {
+                    let g = 4 * n + k;
+                    let bit = _mm256_set1_epi8((1u8 << g) as i8);
+                    let clear =
+                        _mm256_cmpeq_epi8(_mm256_and_si256(hm, bit), _mm256_setzero_si256());
+                    let a =
+                        _mm256_sub_epi8(_mm256_and_si256(shk, m3), _mm256_and_si256(clear, four));
+                    wv[g] = _mm256_shuffle_epi8(a, pair);
+                }
             }
-        }
-        // i16 scales - 32, lane j = sub-block j; group g: 2g on bytes 0..16, 2g+1 on 16..32
-        let s = unpack_q3_k_scales(&blk[Q3_K_SCALES_OFF..Q3_K_SCALES_OFF + 12]);
-        let s16 = _mm256_sub_epi16(
-            _mm256_cvtepu8_epi16(load128(s.as_ptr())),
-            _mm256_set1_epi16(32),
-        );
-        spread_scales(s16, &mut sc);
-        // scales for the interleaved pairs of groups (g, g + 1)
-        let sp: [__m256i; 4] =
-            std::array::from_fn(|h| _mm256_unpacklo_epi16(sc[2 * h], sc[2 * h + 1]));
-        let dx = read_f16(blk, Q3_K_D_OFF);
-        for k in 0..N {
-            let q8 = rows[k].qs.as_ptr().add(i * QK_K);
-            let mut lo = _mm256_setzero_si256();
-            let mut hi = _mm256_setzero_si256();
-            for (h, &sph) in sp.iter().enumerate() {
-                let (g0, g1) = (2 * h, 2 * h + 1);
-                let x = pairs(wv[g0], _mm256_shuffle_epi8(load256(q8.add(32 * g0)), pair));
-                let y = pairs(wv[g1], _mm256_shuffle_epi8(load256(q8.add(32 * g1)), pair));
-                lo = D::acc_madd(lo, _mm256_unpacklo_epi16(x, y), sph);
-                hi = D::acc_madd(hi, _mm256_unpackhi_epi16(x, y), sph);
-            }
-            // lanes: lo = l 0..4 (both halves), hi = l 4..8 (both halves)
-            let aux32 = _mm256_add_epi32(
-                _mm256_permute2x128_si256::<0x20>(lo, hi),
-                _mm256_permute2x128_si256::<0x31>(lo, hi),
+            // i16 scales - 32, lane j = sub-block j; group g: 2g on bytes 0..16, 2g+1 on 16..32
+            let s = unpack_q3_k_scales(&blk[Q3_K_SCALES_OFF..Q3_K_SCALES_OFF + 12]);
+            let s16 = _mm256_sub_epi16(
+                _mm256_cvtepu8_epi16(load128(s.as_ptr())),
+                _mm256_set1_epi16(32),
             );
-            let d = _mm256_set1_ps(dx * rows[k].d[i]);
-            sums[k] = _mm256_add_ps(sums[k], _mm256_mul_ps(d, _mm256_cvtepi32_ps(aux32)));
+            spread_scales(s16, &mut sc);
+            // scales for the interleaved pairs of groups (g, g + 1)
+            let sp: [__m256i; 4] =
+                std::array::from_fn(|h| _mm256_unpacklo_epi16(sc[2 * h], sc[2 * h + 1]));
+            let dx = read_f16(blk, Q3_K_D_OFF);
+            for k in 0..N {
+                let q8 = rows[k].qs.as_ptr().add(i * QK_K);
+                let mut lo = _mm256_setzero_si256();
+                let mut hi = _mm256_setzero_si256();
+                for (h, &sph) in sp.iter().enumerate() {
+                    let (g0, g1) = (2 * h, 2 * h + 1);
+                    let x = pairs(wv[g0], _mm256_shuffle_epi8(load256(q8.add(32 * g0)), pair));
+                    let y = pairs(wv[g1], _mm256_shuffle_epi8(load256(q8.add(32 * g1)), pair));
+                    lo = D::acc_madd(lo, _mm256_unpacklo_epi16(x, y), sph);
+                    hi = D::acc_madd(hi, _mm256_unpackhi_epi16(x, y), sph);
+                }
+                // lanes: lo = l 0..4 (both halves), hi = l 4..8 (both halves)
+                let aux32 = _mm256_add_epi32(
+                    _mm256_permute2x128_si256::<0x20>(lo, hi),
+                    _mm256_permute2x128_si256::<0x31>(lo, hi),
+                );
+                let d = _mm256_set1_ps(dx * rows[k].d[i]);
+                sums[k] = _mm256_add_ps(sums[k], _mm256_mul_ps(d, _mm256_cvtepi32_ps(aux32)));
+            }
         }
-    }
-    for k in 0..N {
-        let mut lanes = [0f32; 8];
-        _mm256_storeu_ps(lanes.as_mut_ptr(), sums[k]);
-        let mut sumf = 0f32;
-        for l in lanes {
-            sumf += l;
+        for k in 0..N {
+            let mut lanes = [0f32; 8];
+            _mm256_storeu_ps(lanes.as_mut_ptr(), sums[k]);
+            let mut sumf = 0f32;
+            for l in lanes {
+                sumf += l;
+            }
+            out[k] = sumf;
         }
-        out[k] = sumf;
     }
 }
 
@@ -623,25 +670,28 @@ pub(super) unsafe fn dot_tq1_0<D: Dot, const N: usize>(
     b0: usize,
     out: &mut [f32],
 ) {
-    let decode = |blk: &[u8], wv: &mut Regs, sc: &mut Regs| {
-        const POW3: [i16; 5] = [1, 3, 9, 27, 81];
-        let p = blk.as_ptr();
-        let (q0, q1, q2) = (load128(p), load128(p.add(16)), load128(p.add(32)));
-        for n in 0..5 {
-            let m = _mm256_set1_epi16(POW3[n]);
-            wv[n] = trits32(q0, q1, m, m);
-        }
-        let m = |n: usize| _mm256_set1_epi16(POW3[n]);
-        wv[5] = trits32(q2, q2, m(0), m(1));
-        wv[6] = trits32(q2, q2, m(2), m(3));
-        // weights 240..256: qh byte j, trit n at 240 + 4n + j
-        let qh = _mm_set1_epi32(u32_at(blk, 48) as i32);
-        let mqh = _mm256_set_epi16(27, 27, 27, 27, 9, 9, 9, 9, 3, 3, 3, 3, 1, 1, 1, 1);
-        wv[7] = trits32(q2, qh, m(4), mqh);
-        sc.fill(_mm256_set1_epi16(1));
-    };
-    let update = |blk: &[u8], y: &Q8KRow<'_>, i: usize, sum: i32, sumf: f32| {
-        sumf + sum as f32 * (read_f16(blk, 52) * y.d[i])
-    };
-    dot_total::<D, N>(w, TQ1_0_BYTES, acts, b0, out, None, decode, update);
+    // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+    unsafe {
+        let decode = |blk: &[u8], wv: &mut Regs, sc: &mut Regs| {
+            const POW3: [i16; 5] = [1, 3, 9, 27, 81];
+            let p = blk.as_ptr();
+            let (q0, q1, q2) = (load128(p), load128(p.add(16)), load128(p.add(32)));
+            for n in 0..5 {
+                let m = _mm256_set1_epi16(POW3[n]);
+                wv[n] = trits32(q0, q1, m, m);
+            }
+            let m = |n: usize| _mm256_set1_epi16(POW3[n]);
+            wv[5] = trits32(q2, q2, m(0), m(1));
+            wv[6] = trits32(q2, q2, m(2), m(3));
+            // weights 240..256: qh byte j, trit n at 240 + 4n + j
+            let qh = _mm_set1_epi32(u32_at(blk, 48) as i32);
+            let mqh = _mm256_set_epi16(27, 27, 27, 27, 9, 9, 9, 9, 3, 3, 3, 3, 1, 1, 1, 1);
+            wv[7] = trits32(q2, qh, m(4), mqh);
+            sc.fill(_mm256_set1_epi16(1));
+        };
+        let update = |blk: &[u8], y: &Q8KRow<'_>, i: usize, sum: i32, sumf: f32| {
+            sumf + sum as f32 * (read_f16(blk, 52) * y.d[i])
+        };
+        dot_total::<D, N>(w, TQ1_0_BYTES, acts, b0, out, None, decode, update);
+    }
 }

@@ -27,8 +27,11 @@ fn rows<const N: usize>(acts: &QuantizedActivations, b0: usize, nb: usize) -> [Q
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_block(ax: __m256i, qx: __m256i, qy: __m256i) -> __m256 {
-    let sy = _mm256_sign_epi8(qy, qx);
-    sum_i16_pairs_float(_mm256_maddubs_epi16(ax, sy))
+    // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+    unsafe {
+        let sy = _mm256_sign_epi8(qy, qx);
+        sum_i16_pairs_float(_mm256_maddubs_epi16(ax, sy))
+    }
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -38,25 +41,28 @@ pub(super) unsafe fn dot_q8_0<const N: usize>(
     b0: usize,
     out: &mut [f32],
 ) {
-    let nb = w.len() / Q8_0_BYTES;
-    assert!(w.len() == nb * Q8_0_BYTES && out.len() == N);
-    let rows = rows::<N>(acts, b0, nb);
-    let mut acc = [_mm256_setzero_ps(); N];
-    let wp = w.as_ptr();
-    for ib in 0..nb {
-        let blk = wp.add(ib * Q8_0_BYTES);
-        let dx = f16_at(blk);
-        let qx = load256(blk.add(2));
-        let ax = _mm256_sign_epi8(qx, qx);
-        for k in 0..N {
-            let qy = load256(rows[k].qs.as_ptr().add(ib * QK8_0));
-            let q = dot_block(ax, qx, qy);
-            let d = _mm256_set1_ps(dx * *rows[k].d.get_unchecked(ib));
-            acc[k] = _mm256_fmadd_ps(d, q, acc[k]);
+    // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+    unsafe {
+        let nb = w.len() / Q8_0_BYTES;
+        assert!(w.len() == nb * Q8_0_BYTES && out.len() == N);
+        let rows = rows::<N>(acts, b0, nb);
+        let mut acc = [_mm256_setzero_ps(); N];
+        let wp = w.as_ptr();
+        for ib in 0..nb {
+            let blk = wp.add(ib * Q8_0_BYTES);
+            let dx = f16_at(blk);
+            let qx = load256(blk.add(2));
+            let ax = _mm256_sign_epi8(qx, qx);
+            for k in 0..N {
+                let qy = load256(rows[k].qs.as_ptr().add(ib * QK8_0));
+                let q = dot_block(ax, qx, qy);
+                let d = _mm256_set1_ps(dx * *rows[k].d.get_unchecked(ib));
+                acc[k] = _mm256_fmadd_ps(d, q, acc[k]);
+            }
         }
-    }
-    for k in 0..N {
-        out[k] = hsum_float_8(acc[k]);
+        for k in 0..N {
+            out[k] = hsum_float_8(acc[k]);
+        }
     }
 }
 
@@ -67,29 +73,32 @@ pub(super) unsafe fn dot_q4_0<const N: usize>(
     b0: usize,
     out: &mut [f32],
 ) {
-    let nb = w.len() / Q4_0_BYTES;
-    assert!(w.len() == nb * Q4_0_BYTES && out.len() == N);
-    let rows = rows::<N>(acts, b0, nb);
-    let mut acc = [_mm256_setzero_ps(); N];
-    let low_mask = _mm256_set1_epi8(0xF);
-    let off = _mm256_set1_epi8(8);
-    let wp = w.as_ptr();
-    for ib in 0..nb {
-        let blk = wp.add(ib * Q4_0_BYTES);
-        let dx = f16_at(blk);
-        // bytes_from_nibbles_32: low nibbles -> bytes 0..16, high nibbles -> 16..32
-        let tmp = load128(blk.add(2));
-        let bytes = _mm256_set_m128i(_mm_srli_epi16::<4>(tmp), tmp);
-        let qx = _mm256_sub_epi8(_mm256_and_si256(low_mask, bytes), off);
-        let ax = _mm256_sign_epi8(qx, qx);
-        for k in 0..N {
-            let qy = load256(rows[k].qs.as_ptr().add(ib * QK8_0));
-            let q = dot_block(ax, qx, qy);
-            let d = _mm256_set1_ps(dx * *rows[k].d.get_unchecked(ib));
-            acc[k] = _mm256_fmadd_ps(d, q, acc[k]);
+    // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+    unsafe {
+        let nb = w.len() / Q4_0_BYTES;
+        assert!(w.len() == nb * Q4_0_BYTES && out.len() == N);
+        let rows = rows::<N>(acts, b0, nb);
+        let mut acc = [_mm256_setzero_ps(); N];
+        let low_mask = _mm256_set1_epi8(0xF);
+        let off = _mm256_set1_epi8(8);
+        let wp = w.as_ptr();
+        for ib in 0..nb {
+            let blk = wp.add(ib * Q4_0_BYTES);
+            let dx = f16_at(blk);
+            // bytes_from_nibbles_32: low nibbles -> bytes 0..16, high nibbles -> 16..32
+            let tmp = load128(blk.add(2));
+            let bytes = _mm256_set_m128i(_mm_srli_epi16::<4>(tmp), tmp);
+            let qx = _mm256_sub_epi8(_mm256_and_si256(low_mask, bytes), off);
+            let ax = _mm256_sign_epi8(qx, qx);
+            for k in 0..N {
+                let qy = load256(rows[k].qs.as_ptr().add(ib * QK8_0));
+                let q = dot_block(ax, qx, qy);
+                let d = _mm256_set1_ps(dx * *rows[k].d.get_unchecked(ib));
+                acc[k] = _mm256_fmadd_ps(d, q, acc[k]);
+            }
         }
-    }
-    for k in 0..N {
-        out[k] = hsum_float_8(acc[k]);
+        for k in 0..N {
+            out[k] = hsum_float_8(acc[k]);
+        }
     }
 }

@@ -102,7 +102,8 @@ mod helpers {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn f16_at(p: *const u8) -> f32 {
-        f16_bits(u16::from_le_bytes([*p, *p.add(1)]))
+        // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+        unsafe { f16_bits(u16::from_le_bytes([*p, *p.add(1)])) }
     }
 
     /// f16 bits to f32 with `vcvtph2ps` through inline asm: with the
@@ -114,27 +115,32 @@ mod helpers {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn f16_bits(bits: u16) -> f32 {
-        let v = _mm_cvtsi32_si128(i32::from(bits));
-        let r: __m128;
-        std::arch::asm!(
-            "vcvtph2ps {r}, {v}",
-            v = in(xmm_reg) v,
-            r = lateout(xmm_reg) r,
-            options(pure, nomem, nostack, preserves_flags)
-        );
-        _mm_cvtss_f32(r)
+        // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+        unsafe {
+            let v = _mm_cvtsi32_si128(i32::from(bits));
+            let r: __m128;
+            std::arch::asm!(
+                "vcvtph2ps {r}, {v}",
+                v = in(xmm_reg) v,
+                r = lateout(xmm_reg) r,
+                options(pure, nomem, nostack, preserves_flags)
+            );
+            _mm_cvtss_f32(r)
+        }
     }
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn load256<T>(p: *const T) -> __m256i {
-        _mm256_loadu_si256(p as *const __m256i)
+        // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+        unsafe { _mm256_loadu_si256(p as *const __m256i) }
     }
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn load128<T>(p: *const T) -> __m128i {
-        _mm_loadu_si128(p as *const __m128i)
+        // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+        unsafe { _mm_loadu_si128(p as *const __m128i) }
     }
 }
 

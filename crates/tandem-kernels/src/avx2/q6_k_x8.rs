@@ -42,85 +42,97 @@ unsafe fn high_bits(x: __m256i, s: usize, m30: __m256i) -> __m256i {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn chunk_pair(q0: __m256i, q1: __m256i, y: *const i8) -> __m256i {
-    _mm256_add_epi16(
-        _mm256_maddubs_epi16(q0, bcast4(y)),
-        _mm256_maddubs_epi16(q1, bcast4(y.add(4))),
-    )
+    // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+    unsafe {
+        _mm256_add_epi16(
+            _mm256_maddubs_epi16(q0, bcast4(y)),
+            _mm256_maddubs_epi16(q1, bcast4(y.add(4))),
+        )
+    }
 }
 
 /// The 8 quant vectors (index `2c + h`) of the unit at `p`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn decode_unit(p: *const u8) -> [__m256i; 8] {
-    let m0f = _mm256_set1_epi8(0x0F);
-    let m30 = _mm256_set1_epi8(0x30);
-    let h = [load256(p.add(128)), load256(p.add(160))];
-    let mut q = [_mm256_setzero_si256(); 8];
-    for c in 0..4 {
-        let l = load256(p.add(32 * c));
-        for hh in 0..2 {
-            let v = 2 * c + hh;
-            let lo = if hh == 0 {
-                l
-            } else {
-                _mm256_srli_epi16::<4>(l)
-            };
-            q[v] = _mm256_or_si256(_mm256_and_si256(lo, m0f), high_bits(h[v / 4], v % 4, m30));
+    // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+    unsafe {
+        let m0f = _mm256_set1_epi8(0x0F);
+        let m30 = _mm256_set1_epi8(0x30);
+        let h = [load256(p.add(128)), load256(p.add(160))];
+        let mut q = [_mm256_setzero_si256(); 8];
+        for c in 0..4 {
+            let l = load256(p.add(32 * c));
+            for hh in 0..2 {
+                let v = 2 * c + hh;
+                let lo = if hh == 0 {
+                    l
+                } else {
+                    _mm256_srli_epi16::<4>(l)
+                };
+                q[v] = _mm256_or_si256(_mm256_and_si256(lo, m0f), high_bits(h[v / 4], v % 4, m30));
+            }
         }
+        q
     }
-    q
 }
 
 /// The 8 rows of group `w` (`nb` group blocks) against `N` activation rows.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn group<const N: usize>(w: *const u8, nb: usize, ys: &[Q8KRow<'_>; N]) -> [__m256; N] {
-    let zero = _mm256_setzero_si256();
-    let mut acc = [_mm256_setzero_ps(); N];
-    // 32 · (sum of each 16 activations), per activation row.
-    let mut bs32 = [[0i32; 16]; N];
-    for i in 0..nb {
-        let blk = w.add(i * GROUP_BLOCK);
-        for k in 0..N {
-            let b = ys[k].bsums.as_ptr().add(16 * i);
-            let lo = _mm256_slli_epi32::<5>(_mm256_cvtepi16_epi32(load128(b)));
-            let hi = _mm256_slli_epi32::<5>(_mm256_cvtepi16_epi32(load128(b.add(8))));
-            _mm256_storeu_si256(bs32[k].as_mut_ptr() as *mut __m256i, lo);
-            _mm256_storeu_si256(bs32[k].as_mut_ptr().add(8) as *mut __m256i, hi);
-        }
-        let mut iacc = [zero; N];
-        for u in 0..8 {
-            let q = decode_unit(blk.add(QS_OFF + UNIT * u));
-            for sub in 0..2 {
-                let j = 2 * u + sub;
-                let sc = _mm256_cvtepi8_epi32(_mm_loadl_epi64(
-                    blk.add(SCALES_OFF + 8 * j) as *const __m128i
-                ));
-                // the sub-block scale of row r in both i16 halves of lane r
-                let sc16 = _mm256_or_si256(
-                    _mm256_and_si256(sc, _mm256_set1_epi32(0xFFFF)),
-                    _mm256_slli_epi32::<16>(sc),
-                );
-                for k in 0..N {
-                    // per chunk c: two vpmaddubsw, each |lane| <= 2*63*128,
-                    // their sum < 2^15: exact in i16
-                    let y = ys[k].qs.as_ptr().add(QK_K * i + 32 * u + 16 * sub);
-                    let p0 = chunk_pair(q[4 * sub], q[4 * sub + 1], y);
-                    let p1 = chunk_pair(q[4 * sub + 2], q[4 * sub + 3], y.add(8));
-                    let s =
-                        _mm256_add_epi32(_mm256_madd_epi16(p0, sc16), _mm256_madd_epi16(p1, sc16));
-                    let off = _mm256_mullo_epi32(_mm256_set1_epi32(*bs32[k].get_unchecked(j)), sc);
-                    iacc[k] = _mm256_add_epi32(iacc[k], _mm256_sub_epi32(s, off));
+    // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+    unsafe {
+        let zero = _mm256_setzero_si256();
+        let mut acc = [_mm256_setzero_ps(); N];
+        // 32 · (sum of each 16 activations), per activation row.
+        let mut bs32 = [[0i32; 16]; N];
+        for i in 0..nb {
+            let blk = w.add(i * GROUP_BLOCK);
+            for k in 0..N {
+                let b = ys[k].bsums.as_ptr().add(16 * i);
+                let lo = _mm256_slli_epi32::<5>(_mm256_cvtepi16_epi32(load128(b)));
+                let hi = _mm256_slli_epi32::<5>(_mm256_cvtepi16_epi32(load128(b.add(8))));
+                _mm256_storeu_si256(bs32[k].as_mut_ptr() as *mut __m256i, lo);
+                _mm256_storeu_si256(bs32[k].as_mut_ptr().add(8) as *mut __m256i, hi);
+            }
+            let mut iacc = [zero; N];
+            for u in 0..8 {
+                let q = decode_unit(blk.add(QS_OFF + UNIT * u));
+                for sub in 0..2 {
+                    let j = 2 * u + sub;
+                    let sc = _mm256_cvtepi8_epi32(_mm_loadl_epi64(
+                        blk.add(SCALES_OFF + 8 * j) as *const __m128i
+                    ));
+                    // the sub-block scale of row r in both i16 halves of lane r
+                    let sc16 = _mm256_or_si256(
+                        _mm256_and_si256(sc, _mm256_set1_epi32(0xFFFF)),
+                        _mm256_slli_epi32::<16>(sc),
+                    );
+                    for k in 0..N {
+                        // per chunk c: two vpmaddubsw, each |lane| <= 2*63*128,
+                        // their sum < 2^15: exact in i16
+                        let y = ys[k].qs.as_ptr().add(QK_K * i + 32 * u + 16 * sub);
+                        let p0 = chunk_pair(q[4 * sub], q[4 * sub + 1], y);
+                        let p1 = chunk_pair(q[4 * sub + 2], q[4 * sub + 3], y.add(8));
+                        let s = _mm256_add_epi32(
+                            _mm256_madd_epi16(p0, sc16),
+                            _mm256_madd_epi16(p1, sc16),
+                        );
+                        let off =
+                            _mm256_mullo_epi32(_mm256_set1_epi32(*bs32[k].get_unchecked(j)), sc);
+                        iacc[k] = _mm256_add_epi32(iacc[k], _mm256_sub_epi32(s, off));
+                    }
                 }
             }
+            let d = _mm256_cvtph_ps(load128(blk));
+            for k in 0..N {
+                let yd = _mm256_set1_ps(*ys[k].d.get_unchecked(i));
+                acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(iacc[k]), _mm256_mul_ps(d, yd), acc[k]);
+            }
         }
-        let d = _mm256_cvtph_ps(load128(blk));
-        for k in 0..N {
-            let yd = _mm256_set1_ps(*ys[k].d.get_unchecked(i));
-            acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(iacc[k]), _mm256_mul_ps(d, yd), acc[k]);
-        }
+        acc
     }
-    acc
 }
 
 /// Group kernel: the 8 rows of `w` (one group, `rb` bytes per row) times
@@ -136,16 +148,19 @@ pub(super) unsafe fn dot_q6_k_x8<const N: usize>(
     b0: usize,
     tile: &mut [f32; GROUP_ROWS * GROUP_ACT_TILE],
 ) {
-    assert!(N <= GROUP_ACT_TILE && b0 + N <= acts.n_rows());
-    assert!(rb.is_multiple_of(Q6_K_BYTES) && w.len() == GROUP_ROWS * rb);
-    let nb = rb / Q6_K_BYTES;
-    let ys: [Q8KRow<'_>; N] = std::array::from_fn(|k| acts.q8_k_row(b0 + k));
-    for y in &ys {
-        assert!(y.qs.len() == nb * QK_K && y.d.len() == nb && y.bsums.len() == nb * 16);
-    }
-    let acc = group::<N>(w.as_ptr(), nb, &ys);
-    for (k, a) in acc.iter().enumerate() {
-        _mm256_storeu_ps(tile.as_mut_ptr().add(k * GROUP_ROWS), *a);
+    // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+    unsafe {
+        assert!(N <= GROUP_ACT_TILE && b0 + N <= acts.n_rows());
+        assert!(rb.is_multiple_of(Q6_K_BYTES) && w.len() == GROUP_ROWS * rb);
+        let nb = rb / Q6_K_BYTES;
+        let ys: [Q8KRow<'_>; N] = std::array::from_fn(|k| acts.q8_k_row(b0 + k));
+        for y in &ys {
+            assert!(y.qs.len() == nb * QK_K && y.d.len() == nb && y.bsums.len() == nb * 16);
+        }
+        let acc = group::<N>(w.as_ptr(), nb, &ys);
+        for (k, a) in acc.iter().enumerate() {
+            _mm256_storeu_ps(tile.as_mut_ptr().add(k * GROUP_ROWS), *a);
+        }
     }
 }
 
@@ -153,5 +168,6 @@ pub(super) unsafe fn dot_q6_k_x8<const N: usize>(
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn bcast4(p: *const i8) -> __m256i {
-    _mm256_set1_epi32(std::ptr::read_unaligned(p as *const i32))
+    // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+    unsafe { _mm256_set1_epi32(std::ptr::read_unaligned(p as *const i32)) }
 }

@@ -49,7 +49,8 @@ impl Widen for F32 {
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     unsafe fn load(p: *const f32, i: usize, m: __mmask16) -> __m512 {
-        _mm512_maskz_loadu_ps(m, p.add(i))
+        // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+        unsafe { _mm512_maskz_loadu_ps(m, p.add(i)) }
     }
 }
 
@@ -59,7 +60,8 @@ impl Widen for F16 {
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     unsafe fn load(p: *const u16, i: usize, m: __mmask16) -> __m512 {
-        _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p.add(i) as *const i16))
+        // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+        unsafe { _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p.add(i) as *const i16)) }
     }
 }
 
@@ -69,8 +71,11 @@ impl Widen for Bf16 {
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     unsafe fn load(p: *const u16, i: usize, m: __mmask16) -> __m512 {
-        let h = _mm256_maskz_loadu_epi16(m, p.add(i) as *const i16);
-        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+        // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+        unsafe {
+            let h = _mm256_maskz_loadu_epi16(m, p.add(i) as *const i16);
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+        }
     }
 }
 
@@ -85,53 +90,56 @@ unsafe fn run<E: Widen, A: Widen, const R: usize, const N: usize>(
     out: &mut [f32],
     arows: [*const A::T; N],
 ) {
-    assert_tile(w, rb, E::BYTES, R, acts, b0, N, out);
-    let n = rb / E::BYTES;
-    let mut wrows = [w.as_ptr() as *const E::T; R];
-    for (r, p) in wrows.iter_mut().enumerate() {
-        *p = w.as_ptr().add(r * rb) as *const E::T;
-    }
-    let mut acc = [[[_mm512_setzero_ps(); 2]; N]; R];
-    let np = n & !31;
-    let mut i = 0;
-    while i < np {
-        for h in 0..2 {
-            let mut x = [_mm512_setzero_ps(); R];
-            for r in 0..R {
-                x[r] = E::load(wrows[r], i + 16 * h, 0xFFFF);
-            }
-            for k in 0..N {
-                let y = A::load(arows[k], i + 16 * h, 0xFFFF);
+    // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+    unsafe {
+        assert_tile(w, rb, E::BYTES, R, acts, b0, N, out);
+        let n = rb / E::BYTES;
+        let mut wrows = [w.as_ptr() as *const E::T; R];
+        for (r, p) in wrows.iter_mut().enumerate() {
+            *p = w.as_ptr().add(r * rb) as *const E::T;
+        }
+        let mut acc = [[[_mm512_setzero_ps(); 2]; N]; R];
+        let np = n & !31;
+        let mut i = 0;
+        while i < np {
+            for h in 0..2 {
+                let mut x = [_mm512_setzero_ps(); R];
                 for r in 0..R {
-                    acc[r][k][h] = _mm512_fmadd_ps(x[r], y, acc[r][k][h]);
+                    x[r] = E::load(wrows[r], i + 16 * h, 0xFFFF);
+                }
+                for k in 0..N {
+                    let y = A::load(arows[k], i + 16 * h, 0xFFFF);
+                    for r in 0..R {
+                        acc[r][k][h] = _mm512_fmadd_ps(x[r], y, acc[r][k][h]);
+                    }
+                }
+            }
+            i += 32;
+        }
+        if i < n {
+            let m = mask32(n - i);
+            for h in 0..2 {
+                let mh = (m >> (16 * h)) as __mmask16;
+                if mh == 0 {
+                    break;
+                }
+                let mut x = [_mm512_setzero_ps(); R];
+                for r in 0..R {
+                    x[r] = E::load(wrows[r], i + 16 * h, mh);
+                }
+                for k in 0..N {
+                    let y = A::load(arows[k], i + 16 * h, mh);
+                    for r in 0..R {
+                        acc[r][k][h] = _mm512_fmadd_ps(x[r], y, acc[r][k][h]);
+                    }
                 }
             }
         }
-        i += 32;
-    }
-    if i < n {
-        let m = mask32(n - i);
-        for h in 0..2 {
-            let mh = (m >> (16 * h)) as __mmask16;
-            if mh == 0 {
-                break;
+        let n_b = acts.n_rows();
+        for (r, acc) in acc.iter().enumerate() {
+            for (k, a) in acc.iter().enumerate() {
+                out[r * n_b + b0 + k] = hsum(_mm512_add_ps(a[0], a[1]));
             }
-            let mut x = [_mm512_setzero_ps(); R];
-            for r in 0..R {
-                x[r] = E::load(wrows[r], i + 16 * h, mh);
-            }
-            for k in 0..N {
-                let y = A::load(arows[k], i + 16 * h, mh);
-                for r in 0..R {
-                    acc[r][k][h] = _mm512_fmadd_ps(x[r], y, acc[r][k][h]);
-                }
-            }
-        }
-    }
-    let n_b = acts.n_rows();
-    for (r, acc) in acc.iter().enumerate() {
-        for (k, a) in acc.iter().enumerate() {
-            out[r * n_b + b0 + k] = hsum(_mm512_add_ps(a[0], a[1]));
         }
     }
 }
@@ -163,8 +171,11 @@ pub(super) unsafe fn dot_f32<const R: usize, const N: usize>(
     b0: usize,
     out: &mut [f32],
 ) {
-    let arows = f32_rows::<N>(acts, b0, rb / 4);
-    run::<F32, F32, R, N>(w, rb, acts, b0, out, arows);
+    // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+    unsafe {
+        let arows = f32_rows::<N>(acts, b0, rb / 4);
+        run::<F32, F32, R, N>(w, rb, acts, b0, out, arows);
+    }
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
@@ -175,10 +186,13 @@ pub(super) unsafe fn dot_f16<const R: usize, const N: usize>(
     b0: usize,
     out: &mut [f32],
 ) {
-    // the F16 buffer also holds the activations widened to f32 (exact):
-    // one conversion per weight instead of one per weight and activation row
-    let arows = f32_rows::<N>(acts, b0, rb / 2);
-    run::<F16, F32, R, N>(w, rb, acts, b0, out, arows);
+    // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+    unsafe {
+        // the F16 buffer also holds the activations widened to f32 (exact):
+        // one conversion per weight instead of one per weight and activation row
+        let arows = f32_rows::<N>(acts, b0, rb / 2);
+        run::<F16, F32, R, N>(w, rb, acts, b0, out, arows);
+    }
 }
 
 /// BF16 without `vdpbf16ps`: widen (shift into the upper half) and `fma`.
@@ -190,16 +204,25 @@ pub(super) unsafe fn dot_bf16<const R: usize, const N: usize>(
     b0: usize,
     out: &mut [f32],
 ) {
-    let arows = u16_rows::<N>(acts, b0, rb / 2);
-    run::<Bf16, Bf16, R, N>(w, rb, acts, b0, out, arows);
+    // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+    unsafe {
+        let arows = u16_rows::<N>(acts, b0, rb / 2);
+        run::<Bf16, Bf16, R, N>(w, rb, acts, b0, out, arows);
+    }
 }
 
 /// 32 masked bf16 at `p + i`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512bf16,avx2,fma,f16c")]
 unsafe fn load_bh(p: *const u16, i: usize, m: __mmask32) -> __m512bh {
-    // SAFETY (of the transmute): __m512bh and __m512i are both 64 plain bytes.
-    std::mem::transmute::<__m512i, __m512bh>(_mm512_maskz_loadu_epi16(m, p.add(i) as *const i16))
+    // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+    unsafe {
+        // SAFETY (of the transmute): __m512bh and __m512i are both 64 plain bytes.
+        std::mem::transmute::<__m512i, __m512bh>(_mm512_maskz_loadu_epi16(
+            m,
+            p.add(i) as *const i16,
+        ))
+    }
 }
 
 /// BF16 with `vdpbf16ps` (AVX512-BF16).
@@ -211,40 +234,43 @@ pub(super) unsafe fn dot_bf16_dp<const R: usize, const N: usize>(
     b0: usize,
     out: &mut [f32],
 ) {
-    assert_tile(w, rb, 2, R, acts, b0, N, out);
-    let n = rb / 2;
-    let arows = u16_rows::<N>(acts, b0, n);
-    let mut wrows = [w.as_ptr() as *const u16; R];
-    for (r, p) in wrows.iter_mut().enumerate() {
-        *p = w.as_ptr().add(r * rb) as *const u16;
-    }
-    let zero: __m512bh = std::mem::transmute::<__m512i, __m512bh>(_mm512_setzero_si512());
-    let mut acc = [[[_mm512_setzero_ps(); 2]; N]; R];
-    let mut i = 0;
-    while i < n {
-        for h in 0..2 {
-            let at = i + 32 * h;
-            if at >= n {
-                break;
-            }
-            let m = mask32(n - at);
-            let mut x = [zero; R];
-            for r in 0..R {
-                x[r] = load_bh(wrows[r], at, m);
-            }
-            for k in 0..N {
-                let y = load_bh(arows[k], at, m);
+    // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+    unsafe {
+        assert_tile(w, rb, 2, R, acts, b0, N, out);
+        let n = rb / 2;
+        let arows = u16_rows::<N>(acts, b0, n);
+        let mut wrows = [w.as_ptr() as *const u16; R];
+        for (r, p) in wrows.iter_mut().enumerate() {
+            *p = w.as_ptr().add(r * rb) as *const u16;
+        }
+        let zero: __m512bh = std::mem::transmute::<__m512i, __m512bh>(_mm512_setzero_si512());
+        let mut acc = [[[_mm512_setzero_ps(); 2]; N]; R];
+        let mut i = 0;
+        while i < n {
+            for h in 0..2 {
+                let at = i + 32 * h;
+                if at >= n {
+                    break;
+                }
+                let m = mask32(n - at);
+                let mut x = [zero; R];
                 for r in 0..R {
-                    acc[r][k][h] = _mm512_dpbf16_ps(acc[r][k][h], x[r], y);
+                    x[r] = load_bh(wrows[r], at, m);
+                }
+                for k in 0..N {
+                    let y = load_bh(arows[k], at, m);
+                    for r in 0..R {
+                        acc[r][k][h] = _mm512_dpbf16_ps(acc[r][k][h], x[r], y);
+                    }
                 }
             }
+            i += 64;
         }
-        i += 64;
-    }
-    let n_b = acts.n_rows();
-    for (r, acc) in acc.iter().enumerate() {
-        for (k, a) in acc.iter().enumerate() {
-            out[r * n_b + b0 + k] = hsum(_mm512_add_ps(a[0], a[1]));
+        let n_b = acts.n_rows();
+        for (r, acc) in acc.iter().enumerate() {
+            for (k, a) in acc.iter().enumerate() {
+                out[r * n_b + b0 + k] = hsum(_mm512_add_ps(a[0], a[1]));
+            }
         }
     }
 }

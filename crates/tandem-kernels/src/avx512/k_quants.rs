@@ -71,29 +71,35 @@ struct Block {
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn scales_mins(blk: *const u8) -> ([__m512i; 2], __m256i) {
-    let s = std::slice::from_raw_parts(blk.add(K_SCALES_OFF), 12);
-    let u = unpack_scales_mins_k4(s);
-    let sm = _mm256_cvtepu8_epi16(_mm_set_epi32(
-        u[3] as i32,
-        u[2] as i32,
-        u[1] as i32,
-        u[0] as i32,
-    ));
-    let sm512 = _mm512_castsi256_si512(sm);
-    let s0 = _mm512_permutexvar_epi16(load512(SCALE_IDX[0].as_ptr()), sm512);
-    let s1 = _mm512_permutexvar_epi16(load512(SCALE_IDX[1].as_ptr()), sm512);
-    let mins = _mm256_permutexvar_epi16(load256(MIN_IDX.as_ptr()), sm);
-    ([s0, s1], mins)
+    // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+    unsafe {
+        let s = std::slice::from_raw_parts(blk.add(K_SCALES_OFF), 12);
+        let u = unpack_scales_mins_k4(s);
+        let sm = _mm256_cvtepu8_epi16(_mm_set_epi32(
+            u[3] as i32,
+            u[2] as i32,
+            u[1] as i32,
+            u[0] as i32,
+        ));
+        let sm512 = _mm512_castsi256_si512(sm);
+        let s0 = _mm512_permutexvar_epi16(load512(SCALE_IDX[0].as_ptr()), sm512);
+        let s1 = _mm512_permutexvar_epi16(load512(SCALE_IDX[1].as_ptr()), sm512);
+        let mins = _mm256_permutexvar_epi16(load256(MIN_IDX.as_ptr()), sm);
+        ([s0, s1], mins)
+    }
 }
 
 /// The 64 low-nibble/high-nibble quants of `qs[32j..32j+32]` in weight order.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn nibbles(qs: *const u8, m4: __m512i) -> __m512i {
-    let z = bcast256(qs);
-    // (a masked shift compiles to the slower variable-count vpsrlvw)
-    let z = _mm512_mask_blend_epi64(0xF0, z, _mm512_srli_epi16::<4>(z));
-    _mm512_and_si512(z, m4)
+    // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+    unsafe {
+        let z = bcast256(qs);
+        // (a masked shift compiles to the slower variable-count vpsrlvw)
+        let z = _mm512_mask_blend_epi64(0xF0, z, _mm512_srli_epi16::<4>(z));
+        _mm512_and_si512(z, m4)
+    }
 }
 
 /// A K-quant format with 4-bit + optional 5th-bit quants (static dispatch:
@@ -110,33 +116,37 @@ impl KDecode for Q5K {
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     unsafe fn decode(blk: *const u8) -> Block {
-        decode_q5_k(blk)
+        // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+        unsafe { decode_q5_k(blk) }
     }
 }
 
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn decode_q5_k(blk: *const u8) -> Block {
-    let m4 = _mm512_set1_epi8(0xF);
-    let m16 = _mm512_set1_epi8(16);
-    let (scales, mins) = scales_mins(blk);
-    let qs = blk.add(Q5_K_QS_OFF);
-    let qh = bcast256(blk.add(Q5_K_QH_OFF));
-    let mut q = [m4; 4];
-    for (j, q) in q.iter_mut().enumerate() {
-        // weights 64j..64j+32 take bit 2j of qh, 64j+32..64j+64 bit 2j+1
-        let lo = (0x0101_0101_0101_0101u64 << (2 * j)) as i64;
-        let hi = (0x0202_0202_0202_0202u64 << (2 * j)) as i64;
-        let bits = _mm512_set_epi64(hi, hi, hi, hi, lo, lo, lo, lo);
-        let n = nibbles(qs.add(32 * j), m4);
-        *q = _mm512_mask_add_epi8(n, _mm512_test_epi8_mask(qh, bits), n, m16);
-    }
-    Block {
-        q,
-        scales,
-        mins,
-        d: f16_at(blk),
-        dmin: f16_at(blk.add(2)),
+    // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+    unsafe {
+        let m4 = _mm512_set1_epi8(0xF);
+        let m16 = _mm512_set1_epi8(16);
+        let (scales, mins) = scales_mins(blk);
+        let qs = blk.add(Q5_K_QS_OFF);
+        let qh = bcast256(blk.add(Q5_K_QH_OFF));
+        let mut q = [m4; 4];
+        for (j, q) in q.iter_mut().enumerate() {
+            // weights 64j..64j+32 take bit 2j of qh, 64j+32..64j+64 bit 2j+1
+            let lo = (0x0101_0101_0101_0101u64 << (2 * j)) as i64;
+            let hi = (0x0202_0202_0202_0202u64 << (2 * j)) as i64;
+            let bits = _mm512_set_epi64(hi, hi, hi, hi, lo, lo, lo, lo);
+            let n = nibbles(qs.add(32 * j), m4);
+            *q = _mm512_mask_add_epi8(n, _mm512_test_epi8_mask(qh, bits), n, m16);
+        }
+        Block {
+            q,
+            scales,
+            mins,
+            d: f16_at(blk),
+            dmin: f16_at(blk.add(2)),
+        }
     }
 }
 
@@ -150,58 +160,62 @@ unsafe fn run<K: KDecode, const R: usize, const N: usize>(
     b0: usize,
     out: &mut [f32],
 ) {
-    let block_bytes = K::BYTES;
-    assert_tile(w, rb, block_bytes, R, acts, b0, N, out);
-    let nb = rb / block_bytes;
-    let ys = rows::<N>(acts, b0, nb);
-    let wp = w.as_ptr();
-    let zero = _mm512_setzero_si512();
-    let mut acc = [[_mm512_setzero_ps(); N]; R];
-    for i in 0..nb {
-        let empty = Block {
-            q: [zero; 4],
-            scales: [zero; 2],
-            mins: _mm256_setzero_si256(),
-            d: 0.0,
-            dmin: 0.0,
-        };
-        let mut x = [empty; R];
-        for (r, x) in x.iter_mut().enumerate() {
-            *x = K::decode(wp.add(r * rb + i * block_bytes));
-        }
-        for k in 0..N {
-            let q8 = ys[k].qs.as_ptr().add(QK_K * i);
-            let y = [
-                load512(q8),
-                load512(q8.add(64)),
-                load512(q8.add(128)),
-                load512(q8.add(192)),
-            ];
-            let bsums = load256(ys[k].bsums.as_ptr().add(16 * i));
-            let yd = *ys[k].d.get_unchecked(i);
-            for r in 0..R {
-                let b = &x[r];
-                let p0 = _mm512_dpbusd_epi32(zero, b.q[0], y[0]);
-                let p1 = _mm512_dpbusd_epi32(zero, b.q[1], y[1]);
-                let p2 = _mm512_dpbusd_epi32(zero, b.q[2], y[2]);
-                let p3 = _mm512_dpbusd_epi32(zero, b.q[3], y[3]);
-                let s = _mm512_dpwssd_epi32(zero, _mm512_packs_epi32(p0, p1), b.scales[0]);
-                let s = _mm512_dpwssd_epi32(s, _mm512_packs_epi32(p2, p3), b.scales[1]);
-                let m = _mm512_zextsi256_si512(_mm256_madd_epi16(b.mins, bsums));
-                let a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(b.d * yd), acc[r][k]);
-                acc[r][k] = _mm512_mask3_fmadd_ps(
-                    _mm512_cvtepi32_ps(m),
-                    _mm512_set1_ps(-b.dmin * yd),
-                    a,
-                    0x00FF,
-                );
+    // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+    unsafe {
+        let block_bytes = K::BYTES;
+        assert_tile(w, rb, block_bytes, R, acts, b0, N, out);
+        let nb = rb / block_bytes;
+        let ys = rows::<N>(acts, b0, nb);
+        let wp = w.as_ptr();
+        let zero = _mm512_setzero_si512();
+        let mut acc = [[_mm512_setzero_ps(); N]; R];
+        for i in 0..nb {
+            let empty = Block {
+                q: [zero; 4],
+                scales: [zero; 2],
+                mins: _mm256_setzero_si256(),
+                d: 0.0,
+                dmin: 0.0,
+            };
+            let mut x = [empty; R];
+            for (r, x) in x.iter_mut().enumerate() {
+                *x = K::decode(wp.add(r * rb + i * block_bytes));
+            }
+            for k in 0..N {
+                let q8 = ys[k].qs.as_ptr().add(QK_K * i);
+                let y = [
+                    load512(q8),
+                    load512(q8.add(64)),
+                    load512(q8.add(128)),
+                    load512(q8.add(192)),
+                ];
+                let bsums = load256(ys[k].bsums.as_ptr().add(16 * i));
+                let yd = *ys[k].d.get_unchecked(i);
+                for r in 0..R {
+                    let b = &x[r];
+                    let p0 = _mm512_dpbusd_epi32(zero, b.q[0], y[0]);
+                    let p1 = _mm512_dpbusd_epi32(zero, b.q[1], y[1]);
+                    let p2 = _mm512_dpbusd_epi32(zero, b.q[2], y[2]);
+                    let p3 = _mm512_dpbusd_epi32(zero, b.q[3], y[3]);
+                    let s = _mm512_dpwssd_epi32(zero, _mm512_packs_epi32(p0, p1), b.scales[0]);
+                    let s = _mm512_dpwssd_epi32(s, _mm512_packs_epi32(p2, p3), b.scales[1]);
+                    let m = _mm512_zextsi256_si512(_mm256_madd_epi16(b.mins, bsums));
+                    let a =
+                        _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(b.d * yd), acc[r][k]);
+                    acc[r][k] = _mm512_mask3_fmadd_ps(
+                        _mm512_cvtepi32_ps(m),
+                        _mm512_set1_ps(-b.dmin * yd),
+                        a,
+                        0x00FF,
+                    );
+                }
             }
         }
-    }
-    let n_b = acts.n_rows();
-    for (r, acc) in acc.iter().enumerate() {
-        for (k, a) in acc.iter().enumerate() {
-            out[r * n_b + b0 + k] = hsum(*a);
+        let n_b = acts.n_rows();
+        for (r, acc) in acc.iter().enumerate() {
+            for (k, a) in acc.iter().enumerate() {
+                out[r * n_b + b0 + k] = hsum(*a);
+            }
         }
     }
 }
@@ -214,5 +228,8 @@ pub(super) unsafe fn dot_q5_k<const R: usize, const N: usize>(
     b0: usize,
     out: &mut [f32],
 ) {
-    run::<Q5K, R, N>(w, rb, acts, b0, out);
+    // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+    unsafe {
+        run::<Q5K, R, N>(w, rb, acts, b0, out);
+    }
 }

@@ -45,10 +45,13 @@ unsafe fn pair_idx() -> __m512i {
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn scales_f16(p0: *const u8, p1: *const u8, idx: __m512i) -> __m512 {
-    let h0 = i32::from(u16::from_le_bytes([*p0, *p0.add(1)]));
-    let h1 = i32::from(u16::from_le_bytes([*p1, *p1.add(1)]));
-    let d = _mm_cvtph_ps(_mm_cvtsi32_si128(h0 | (h1 << 16)));
-    _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(d))
+    // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+    unsafe {
+        let h0 = i32::from(u16::from_le_bytes([*p0, *p0.add(1)]));
+        let h1 = i32::from(u16::from_le_bytes([*p1, *p1.add(1)]));
+        let d = _mm_cvtph_ps(_mm_cvtsi32_si128(h0 | (h1 << 16)));
+        _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(d))
+    }
 }
 
 #[inline]
@@ -79,48 +82,51 @@ unsafe fn run<L: Legacy, const R: usize, const N: usize>(
     b0: usize,
     out: &mut [f32],
 ) {
-    assert_tile(w, rb, L::BYTES, R, acts, b0, N, out);
-    let nb = rb / L::BYTES;
-    let ys = rows::<N>(acts, b0, nb);
-    let wp = w.as_ptr();
-    let idx = pair_idx();
-    let zero = _mm512_setzero_si512();
-    let mut acc = [[_mm512_setzero_ps(); N]; R];
-    let mut ib = 0;
-    while ib < nb {
-        let tail = ib + 1 == nb;
-        let mut x = [Pair {
-            ax: zero,
-            neg: 0,
-            dx: _mm512_setzero_ps(),
-        }; R];
-        for (r, x) in x.iter_mut().enumerate() {
-            *x = L::decode(wp.add(r * rb + ib * L::BYTES), tail, idx);
-        }
-        for k in 0..N {
-            let qy = ys[k].qs.as_ptr().add(ib * QK8_0);
-            let dyp = ys[k].d.as_ptr().add(ib);
-            let (y, dy, mask) = if tail {
-                let y = _mm512_zextsi256_si512(load256(qy));
-                (y, _mm512_set1_ps(*dyp), 0x00FF)
-            } else {
-                let d2 = _mm_castsi128_ps(_mm_loadl_epi64(dyp as *const __m128i));
-                let dy = _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(d2));
-                (load512(qy), dy, 0xFFFF)
-            };
-            for r in 0..R {
-                let sy = _mm512_mask_sub_epi8(y, x[r].neg, zero, y);
-                let s = _mm512_dpbusd_epi32(zero, x[r].ax, sy);
-                let d = _mm512_mul_ps(x[r].dx, dy);
-                acc[r][k] = _mm512_mask3_fmadd_ps(_mm512_cvtepi32_ps(s), d, acc[r][k], mask);
+    // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+    unsafe {
+        assert_tile(w, rb, L::BYTES, R, acts, b0, N, out);
+        let nb = rb / L::BYTES;
+        let ys = rows::<N>(acts, b0, nb);
+        let wp = w.as_ptr();
+        let idx = pair_idx();
+        let zero = _mm512_setzero_si512();
+        let mut acc = [[_mm512_setzero_ps(); N]; R];
+        let mut ib = 0;
+        while ib < nb {
+            let tail = ib + 1 == nb;
+            let mut x = [Pair {
+                ax: zero,
+                neg: 0,
+                dx: _mm512_setzero_ps(),
+            }; R];
+            for (r, x) in x.iter_mut().enumerate() {
+                *x = L::decode(wp.add(r * rb + ib * L::BYTES), tail, idx);
             }
+            for k in 0..N {
+                let qy = ys[k].qs.as_ptr().add(ib * QK8_0);
+                let dyp = ys[k].d.as_ptr().add(ib);
+                let (y, dy, mask) = if tail {
+                    let y = _mm512_zextsi256_si512(load256(qy));
+                    (y, _mm512_set1_ps(*dyp), 0x00FF)
+                } else {
+                    let d2 = _mm_castsi128_ps(_mm_loadl_epi64(dyp as *const __m128i));
+                    let dy = _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(d2));
+                    (load512(qy), dy, 0xFFFF)
+                };
+                for r in 0..R {
+                    let sy = _mm512_mask_sub_epi8(y, x[r].neg, zero, y);
+                    let s = _mm512_dpbusd_epi32(zero, x[r].ax, sy);
+                    let d = _mm512_mul_ps(x[r].dx, dy);
+                    acc[r][k] = _mm512_mask3_fmadd_ps(_mm512_cvtepi32_ps(s), d, acc[r][k], mask);
+                }
+            }
+            ib += 2;
         }
-        ib += 2;
-    }
-    let n_b = acts.n_rows();
-    for (r, acc) in acc.iter().enumerate() {
-        for (k, a) in acc.iter().enumerate() {
-            out[r * n_b + b0 + k] = hsum(*a);
+        let n_b = acts.n_rows();
+        for (r, acc) in acc.iter().enumerate() {
+            for (k, a) in acc.iter().enumerate() {
+                out[r * n_b + b0 + k] = hsum(*a);
+            }
         }
     }
 }
@@ -146,19 +152,22 @@ impl Legacy for Q4_0 {
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     unsafe fn decode(blk: *const u8, tail: bool, idx: __m512i) -> Pair {
-        if tail {
-            let t = _mm512_zextsi128_si512(load128(blk.add(2)));
-            pair_from(q4_0_nibbles(t), _mm512_set1_ps(f16_at(blk)))
-        } else {
-            let nxt = blk.add(Q4_0_BYTES);
-            let t = _mm256_inserti128_si256::<1>(
-                _mm256_castsi128_si256(load128(blk.add(2))),
-                load128(nxt.add(2)),
-            );
-            pair_from(
-                q4_0_nibbles(_mm512_castsi256_si512(t)),
-                scales_f16(blk, nxt, idx),
-            )
+        // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+        unsafe {
+            if tail {
+                let t = _mm512_zextsi128_si512(load128(blk.add(2)));
+                pair_from(q4_0_nibbles(t), _mm512_set1_ps(f16_at(blk)))
+            } else {
+                let nxt = blk.add(Q4_0_BYTES);
+                let t = _mm256_inserti128_si256::<1>(
+                    _mm256_castsi128_si256(load128(blk.add(2))),
+                    load128(nxt.add(2)),
+                );
+                pair_from(
+                    q4_0_nibbles(_mm512_castsi256_si512(t)),
+                    scales_f16(blk, nxt, idx),
+                )
+            }
         }
     }
 }
@@ -171,5 +180,8 @@ pub(super) unsafe fn dot_q4_0<const R: usize, const N: usize>(
     b0: usize,
     out: &mut [f32],
 ) {
-    run::<Q4_0, R, N>(w, rb, acts, b0, out);
+    // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+    unsafe {
+        run::<Q4_0, R, N>(w, rb, acts, b0, out);
+    }
 }

@@ -108,7 +108,8 @@ mod helpers {
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     pub(super) unsafe fn f16_at(p: *const u8) -> f32 {
-        f16_bits(u16::from_le_bytes([*p, *p.add(1)]))
+        // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+        unsafe { f16_bits(u16::from_le_bytes([*p, *p.add(1)])) }
     }
 
     /// f16 bits to f32 with `vcvtph2ps` through inline asm: with the
@@ -120,33 +121,39 @@ mod helpers {
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     pub(super) unsafe fn f16_bits(bits: u16) -> f32 {
-        let v = _mm_cvtsi32_si128(i32::from(bits));
-        let r: __m128;
-        std::arch::asm!(
-            "vcvtph2ps {r}, {v}",
-            v = in(xmm_reg) v,
-            r = lateout(xmm_reg) r,
-            options(pure, nomem, nostack, preserves_flags)
-        );
-        _mm_cvtss_f32(r)
+        // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+        unsafe {
+            let v = _mm_cvtsi32_si128(i32::from(bits));
+            let r: __m128;
+            std::arch::asm!(
+                "vcvtph2ps {r}, {v}",
+                v = in(xmm_reg) v,
+                r = lateout(xmm_reg) r,
+                options(pure, nomem, nostack, preserves_flags)
+            );
+            _mm_cvtss_f32(r)
+        }
     }
 
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     pub(super) unsafe fn load512<T>(p: *const T) -> __m512i {
-        _mm512_loadu_si512(p as *const __m512i)
+        // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+        unsafe { _mm512_loadu_si512(p as *const __m512i) }
     }
 
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     pub(super) unsafe fn load256<T>(p: *const T) -> __m256i {
-        _mm256_loadu_si256(p as *const __m256i)
+        // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+        unsafe { _mm256_loadu_si256(p as *const __m256i) }
     }
 
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     pub(super) unsafe fn load128<T>(p: *const T) -> __m128i {
-        _mm_loadu_si128(p as *const __m128i)
+        // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+        unsafe { _mm_loadu_si128(p as *const __m128i) }
     }
 
     /// 4 activation bytes at `p` broadcast to all 8 lanes (the interleaved
@@ -154,14 +161,16 @@ mod helpers {
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     pub(super) unsafe fn bcast4(p: *const i8) -> __m256i {
-        _mm256_set1_epi32(std::ptr::read_unaligned(p as *const i32))
+        // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+        unsafe { _mm256_set1_epi32(std::ptr::read_unaligned(p as *const i32)) }
     }
 
     /// 32 bytes at `p` in both 256-bit halves.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     pub(super) unsafe fn bcast256<T>(p: *const T) -> __m512i {
-        _mm512_broadcast_i64x4(load256(p))
+        // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+        unsafe { _mm512_broadcast_i64x4(load256(p)) }
     }
 }
 

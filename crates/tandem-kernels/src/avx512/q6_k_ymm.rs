@@ -52,64 +52,70 @@ unsafe fn or_and(a: __m256i, b: __m256i, c: __m256i) -> __m256i {
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn row<const N: usize>(w: *const u8, nb: usize, ys: &[Q8KRow<'_>; N]) -> [f32; N] {
-    let m4 = _mm256_set1_epi8(0x0F);
-    let m48 = _mm256_set1_epi8(0x30);
-    let zero = _mm256_setzero_si256();
-    let idx = [
-        _mm256_loadu_si256(SCALE_IDX[0].as_ptr() as *const __m256i),
-        _mm256_loadu_si256(SCALE_IDX[1].as_ptr() as *const __m256i),
-        _mm256_loadu_si256(SCALE_IDX[2].as_ptr() as *const __m256i),
-        _mm256_loadu_si256(SCALE_IDX[3].as_ptr() as *const __m256i),
-    ];
-    let mut acc = [_mm256_setzero_ps(); N];
-    for i in 0..nb {
-        let blk = w.add(i * Q6_K_BYTES);
-        let d = f16_at(blk.add(Q6_K_D_OFF));
-        let sc16 =
-            _mm256_cvtepi8_epi16(_mm_loadu_si128(blk.add(Q6_K_SCALES_OFF) as *const __m128i));
-        let sc = [
-            _mm256_permutexvar_epi16(idx[0], sc16),
-            _mm256_permutexvar_epi16(idx[1], sc16),
-            _mm256_permutexvar_epi16(idx[2], sc16),
-            _mm256_permutexvar_epi16(idx[3], sc16),
+    // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+    unsafe {
+        let m4 = _mm256_set1_epi8(0x0F);
+        let m48 = _mm256_set1_epi8(0x30);
+        let zero = _mm256_setzero_si256();
+        let idx = [
+            _mm256_loadu_si256(SCALE_IDX[0].as_ptr() as *const __m256i),
+            _mm256_loadu_si256(SCALE_IDX[1].as_ptr() as *const __m256i),
+            _mm256_loadu_si256(SCALE_IDX[2].as_ptr() as *const __m256i),
+            _mm256_loadu_si256(SCALE_IDX[3].as_ptr() as *const __m256i),
         ];
-        let ql = blk as *const __m256i;
-        let qh = blk.add(Q6_K_QH_OFF) as *const __m256i;
-        let mut q = [zero; 8];
-        for h in 0..2 {
-            let ql0 = _mm256_loadu_si256(ql.add(2 * h));
-            let ql1 = _mm256_loadu_si256(ql.add(2 * h + 1));
-            let hb = _mm256_loadu_si256(qh.add(h));
-            q[4 * h] = or_and(_mm256_and_si256(ql0, m4), _mm256_slli_epi16::<4>(hb), m48);
-            q[4 * h + 1] = or_and(_mm256_and_si256(ql1, m4), _mm256_slli_epi16::<2>(hb), m48);
-            q[4 * h + 2] = or_and(_mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4), hb, m48);
-            q[4 * h + 3] = or_and(
-                _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
-                _mm256_srli_epi16::<2>(hb),
-                m48,
-            );
-        }
-        for k in 0..N {
-            let y = ys[k].qs.as_ptr().add(QK_K * i) as *const __m256i;
-            let mut s = [zero; 2];
-            for p in 0..4 {
-                let a = _mm256_dpbusd_epi32(zero, q[2 * p], _mm256_loadu_si256(y.add(2 * p)));
-                let b =
-                    _mm256_dpbusd_epi32(zero, q[2 * p + 1], _mm256_loadu_si256(y.add(2 * p + 1)));
-                s[p % 2] = _mm256_dpwssd_epi32(s[p % 2], _mm256_packs_epi32(a, b), sc[p]);
+        let mut acc = [_mm256_setzero_ps(); N];
+        for i in 0..nb {
+            let blk = w.add(i * Q6_K_BYTES);
+            let d = f16_at(blk.add(Q6_K_D_OFF));
+            let sc16 =
+                _mm256_cvtepi8_epi16(_mm_loadu_si128(blk.add(Q6_K_SCALES_OFF) as *const __m128i));
+            let sc = [
+                _mm256_permutexvar_epi16(idx[0], sc16),
+                _mm256_permutexvar_epi16(idx[1], sc16),
+                _mm256_permutexvar_epi16(idx[2], sc16),
+                _mm256_permutexvar_epi16(idx[3], sc16),
+            ];
+            let ql = blk as *const __m256i;
+            let qh = blk.add(Q6_K_QH_OFF) as *const __m256i;
+            let mut q = [zero; 8];
+            for h in 0..2 {
+                let ql0 = _mm256_loadu_si256(ql.add(2 * h));
+                let ql1 = _mm256_loadu_si256(ql.add(2 * h + 1));
+                let hb = _mm256_loadu_si256(qh.add(h));
+                q[4 * h] = or_and(_mm256_and_si256(ql0, m4), _mm256_slli_epi16::<4>(hb), m48);
+                q[4 * h + 1] = or_and(_mm256_and_si256(ql1, m4), _mm256_slli_epi16::<2>(hb), m48);
+                q[4 * h + 2] = or_and(_mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4), hb, m48);
+                q[4 * h + 3] = or_and(
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
+                    _mm256_srli_epi16::<2>(hb),
+                    m48,
+                );
             }
-            let bsums = _mm256_loadu_si256(ys[k].bsums.as_ptr().add(16 * i) as *const __m256i);
-            let off = _mm256_slli_epi32::<5>(_mm256_madd_epi16(sc16, bsums));
-            let s = _mm256_sub_epi32(_mm256_add_epi32(s[0], s[1]), off);
-            let yd = *ys[k].d.get_unchecked(i);
-            acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(d * yd), acc[k]);
+            for k in 0..N {
+                let y = ys[k].qs.as_ptr().add(QK_K * i) as *const __m256i;
+                let mut s = [zero; 2];
+                for p in 0..4 {
+                    let a = _mm256_dpbusd_epi32(zero, q[2 * p], _mm256_loadu_si256(y.add(2 * p)));
+                    let b = _mm256_dpbusd_epi32(
+                        zero,
+                        q[2 * p + 1],
+                        _mm256_loadu_si256(y.add(2 * p + 1)),
+                    );
+                    s[p % 2] = _mm256_dpwssd_epi32(s[p % 2], _mm256_packs_epi32(a, b), sc[p]);
+                }
+                let bsums = _mm256_loadu_si256(ys[k].bsums.as_ptr().add(16 * i) as *const __m256i);
+                let off = _mm256_slli_epi32::<5>(_mm256_madd_epi16(sc16, bsums));
+                let s = _mm256_sub_epi32(_mm256_add_epi32(s[0], s[1]), off);
+                let yd = *ys[k].d.get_unchecked(i);
+                acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(d * yd), acc[k]);
+            }
         }
+        let mut out = [0.0; N];
+        for k in 0..N {
+            out[k] = hsum8(acc[k]);
+        }
+        out
     }
-    let mut out = [0.0; N];
-    for k in 0..N {
-        out[k] = hsum8(acc[k]);
-    }
-    out
 }
 
 /// Tile kernel: `R` weight rows × activation rows `b0..b0+N`.
@@ -125,15 +131,18 @@ pub(super) unsafe fn dot_q6_k<const R: usize, const N: usize>(
     b0: usize,
     out: &mut [f32],
 ) {
-    super::assert_tile(w, rb, Q6_K_BYTES, R, acts, b0, N, out);
-    let nb = rb / Q6_K_BYTES;
-    let ys: [Q8KRow<'_>; N] = std::array::from_fn(|k| acts.q8_k_row(b0 + k));
-    for y in &ys {
-        assert!(y.qs.len() == nb * QK_K && y.d.len() == nb && y.bsums.len() == nb * 16);
-    }
-    let n_b = acts.n_rows();
-    for r in 0..R {
-        let vals = row::<N>(w.as_ptr().add(r * rb), nb, &ys);
-        out[r * n_b + b0..r * n_b + b0 + N].copy_from_slice(&vals);
+    // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+    unsafe {
+        super::assert_tile(w, rb, Q6_K_BYTES, R, acts, b0, N, out);
+        let nb = rb / Q6_K_BYTES;
+        let ys: [Q8KRow<'_>; N] = std::array::from_fn(|k| acts.q8_k_row(b0 + k));
+        for y in &ys {
+            assert!(y.qs.len() == nb * QK_K && y.d.len() == nb && y.bsums.len() == nb * 16);
+        }
+        let n_b = acts.n_rows();
+        for r in 0..R {
+            let vals = row::<N>(w.as_ptr().add(r * rb), nb, &ys);
+            out[r * n_b + b0..r * n_b + b0 + N].copy_from_slice(&vals);
+        }
     }
 }

@@ -220,8 +220,11 @@ fn axpy256<const F: u8>(acc: &mut [f32], p: f32, v: &[u8]) {
 #[inline]
 #[target_feature(enable = "f16c")]
 unsafe fn q8_0_scale(blk: *const u8) -> f32 {
-    let bits = (blk as *const u16).read_unaligned();
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
+    // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+    unsafe {
+        let bits = (blk as *const u16).read_unaligned();
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
+    }
 }
 
 mod avx512;
