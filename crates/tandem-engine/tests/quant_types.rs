@@ -19,14 +19,16 @@
 //! 0.05% of llama-perplexity and logits within 4e-7 relative, for every
 //! file and family (avx512, avx2, scalar).
 
-use std::path::{Path, PathBuf};
+mod oracle_support;
+use oracle_support::{argmax, ids, load, read_f32, rel_max_diff, root};
+
 use std::process::Command;
 
 use serde_json::Value;
 use tandem_engine::perplexity::perplexity;
 use tandem_gguf::GgufFile;
 use tandem_kernels::{detected_isa, Isa};
-use tandem_model::{KvFormat, KvOptions, LoadOptions, Logits, Model, ModelFiles};
+use tandem_model::Logits;
 
 const MODEL: &str = "tiny-quant";
 /// Set in the child processes: run the checks under this process's ISA.
@@ -36,64 +38,10 @@ const CHILD: &str = "TANDEM_QUANT_TYPES_CHILD";
 /// output (which agree with llama.cpp to ~4e-7 relative on every family).
 const WITH_PPL: &str = "TANDEM_QUANT_TYPES_PPL";
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 fn refs() -> Value {
     let path = root().join("fixtures/refs").join(format!("{MODEL}.json"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).expect("reference JSON")
-}
-
-fn read_f32(file: &str) -> Vec<f32> {
-    let bytes = std::fs::read(root().join("fixtures/refs").join(file)).expect("logits file");
-    bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .expect("id array")
-        .iter()
-        .map(|x| x.as_u64().expect("id") as u32)
-        .collect()
-}
-
-fn load(path: &Path) -> Model {
-    let files = ModelFiles::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    // f32 KV cache, as llama.cpp had when the logits were recorded.
-    let opts = LoadOptions {
-        kv: KvOptions {
-            format: KvFormat::F32,
-            ..KvOptions::default()
-        },
-        ..LoadOptions::default()
-    };
-    Model::load_with(files, &opts).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-/// max |a - b| / max |b|.
-fn rel_max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0.0f32, |m, x| m.max(x.abs()));
-    let diff = a
-        .iter()
-        .zip(b)
-        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
-    diff / scale
-}
-
-fn argmax(x: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in x.iter().enumerate() {
-        if v > x[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 /// Perplexity bound relative to `llama-perplexity` (which keeps an f16 KV

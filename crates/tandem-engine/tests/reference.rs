@@ -11,16 +11,15 @@
 //! - greedy continuations: identical to llama.cpp's up to the first step
 //!   where llama.cpp's own top-2 margin is too small to call.
 
-use std::path::{Path, PathBuf};
+mod oracle_support;
+use oracle_support::{argmax, ids, load, read_f32, rel_max_diff, root};
+
+use std::path::PathBuf;
 
 use serde_json::Value;
 use tandem_engine::perplexity::perplexity;
-use tandem_model::{KvFormat, KvOptions, LoadOptions, Logits, Model, ModelFiles};
+use tandem_model::{Logits, ModelFiles};
 use tandem_tokenizer::Tokenizer;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 const MODELS: &[&str] = &[
     "tandem-tiny",
@@ -42,22 +41,6 @@ fn refs(name: &str) -> Value {
     serde_json::from_str(&text).expect("reference JSON")
 }
 
-fn read_f32(file: &str) -> Vec<f32> {
-    let bytes = std::fs::read(root().join("fixtures/refs").join(file)).expect("logits file");
-    bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .expect("id array")
-        .iter()
-        .map(|x| x.as_u64().expect("id") as u32)
-        .collect()
-}
-
 fn eval_text() -> String {
     std::fs::read_to_string(root().join("fixtures/text/eval.txt")).expect("eval text")
 }
@@ -72,34 +55,6 @@ fn gguf_path(name: &str, key: &str) -> PathBuf {
         .join(name)
         .join("gguf")
         .join(key)
-}
-
-/// Loads with an f32 KV cache: the references (transformers, and
-/// llama.cpp with `type_k`/`type_v` F32 in `tools/fixtures/make_refs.py`)
-/// keep keys and values in f32, and
-/// rounding them to f16 alone moves logits by up to ~1e-2 on these tiny
-/// models, more than the bounds below.
-fn load(path: &Path) -> Model {
-    let files = ModelFiles::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let opts = LoadOptions {
-        kv: KvOptions {
-            format: KvFormat::F32,
-            ..KvOptions::default()
-        },
-        ..LoadOptions::default()
-    };
-    Model::load_with(files, &opts).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-/// max |a - b| / max |b|.
-fn rel_max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0.0f32, |m, x| m.max(x.abs()));
-    let diff = a
-        .iter()
-        .zip(b)
-        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
-    diff / scale
 }
 
 #[test]
@@ -289,14 +244,4 @@ fn logits_tolerance(key: &str) -> f32 {
     } else {
         1e-2
     }
-}
-
-fn argmax(x: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in x.iter().enumerate() {
-        if v > x[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
