@@ -327,7 +327,9 @@ fn engine_loop(
             if sched.is_idle() && !st.open {
                 break;
             }
-            let cmd = if sched.handed_off() > 0 {
+            // A busy worker (even one answering a cancel) has a deadline.
+            let busy = st.workers.values().any(|w| w.busy.is_some());
+            let cmd = if busy || sched.handed_off() > 0 {
                 match rx.recv_timeout(Duration::from_millis(250)) {
                     Ok(cmd) => Some(cmd),
                     Err(RecvTimeoutError::Timeout) => None,

@@ -74,6 +74,13 @@
 //!    until it answers (`Failed` or `Done`); its late images for the job
 //!    are ignored.
 //!
+//! Results: the CPU backend runs the server's chunk size from the
+//! positions its own cache holds; kernels do not depend on the batch, so
+//! with the server's thread count (attention over a long context is split
+//! by threads, and split attention equals unsplit only to ~1e-5) a worker
+//! gives the in-process tokens and log-probabilities bit for bit
+//! (`tests/prefill_workers.rs`, `tests/server/test_prefill_worker.py`).
+//!
 //! What the checks cannot see: the arithmetic. A worker with the right
 //! model that computes wrong values (a bug, or a hostile process)
 //! gives its request wrong K/V, and the pages it filled reach the prefix
