@@ -27,6 +27,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("gguf_vocab", gguf_vocab),
     ("chat_template", chat_template),
     ("kv_page", kv_page),
+    ("request_body", request_body),
 ];
 
 /// A directory for this process's scratch files.
@@ -202,6 +203,99 @@ pub fn kv_page(data: &[u8]) {
     assert!(seq.is_empty() || seq.tokens() == KV_PAGE_TOKENS);
     drop(seq);
     let _ = std::fs::remove_file(&file);
+}
+
+/// A server request: the first byte picks the endpoint
+/// ([`tandem_server::Endpoint::ALL`]), the rest is the body. Everything
+/// the server does with a body before the engine runs it
+/// ([`tandem_server::check_request`]: parsing, parameter checks, the
+/// tiny Qwen2 fixture's chat template, tokenization, the context budget)
+/// on a server that has loaded that model.
+pub fn request_body(data: &[u8]) {
+    let Some((&pick, body)) = data.split_first() else {
+        return;
+    };
+    let Some(state) = request_body_state() else {
+        return;
+    };
+    let all = tandem_server::Endpoint::ALL;
+    let _ = tandem_server::check_request(state, all[pick as usize % all.len()], body);
+}
+
+/// The server `request_body` talks to: the tiny Qwen2 fixture (Q8_0)
+/// loaded once, with an engine of a 256-token context.
+pub fn request_body_state() -> Option<&'static tandem_server::AppState> {
+    use std::sync::Arc;
+    static STATE: OnceLock<Option<Arc<tandem_server::AppState>>> = OnceLock::new();
+    STATE
+        .get_or_init(|| {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../fixtures/models/tiny-qwen2/gguf/tiny-qwen2-Q8_0.gguf");
+            let files = tandem_model::ModelFiles::open(&path).ok()?;
+            let opts = tandem_model::LoadOptions {
+                numa: tandem_model::NumaMode::Off,
+                threads: Some(1),
+                pin: false,
+                ..Default::default()
+            };
+            let model = Arc::new(tandem_model::Model::load_with(files, &opts).ok()?);
+            let store = model.new_kv_store(model.kv_options(), 1 << 22).ok()?;
+            let engine = tandem_engine::engine::Engine::start(
+                Arc::clone(&model),
+                store,
+                tandem_engine::engine::EngineConfig {
+                    max_batch: 1,
+                    ctx: 256,
+                    ..Default::default()
+                },
+            );
+            let template =
+                tandem_engine::chat::ChatTemplate::of_tokenizer(&model.tokenizer).ok()?;
+            let state = tandem_server::AppState::new(tandem_server::ServerConfig {
+                model_name: "tiny".into(),
+                ..Default::default()
+            });
+            state.set_ready(tandem_server::Ready {
+                engine: Arc::new(engine),
+                model,
+                template,
+            });
+            Some(state)
+        })
+        .as_deref()
+}
+
+/// Seeds of `request_body`: one well-formed request per endpoint and a
+/// few that use every parameter (the first byte picks the endpoint).
+pub fn request_body_seeds() -> Vec<Vec<u8>> {
+    let bodies: [(u8, &str); 6] = [
+        (
+            0,
+            r#"{"prompt":"Once upon a time","max_tokens":8,"temperature":0.7,"top_p":0.9,"top_k":40,"min_p":0.05,"seed":3,"stop":["\n","end"],"presence_penalty":0.5,"frequency_penalty":0.2,"logprobs":2,"stream":true,"stream_options":{"include_usage":true}}"#,
+        ),
+        (0, r#"{"prompt":[1,2,3,4],"max_tokens":4,"n":1}"#),
+        (
+            1,
+            r#"{"model":"tiny","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"Hi"},{"role":"assistant","content":"Hello!"},{"role":"user","content":[{"type":"text","text":"What is 2+2?"}]}],"max_completion_tokens":16,"logprobs":true,"top_logprobs":3,"stop":"\n\n"}"#,
+        ),
+        (
+            1,
+            r#"{"messages":[{"role":"user","content":"weather?"},{"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"get","arguments":"{\"city\":\"Paris\"}"}}]},{"role":"tool","tool_call_id":"c1","content":"sunny"}],"tools":[{"type":"function","function":{"name":"get","parameters":{"type":"object"}}}],"chat_template_kwargs":{"enable_thinking":false}}"#,
+        ),
+        (
+            2,
+            r#"{"content":"Hello world","add_special":true,"with_pieces":true}"#,
+        ),
+        (3, r#"{"tokens":[1,2,3,100,200]}"#),
+    ];
+    bodies
+        .iter()
+        .map(|(e, b)| {
+            let mut v = vec![*e];
+            v.extend_from_slice(b.as_bytes());
+            v
+        })
+        .collect()
 }
 
 /// The tokens of the page `kv_page` looks up.

@@ -94,6 +94,27 @@ fn fixtures_replay() {
         run(target, f, &path);
     }
     tandem_fuzz::kv_page(&tandem_fuzz::kv_page_seed());
+    for seed in tandem_fuzz::request_body_seeds() {
+        tandem_fuzz::request_body(&seed);
+    }
+}
+
+/// The request seeds reach the engine's door: each is accepted by
+/// `check_request` (a seed the server refused would fuzz only its
+/// error paths).
+#[test]
+fn request_seeds_are_accepted() {
+    let st = tandem_fuzz::request_body_state().expect("fixture server");
+    for seed in tandem_fuzz::request_body_seeds() {
+        let all = tandem_server::Endpoint::ALL;
+        let r = tandem_server::check_request(st, all[seed[0] as usize % all.len()], &seed[1..]);
+        assert!(
+            r.is_ok(),
+            "{}: {:?}",
+            String::from_utf8_lossy(&seed),
+            r.err()
+        );
+    }
 }
 
 /// Writes `fuzz/corpus/<target>/` from the fixtures (run by hand).
@@ -135,5 +156,11 @@ fn write_corpus() {
     let dir = corpus.join("kv_page");
     std::fs::create_dir_all(&dir).expect("mkdir");
     std::fs::write(dir.join("page"), tandem_fuzz::kv_page_seed()).expect("write");
+    let dir = corpus.join("request_body");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    for (i, seed) in tandem_fuzz::request_body_seeds().into_iter().enumerate() {
+        std::fs::write(dir.join(format!("request-{i}")), seed).expect("write");
+        n += 1;
+    }
     eprintln!("{} seeds written under {}", n + 1, corpus.display());
 }

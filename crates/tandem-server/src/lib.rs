@@ -25,7 +25,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 pub use error::ApiError;
-pub use routes::router;
+pub use routes::{check_request, router, Endpoint};
 pub use state::{AppState, Ready, ServerConfig};
 
 /// Serves `state` on `listener` until `shutdown` resolves, then waits for

@@ -108,8 +108,12 @@ struct TokenizeRequest {
 }
 
 async fn tokenize(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
-    let r = st.ready()?;
-    let req: TokenizeRequest = api::parse(&body)?;
+    Ok(Json(tokenize_body(st.ready()?, &body)?).into_response())
+}
+
+/// `/tokenize`'s answer to `body`.
+fn tokenize_body(r: &Ready, body: &[u8]) -> Result<Value, ApiError> {
+    let req: TokenizeRequest = api::parse(body)?;
     let tok = &r.model.tokenizer;
     let ids = tok
         .encode(&req.content, req.add_special)
@@ -121,7 +125,7 @@ async fn tokenize(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Respon
     } else {
         ids.iter().map(|&id| json!(id)).collect()
     };
-    Ok(Json(json!({ "tokens": tokens })).into_response())
+    Ok(json!({ "tokens": tokens }))
 }
 
 #[derive(Deserialize)]
@@ -130,15 +134,19 @@ struct DetokenizeRequest {
 }
 
 async fn detokenize(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
-    let r = st.ready()?;
-    let req: DetokenizeRequest = api::parse(&body)?;
+    Ok(Json(detokenize_body(st.ready()?, &body)?).into_response())
+}
+
+/// `/detokenize`'s answer to `body`.
+fn detokenize_body(r: &Ready, body: &[u8]) -> Result<Value, ApiError> {
+    let req: DetokenizeRequest = api::parse(body)?;
     check_ids(r, &req.tokens)?;
     let content = r
         .model
         .tokenizer
         .decode(&req.tokens)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    Ok(Json(json!({ "content": content })).into_response())
+    Ok(json!({ "content": content }))
 }
 
 fn check_ids(r: &Ready, ids: &[u32]) -> Result<(), ApiError> {
@@ -221,7 +229,14 @@ struct Meta {
 
 async fn completions(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
     let r = st.ready()?;
-    let req: CompletionRequest = api::parse(&body)?;
+    let p = prepare_completion(&st, r, &body)?;
+    run(&st, r, p).await
+}
+
+/// Everything `/v1/completions` decides from `body` before the engine
+/// sees the request.
+fn prepare_completion(st: &AppState, r: &Ready, body: &[u8]) -> Result<Prepared, ApiError> {
+    let req: CompletionRequest = api::parse(body)?;
     if req.echo == Some(true) {
         return Err(ApiError::bad_param("echo", "echo is not supported"));
     }
@@ -276,12 +291,25 @@ async fn completions(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Res
         logprobs,
         include_usage: params.include_usage,
     };
-    run(&st, r, prompt, max_tokens, params, logprobs, meta).await
+    Ok(Prepared {
+        prompt,
+        max_tokens,
+        params,
+        logprobs,
+        meta,
+    })
 }
 
 async fn chat(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
     let r = st.ready()?;
-    let req: ChatRequest = api::parse(&body)?;
+    let p = prepare_chat(&st, r, &body)?;
+    run(&st, r, p).await
+}
+
+/// Everything `/v1/chat/completions` decides from `body` before the
+/// engine sees the request: parameters, the rendered template, the prompt.
+fn prepare_chat(st: &AppState, r: &Ready, body: &[u8]) -> Result<Prepared, ApiError> {
+    let req: ChatRequest = api::parse(body)?;
     let messages = api::template_messages(&req.messages)?;
     let mut kwargs = TemplateKwargs::new();
     if let Some(tools) = &req.tools {
@@ -333,18 +361,66 @@ async fn chat(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Response, 
         logprobs,
         include_usage: params.include_usage,
     };
-    run(&st, r, prompt, max_tokens, params, logprobs, meta).await
+    Ok(Prepared {
+        prompt,
+        max_tokens,
+        params,
+        logprobs,
+        meta,
+    })
 }
 
-async fn run(
-    st: &Arc<AppState>,
-    r: &Ready,
+/// A generation request, checked and tokenized.
+struct Prepared {
     prompt: Vec<u32>,
     max_tokens: usize,
     params: api::EngineParams,
     logprobs: Option<usize>,
     meta: Meta,
-) -> Result<Response, ApiError> {
+}
+
+/// The endpoints whose bodies [`check_request`] takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    Completions,
+    ChatCompletions,
+    Tokenize,
+    Detokenize,
+}
+
+impl Endpoint {
+    pub const ALL: [Endpoint; 4] = [
+        Endpoint::Completions,
+        Endpoint::ChatCompletions,
+        Endpoint::Tokenize,
+        Endpoint::Detokenize,
+    ];
+}
+
+/// What the server does with a request body short of running the model:
+/// parsing, parameter checks, the chat template, tokenization, the context
+/// budget (and for `/tokenize` and `/detokenize` the whole answer). The
+/// routes call the same functions; the `request_body` fuzz target calls
+/// this, so every untrusted byte of a request passes through fuzzed code
+/// before it reaches the engine.
+pub fn check_request(st: &AppState, endpoint: Endpoint, body: &[u8]) -> Result<(), ApiError> {
+    let r = st.ready()?;
+    match endpoint {
+        Endpoint::Completions => prepare_completion(st, r, body).map(drop),
+        Endpoint::ChatCompletions => prepare_chat(st, r, body).map(drop),
+        Endpoint::Tokenize => tokenize_body(r, body).map(drop),
+        Endpoint::Detokenize => detokenize_body(r, body).map(drop),
+    }
+}
+
+async fn run(st: &Arc<AppState>, r: &Ready, p: Prepared) -> Result<Response, ApiError> {
+    let Prepared {
+        prompt,
+        max_tokens,
+        params,
+        logprobs,
+        meta,
+    } = p;
     let spec = GenerationSpec {
         request: Request {
             id: 0,

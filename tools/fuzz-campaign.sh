@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# A fuzzing campaign that adds up over many sittings: every target in
+# turn for SLICE seconds (resuming from its corpus under fuzz/corpus/),
+# with issue 13's limits (AddressSanitizer, 2 GiB RSS, 1 s per input).
+# Each slice appends one line to the log:
+#
+#   date  target  executions  exit-status  crash-artifacts
+#
+# and `tools/fuzz-campaign.sh --sum` prints the total executions and
+# findings per target. A finding stops nothing: its input is left in
+# fuzz/artifacts/<target>/ (copy it to fuzz/regressions/<target>/ with
+# the fix, fuzz/README.md).
+#
+#   tools/fuzz-campaign.sh [SLICE_SECONDS] [TARGET...]   # default 600, all
+#   FUZZ_LOG=path tools/fuzz-campaign.sh --sum
+#
+# Needs cargo-fuzz and the nightly toolchain; seeds the corpora from the
+# fixtures first if they are missing. Runs under `nice`; stop it with
+# Ctrl-C or kill (the slice in progress is lost, the corpus is kept).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+LOG=${FUZZ_LOG:-fuzz/campaign.tsv}
+ALL=(request_body hf_config kv_page chat_template tokenizer_json gguf_vocab gguf_header gguf_model)
+
+if [ "${1:-}" = "--sum" ]; then
+    [ -f "$LOG" ] || { echo "no log at $LOG"; exit 1; }
+    awk -F'\t' '{ e[$2] += $3; s[$2] += 1; if ($4 != 0) bad[$2] += 1; c[$2] += $5 }
+        END { printf "%-16s %14s %7s %9s %9s\n", "target", "executions", "slices", "failures", "artifacts";
+              for (t in e) printf "%-16s %14d %7d %9d %9d\n", t, e[t], s[t], bad[t], c[t] }' "$LOG" | sort
+    exit 0
+fi
+
+SLICE=${1:-600}
+shift || true
+TARGETS=("$@")
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=("${ALL[@]}")
+
+if [ ! -d fuzz/corpus ]; then
+    cargo test -p tandem-fuzz --test replay -- --ignored write_corpus
+fi
+(cd fuzz && cargo +nightly fuzz build -O)
+
+dict_of() {
+    case "$1" in
+        gguf_header | gguf_model) echo "-dict=dict/gguf.dict" ;;
+        chat_template) echo "-dict=dict/jinja.dict" ;;
+    esac
+}
+
+for t in "${TARGETS[@]}"; do
+    mkdir -p "fuzz/corpus/$t" "fuzz/artifacts/$t"
+    before=$(find "fuzz/artifacts/$t" -type f | wc -l)
+    out=$(mktemp)
+    set +e
+    # shellcheck disable=SC2046 # the dictionary flag is one word or none
+    (cd fuzz && nice -n 19 cargo +nightly fuzz run -O "$t" "corpus/$t" -- \
+        -rss_limit_mb=2048 -timeout=1 -max_total_time="$SLICE" -print_final_stats=1 \
+        $(dict_of "$t")) >"$out" 2>&1
+    rc=$?
+    set -e
+    runs=$(grep -E '^stat::number_of_executed_units:' "$out" | tail -1 | awk '{print $2}')
+    after=$(find "fuzz/artifacts/$t" -type f | wc -l)
+    printf '%s\t%s\t%s\t%s\t%s\n' "$(date -u +%FT%TZ)" "$t" "${runs:-0}" "$rc" "$((after - before))" >>"$LOG"
+    if [ "$rc" -ne 0 ]; then
+        echo "$t: exit $rc; see fuzz/artifacts/$t/ and the output:"
+        tail -40 "$out"
+    fi
+    rm -f "$out"
+done
