@@ -12,8 +12,13 @@
 //!
 //! The items are cut one of two ways ([`AttnPlan`]):
 //!
-//! - **Prefill** (a sequence has more new rows than one tile): one item per
-//!   (sequence, KV head), over all pages.
+//! - **Prefill** (a sequence has more new rows than one tile): a first run
+//!   stores every new row's K/V (one item per sequence and KV head), then
+//!   one item per (sequence, KV head, query tile) attends, the last tiles
+//!   (which see the most positions) claimed first. Cutting by tile keeps
+//!   every thread busy where a sequence has fewer KV heads than the node
+//!   has threads: MLA has one latent head, so one item per head left a
+//!   whole prompt's attention to one thread.
 //! - **Decode**: one item per (sequence, part of the pages), over all the
 //!   node's KV heads. A page of one layer holds the node's heads' keys and
 //!   then their values as two contiguous runs, so an item streams whole
@@ -196,47 +201,102 @@ pub(crate) fn attention(
         out,
         split,
     };
+    if !plan.all_heads {
+        // Prefill: every new row is stored before any tile reads it (a
+        // tile sees the rows of the tiles before it).
+        pool.try_run(|w: Worker<'_>| -> Result<(), ModelError> {
+            let heads = kv_ranges[w.node].clone();
+            let n_items = heads.len() * seqs.len();
+            // SAFETY: worker `w.index` is the only user of its scratch.
+            let scratch = unsafe { scratch.get(w.index) };
+            loop {
+                let item = w.claim();
+                if item >= n_items {
+                    return Ok(());
+                }
+                let (si, local) = (item / heads.len(), item % heads.len());
+                let it = ctx.item(seqs, si, &w, heads.start, local..local + 1, 0);
+                // SAFETY: the item owns this head's new rows of this
+                // sequence and their reserved positions.
+                unsafe { store_new_rows(&ctx, &it, local, &mut scratch[..c.head_dim]) }?;
+            }
+        })?;
+    }
     pool.try_run(|w: Worker<'_>| -> Result<(), ModelError> {
         let heads = kv_ranges[w.node].clone();
-        let per_seq = if plan.all_heads {
-            plan.parts
-        } else {
-            heads.len()
+        let nh = heads.len();
+        let tile_rows = (MAX_QUERIES / (c.n_heads / c.n_kv_heads).max(1)).max(1);
+        // Items per sequence: decode, its parts (all heads each);
+        // prefill, one per (KV head, query tile).
+        let per_seq = |s: &SeqView| {
+            if plan.all_heads {
+                plan.parts
+            } else {
+                nh * s.n_rows.div_ceil(tile_rows)
+            }
         };
-        let n_items = per_seq * seqs.len();
+        let n_items: usize = seqs.iter().map(per_seq).sum();
         // SAFETY: worker `w.index` is the only user of its scratch.
         let (scratch, states) = unsafe { (scratch.get(w.index), states.get(w.index)) };
+        let (mut si, mut first) = (0, 0); // the sequence of the last claim
         loop {
             let item = w.claim();
             if item >= n_items {
                 return Ok(());
             }
-            let si = item / per_seq;
-            let (local, part) = if plan.all_heads {
-                (0..heads.len(), item % per_seq)
+            // Claims only grow: walk forward to the item's sequence.
+            while item >= first + per_seq(&seqs[si]) {
+                first += per_seq(&seqs[si]);
+                si += 1;
+            }
+            let j = item - first;
+            let it = if plan.all_heads {
+                ctx.item(seqs, si, &w, heads.start, 0..nh, j % plan.parts)
             } else {
-                let h = item % per_seq;
-                (h..h + 1, 0)
-            };
-            let s = &seqs[si];
-            let it = Item {
-                s,
-                si,
-                // SAFETY: see `SeqView::seq`.
-                seq: unsafe { &*s.seq },
-                node: w.node,
-                head0: heads.start,
-                local,
-                part,
+                // Last tiles first: they see the most positions, so the
+                // longest items start earliest.
+                let tiles = seqs[si].n_rows.div_ceil(tile_rows);
+                let (tile, h) = (tiles - 1 - j / nh, j % nh);
+                let mut it = ctx.item(seqs, si, &w, heads.start, h..h + 1, 0);
+                it.rows = tile * tile_rows..((tile + 1) * tile_rows).min(it.s.n_rows);
+                it
             };
             // SAFETY: positions below the part's pages' end were stored,
-            // by this item (the last part) or by earlier forward passes,
-            // and nothing else writes them during the run; the item owns
-            // its heads' new K/V rows (last part), their output slots (one
-            // part) or its partial slots (several).
+            // by this run's first phase (prefill), by this item (the
+            // last part of a decode) or by earlier forward passes, and
+            // nothing else writes them during the run; the item owns its
+            // heads' new K/V rows (last decode part), their output slots
+            // (one part) or its partial slots (several).
             unsafe { run_item(&ctx, &it, scratch, states) }?;
         }
     })
+}
+
+impl<'a> ItemCtx<'a> {
+    /// The item of sequence `si` over node-local heads `local`, part
+    /// `part`, all of the sequence's new rows.
+    fn item<'s>(
+        &self,
+        seqs: &'s [SeqView],
+        si: usize,
+        w: &Worker<'_>,
+        head0: usize,
+        local: std::ops::Range<usize>,
+        part: usize,
+    ) -> Item<'s> {
+        let s = &seqs[si];
+        Item {
+            s,
+            si,
+            // SAFETY: see `SeqView::seq`.
+            seq: unsafe { &*s.seq },
+            node: w.node,
+            head0,
+            local,
+            part,
+            rows: 0..s.n_rows,
+        }
+    }
 }
 
 /// What every item of one attention run shares.
@@ -263,6 +323,9 @@ struct Item<'a> {
     head0: usize,
     local: std::ops::Range<usize>,
     part: usize,
+    /// The new rows (of `0..s.n_rows`) it attends for: all of them in
+    /// decode, one query tile in prefill.
+    rows: std::ops::Range<usize>,
 }
 
 /// Query rows attended together: all heads of a KV group, for as many
@@ -383,12 +446,14 @@ unsafe fn run_item(
         let (hd, group) = (c.head_dim, c.n_heads / c.n_kv_heads);
         let parts = x.split.plan.parts;
         let (tmp, scratch) = scratch.split_at_mut(hd);
-        if it.part + 1 == parts {
+        // Decode's last part stores the new rows (prefill stored them in
+        // a phase of their own).
+        if x.split.plan.all_heads && it.part + 1 == parts {
             for local in it.local.clone() {
                 store_new_rows(x, it, local, tmp)?;
             }
         }
-        if s.n_rows == 0 {
+        if it.rows.is_empty() {
             return Ok(());
         }
         let q_dim = c.n_heads * hd;
@@ -410,9 +475,9 @@ unsafe fn run_item(
         let mut starts = [0usize; MAX_QUERIES];
         let tile_rows = (MAX_QUERIES / group).max(1);
         let gq = group * hd; // a row's query values of one group
-        let mut r0 = 0;
-        while r0 < s.n_rows {
-            let nr = tile_rows.min(s.n_rows - r0);
+        let mut r0 = it.rows.start;
+        while r0 < it.rows.end {
+            let nr = tile_rows.min(it.rows.end - r0);
             // ≤ MAX_QUERIES: `Model::load_with` refuses larger groups.
             let nq = nr * group;
             for (hi, local) in it.local.clone().enumerate() {
