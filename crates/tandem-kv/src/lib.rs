@@ -19,7 +19,9 @@
 //! are a contiguous slab, which is exactly a block for
 //! `tandem_kernels::attention::attend_block`. A latent (MLA) cache
 //! ([`KvValues::InKeys`]) stores K slabs only: a value is a prefix of its
-//! key row. It has one head, so one node holds it.
+//! key row. It has one head, so one node's pool holds it; with several
+//! nodes that memory is interleaved over all of them, because every
+//! node's threads attend over it.
 //!
 //! Does not know: models, tokens' meaning, attention arithmetic, threads.
 //! It is told the geometry and the token ids that filled each page.

@@ -234,13 +234,25 @@ impl KvStore {
         if n_pages == 0 || n_pages > PageId::MAX as usize {
             return Err(KvError::Geometry(format!("{n_pages} pages")));
         }
+        // A latent cache (one head, attended by every node's threads) is
+        // spread over every machine node; a head-split cache lives where
+        // its heads are attended.
+        let mut spread: Vec<usize> = machine_nodes.iter().flatten().copied().collect();
+        spread.sort_unstable();
+        spread.dedup();
+        let shared = geom.values == KvValues::InKeys && machine_nodes.len() > 1;
         let mut memory = Vec::with_capacity(machine_nodes.len());
         for (node, &m) in machine_nodes.iter().enumerate() {
             let bytes = geom
                 .node_page_bytes(node)
                 .checked_mul(n_pages)
                 .ok_or(KvError::TooLarge)?;
-            memory.push(NodeMemory::new(bytes, m).map_err(|e| KvError::Memory(e.to_string()))?);
+            let mem = if shared && bytes > 0 {
+                NodeMemory::interleaved(bytes, &spread)
+            } else {
+                NodeMemory::new(bytes, m)
+            };
+            memory.push(mem.map_err(|e| KvError::Memory(e.to_string()))?);
         }
         let bases = memory.iter_mut().map(|m| m.as_mut_ptr()).collect();
         let table = Mutex::new(PageTable::new(n_pages, geom.page_tokens));

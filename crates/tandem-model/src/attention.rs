@@ -27,6 +27,11 @@
 //!   With several parts (flash-decoding: threads share a long context),
 //!   the parts' states are merged per head (protocol on [`SplitState`]).
 //!
+//! A head is attended by the node that holds it, except a latent (MLA)
+//! cache's one head: with several nodes its items, prefill and decode
+//! alike, are dealt round-robin to every node's threads, which read the
+//! home node's pool (interleaved over all memory nodes by `tandem-kv`).
+//!
 //! Numerics: the online softmax and the SIMD dot products reach llama.cpp's
 //! two-pass (non-flash) attention only up to a few ulps. On tiny quantized
 //! fixtures a few ulps can move an activation across a rounding boundary of
@@ -201,21 +206,30 @@ pub(crate) fn attention(
         out,
         split,
     };
+    let shared = shared_home(kv_ranges, seqs);
+    // Which node's heads (and memory) worker `w` attends, and its claims'
+    // mapping to item numbers: a latent cache's items are dealt out
+    // round-robin over every node (each node claims its own residue).
+    let homes = |w: &Worker<'_>| match shared {
+        Some(home) => (home, w.n_nodes, w.node),
+        None => (w.node, 1, 0),
+    };
     if !plan.all_heads {
         // Prefill: every new row is stored before any tile reads it (a
         // tile sees the rows of the tiles before it).
         pool.try_run(|w: Worker<'_>| -> Result<(), ModelError> {
-            let heads = kv_ranges[w.node].clone();
+            let (home, stride, offset) = homes(&w);
+            let heads = kv_ranges[home].clone();
             let n_items = heads.len() * seqs.len();
             // SAFETY: worker `w.index` is the only user of its scratch.
             let scratch = unsafe { scratch.get(w.index) };
             loop {
-                let item = w.claim();
+                let item = w.claim() * stride + offset;
                 if item >= n_items {
                     return Ok(());
                 }
                 let (si, local) = (item / heads.len(), item % heads.len());
-                let it = ctx.item(seqs, si, &w, heads.start, local..local + 1, 0);
+                let it = ctx.item(seqs, si, home, heads.start, local..local + 1, 0);
                 // SAFETY: the item owns this head's new rows of this
                 // sequence and their reserved positions.
                 unsafe { store_new_rows(&ctx, &it, local, &mut scratch[..c.head_dim]) }?;
@@ -223,7 +237,8 @@ pub(crate) fn attention(
         })?;
     }
     pool.try_run(|w: Worker<'_>| -> Result<(), ModelError> {
-        let heads = kv_ranges[w.node].clone();
+        let (home, stride, offset) = homes(&w);
+        let heads = kv_ranges[home].clone();
         let nh = heads.len();
         let tile_rows = (MAX_QUERIES / (c.n_heads / c.n_kv_heads).max(1)).max(1);
         // Items per sequence: decode, its parts (all heads each);
@@ -240,7 +255,7 @@ pub(crate) fn attention(
         let (scratch, states) = unsafe { (scratch.get(w.index), states.get(w.index)) };
         let (mut si, mut first) = (0, 0); // the sequence of the last claim
         loop {
-            let item = w.claim();
+            let item = w.claim() * stride + offset;
             if item >= n_items {
                 return Ok(());
             }
@@ -251,13 +266,13 @@ pub(crate) fn attention(
             }
             let j = item - first;
             let it = if plan.all_heads {
-                ctx.item(seqs, si, &w, heads.start, 0..nh, j % plan.parts)
+                ctx.item(seqs, si, home, heads.start, 0..nh, j % plan.parts)
             } else {
                 // Last tiles first: they see the most positions, so the
                 // longest items start earliest.
                 let tiles = seqs[si].n_rows.div_ceil(tile_rows);
                 let (tile, h) = (tiles - 1 - j / nh, j % nh);
-                let mut it = ctx.item(seqs, si, &w, heads.start, h..h + 1, 0);
+                let mut it = ctx.item(seqs, si, home, heads.start, h..h + 1, 0);
                 it.rows = tile * tile_rows..((tile + 1) * tile_rows).min(it.s.n_rows);
                 it
             };
@@ -273,13 +288,13 @@ pub(crate) fn attention(
 }
 
 impl<'a> ItemCtx<'a> {
-    /// The item of sequence `si` over node-local heads `local`, part
+    /// The item of sequence `si` over heads `local` of node `home`, part
     /// `part`, all of the sequence's new rows.
     fn item<'s>(
         &self,
         seqs: &'s [SeqView],
         si: usize,
-        w: &Worker<'_>,
+        home: usize,
         head0: usize,
         local: std::ops::Range<usize>,
         part: usize,
@@ -290,13 +305,27 @@ impl<'a> ItemCtx<'a> {
             si,
             // SAFETY: see `SeqView::seq`.
             seq: unsafe { &*s.seq },
-            node: w.node,
+            node: home,
             head0,
             local,
             part,
             rows: 0..s.n_rows,
         }
     }
+}
+
+/// The node holding a latent cache's one head when the pool has several
+/// nodes: then every node's threads attend over it (its memory is spread
+/// over all nodes, `tandem-kv`), instead of one node doing all of a
+/// layer's attention while the others wait. None otherwise.
+fn shared_home(kv_ranges: &[std::ops::Range<usize>], seqs: &[SeqView]) -> Option<usize> {
+    let first = seqs.first()?;
+    // SAFETY: see `SeqView::seq`.
+    let geom = unsafe { &*first.seq }.store().geometry();
+    if kv_ranges.len() < 2 || geom.values != tandem_kv::KvValues::InKeys {
+        return None;
+    }
+    kv_ranges.iter().position(|r| !r.is_empty())
 }
 
 /// What every item of one attention run shares.
@@ -318,6 +347,8 @@ struct Item<'a> {
     s: &'a SeqView,
     si: usize,
     seq: &'a KvCache,
+    /// The node whose pool holds the item's heads (the worker's own,
+    /// except for a latent cache, which every node attends).
     node: usize,
     /// Global index of the node's first KV head.
     head0: usize,

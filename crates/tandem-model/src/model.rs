@@ -822,11 +822,18 @@ impl Model {
             .map(|s| s.cache.store().geometry().page_tokens)
             .min()
             .unwrap_or(1);
+        // A latent cache is attended by every node's threads
+        // (`attention::shared_home`): parts for all of them.
+        let shared = self.config.mla.is_some() && pool.n_nodes() > 1;
+        let threads = (0..pool.n_nodes()).map(|n| match shared {
+            true => pool.n_threads(),
+            false => pool.threads_in_node(n),
+        });
         choose_plan(
             seqs.iter().map(|s| (s.cache.len(), s.tokens.len())),
             self.config.n_heads / self.config.n_kv_heads,
             page_tokens,
-            (0..pool.n_nodes()).map(|n| pool.threads_in_node(n)),
+            threads,
             self.attention_splits,
         )
     }

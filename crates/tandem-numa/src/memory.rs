@@ -50,6 +50,28 @@ impl NodeMemory {
         Ok(NodeMemory { map, node, bound })
     }
 
+    /// Maps `len` bytes whose pages are spread round-robin over machine
+    /// nodes `nodes` (`MPOL_INTERLEAVE`): memory that threads of every
+    /// node read alike (an MLA latent cache, which all nodes attend over)
+    /// draws on every node's memory channels instead of one node's.
+    pub fn interleaved(len: usize, nodes: &[usize]) -> Result<NodeMemory, NumaError> {
+        let map = MmapMut::map_anon(len.max(1)).map_err(|e| NumaError::Map {
+            bytes: len,
+            source: e,
+        })?;
+        #[cfg(target_os = "linux")]
+        {
+            let _ = map.advise(memmap2::Advice::HugePage);
+        }
+        let bound =
+            nodes.len() > 1 && set_policy(map.as_ptr(), map.len(), Policy::Interleave, nodes);
+        Ok(NodeMemory {
+            map,
+            node: None,
+            bound,
+        })
+    }
+
     /// The machine node asked for.
     pub fn node(&self) -> Option<usize> {
         self.node
@@ -76,15 +98,33 @@ impl NodeMemory {
     }
 }
 
-#[cfg(target_os = "linux")]
+/// The `mbind` policies tandem uses.
+#[derive(Clone, Copy, Debug)]
+enum Policy {
+    /// `MPOL_PREFERRED`: on the node if it has room.
+    Preferred,
+    /// `MPOL_INTERLEAVE`: pages round-robin over the nodes.
+    Interleave,
+}
+
 fn bind(addr: *const u8, len: usize, node: usize) -> bool {
-    const MPOL_PREFERRED: libc::c_long = 1;
+    set_policy(addr, len, Policy::Preferred, &[node])
+}
+
+#[cfg(target_os = "linux")]
+fn set_policy(addr: *const u8, len: usize, policy: Policy, nodes: &[usize]) -> bool {
+    let mode: libc::c_long = match policy {
+        Policy::Preferred => 1,
+        Policy::Interleave => 3,
+    };
     let bits = 8 * std::mem::size_of::<libc::c_ulong>();
-    if node >= 64 * bits {
-        return false;
-    }
     let mut mask = [0 as libc::c_ulong; 64];
-    mask[node / bits] |= 1 << (node % bits);
+    for &node in nodes {
+        if node >= 64 * bits {
+            return false;
+        }
+        mask[node / bits] |= 1 << (node % bits);
+    }
     // SAFETY: mbind only changes the policy of our own mapping
     // [addr, addr+len); the mask is a valid array of `64 * bits` bits.
     let rc = unsafe {
@@ -92,7 +132,7 @@ fn bind(addr: *const u8, len: usize, node: usize) -> bool {
             libc::SYS_mbind,
             addr as *mut libc::c_void,
             len as libc::c_ulong,
-            MPOL_PREFERRED,
+            mode,
             mask.as_ptr(),
             (64 * bits) as libc::c_ulong,
             0 as libc::c_uint,
@@ -100,7 +140,7 @@ fn bind(addr: *const u8, len: usize, node: usize) -> bool {
     };
     if rc != 0 {
         tracing::debug!(
-            "mbind to node {node} refused: {}",
+            "mbind ({policy:?}) to nodes {nodes:?} refused: {}",
             std::io::Error::last_os_error()
         );
     }
@@ -108,7 +148,7 @@ fn bind(addr: *const u8, len: usize, node: usize) -> bool {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn bind(_: *const u8, _: usize, _: usize) -> bool {
+fn set_policy(_: *const u8, _: usize, _: Policy, _: &[usize]) -> bool {
     false
 }
 
