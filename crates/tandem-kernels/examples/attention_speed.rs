@@ -52,6 +52,7 @@ fn run(mib: usize, reps: usize, pf: usize) -> f64 {
                 format,
                 k: &kb[s * slab..(s + 1) * slab],
                 v: &vb[s * slab..(s + 1) * slab],
+                v_dim: hd,
                 stride: hd * 2,
                 n: pt,
             };

@@ -130,6 +130,16 @@ pub(crate) struct SplitState<'a> {
     pub done: &'a [std::sync::atomic::AtomicUsize],
 }
 
+/// Values per head of attention's output: the head size, or for MLA the
+/// latent's width (the value is the cached row's latent prefix; the rest
+/// of the head's output row is not written, and `mla::output` reads only
+/// the latent).
+pub(crate) fn value_dim(c: &ModelConfig) -> usize {
+    c.mla
+        .as_ref()
+        .map_or(c.head_dim, |m| m.kv_lora_rank.min(c.head_dim))
+}
+
 /// Floats of one part's slot in `SplitState::partials`.
 pub(crate) fn partial_slot_len(head_dim: usize) -> usize {
     MAX_QUERIES * (head_dim + 2)
@@ -475,6 +485,7 @@ unsafe fn run_item(
     unsafe {
         let (s, seq, c) = (it.s, it.seq, x.c);
         let (hd, group) = (c.head_dim, c.n_heads / c.n_kv_heads);
+        let vd = value_dim(c);
         let parts = x.split.plan.parts;
         let (tmp, scratch) = scratch.split_at_mut(hd);
         // Decode's last part stores the new rows (prefill stored them in
@@ -498,7 +509,7 @@ unsafe fn run_item(
         let nh = it.local.len();
         let (scores, rest) = scratch.split_at_mut(MAX_QUERIES * pt);
         let (qbuf, rest) = rest.split_at_mut(nh * MAX_QUERIES * hd);
-        let acc = &mut rest[..nh * MAX_QUERIES * hd];
+        let acc = &mut rest[..nh * MAX_QUERIES * vd];
         // The heads' K slabs of a page are one run, and so are their V slabs.
         let k_run = geom.slab_offset(it.node, s.layer, 0, it.local.start);
         let v_run = geom.slab_offset(it.node, s.layer, 1, it.local.start);
@@ -533,7 +544,7 @@ unsafe fn run_item(
                 }
             }
             states[..nh * nq].fill(SoftmaxState::EMPTY);
-            acc[..nh * nq * hd].fill(0.0);
+            acc[..nh * nq * vd].fill(0.0);
             let seen = s.p0 + r0 + nr; // positions the tile's last row sees
                                        // A window: the tile's first row sees nothing before `w0`.
             let w0 = spec.window.map_or(0, |w| (s.p0 + r0 + 1).saturating_sub(w));
@@ -583,6 +594,7 @@ unsafe fn run_item(
                         format: geom.format,
                         k: std::slice::from_raw_parts(base.add(k_run + hi * slab), slab),
                         v: std::slice::from_raw_parts(base.add(v_run + hi * slab), slab),
+                        v_dim: vd,
                         stride: row_bytes,
                         n: bn,
                         ahead: ahead(pi, hi),
@@ -597,7 +609,7 @@ unsafe fn run_item(
                         &visible[..nq],
                         limits,
                         &mut states[q0..q1],
-                        &mut acc[q0 * hd..q1 * hd],
+                        &mut acc[q0 * vd..q1 * vd],
                         scores,
                     )
                     .map_err(kernel_err)?;
@@ -614,11 +626,11 @@ unsafe fn run_item(
                         for h in 0..group {
                             let qi = r * group + h;
                             let (mut stq, acq) =
-                                (st[qi], &mut acc[q0 * hd + qi * hd..q0 * hd + (qi + 1) * hd]);
+                                (st[qi], &mut acc[(q0 + qi) * vd..(q0 + qi + 1) * vd]);
                             if let Some(sk) = x.layer.sinks {
                                 add_sink(&mut stq, acq, sk[kvh * group + h]);
                             }
-                            finish(&stq, acq, &mut o[h * hd..(h + 1) * hd]).map_err(kernel_err)?;
+                            finish(&stq, acq, &mut o[h * hd..h * hd + vd]).map_err(kernel_err)?;
                         }
                     }
                 } else {
@@ -634,7 +646,7 @@ unsafe fn run_item(
                         slot[2 * i + 1] = sti.sum;
                     }
                     let accs = 2 * MAX_QUERIES;
-                    slot[accs..accs + nq * hd].copy_from_slice(&acc[q0 * hd..q1 * hd]);
+                    slot[accs..accs + nq * vd].copy_from_slice(&acc[q0 * vd..q1 * vd]);
                     let prev = x.split.done[head].fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                     if prev + 1 == parts {
                         merge_parts(x, it.s, kvh, nq, head, tmp)?;
@@ -666,6 +678,8 @@ unsafe fn merge_parts(
     unsafe {
         let c = x.c;
         let (hd, group) = (c.head_dim, c.n_heads / c.n_kv_heads);
+        let vd = value_dim(c);
+        let a = &mut a[..vd];
         let (q_dim, gq) = (c.n_heads * hd, group * hd);
         let parts = x.split.plan.parts;
         let slot_len = partial_slot_len(hd);
@@ -688,7 +702,7 @@ unsafe fn merge_parts(
                     &mut st,
                     a,
                     &src,
-                    &slot[accs + qi * hd..accs + (qi + 1) * hd],
+                    &slot[accs + qi * vd..accs + (qi + 1) * vd],
                 )
                 .map_err(kernel_err)?;
             }
@@ -697,7 +711,7 @@ unsafe fn merge_parts(
                 add_sink(&mut st, a, sk[kvh * group + h]);
             }
             let row = s.row0 + r;
-            let o = x.out.slice(row * q_dim + kvh * gq + h * hd, hd);
+            let o = x.out.slice(row * q_dim + kvh * gq + h * hd, vd);
             finish(&st, a, o).map_err(kernel_err)?;
         }
         Ok(())

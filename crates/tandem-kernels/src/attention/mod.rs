@@ -127,13 +127,19 @@ impl std::fmt::Display for KvFormat {
 }
 
 /// Keys and values of one head at `n` consecutive positions: row `j` of
-/// `k` starts at byte `j * stride` and holds `head_dim` values; `v` alike.
+/// `k` starts at byte `j * stride` and holds `head_dim` values; row `j` of
+/// `v` likewise holds `v_dim` values (`v` may be `k` itself when values
+/// are a prefix of the key rows).
 #[derive(Copy, Clone, Debug)]
 pub struct KvBlock<'a> {
     pub format: KvFormat,
     pub k: &'a [u8],
     pub v: &'a [u8],
-    /// Bytes from one position's row to the next (≥ the row's bytes).
+    /// Values per value row: the head size, or fewer where the value is a
+    /// prefix of the key row (MLA's latent cache: keys `[latent | rope]`,
+    /// values the latent). The accumulators hold this many per query.
+    pub v_dim: usize,
+    /// Bytes from one position's row to the next (≥ the rows' bytes).
     pub stride: usize,
     /// Positions in the block.
     pub n: usize,
@@ -397,8 +403,9 @@ pub struct ScoreLimits<'a> {
 /// Folds one block of keys/values into the states of `visible.len()` query
 /// rows.
 ///
-/// `q` holds the query rows (`head_dim` floats each), `acc` their
-/// accumulators and `states` their softmax states; query `i` sees the
+/// `q` holds the query rows (`head_dim` floats each, the key rows' width),
+/// `acc` their accumulators (`block.v_dim` floats each) and `states` their
+/// softmax states; query `i` sees the
 /// first `visible[i]` positions of the block (≤ `block.n`; 0 skips it).
 /// `scores` is scratch of at least `visible.len() × block.n` floats.
 #[allow(clippy::too_many_arguments)]
@@ -510,20 +517,31 @@ fn attend(
     if head_dim == 0 {
         return Err(KernelError::ZeroColumns);
     }
+    let vd = block.v_dim;
+    if vd == 0 {
+        return Err(KernelError::ZeroColumns);
+    }
     let q_len = nq.checked_mul(head_dim).ok_or(KernelError::Overflow)?;
     check("query values", q_len, q.len())?;
-    check("accumulator values", q_len, acc.len())?;
+    let acc_len = nq.checked_mul(vd).ok_or(KernelError::Overflow)?;
+    check("accumulator values", acc_len, acc.len())?;
     check("softmax states", nq, states.len())?;
     let row_bytes = checked_row_bytes(block.format, head_dim)?;
-    if block.n > 0 && block.stride < row_bytes {
+    let v_row_bytes = checked_row_bytes(block.format, vd)?;
+    let widest = row_bytes.max(v_row_bytes);
+    if block.n > 0 && block.stride < widest {
         return Err(KernelError::SizeMismatch {
             what: "KV row stride",
-            expected: row_bytes,
+            expected: widest,
             actual: block.stride,
         });
     }
-    let need = span(block.n, block.stride, row_bytes).ok_or(KernelError::Overflow)?;
-    for (what, buf) in [("key bytes", block.k), ("value bytes", block.v)] {
+    let need_k = span(block.n, block.stride, row_bytes).ok_or(KernelError::Overflow)?;
+    let need_v = span(block.n, block.stride, v_row_bytes).ok_or(KernelError::Overflow)?;
+    for (what, buf, need) in [
+        ("key bytes", block.k, need_k),
+        ("value bytes", block.v, need_v),
+    ] {
         if buf.len() < need {
             return Err(KernelError::SizeMismatch {
                 what,
@@ -552,7 +570,10 @@ fn attend(
     if n == 0 || (0..nq).all(|i| visible[i] <= starts_at(i)) {
         return Ok(());
     }
-    if let Some(fused) = p.fused.filter(|_| allow_fused && !limited) {
+    if let Some(fused) = p
+        .fused
+        .filter(|_| allow_fused && !limited && vd == head_dim)
+    {
         if fused(q, head_dim, scale, block, visible, states, acc) {
             return Ok(());
         }
@@ -575,14 +596,12 @@ fn attend(
             None => scale,
         };
         if let Some(c) = row_softmax_step(seen, step_scale, &mut states[i], p.exp_sum) {
-            acc[i * head_dim..(i + 1) * head_dim]
-                .iter_mut()
-                .for_each(|a| *a *= c);
+            acc[i * vd..(i + 1) * vd].iter_mut().for_each(|a| *a *= c);
         }
         // Positions before the window weigh nothing.
         row[..start].fill(0.0);
     }
-    (p.accumulate)(&p, acc, head_dim, sc, block.v, block.stride, n);
+    (p.accumulate)(&p, acc, vd, sc, block.v, block.stride, n);
     Ok(())
 }
 

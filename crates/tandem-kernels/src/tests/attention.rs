@@ -160,6 +160,7 @@ fn blockwise(
             format,
             k: &k[p0 * stride..],
             v: &v[p0 * stride..],
+            v_dim: hd,
             stride,
             n: bn,
         };
@@ -289,6 +290,7 @@ fn fused_block_step_equals_the_unfused_steps_bit_for_bit() {
                             format,
                             k: &k[b * n * stride..],
                             v: &v[b * n * stride..],
+                            v_dim: hd,
                             stride,
                             n,
                         };
@@ -357,6 +359,7 @@ fn merged_parts_equal_one_pass() {
                 format: KvFormat::F32,
                 k: &k[a * stride..],
                 v: &v[a * stride..],
+                v_dim: hd,
                 stride,
                 n: b - a,
             };
@@ -402,6 +405,7 @@ fn bad_sizes_are_errors() {
         format: KvFormat::F32,
         k: &k,
         v: &k,
+        v_dim: hd,
         stride,
         n,
     };
@@ -498,6 +502,7 @@ fn q8_0_head_sizes_of_partial_blocks_are_errors() {
                 format: f,
                 k: &bytes,
                 v: &bytes,
+                v_dim: hd,
                 stride: 2 * 34,
                 n: 2,
             };
@@ -660,6 +665,7 @@ fn windows_soft_caps_and_sinks_match_naive_attention() {
                         format,
                         k: &k[p0 * stride..],
                         v: &v[p0 * stride..],
+                        v_dim: hd,
                         stride,
                         n: bn,
                     };
@@ -729,5 +735,127 @@ fn windows_soft_caps_and_sinks_match_naive_attention() {
                 }
             }
         }
+    }
+}
+
+/// Values narrower than keys, read from the key rows themselves (MLA's
+/// latent cache: key `[latent | rope part]`, value the latent): every
+/// family against the naive f64 attention whose value rows are the keys'
+/// prefixes, over several blocks, and the fused decode path refused
+/// (it handles equal widths only) without changing the result.
+#[test]
+fn values_that_are_a_prefix_of_the_key_rows() {
+    let mut r = rng(11);
+    for isa in isas() {
+        for format in FORMATS {
+            // (key width, value width): DeepSeek's 576/512 scaled down,
+            // and a 128-wide key with a 64-wide value (fused shapes).
+            for &(hd, vd, n_keys, block) in &[
+                (96usize, 64usize, 70usize, 16usize),
+                (128, 64, 40, 16),
+                (576, 512, 33, 16),
+            ] {
+                if format.row_bytes(hd).is_none() || format.row_bytes(vd).is_none() {
+                    continue;
+                }
+                let stride = format.row_bytes(hd).expect("row bytes");
+                let kf = random(n_keys * hd, 2.0, r.random());
+                let (k, kst) = store(format, &kf);
+                let prefix: Vec<f32> = (0..n_keys)
+                    .flat_map(|j| kst[j * hd..j * hd + vd].to_vec())
+                    .collect();
+                let nq = 5;
+                let q = random(nq * hd, 1.0, r.random());
+                let scale = 1.0 / (hd as f32).sqrt();
+                let mut states = vec![SoftmaxState::EMPTY; nq];
+                let mut acc = vec![0f32; nq * vd];
+                let mut scores = vec![0f32; nq * block];
+                let mut p0 = 0;
+                while p0 < n_keys {
+                    let bn = block.min(n_keys - p0);
+                    let blk = KvBlock {
+                        ahead: KvBlock::NOTHING_AHEAD,
+                        format,
+                        k: &k[p0 * stride..],
+                        v: &k[p0 * stride..],
+                        v_dim: vd,
+                        stride,
+                        n: bn,
+                    };
+                    attend_block(
+                        isa,
+                        &q,
+                        hd,
+                        scale,
+                        &blk,
+                        &vec![bn; nq],
+                        &mut states,
+                        &mut acc,
+                        &mut scores,
+                    )
+                    .expect("attend_block");
+                    p0 += bn;
+                }
+                for i in 0..nq {
+                    let mut out = vec![0f32; vd];
+                    finish(&states[i], &acc[i * vd..(i + 1) * vd], &mut out).expect("finish");
+                    // The naive reference with value rows of width `vd`:
+                    // scores over the full keys, weights over the prefixes.
+                    let s: Vec<f64> = (0..n_keys)
+                        .map(|j| {
+                            (0..hd)
+                                .map(|d| f64::from(q[i * hd + d]) * f64::from(kst[j * hd + d]))
+                                .sum::<f64>()
+                                * f64::from(scale)
+                        })
+                        .collect();
+                    let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
+                    let z: f64 = e.iter().sum();
+                    let want: Vec<f64> = (0..vd)
+                        .map(|d| {
+                            (0..n_keys)
+                                .map(|j| e[j] * f64::from(prefix[j * vd + d]))
+                                .sum::<f64>()
+                                / z
+                        })
+                        .collect();
+                    let err = rel_max(&out, &want);
+                    assert!(err < 1e-5, "{isa} {format} {hd}/{vd}: rel err {err:.2e}");
+                }
+            }
+        }
+    }
+}
+
+/// A value width the stride cannot hold, or zero, is an error.
+#[test]
+fn value_width_is_checked() {
+    let k = vec![0u8; 4 * 64 * 4];
+    let q = vec![0f32; 64];
+    let (mut st, mut sc) = (vec![SoftmaxState::EMPTY], vec![0f32; 4]);
+    for (vd, ok) in [(0usize, false), (32, true), (64, true), (80, false)] {
+        let blk = KvBlock {
+            ahead: KvBlock::NOTHING_AHEAD,
+            format: KvFormat::F32,
+            k: &k,
+            v: &k,
+            v_dim: vd,
+            stride: 64 * 4,
+            n: 4,
+        };
+        let mut acc = vec![0f32; vd];
+        let r = attend_block(
+            Isa::Scalar,
+            &q,
+            64,
+            1.0,
+            &blk,
+            &[4],
+            &mut st,
+            &mut acc,
+            &mut sc,
+        );
+        assert_eq!(r.is_ok(), ok, "v_dim {vd}: {r:?}");
     }
 }
