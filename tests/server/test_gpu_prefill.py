@@ -1,5 +1,6 @@
 """`tandem serve --prefill gpu`: the GPU prefill (tandem-gpu) as an
-in-process prefill worker. Without a GPU it runs on the CPU stand-in
+in-process prefill worker, and `tandem prefill-worker --gpu` as a process
+of its own. Without a GPU it runs on the CPU stand-in
 device (`--gpu-stand-in`, the same code but the CUDA calls), which is
 what CI can check: the prompts go to the worker, and the first token is
 the CPU's with its log-probability within the GPU path's tolerance (0.3:
@@ -9,7 +10,7 @@ tandem-gpu's tests; later tokens may part at a near tie)."""
 import pytest
 
 from conftest import Server
-from test_prefill_worker import PROMPTS, run
+from test_prefill_worker import PROMPTS, disagg_server, run, stop_worker, wait_metric
 
 
 @pytest.fixture(scope="module")
@@ -51,3 +52,28 @@ def test_auto_without_a_profile_is_a_clean_error(tmp_path):
                        timeout=120)
     assert p.returncode == 1, p.stderr
     assert "tandem calibrate" in p.stderr, p.stderr
+
+
+def test_out_of_process_gpu_worker_prefills_with_the_cpu_tokens(cpu):
+    import subprocess
+
+    from conftest import BIN, MODEL
+    server = disagg_server(ctx=8192)
+    w = subprocess.Popen(
+        [str(BIN), "prefill-worker", "--model", str(MODEL), "--connect", server.prefill_addr,
+         "--gpu", "--gpu-stand-in"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_metric(server, "tandem:prefill_workers", lambda v: v == 1)
+        before = server.metric("tandem:remote_prefills_total")
+        for p in PROMPTS:
+            text, tokens, lps = run(server, p)
+            want_text, want_tokens, want_lps = run(cpu, p)
+            assert tokens[0] == want_tokens[0], p[:40]
+            assert abs(lps[0] - want_lps[0]) < 0.3, p[:40]
+        assert server.metric("tandem:remote_prefills_total") == before + len(PROMPTS)
+        assert server.metric("tandem:remote_prefill_failures_total") == 0
+    finally:
+        stop_worker(w)
+        server.stop()
+    assert "prefilling on" in w.stderr.read()

@@ -5,6 +5,10 @@
 //! the server hands it, sending the KV back as checked page images
 //! (`tandem_engine::prefill`). It exits when the server closes the
 //! connection.
+//!
+//! With `--gpu` it computes on a GPU (`tandem_gpu::GpuPrefill`, the same
+//! backend `tandem serve --prefill gpu` runs in-process), so the GPU
+//! prefill can live in a process, or on a machine, of its own.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -28,17 +32,29 @@ pub struct PrefillWorkerArgs {
     /// The server's prefill address (`tandem serve --prefill-listen`).
     #[arg(long, value_name = "ADDR")]
     connect: String,
+    /// Prefill on the GPU (layer-streamed weights, `tandem_gpu`) instead
+    /// of this process's CPU threads.
+    #[arg(long)]
+    gpu: bool,
+    #[command(flatten)]
+    gpu_args: crate::gpu::GpuArgs,
     #[command(flatten)]
     pub common: Common,
 }
 
 pub fn run(args: PrefillWorkerArgs) -> anyhow::Result<()> {
+    // A build without CUDA says so before loading or connecting.
+    #[cfg(not(feature = "cuda"))]
+    if args.gpu && !args.gpu_args.gpu_stand_in {
+        return Err(tandem_gpu::cuda_unavailable().into());
+    }
     let model = Arc::new(load_model(
         args.model.as_deref(),
         &args.common.load_options(),
     )?);
     let hello = hello_of(&model);
     let common = args.common.clone();
+    let (gpu, gpu_args, model_path) = (args.gpu, args.gpu_args.clone(), args.model.clone());
     worker::run(&args.connect, hello, move |w| {
         let kv = KvOptions {
             format: w.kv_format,
@@ -48,6 +64,14 @@ pub fn run(args: PrefillWorkerArgs) -> anyhow::Result<()> {
         let store = model
             .new_kv_store(kv, pool_bytes(&model, &common, ctx))
             .map_err(|e| format!("cannot allocate the worker's KV pool: {e}"))?;
+        if gpu {
+            let make = MakeGpuBackend {
+                model: model_path,
+                store,
+                identity: model.identity(),
+            };
+            return crate::gpu::with_device(&gpu_args, make).map_err(|e| format!("{e:#}"));
+        }
         let backend: Box<dyn PrefillBackend> = Box::new(CpuPrefill::new(
             Arc::clone(&model),
             store,
@@ -58,4 +82,28 @@ pub fn run(args: PrefillWorkerArgs) -> anyhow::Result<()> {
     .context("prefill worker")?;
     eprintln!("prefill worker: the server closed the connection");
     Ok(())
+}
+
+/// Opens the GPU prefill on the device `--gpu-*` names, over the worker's
+/// pool.
+struct MakeGpuBackend {
+    model: Option<PathBuf>,
+    store: Arc<tandem_model::KvStore>,
+    identity: tandem_kv::ModelIdentity,
+}
+
+impl crate::gpu::OnDevice for MakeGpuBackend {
+    type Out = Box<dyn PrefillBackend>;
+    fn run<D: tandem_gpu::Device>(self, dev: D) -> anyhow::Result<Self::Out> {
+        let files = crate::load::open_files(self.model.as_deref())?;
+        let name = dev.describe();
+        let gpu = tandem_gpu::GpuPrefill::new(dev, &files, tandem_gpu::PrefillOptions::default())
+            .context("GPU prefill")?;
+        eprintln!("prefill worker: prefilling on {name}");
+        Ok(Box::new(crate::gpu_worker::GpuBackend {
+            gpu,
+            store: self.store,
+            identity: self.identity,
+        }))
+    }
 }

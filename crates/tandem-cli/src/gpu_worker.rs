@@ -2,7 +2,8 @@
 //! or `auto`): [`GpuBackend`] implements the engine's `PrefillBackend`
 //! with `tandem_gpu::GpuPrefill`, in a pool of its own with the server's
 //! KV geometry, and runs in the server's process on the worker thread of
-//! `tandem_engine::prefill::local`. The engine hands it a prompt when at
+//! `tandem_engine::prefill::local`, or in a process of its own
+//! (`tandem prefill-worker --gpu`, `tandem_engine::prefill::worker`). The engine hands it a prompt when at
 //! least `remote_min_tokens` are left to compute; under `auto` that
 //! threshold is the calibrated crossover (`tandem calibrate`), so a chat
 //! turn stays on the CPU and a document goes to the GPU.
