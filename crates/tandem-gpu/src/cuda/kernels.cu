@@ -1,159 +1,28 @@
-// tandem's CUDA kernels, compiled at run time by NVRTC.
-//
-// No headers: NVRTC before CUDA 13.3 lacks cuda_fp16.h, so half and
-// bfloat16 conversions are written out below (round to nearest even, as
-// the `half` crate and ggml do). Each kernel is the CUDA form of the plain
-// loop in `src/cpu/ops.rs` (same formulas; f32 sums in another order).
-// Element types: 0 = f32, 1 = f16, 2 = bf16.
-
-typedef unsigned char u8;
-typedef unsigned short u16;
-typedef unsigned int u32;
-typedef long long i64;
-
-__device__ __forceinline__ float f16_to_f32(u16 h) {
-    u32 sign = (u32)(h & 0x8000) << 16;
-    u32 exp = (h >> 10) & 0x1f;
-    u32 man = h & 0x3ff;
-    u32 bits;
-    if (exp == 0) {
-        if (man == 0) {
-            bits = sign;
-        } else {
-            // Subnormal: normalise.
-            int e = -1;
-            do { e++; man <<= 1; } while ((man & 0x400) == 0);
-            bits = sign | ((u32)(127 - 15 - e) << 23) | ((man & 0x3ff) << 13);
-        }
-    } else if (exp == 0x1f) {
-        bits = sign | 0x7f800000 | (man << 13);
-    } else {
-        bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
-    }
-    return __int_as_float((int)bits);
-}
-
-__device__ __forceinline__ u16 f32_to_f16(float f) {
-    u32 x = (u32)__float_as_int(f);
-    u32 sign = (x >> 16) & 0x8000;
-    u32 ax = x & 0x7fffffff;
-    if (ax >= 0x7f800000) {  // inf or NaN
-        return (u16)(sign | 0x7c00 | (ax > 0x7f800000 ? 0x200 : 0));
-    }
-    if (ax >= 0x477ff000) {  // rounds to >= 65520: inf
-        return (u16)(sign | 0x7c00);
-    }
-    if (ax < 0x38800000) {  // below the smallest normal f16: subnormal or 0
-        if (ax < 0x33000000) return (u16)sign;  // < 2^-25 rounds to 0
-        u32 e = ax >> 23;
-        u32 m = (ax & 0x7fffff) | 0x800000;
-        u32 shift = 126 - e;  // value = m * 2^(e - 150) = h * 2^-24
-        u32 half_v = m >> shift;
-        u32 rem = m & ((1u << shift) - 1);
-        u32 mid = 1u << (shift - 1);
-        if (rem > mid || (rem == mid && (half_v & 1))) half_v++;
-        return (u16)(sign | half_v);
-    }
-    u32 e = (ax >> 23) - 127 + 15;
-    u32 m = ax & 0x7fffff;
-    u32 h = (e << 10) | (m >> 13);
-    u32 rem = m & 0x1fff;
-    if (rem > 0x1000 || (rem == 0x1000 && (h & 1))) h++;
-    return (u16)(sign | h);
-}
-
-__device__ __forceinline__ float bf16_to_f32(u16 h) {
-    return __int_as_float((int)((u32)h << 16));
-}
-
-__device__ __forceinline__ u16 f32_to_bf16(float f) {
-    u32 x = (u32)__float_as_int(f);
-    if ((x & 0x7fffffff) > 0x7f800000) return (u16)((x >> 16) | 0x40);  // quiet NaN
-    x += 0x7fff + ((x >> 16) & 1);
-    return (u16)(x >> 16);
-}
-
-__device__ __forceinline__ void store(void* dst, int ty, i64 i, float v) {
-    if (ty == 0) ((float*)dst)[i] = v;
-    else if (ty == 1) ((u16*)dst)[i] = f32_to_f16(v);
-    else ((u16*)dst)[i] = f32_to_bf16(v);
-}
-
-__device__ __forceinline__ float load_f16(const u8* p) {
-    return f16_to_f32((u16)(p[0] | (p[1] << 8)));
-}
-
-#define GRID_LOOP(i, n) for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (i64)blockDim.x * gridDim.x)
-
 // ---- dequantization: one kernel per stored type -----------------------
 
-extern "C" __global__ void deq_f32(const float* src, void* dst, int ty, i64 n) {
-    GRID_LOOP(i, n) store(dst, ty, i, src[i]);
-}
-
-extern "C" __global__ void deq_f16(const u16* src, void* dst, int ty, i64 n) {
-    GRID_LOOP(i, n) store(dst, ty, i, f16_to_f32(src[i]));
-}
-
-extern "C" __global__ void deq_bf16(const u16* src, void* dst, int ty, i64 n) {
-    GRID_LOOP(i, n) store(dst, ty, i, bf16_to_f32(src[i]));
-}
-
-// block_q8_0: f16 d, 32 x int8.
-extern "C" __global__ void deq_q8_0(const u8* src, void* dst, int ty, i64 n) {
-    GRID_LOOP(i, n) {
-        const u8* b = src + (i / 32) * 34;
-        float d = load_f16(b);
-        signed char q = (signed char)b[2 + (i % 32)];
-        store(dst, ty, i, __fmul_rn(d, (float)q));
+#define DEQ_KERNEL(name)                                                        \
+    extern "C" __global__ void deq_##name(const u8* src, void* dst, int ty, i64 n) { \
+        GRID_LOOP(i, n) store(dst, ty, i, deq_##name##_at(src, i));             \
     }
-}
 
-// block_q4_K: f16 d, f16 dmin, scales[12], qs[128] (ggml's
-// dequantize_row_q4_K).
-__device__ __forceinline__ void scale_min_k4(int j, const u8* q, int* d, int* m) {
-    if (j < 4) {
-        *d = q[j] & 63;
-        *m = q[j + 4] & 63;
-    } else {
-        *d = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
-        *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
-    }
-}
-
-extern "C" __global__ void deq_q4_K(const u8* src, void* dst, int ty, i64 n) {
-    GRID_LOOP(i, n) {
-        const u8* b = src + (i / 256) * 144;
-        int r = (int)(i % 256);
-        int chunk = r / 64, within = r % 64, hi = within / 32, l = within % 32;
-        float d = load_f16(b), dmin = load_f16(b + 2);
-        int sc, m;
-        scale_min_k4(2 * chunk + hi, b + 4, &sc, &m);
-        u8 q = b[16 + chunk * 32 + l];
-        int nib = hi ? (q >> 4) : (q & 0xF);
-        float d1 = __fmul_rn(d, (float)sc), m1 = __fmul_rn(dmin, (float)m);
-        store(dst, ty, i, __fsub_rn(__fmul_rn(d1, (float)nib), m1));
-    }
-}
-
-// block_q6_K: ql[128], qh[64], scales[16] (int8), f16 d (ggml's
-// dequantize_row_q6_K).
-extern "C" __global__ void deq_q6_K(const u8* src, void* dst, int ty, i64 n) {
-    GRID_LOOP(i, n) {
-        const u8* b = src + (i / 256) * 210;
-        int r = (int)(i % 256);
-        int half_i = r / 128, rr = r % 128, quarter = rr / 32, l = rr % 32;
-        const u8* ql = b + half_i * 64;
-        const u8* qh = b + 128 + half_i * 32;
-        const signed char* sc = (const signed char*)(b + 192) + half_i * 8;
-        float d = load_f16(b + 208);
-        int is = l / 16;
-        int low = (quarter & 1) ? ql[l + 32] : ql[l];
-        low = (quarter & 2) ? (low >> 4) : (low & 0xF);
-        int q = (low | (((qh[l] >> (2 * quarter)) & 3) << 4)) - 32;
-        store(dst, ty, i, __fmul_rn(__fmul_rn(d, (float)sc[is + 2 * quarter]), (float)q));
-    }
-}
+DEQ_KERNEL(f32)
+DEQ_KERNEL(f16)
+DEQ_KERNEL(bf16)
+DEQ_KERNEL(q8_0)
+DEQ_KERNEL(q4_0)
+DEQ_KERNEL(q4_1)
+DEQ_KERNEL(q5_0)
+DEQ_KERNEL(q5_1)
+DEQ_KERNEL(q2_K)
+DEQ_KERNEL(q3_K)
+DEQ_KERNEL(q4_K)
+DEQ_KERNEL(q5_K)
+DEQ_KERNEL(q6_K)
+DEQ_KERNEL(iq4_nl)
+DEQ_KERNEL(iq4_xs)
+DEQ_KERNEL(mxfp4)
+DEQ_KERNEL(tq1_0)
+DEQ_KERNEL(tq2_0)
 
 // ---- element-wise ------------------------------------------------------
 

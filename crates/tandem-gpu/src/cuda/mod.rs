@@ -31,7 +31,11 @@ use crate::device::{Attend, DType, Device, Gemm, HostMem, MemInfo, Ptr, RopeArgs
 use crate::GpuError;
 
 /// The kernels' source.
-pub const KERNELS: &str = include_str!("kernels.cu");
+pub const KERNELS: &str = concat!(
+    include_str!("common.cuh"),
+    include_str!("dequant.cuh"),
+    include_str!("kernels.cu")
+);
 
 /// Memory left to the driver and other users when no cap is given.
 const RESERVE: usize = 1 << 30;
@@ -159,8 +163,20 @@ const KERNEL_NAMES: &[&str] = &[
     "deq_f16",
     "deq_bf16",
     "deq_q8_0",
+    "deq_q4_0",
+    "deq_q4_1",
+    "deq_q5_0",
+    "deq_q5_1",
+    "deq_q2_K",
+    "deq_q3_K",
     "deq_q4_K",
+    "deq_q5_K",
     "deq_q6_K",
+    "deq_iq4_nl",
+    "deq_iq4_xs",
+    "deq_mxfp4",
+    "deq_tq1_0",
+    "deq_tq2_0",
     "convert_f32",
     "fill_f32",
     "add_f32",
@@ -998,8 +1014,22 @@ fn deq_kernel(f: WeightFormat) -> Option<&'static str> {
         WeightFormat::F16 => "deq_f16",
         WeightFormat::BF16 => "deq_bf16",
         WeightFormat::Q8_0 => "deq_q8_0",
+        WeightFormat::Q4_0 => "deq_q4_0",
+        WeightFormat::Q4_1 => "deq_q4_1",
+        WeightFormat::Q5_0 => "deq_q5_0",
+        WeightFormat::Q5_1 => "deq_q5_1",
+        WeightFormat::Q2_K => "deq_q2_K",
+        WeightFormat::Q3_K => "deq_q3_K",
         WeightFormat::Q4_K => "deq_q4_K",
+        WeightFormat::Q5_K => "deq_q5_K",
         WeightFormat::Q6_K => "deq_q6_K",
+        WeightFormat::IQ4_NL => "deq_iq4_nl",
+        WeightFormat::IQ4_XS => "deq_iq4_xs",
+        WeightFormat::MXFP4 => "deq_mxfp4",
+        WeightFormat::TQ1_0 => "deq_tq1_0",
+        WeightFormat::TQ2_0 => "deq_tq2_0",
+        // The grid types (IQ1_*, IQ2_*, IQ3_*) need their lookup tables
+        // on the device first.
         _ => return None,
     })
 }
