@@ -6,18 +6,18 @@ kernel source that would only fail at run time on a GPU machine.
     pip install nvidia-cuda-nvrtc-cu12      # once (or -cu13)
     python3 tools/gpu/nvrtc_check.py [compute_80 compute_90 ...]
 
-The source is the concatenation `tandem-gpu/src/cuda/mod.rs` compiles
-(common.cuh, dequant.cuh, kernels.cu), with NVRTC's default options and
-the architecture, as there."""
+The source is what `tandem_gpu::kernel_source::kernel_source()` returns
+(printed by the crate's `kernel_source` example: common.cuh, the i-quant
+tables, dequant.cuh, kernels.cu), compiled with NVRTC's default options
+and the architecture, as `tandem-gpu/src/cuda/mod.rs` does."""
 
 import ctypes
 import glob
 import os
+import subprocess
 import sys
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
-CUDA = os.path.join(ROOT, "crates", "tandem-gpu", "src", "cuda")
-FILES = ["common.cuh", "dequant.cuh", "kernels.cu"]
 
 
 def find_nvrtc():
@@ -34,7 +34,9 @@ def main():
     archs = sys.argv[1:] or ["compute_70", "compute_80", "compute_89", "compute_90"]
     lib = find_nvrtc()
     nv = ctypes.CDLL(lib)
-    src = "".join(open(os.path.join(CUDA, f)).read() for f in FILES).encode()
+    src = subprocess.run(
+        ["cargo", "run", "-q", "-p", "tandem-gpu", "--example", "kernel_source"],
+        cwd=ROOT, check=True, capture_output=True).stdout
     ok = True
     for arch in archs:
         prog = ctypes.c_void_p()

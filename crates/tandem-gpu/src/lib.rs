@@ -23,6 +23,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod device;
 mod error;
+pub mod kernel_source;
 mod kv_io;
 pub mod prefill;
 pub mod routing;

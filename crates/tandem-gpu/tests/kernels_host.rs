@@ -33,6 +33,7 @@ static inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); ret
 static inline int __float_as_int(float f) { int i; std::memcpy(&i, &f, 4); return i; }
 static inline float __fmul_rn(float a, float b) { return a * b; }
 static inline float __fsub_rn(float a, float b) { return a - b; }
+static inline float __fadd_rn(float a, float b) { return a + b; }
 static inline float __shfl_xor_sync(unsigned, float v, int) { return v; }
 static inline void __syncthreads() {}
 "#;
@@ -60,16 +61,26 @@ int main(int argc, char** argv) {
     long long n = std::atoll(argv[3]);
     std::vector<unsigned char> in = slurp(argv[4]);
     if (op == "deq") {
-        int ty = std::atoi(argv[2] + 3);
-        std::string fmt(argv[2], 3);
+        // argv[2] = kernel suffix, ':', output type (0 f32, 1 f16, 2 bf16).
+        std::string arg(argv[2]);
+        size_t colon = arg.find(':');
+        std::string fmt = arg.substr(0, colon);
+        int ty = std::atoi(arg.c_str() + colon + 1);
+        typedef void (*deq_kernel)(const u8*, void*, int, i64);
+        struct Entry { const char* name; deq_kernel k; };
+        static const Entry DEQ[] = {
+#define E(x) {#x, deq_##x},
+            E(f32) E(f16) E(bf16) E(q8_0) E(q4_0) E(q4_1) E(q5_0) E(q5_1) E(q2_K) E(q3_K)
+            E(q4_K) E(q5_K) E(q6_K) E(iq4_nl) E(iq4_xs) E(mxfp4) E(tq1_0) E(tq2_0)
+            E(iq2_xxs) E(iq2_xs) E(iq2_s) E(iq3_xxs) E(iq3_s) E(iq1_s) E(iq1_m)
+#undef E
+        };
+        deq_kernel k = 0;
+        for (const Entry& e : DEQ) if (fmt == e.name) k = e.k;
+        if (!k) return 3;
         std::vector<unsigned char> out(n * 4);
-        void* src = in.data(); void* dst = out.data();
-        if (fmt == "f32") launch(n, [&] { deq_f32((const float*)src, dst, ty, n); });
-        if (fmt == "f16") launch(n, [&] { deq_f16((const u16*)src, dst, ty, n); });
-        if (fmt == "b16") launch(n, [&] { deq_bf16((const u16*)src, dst, ty, n); });
-        if (fmt == "q80") launch(n, [&] { deq_q8_0((const u8*)src, dst, ty, n); });
-        if (fmt == "q4k") launch(n, [&] { deq_q4_K((const u8*)src, dst, ty, n); });
-        if (fmt == "q6k") launch(n, [&] { deq_q6_K((const u8*)src, dst, ty, n); });
+        const u8* src = in.data(); void* dst = out.data();
+        launch(n, [&] { k(src, dst, ty, n); });
         dump(argv[5], out.data(), n * (ty == 0 ? 4 : 2));
     } else if (op == "convert") {
         int ty = std::atoi(argv[2]);
@@ -98,7 +109,10 @@ fn root() -> PathBuf {
 fn harness(dir: &Path) -> Option<PathBuf> {
     let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
     let src = dir.join("harness.cpp");
-    let kernels = root().join("src/cuda/kernels.cu");
+    // The whole source NVRTC compiles: common.cuh, the i-quant tables
+    // generated from tandem-kernels, dequant.cuh, kernels.cu.
+    let kernels = dir.join("tandem_kernels.cu");
+    std::fs::write(&kernels, tandem_gpu::kernel_source::kernel_source()).expect("write source");
     let text = format!("{STUB}\n#include \"{}\"\n{MAIN}", kernels.display());
     std::fs::write(&src, text).expect("write harness");
     let exe = dir.join("kernel_host");
@@ -136,6 +150,48 @@ fn run(exe: &Path, dir: &Path, args: &[&str], input: &[u8]) -> Vec<u8> {
     std::fs::read(&o).expect("read output")
 }
 
+/// Every stored type with a device kernel, and the kernel's suffix
+/// (`deq_<suffix>`); F32 is a plain copy, checked by the others' paths.
+const DEQ_KERNELS: &[(WeightFormat, &str)] = &[
+    (WeightFormat::F16, "f16"),
+    (WeightFormat::BF16, "bf16"),
+    (WeightFormat::Q8_0, "q8_0"),
+    (WeightFormat::Q4_0, "q4_0"),
+    (WeightFormat::Q4_1, "q4_1"),
+    (WeightFormat::Q5_0, "q5_0"),
+    (WeightFormat::Q5_1, "q5_1"),
+    (WeightFormat::Q2_K, "q2_K"),
+    (WeightFormat::Q3_K, "q3_K"),
+    (WeightFormat::Q4_K, "q4_K"),
+    (WeightFormat::Q5_K, "q5_K"),
+    (WeightFormat::Q6_K, "q6_K"),
+    (WeightFormat::IQ4_NL, "iq4_nl"),
+    (WeightFormat::IQ4_XS, "iq4_xs"),
+    (WeightFormat::MXFP4, "mxfp4"),
+    (WeightFormat::TQ1_0, "tq1_0"),
+    (WeightFormat::TQ2_0, "tq2_0"),
+    (WeightFormat::IQ2_XXS, "iq2_xxs"),
+    (WeightFormat::IQ2_XS, "iq2_xs"),
+    (WeightFormat::IQ2_S, "iq2_s"),
+    (WeightFormat::IQ3_XXS, "iq3_xxs"),
+    (WeightFormat::IQ3_S, "iq3_s"),
+    (WeightFormat::IQ1_S, "iq1_s"),
+    (WeightFormat::IQ1_M, "iq1_m"),
+];
+
+/// Deterministic pseudo-random bytes (xorshift64).
+fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
 fn f32s(b: &[u8]) -> Vec<f32> {
     b.chunks_exact(4)
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
@@ -155,17 +211,34 @@ fn cuda_kernels_match_the_references_when_run_on_the_host() {
         return;
     };
     let quant = root().join("../../fixtures/quant");
-    // Dequantization: every type with a kernel, to f32 (gguf-py's values,
-    // bit for bit) and to f16/bf16 (those values rounded by `half`).
-    for (name, code, format) in [
-        ("F16", "f16", WeightFormat::F16),
-        ("BF16", "b16", WeightFormat::BF16),
-        ("Q8_0", "q80", WeightFormat::Q8_0),
-        ("Q4_K", "q4k", WeightFormat::Q4_K),
-        ("Q6_K", "q6k", WeightFormat::Q6_K),
-    ] {
+    // Dequantization: every stored type, to f32 (gguf-py's values, bit for
+    // bit, and tandem-kernels' on random bytes) and to f16/bf16 (those
+    // values rounded by `half`).
+    for &(format, code) in DEQ_KERNELS {
+        let name = format.name();
+        let code = &format!("{code}:");
         let raw = std::fs::read(quant.join(format!("{name}.bin"))).expect("fixture");
         let want = f32s(&std::fs::read(quant.join(format!("{name}.f32"))).expect("fixture"));
+        // Random blocks: every bit pattern of scales and indices.
+        let n_rand = format.block_len() * 64;
+        let rand = random_bytes(
+            format.row_bytes(n_rand).expect("whole blocks"),
+            n_rand as u64,
+        );
+        let mut rand_want = vec![0f32; n_rand];
+        tandem_kernels::dequantize_row(format, &rand, &mut rand_want).expect("reference");
+        let rand_got = f32s(&run(
+            &exe,
+            dir.path(),
+            &["deq", &format!("{code}0"), &n_rand.to_string()],
+            &rand,
+        ));
+        for (i, (g, w)) in rand_got.iter().zip(&rand_want).enumerate() {
+            assert!(
+                g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
+                "{name} random[{i}]: {g} vs {w}"
+            );
+        }
         let n = want.len();
         let mut ours = vec![0f32; n];
         tandem_kernels::dequantize_row(format, &raw, &mut ours).expect("reference");

@@ -60,6 +60,14 @@ mod driver;
 mod error;
 mod format;
 mod grids;
+/// The i-quants' lookup tables (ggml-common.h's grids and sign patterns),
+/// for devices that decode these types themselves (tandem-gpu builds its
+/// CUDA tables from them).
+pub mod grid_tables {
+    pub use crate::grids::{
+        IQ1S_GRID, IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID, KSIGNS_IQ2XS,
+    };
+}
 mod interleaved;
 mod isa;
 mod neon;

@@ -208,3 +208,115 @@ __device__ __forceinline__ float deq_tq1_0_at(const u8* src, i64 i) {
     else t = trit(b[48 + (r - 240) % 4], (r - 240) / 4);
     return __fmul_rn((float)(t - 1), load_f16(b + 52));
 }
+
+// ---- the grid types: their tables (IQ2XXS_GRID, ...) come before this
+// file, generated from tandem-kernels' (`cuda::kernel_source`).
+
+// Bit j of a sign byte as a factor.
+__device__ __forceinline__ float sign_of(int signs, int j) {
+    return ((signs >> j) & 1) ? -1.0f : 1.0f;
+}
+
+// Byte j of a grid entry, unsigned (IQ2/IQ3) or signed (IQ1).
+__device__ __forceinline__ int grid8(unsigned long long e, int j) {
+    return (int)((e >> (8 * j)) & 0xff);
+}
+__device__ __forceinline__ int grid8s(unsigned long long e, int j) {
+    return (int)(signed char)((e >> (8 * j)) & 0xff);
+}
+
+// IQ2's `d·(0.5 + s)·0.25` scale of a 4-bit s.
+__device__ __forceinline__ float iq2_scale(float d, int s) {
+    return __fmul_rn(__fmul_rn(d, __fadd_rn(0.5f, (float)s)), 0.25f);
+}
+
+// block_iq2_xxs: f16 d, u16 qs[32] (per 32 weights 4 grid indices, then
+// 4 x 7 sign bits and a 4-bit scale).
+__device__ __forceinline__ float deq_iq2_xxs_at(const u8* src, i64 i) {
+    const u8* b = src + (i / 256) * 66;
+    int r = (int)(i % 256), ib = r / 32, l = (r % 32) / 8, j = r % 8;
+    u32 aux1 = load_u32(b + 2 + 8 * ib + 4);
+    float db = iq2_scale(load_f16(b), (int)(aux1 >> 28));
+    int g = grid8(IQ2XXS_GRID[b[2 + 8 * ib + l]], j);
+    int signs = KSIGNS_IQ2XS[(aux1 >> (7 * l)) & 127];
+    return __fmul_rn(__fmul_rn(db, (float)g), sign_of(signs, j));
+}
+
+// block_iq2_xs: f16 d, u16 qs[32] (9-bit index, 7 sign bits), scales[8].
+__device__ __forceinline__ float deq_iq2_xs_at(const u8* src, i64 i) {
+    const u8* b = src + (i / 256) * 74;
+    int r = (int)(i % 256), ib = r / 32, l = (r % 32) / 8, j = r % 8;
+    int sc = b[66 + ib];
+    float db = iq2_scale(load_f16(b), l < 2 ? (sc & 0xf) : (sc >> 4));
+    int q = b[2 + 2 * (4 * ib + l)] | (b[3 + 2 * (4 * ib + l)] << 8);
+    int g = grid8(IQ2XS_GRID[q & 511], j);
+    return __fmul_rn(__fmul_rn(db, (float)g), sign_of(KSIGNS_IQ2XS[q >> 9], j));
+}
+
+// block_iq2_s: f16 d, qs[32], signs[32], qh[8], scales[8].
+__device__ __forceinline__ float deq_iq2_s_at(const u8* src, i64 i) {
+    const u8* b = src + (i / 256) * 82;
+    int r = (int)(i % 256), ib = r / 32, l = (r % 32) / 8, j = r % 8;
+    int sc = b[74 + ib];
+    float db = iq2_scale(load_f16(b), l < 2 ? (sc & 0xf) : (sc >> 4));
+    int idx = b[2 + 4 * ib + l] | ((b[66 + ib] << (8 - 2 * l)) & 0x300);
+    int g = grid8(IQ2S_GRID[idx], j);
+    return __fmul_rn(__fmul_rn(db, (float)g), sign_of(b[34 + 4 * ib + l], j));
+}
+
+// block_iq3_xxs: f16 d, qs[64] grid indices, then per 32 weights a u32 of
+// 4 x 7 sign bits and a 4-bit scale.
+__device__ __forceinline__ float deq_iq3_xxs_at(const u8* src, i64 i) {
+    const u8* b = src + (i / 256) * 98;
+    int r = (int)(i % 256), ib = r / 32, l = (r % 32) / 8, j = r % 8;
+    u32 aux = load_u32(b + 66 + 4 * ib);
+    float db = __fmul_rn(__fmul_rn(load_f16(b), __fadd_rn(0.5f, (float)(aux >> 28))), 0.5f);
+    const u8* qs = b + 2 + 8 * ib;
+    int g = grid8(IQ3XXS_GRID[qs[2 * l + j / 4]], j % 4);
+    return __fmul_rn(__fmul_rn(db, (float)g), sign_of(KSIGNS_IQ2XS[(aux >> (7 * l)) & 127], j));
+}
+
+// block_iq3_s: f16 d, qs[64], qh[8], signs[32], scales[4].
+__device__ __forceinline__ float deq_iq3_s_at(const u8* src, i64 i) {
+    const u8* b = src + (i / 256) * 110;
+    int r = (int)(i % 256), ib = r / 32, l = (r % 32) / 8, j = r % 8;
+    int sc = (b[106 + ib / 2] >> (4 * (ib % 2))) & 0xf;
+    float db = __fmul_rn(load_f16(b), (float)(1 + 2 * sc));
+    const u8* qs = b + 2 + 8 * ib;
+    int qh = b[66 + ib];
+    int idx = j < 4 ? (qs[2 * l] | ((qh << (8 - 2 * l)) & 256))
+                    : (qs[2 * l + 1] | ((qh << (7 - 2 * l)) & 256));
+    int g = grid8(IQ3S_GRID[idx], j % 4);
+    return __fmul_rn(__fmul_rn(db, (float)g), sign_of(b[74 + 4 * ib + l], j));
+}
+
+#define IQ1S_DELTA 0.125f
+
+// block_iq1_s: f16 d, qs[32], u16 qh[8] (3 high index bits per group,
+// a 3-bit scale and the delta's sign).
+__device__ __forceinline__ float deq_iq1_s_at(const u8* src, i64 i) {
+    const u8* b = src + (i / 256) * 50;
+    int r = (int)(i % 256), ib = r / 32, l = (r % 32) / 8, j = r % 8;
+    int qh = b[34 + 2 * ib] | (b[35 + 2 * ib] << 8);
+    float dl = __fmul_rn(load_f16(b), (float)(2 * ((qh >> 12) & 7) + 1));
+    float delta = (qh & 0x8000) ? -IQ1S_DELTA : IQ1S_DELTA;
+    int idx = b[2 + 4 * ib + l] | (((qh >> (3 * l)) & 7) << 8);
+    return __fmul_rn(dl, __fadd_rn((float)grid8s(IQ1S_GRID[idx], j), delta));
+}
+
+// block_iq1_m: qs[32], qh[16], scales[8] (3-bit scales; the f16 scale
+// spread over their top nibbles).
+__device__ __forceinline__ float deq_iq1_m_at(const u8* src, i64 i) {
+    const u8* b = src + (i / 256) * 56;
+    int r = (int)(i % 256), ib = r / 32, l = (r % 32) / 8, j = r % 8;
+    int s0 = b[48] | (b[49] << 8), s1 = b[50] | (b[51] << 8);
+    int s2 = b[52] | (b[53] << 8), s3 = b[54] | (b[55] << 8);
+    float d = f16_to_f32((u16)((s0 >> 12) | ((s1 >> 8) & 0x00f0) | ((s2 >> 4) & 0x0f00) | (s3 & 0xf000)));
+    int scw = b[48 + 2 * (ib / 2)] | (b[49 + 2 * (ib / 2)] << 8);
+    int k = l < 2 ? 0 : 3;
+    float dl = __fmul_rn(d, (float)(2 * ((scw >> (6 * (ib % 2) + k)) & 7) + 1));
+    int h = b[32 + 2 * ib + l / 2];
+    int idx = b[4 * ib + l] | ((h << ((l % 2) ? 4 : 8)) & 0x700);
+    float delta = (h & ((l % 2) ? 0x80 : 0x08)) ? -IQ1S_DELTA : IQ1S_DELTA;
+    return __fmul_rn(dl, __fadd_rn((float)grid8s(IQ1S_GRID[idx], j), delta));
+}

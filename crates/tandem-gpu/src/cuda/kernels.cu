@@ -23,6 +23,13 @@ DEQ_KERNEL(iq4_xs)
 DEQ_KERNEL(mxfp4)
 DEQ_KERNEL(tq1_0)
 DEQ_KERNEL(tq2_0)
+DEQ_KERNEL(iq2_xxs)
+DEQ_KERNEL(iq2_xs)
+DEQ_KERNEL(iq2_s)
+DEQ_KERNEL(iq3_xxs)
+DEQ_KERNEL(iq3_s)
+DEQ_KERNEL(iq1_s)
+DEQ_KERNEL(iq1_m)
 
 // ---- element-wise ------------------------------------------------------
 

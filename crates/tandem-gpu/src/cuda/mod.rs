@@ -7,7 +7,8 @@
 //! - Copies: `cuMemcpyHtoDAsync`/`DtoHAsync` on the given stream; mapped
 //!   weights are page-locked in place with `cuMemHostRegister` (read-only)
 //!   so uploads run at the link's speed.
-//! - Kernels: `kernels.cu`, compiled once by NVRTC when the device opens
+//! - Kernels: `crate::kernel_source` (common.cuh, the i-quant tables,
+//!   dequant.cuh, kernels.cu), compiled once by NVRTC when the device opens
 //!   (no headers; half conversions written out).
 //! - GEMMs: `cublasGemmEx`, f16/bf16 (or f32) operands, f32 accumulation.
 //!
@@ -29,13 +30,6 @@ use tandem_model::RopeLayout;
 
 use crate::device::{Attend, DType, Device, Gemm, HostMem, MemInfo, Ptr, RopeArgs};
 use crate::GpuError;
-
-/// The kernels' source.
-pub const KERNELS: &str = concat!(
-    include_str!("common.cuh"),
-    include_str!("dequant.cuh"),
-    include_str!("kernels.cu")
-);
 
 /// Memory left to the driver and other users when no cap is given.
 const RESERVE: usize = 1 << 30;
@@ -177,6 +171,13 @@ const KERNEL_NAMES: &[&str] = &[
     "deq_mxfp4",
     "deq_tq1_0",
     "deq_tq2_0",
+    "deq_iq2_xxs",
+    "deq_iq2_xs",
+    "deq_iq2_s",
+    "deq_iq3_xxs",
+    "deq_iq3_s",
+    "deq_iq1_s",
+    "deq_iq1_m",
     "convert_f32",
     "fill_f32",
     "add_f32",
@@ -329,7 +330,7 @@ impl CudaDevice {
             cc(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR),
         );
         let ptx = cudarc::nvrtc::compile_ptx_with_opts(
-            KERNELS,
+            crate::kernel_source::kernel_source(),
             cudarc::nvrtc::CompileOptions {
                 name: Some("tandem_kernels.cu".into()),
                 arch: nvrtc_arch(cc),
@@ -1028,8 +1029,12 @@ fn deq_kernel(f: WeightFormat) -> Option<&'static str> {
         WeightFormat::MXFP4 => "deq_mxfp4",
         WeightFormat::TQ1_0 => "deq_tq1_0",
         WeightFormat::TQ2_0 => "deq_tq2_0",
-        // The grid types (IQ1_*, IQ2_*, IQ3_*) need their lookup tables
-        // on the device first.
-        _ => return None,
+        WeightFormat::IQ2_XXS => "deq_iq2_xxs",
+        WeightFormat::IQ2_XS => "deq_iq2_xs",
+        WeightFormat::IQ2_S => "deq_iq2_s",
+        WeightFormat::IQ3_XXS => "deq_iq3_xxs",
+        WeightFormat::IQ3_S => "deq_iq3_s",
+        WeightFormat::IQ1_S => "deq_iq1_s",
+        WeightFormat::IQ1_M => "deq_iq1_m",
     })
 }
