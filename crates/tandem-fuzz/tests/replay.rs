@@ -40,15 +40,23 @@ fn run(target: &str, f: fn(&[u8]), path: &Path) -> Duration {
 #[test]
 fn regressions_replay() {
     let mut n = 0;
+    let mut slowest = (Duration::ZERO, PathBuf::new());
     for &(target, f) in tandem_fuzz::TARGETS {
         let dir = root().join("fuzz/regressions").join(target);
         assert!(dir.is_dir(), "no {}", dir.display());
         for path in files(&dir) {
-            run(target, f, &path);
+            let took = run(target, f, &path);
+            if took > slowest.0 {
+                slowest = (took, path);
+            }
             n += 1;
         }
     }
-    eprintln!("{n} regression inputs replayed");
+    eprintln!(
+        "{n} regression inputs replayed; slowest {:?} ({})",
+        slowest.0,
+        slowest.1.display()
+    );
 }
 
 /// The fixture files each target is seeded from, by target.
