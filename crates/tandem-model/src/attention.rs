@@ -113,10 +113,10 @@ pub(crate) struct AttnPlan {
 /// 2. Each part finishes its own copy of the query rows, folds its pages
 ///    into online-softmax states, and writes the states and accumulators
 ///    to its slot in `partials` (plain stores).
-/// 3. It then increments the head's counter in `done` (`AcqRel`). The
-///    part that brings the counter to `parts` is the last to finish: the
-///    acquire half of its increment sees every other part's slot (their
-///    release increments precede it in the counter's modification order).
+/// 3. It then arrives at the head's counter in `done`
+///    ([`tandem_numa::Arrivals`], checked with loom): the part that brings
+///    the counter to `parts` is the last to finish and sees every other
+///    part's slot.
 /// 4. That part merges the slots in part order (so the result does not
 ///    depend on which thread finished last) and writes the output.
 ///
@@ -127,7 +127,7 @@ pub(crate) struct SplitState<'a> {
     /// `MAX_QUERIES · (head_dim + 2)` floats per (sequence, KV head, part).
     pub partials: SharedOut,
     /// One counter per (sequence, KV head).
-    pub done: &'a [std::sync::atomic::AtomicUsize],
+    pub done: &'a tandem_numa::Arrivals,
 }
 
 /// Values per head of attention's output: the head size, or for MLA the
@@ -202,9 +202,7 @@ pub(crate) fn attention(
     split: &SplitState<'_>,
 ) -> Result<(), ModelError> {
     let plan = split.plan;
-    for d in split.done {
-        d.store(0, std::sync::atomic::Ordering::Relaxed);
-    }
+    split.done.reset();
     let ctx = ItemCtx {
         c,
         rope,
@@ -647,8 +645,7 @@ unsafe fn run_item(
                     }
                     let accs = 2 * MAX_QUERIES;
                     slot[accs..accs + nq * vd].copy_from_slice(&acc[q0 * vd..q1 * vd]);
-                    let prev = x.split.done[head].fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-                    if prev + 1 == parts {
+                    if x.split.done.arrive(head, parts) {
                         merge_parts(x, it.s, kvh, nq, head, tmp)?;
                     }
                 }

@@ -1078,9 +1078,7 @@ impl Model {
                 &mut ws.attn_partials,
                 heads * plan.parts * crate::attention::partial_slot_len(hd),
             );
-            if ws.attn_done.len() < heads {
-                ws.attn_done.resize_with(heads, Default::default);
-            }
+            ws.attn_done.grow(heads);
         }
 
         for (li, l) in self.layers.iter().enumerate() {

@@ -95,7 +95,7 @@ pub(crate) struct Workspace {
     /// Split attention's partial results and per-head counters
     /// (`attention::SplitState`).
     pub attn_partials: Vec<f32>,
-    pub attn_done: Vec<std::sync::atomic::AtomicUsize>,
+    pub attn_done: tandem_numa::Arrivals,
     /// Mixture-of-experts buffers (`crate::moe`).
     pub moe: MoeBuffers,
     /// Latent attention buffers (`crate::mla`).

@@ -10,16 +10,22 @@
 //!   everywhere.
 //! * [`Pool`]: persistent pinned workers running fork-join jobs at about a
 //!   microsecond per run (protocol in `pool.rs`).
+//! * [`Arrivals`]: "the last part to finish merges" counters for work
+//!   split across a run's workers (flash-decoding).
 //! * [`NodeMemory`]: anonymous memory bound to a node, and [`page_node`] to
 //!   check where a page really is.
 //!
 //! This crate does not know about models, matrices or kernels: the model
 //! crate decides how to shard and what each worker computes.
 
+mod arrivals;
 mod cpuset;
 mod memory;
 mod pool;
+mod sync;
 mod topology;
+
+pub use arrivals::Arrivals;
 
 pub use cpuset::{current_affinity, parse_cpulist, pin_current_thread};
 pub use memory::{page_node, release_file_pages, NodeMemory};

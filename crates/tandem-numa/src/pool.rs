@@ -16,13 +16,19 @@
 //! 1. The driver stores `job`, sets `remaining = n - 1`, resets the per-node
 //!    work counters, then increments `generation` (SeqCst). This publishes
 //!    the job: a worker that sees the new generation sees the job.
-//! 2. If `sleepers > 0` (SeqCst load) the driver unparks every worker.
+//! 2. After a SeqCst fence, if `sleepers > 0` the driver unparks every
+//!    worker.
 //! 3. The driver runs the closure as worker 0.
 //! 4. Each worker waits for `generation` to change: spinning for
 //!    [`SPIN`], then yielding for [`YIELD`], then parking. Before parking
-//!    it increments `sleepers` and re-reads `generation` (both SeqCst): either
-//!    it sees the new generation, or the driver's step 2 sees `sleepers > 0`
-//!    and unparks it (an unpark before the park is not lost).
+//!    it increments `sleepers`, fences (SeqCst) and re-reads `generation`.
+//!    The two fences are ordered one way or the other, so either the
+//!    worker sees the new generation, or the driver's step 2 sees
+//!    `sleepers > 0` and unparks it (an unpark before the park is not
+//!    lost). The fences, not just SeqCst accesses, because loom models
+//!    SeqCst fences but checks SeqCst accesses only as AcqRel (with which
+//!    both sides could miss each other: the models catch that lost
+//!    wake-up).
 //! 5. A worker runs the closure, then decrements `remaining` (Release).
 //! 6. The driver waits until `remaining == 0` (Acquire) and only then
 //!    returns, so the closure (and what it borrows) outlives every use.
@@ -32,6 +38,11 @@
 //! Runs are serialised by a mutex; calling `run` from inside a job is a bug
 //! and panics with a message instead of deadlocking.
 //!
+//! The atomics, the `job` cell, threads and parking come from
+//! [`crate::sync`], so `tools/loom.sh` checks this very code with loom
+//! (`tests/loom_pool.rs`): there an idle thread spins once and then parks
+//! ([`Patience`]), instead of timing its spins.
+//!
 //! What the pool does not know: what the work is, or how it is split.
 //! [`Worker`] says who a worker is (global index, node, index in node) and
 //! hands out per-node chunk numbers, so a node's workers can balance load
@@ -39,12 +50,14 @@
 
 use std::cell::Cell;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::{JoinHandle, Thread};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::cpuset::pin_current_thread;
+use crate::sync::{
+    fence, park, spin_loop, thread, yield_now, Arc, AtomicBool, AtomicU64, AtomicUsize, JoinHandle,
+    Mutex, Thread, UnsafeCell,
+};
 use crate::topology::{Layout, NumaMode, Topology};
 use crate::NumaError;
 
@@ -108,12 +121,13 @@ struct Shared {
     /// the driver only while no worker runs (before the generation bump,
     /// after `remaining == 0`); read by workers only after observing the
     /// bump (Acquire), which orders the write before the read.
-    job: std::cell::UnsafeCell<Option<&'static Job<'static>>>,
+    job: UnsafeCell<Option<&'static Job<'static>>>,
     shutdown: AtomicBool,
     panicked: AtomicBool,
     counters: Vec<Padded<AtomicUsize>>,
-    runs: AtomicU64,
-    wait_ns: AtomicU64,
+    /// Statistics, not synchronisation: `std`'s atomics even under loom.
+    runs: std::sync::atomic::AtomicU64,
+    wait_ns: std::sync::atomic::AtomicU64,
 }
 
 // SAFETY: every field but `job` is Sync; `job` follows the protocol above.
@@ -141,13 +155,23 @@ pub struct Pool {
     id: u64,
 }
 
-static NEXT_POOL_ID: AtomicU64 = AtomicU64::new(1);
+/// An id, not synchronisation (and a `static`, which loom's atomics
+/// cannot be).
+static NEXT_POOL_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
-thread_local! {
+#[cfg(not(loom))]
+std::thread_local! {
     /// Pool id the current thread is pinned for as a driver (0: none).
     static DRIVER_OF: Cell<u64> = const { Cell::new(0) };
     /// Whether the current thread is inside a job.
     static IN_JOB: Cell<bool> = const { Cell::new(false) };
+}
+
+// Loom's threads share one OS thread: its own thread-locals keep them apart.
+#[cfg(loom)]
+loom::thread_local! {
+    static DRIVER_OF: Cell<u64> = Cell::new(0);
+    static IN_JOB: Cell<bool> = Cell::new(false);
 }
 
 impl Pool {
@@ -188,7 +212,7 @@ impl Pool {
             let shared = Arc::clone(&pool.shared);
             let info = pool.worker_template(index);
             let pin = pool.layout.pin;
-            let handle = std::thread::Builder::new()
+            let handle = thread::Builder::new()
                 .name(format!("tandem-n{node}-w{k}"))
                 .spawn(move || {
                     if pin {
@@ -249,7 +273,7 @@ impl Pool {
             !IN_JOB.with(Cell::get),
             "Pool::run called from inside a pool job (nested runs would deadlock)"
         );
-        let _guard = self.run_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let guard = self.run_lock.lock().unwrap_or_else(|p| p.into_inner());
         self.pin_driver();
         let s = &*self.shared;
         for c in &s.counters {
@@ -265,8 +289,9 @@ impl Pool {
         s.remaining.0.store(n - 1, Ordering::Relaxed);
         // SAFETY: no worker reads `job` now (the previous run ended with
         // `remaining == 0`, and the generation is not yet bumped).
-        unsafe { *s.job.get() = Some(job_static) };
+        s.job.with_mut(|j| unsafe { *j = Some(job_static) });
         s.generation.0.fetch_add(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
         if s.sleepers.0.load(Ordering::SeqCst) > 0 {
             for t in &self.threads {
                 t.unpark();
@@ -280,7 +305,10 @@ impl Pool {
             .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
         s.runs.fetch_add(1, Ordering::Relaxed);
         // SAFETY: all workers are done with the job (remaining == 0).
-        unsafe { *s.job.get() = None };
+        s.job.with_mut(|j| unsafe { *j = None });
+        // Unlocked before re-raising: a panic is the job's, not a broken
+        // pool (and loom's mutex does not model poisoning).
+        drop(guard);
         if let Err(p) = result {
             resume_unwind(p);
         }
@@ -388,30 +416,24 @@ fn worker_loop(s: &Shared, info: WorkerInfo) {
     let mut seen = 0;
     loop {
         // Step 4: wait for a new generation.
-        let start = Instant::now();
-        let mut spins: u32 = 0;
+        let mut patience = Patience::new();
         loop {
             let g = s.generation.0.load(Ordering::Acquire);
             if g != seen {
                 seen = g;
                 break;
             }
-            spins = spins.wrapping_add(1);
-            if !spins.is_multiple_of(64) {
-                std::hint::spin_loop();
-                continue;
-            }
-            let waited = start.elapsed();
-            if waited < SPIN {
-                std::hint::spin_loop();
-            } else if waited < SPIN + YIELD {
-                std::thread::yield_now();
-            } else {
-                s.sleepers.0.fetch_add(1, Ordering::SeqCst);
-                if s.generation.0.load(Ordering::SeqCst) == seen {
-                    std::thread::park();
+            match patience.next() {
+                Idle::Spin => spin_loop(),
+                Idle::Yield => yield_now(),
+                Idle::Park => {
+                    s.sleepers.0.fetch_add(1, Ordering::SeqCst);
+                    fence(Ordering::SeqCst);
+                    if s.generation.0.load(Ordering::SeqCst) == seen {
+                        park();
+                    }
+                    s.sleepers.0.fetch_sub(1, Ordering::SeqCst);
                 }
-                s.sleepers.0.fetch_sub(1, Ordering::SeqCst);
             }
         }
         if s.shutdown.load(Ordering::SeqCst) {
@@ -421,7 +443,7 @@ fn worker_loop(s: &Shared, info: WorkerInfo) {
         // SAFETY: the driver wrote `job` before bumping the generation we
         // observed (Acquire above) and keeps it alive until `remaining`
         // reaches 0, which happens only after our decrement below.
-        if let Some(job) = unsafe { *s.job.get() } {
+        if let Some(job) = s.job.with(|j| unsafe { *j }) {
             if run_job(job, info, &s.counters).is_err() {
                 s.panicked.store(true, Ordering::Relaxed);
             }
@@ -432,19 +454,86 @@ fn worker_loop(s: &Shared, info: WorkerInfo) {
 
 /// Spin, then yield, until `done()`.
 fn wait_until(done: impl Fn() -> bool) {
-    let mut spins: u32 = 0;
-    let start = Instant::now();
+    let mut patience = Patience::new();
     while !done() {
-        spins = spins.wrapping_add(1);
-        if spins.is_multiple_of(64) && start.elapsed() > SPIN {
-            std::thread::yield_now();
-        } else {
-            std::hint::spin_loop();
+        match patience.next() {
+            Idle::Spin => spin_loop(),
+            // The driver never parks: nobody would wake it.
+            Idle::Yield | Idle::Park => yield_now(),
         }
     }
 }
 
-#[cfg(test)]
+/// What an idle thread does before it polls again.
+enum Idle {
+    Spin,
+    #[cfg_attr(loom, allow(dead_code))]
+    Yield,
+    Park,
+}
+
+/// How long an idle thread has waited: it spins for [`SPIN`], yields for
+/// [`YIELD`], then parks (reading the clock every 64 polls only).
+#[cfg(not(loom))]
+struct Patience {
+    polls: u32,
+    start: Instant,
+}
+
+#[cfg(not(loom))]
+impl Patience {
+    fn new() -> Patience {
+        Patience {
+            polls: 0,
+            start: Instant::now(),
+        }
+    }
+
+    /// After a poll that found nothing to do.
+    #[inline]
+    fn next(&mut self) -> Idle {
+        self.polls = self.polls.wrapping_add(1);
+        if !self.polls.is_multiple_of(64) {
+            return Idle::Spin;
+        }
+        let waited = self.start.elapsed();
+        if waited < SPIN {
+            Idle::Spin
+        } else if waited < SPIN + YIELD {
+            Idle::Yield
+        } else {
+            Idle::Park
+        }
+    }
+}
+
+/// Under loom, time means nothing: an idle thread spins once (a loom
+/// yield), then parks, so the models take both the spinning and the
+/// parking path of step 4.
+#[cfg(loom)]
+struct Patience {
+    polls: u32,
+}
+
+#[cfg(loom)]
+impl Patience {
+    fn new() -> Patience {
+        Patience { polls: 0 }
+    }
+
+    fn next(&mut self) -> Idle {
+        self.polls = self.polls.saturating_add(1);
+        if self.polls == 1 {
+            Idle::Spin
+        } else {
+            Idle::Park
+        }
+    }
+}
+
+// Under `--cfg loom` the primitives are loom's, usable only inside a
+// model: `tests/loom_pool.rs` checks the pool there.
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use crate::topology::NodePlan;
