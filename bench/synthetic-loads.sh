@@ -14,7 +14,7 @@ TANDEM="${CARGO_TARGET_DIR:-$ROOT/target}/release/tandem"
 SHAPES=("$@")
 [ ${#SHAPES[@]} -eq 0 ] && SHAPES=(tiny tiny-qwen3moe)
 QUANTS=(F16 BF16 Q8_0 Q4_0 Q4_K_M Q5_K_M Q6_K Q4_1 Q5_0 Q5_1 Q2_K Q3_K IQ4_NL IQ4_XS IQ3_XXS IQ3_S
-        IQ2_XXS IQ2_XS IQ2_S IQ1_S IQ1_M TQ1_0 TQ2_0 MXFP4 UD-Q2_K_XL UD-IQ2_XXS UD-IQ1_S)
+        IQ2_XXS IQ2_XS IQ2_S IQ1_S IQ1_M TQ1_0 TQ2_0 Q1_0 Q2_0 MXFP4 UD-Q2_K_XL UD-IQ2_XXS UD-IQ1_S)
 DIR="$(mktemp -d)"
 trap 'rm -rf "$DIR"' EXIT
 fail=0

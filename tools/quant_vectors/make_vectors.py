@@ -17,6 +17,12 @@ Usage (from the repository root):
     python3 -m venv /work/venv-kernels && /work/venv-kernels/bin/pip install numpy gguf
     /work/venv-kernels/bin/python tools/quant_vectors/make_vectors.py [--out fixtures/quant]
 
+Q1_0 and Q2_0 (ggml type ids 41 and 42) have no dequantizer in gguf-py:
+their expected values come from ggml's own C `dequantize_row_q1_0/q2_0`,
+called through `ggml_get_type_traits(type)->to_float` in the vendored
+build's libggml-base.so (path: GGML_BASE_LIB), and are cross-checked
+against a numpy port of the same loops.
+
 The output is deterministic (fixed seed). The file layout is documented in
 fixtures/quant/README.md, which this script also writes.
 """
@@ -24,6 +30,7 @@ fixtures/quant/README.md, which this script also writes.
 from __future__ import annotations
 
 import argparse
+import ctypes as C
 import os
 import struct
 
@@ -33,6 +40,7 @@ from gguf import quants
 
 SEED = 0x7A4D3
 QK_K = 256
+GGML_BASE_LIB = "/work/main/.cache/llama.cpp/build/bin/libggml-base.so"
 
 README = """\
 # Quantization test vectors
@@ -89,13 +97,26 @@ scales of moderate magnitude (with 0, -0, subnormal edges; IQ1_M's scale is spre
 over the top nibbles of its scale words), MXFP4 E8M0 exponents including 0, 1, 2,
 254, 255; the last block all zero. `<FMT>.f32` = `gguf.quants.dequantize`.
 
+`Q1_0` (32 blocks of 128 weights, 18 B) and `Q2_0` (64 blocks of 64 weights, 18 B):
+random block bytes made the same way (f16 `d` at byte 0; the last block all zero,
+the one before all quant bits set). gguf-py cannot dequantize them, so `<FMT>.f32`
+is ggml's C `dequantize_row_q1_0` / `dequantize_row_q2_0` (`ggml_get_type_traits
+(type)->to_float` of the vendored libggml-base.so), checked by the script against a
+numpy port of the same loops.
+
 ## llama.cpp's own x86 dot products
 
-`ggml_dot_<FMT>.f32` (`Q5_0`, `Q4_1`, `Q5_1`, `IQ4_NL`, `MXFP4`, `IQ4_XS`): written by
+`ggml_dot_<FMT>.f32` (`Q5_0`, `Q4_1`, `Q5_1`, `IQ4_NL`, `MXFP4`, `IQ4_XS`, `Q1_0`, `Q2_0`): written by
 `tools/quant_vectors/ggml_dots.py` (not this script) with the vendored libggml-cpu.so:
 `vec_dot` of every 256-weight row of `<FMT>.bin` with every row of `act_q8_0.in.f32`
 quantized by ggml's own `from_float`; f32, weight-row-major. The x86 kernels that
 follow ggml's x86 float order must equal them bit for bit.
+
+`ggml_generic_dot_Q1_0.f32` / `ggml_generic_dot_Q2_0.f32`: the same dots through ggml's
+generic C code as compiled into that library (`ggml_vec_dot_q1_0_q8_0_generic`; x86 runs
+the generic code for Q2_0, so that file equals `ggml_dot_Q2_0.f32`). tandem runs its
+scalar reference for both types on every family; it must equal these bit for bit, and
+`ggml_dot_Q1_0.f32` (llama.cpp's AVX2 Q1_0 kernel, another f32 order) within a rounding bound.
 """
 
 
@@ -370,6 +391,58 @@ def new_types(out: str) -> None:
         write(out, "act_q8_1.ref.bin", quantize_q8_1(x, "ref"))
 
 
+class GgmlTypeTraits(C.Structure):
+    _fields_ = [("type_name", C.c_char_p), ("blck_size", C.c_int64), ("blck_size_interleave", C.c_int64),
+                ("type_size", C.c_size_t), ("is_quantized", C.c_bool), ("to_float", C.c_void_p),
+                ("from_float_ref", C.c_void_p)]
+
+
+TO_FLOAT = C.CFUNCTYPE(None, C.c_void_p, C.POINTER(C.c_float), C.c_int64)
+
+
+def ggml_dequantize(qtype, raw: np.ndarray) -> np.ndarray:
+    """ggml's own C dequantize_row_* for `qtype` (ggml_get_type_traits(type)->to_float)."""
+    lib = C.CDLL(GGML_BASE_LIB)
+    lib.ggml_get_type_traits.restype = C.POINTER(GgmlTypeTraits)
+    tr = lib.ggml_get_type_traits(int(qtype)).contents
+    qk, size = quants.GGML_QUANT_SIZES[qtype]
+    assert (tr.blck_size, tr.type_size) == (qk, size), (qtype, tr.blck_size, tr.type_size)
+    raw = np.ascontiguousarray(raw, dtype=np.uint8)
+    n = raw.size // size * qk
+    out = np.zeros(n, dtype=np.float32)
+    TO_FLOAT(tr.to_float)(raw.ctypes.data, out.ctypes.data_as(C.POINTER(C.c_float)), n)
+    return out
+
+
+def numpy_dequantize_low_bit(name: str, raw: np.ndarray) -> np.ndarray:
+    """numpy port of ggml-quants.c dequantize_row_q1_0 / dequantize_row_q2_0 (the cross-check)."""
+    blocks = raw.reshape(-1, 18)
+    d = blocks[:, 0:2].copy().view("<f2").astype(np.float32)
+    qs = blocks[:, 2:]
+    if name == "Q1_0":
+        bits = np.unpackbits(qs, axis=1, bitorder="little")          # bit j = (qs[j/8] >> j%8) & 1
+        return np.where(bits != 0, d, -d).astype(np.float32).reshape(-1)
+    q = np.stack([(qs >> (2 * k)) & 3 for k in range(4)], axis=2).reshape(len(blocks), 64)
+    return ((q.astype(np.int32) - 1).astype(np.float32) * d).astype(np.float32).reshape(-1)
+
+
+def low_bit_types(out: str) -> None:
+    """Q1_0 and Q2_0 (separate RNG stream: the files above stay byte-identical)."""
+    rng = np.random.default_rng(SEED + 2)
+    for name, n_blocks in [("Q1_0", 32), ("Q2_0", 64)]:
+        qtype = T[name]
+        _, type_size = quants.GGML_QUANT_SIZES[qtype]
+        raw = rng.integers(0, 256, size=(n_blocks, type_size), dtype=np.uint8)
+        raw[:, 0:2] = random_f16_scale(rng, n_blocks).view(np.uint8).reshape(n_blocks, 2)
+        raw[-2, 2:] = 0xFF                                   # every bit set (Q1_0 +d, Q2_0 +2d)
+        raw[-1, :] = 0                                       # all-zero block
+        deq = ggml_dequantize(qtype, raw.reshape(-1))
+        port = numpy_dequantize_low_bit(name, raw.reshape(-1))
+        assert np.array_equal(deq.view(np.uint32), port.view(np.uint32)), name
+        write(out, f"{name}.bin", raw.tobytes())
+        write(out, f"{name}.f32", deq.astype(np.float32).reshape(-1))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "..", "fixtures", "quant"))
@@ -387,6 +460,7 @@ def main() -> None:
     conversions(out, rng)
     activations(out, rng)
     new_types(out)
+    low_bit_types(out)
     with open(os.path.join(out, "README.md"), "w") as f:
         f.write(README)
 

@@ -45,6 +45,8 @@ fn random_blocks_have_the_intended_std() {
         GgmlType::TQ1_0,
         GgmlType::TQ2_0,
         GgmlType::MXFP4,
+        GgmlType::Q1_0,
+        GgmlType::Q2_0,
     ];
     let mut rng = SmallRng::seed_from_u64(7);
     for ty in types {
@@ -58,8 +60,12 @@ fn random_blocks_have_the_intended_std() {
         let mean = w.iter().sum::<f32>() / w.len() as f32;
         let std = (w.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / w.len() as f32).sqrt();
         // Q4_0 codes (q − 8) average −0.5: a bias of 0.1 std, as in ggml;
-        // TQ2_0's codes are −1..=2 (mean 0.5: 0.45 std).
-        let bias = if ty == GgmlType::TQ2_0 { 0.5 } else { 0.15 };
+        // TQ2_0's and Q2_0's codes are −1..=2 (mean 0.5: 0.45 std).
+        let bias = if matches!(ty, GgmlType::TQ2_0 | GgmlType::Q2_0) {
+            0.5
+        } else {
+            0.15
+        };
         assert!(mean.abs() < bias * WEIGHT_STD, "{ty}: mean {mean}");
         // MXFP4's scale is a power of two: within a factor √2.
         let tol = if ty == GgmlType::MXFP4 { 0.42 } else { 0.1 };
@@ -134,6 +140,15 @@ fn named_mixtures_put_the_experts_low() {
     assert_eq!(ty("IQ2_XXS", "output.weight"), GgmlType::Q5_K);
     assert_eq!(ty("IQ2_XXS", "token_embd.weight"), GgmlType::Q2_K);
     assert_eq!(ty("Q2_K", "output.weight"), GgmlType::Q6_K);
+    // ggml's Q1_0 / Q2_0: output Q6_K; an untied embedding Q4_K for Q2_0 (as
+    // for TQ*), its own type for Q1_0 (llama_tensor_get_type)
+    assert_eq!(ty("Q1_0", "blk.1.ffn_down_exps.weight"), GgmlType::Q1_0);
+    assert_eq!(ty("Q1_0", "blk.0.attn_v.weight"), GgmlType::Q1_0);
+    assert_eq!(ty("Q1_0", "output.weight"), GgmlType::Q6_K);
+    assert_eq!(ty("Q1_0", "token_embd.weight"), GgmlType::Q1_0);
+    assert_eq!(ty("q2_0", "blk.1.ffn_up_exps.weight"), GgmlType::Q2_0);
+    assert_eq!(ty("Q2_0", "output.weight"), GgmlType::Q6_K);
+    assert_eq!(ty("Q2_0", "token_embd.weight"), GgmlType::Q4_K);
 }
 
 #[test]

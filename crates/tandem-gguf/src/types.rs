@@ -17,7 +17,8 @@ macro_rules! ggml_types {
         /// block geometry.
         ///
         /// Only the ids that can legally appear in a GGUF file are representable; the
-        /// removed/unused ids (4, 5, 31, 32, 33, 36, 37, 38) and anything unknown are
+        /// removed/unused ids (4, 5, 31, 32, 33, 36, 37, 38), NVFP4 (40: not listed
+        /// yet, `llama-quantize` does not produce it) and anything unknown are
         /// rejected by [`GgmlType::from_id`].
         #[allow(non_camel_case_types)]
         #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
@@ -94,6 +95,8 @@ ggml_types! {
     TQ1_0 = 34, "TQ1_0", 256, 54;
     TQ2_0 = 35, "TQ2_0", 256, 66;
     MXFP4 = 39, "MXFP4", 32, 17;
+    Q1_0 = 41, "Q1_0", 128, 18;
+    Q2_0 = 42, "Q2_0", 64, 18;
 }
 
 impl GgmlType {

@@ -84,6 +84,17 @@ pub(crate) const IQ4_NL_BYTES: usize = 18;
 /// `block_mxfp4`: `u8 e` (E8M0) 0, `qs[16]` 1 (indices into `kvalues_mxfp4`).
 pub(crate) const MXFP4_BYTES: usize = 17;
 
+// ---- 1- and 2-bit blocks spanning several Q8_0 activation blocks ----
+
+/// Weights per Q1_0 block (ggml `QK1_0`): four Q8_0 activation blocks.
+pub(crate) const QK1_0: usize = 128;
+/// `block_q1_0`: `f16 d` 0, `qs[16]` 2 (bit `j % 8` of byte `j / 8` = sign of weight j).
+pub(crate) const Q1_0_BYTES: usize = 18;
+/// Weights per Q2_0 block (ggml `QK2_0`): two Q8_0 activation blocks.
+pub(crate) const QK2_0: usize = 64;
+/// `block_q2_0`: `f16 d` 0, `qs[16]` 2 (bits `2·(j % 4)..` of byte `j / 4` = weight j).
+pub(crate) const Q2_0_BYTES: usize = 18;
+
 // ---- 256-weight super-blocks added with the full type table ----
 
 /// `block_q2_K`: `scales[16]` 0 (low nibble scale, high nibble min), `qs[64]` 16, `f16 d` 80, `f16 dmin` 82.

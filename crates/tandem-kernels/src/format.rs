@@ -100,6 +100,10 @@ weight_formats! {
     TQ1_0 => Q8_K;
     /// `block_tq2_0 { u8 qs[64]; f16 d }` (66 bytes / 256 weights).
     TQ2_0 => Q8_K;
+    /// `block_q1_0 { f16 d; u8 qs[16] }` (18 bytes / 128 weights; bit j set: `+d`, clear: `-d`).
+    Q1_0 => Q8_0;
+    /// `block_q2_0 { f16 d; u8 qs[16] }` (18 bytes / 64 weights; 2 bits per weight, `(q - 1)·d`).
+    Q2_0 => Q8_0;
 }
 
 /// Format the activation rows are converted to before a dot product with a
@@ -113,7 +117,7 @@ pub enum ActivationFormat {
     F16,
     /// f32 rounded to bf16 like `ggml_compute_fp32_to_bf16` (for BF16 weights).
     BF16,
-    /// `block_q8_0` with 32-value blocks (Q8_0, Q4_0, Q5_0, IQ4_NL, MXFP4 weights).
+    /// `block_q8_0` with 32-value blocks (Q8_0, Q4_0, Q5_0, IQ4_NL, MXFP4, Q1_0, Q2_0 weights).
     Q8_0,
     /// `block_q8_1 { f16 d; f16 s = d·Σq; i8 qs[32] }` (Q4_1, Q5_1 weights).
     Q8_1,

@@ -6,7 +6,7 @@
 //! * [`WeightFormat`]: every ggml weight type `llama-quantize` produces
 //!   (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K, IQ1_S, IQ1_M,
 //!   IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ4_NL, IQ4_XS, MXFP4, TQ1_0,
-//!   TQ2_0), parsed from raw little-endian bytes in ggml's block layouts (no
+//!   TQ2_0, Q1_0, Q2_0), parsed from raw little-endian bytes in ggml's block layouts (no
 //!   alignment needed); ids, names and geometry come from `tandem-gguf`'s
 //!   type table.
 //! * [`dequantize_row`]: bit-identical to ggml's `dequantize_row_*` (and

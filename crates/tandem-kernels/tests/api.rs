@@ -54,13 +54,21 @@ fn geometry() {
         (MXFP4, 32, 17, ActivationFormat::Q8_0),
         (TQ1_0, 256, 54, ActivationFormat::Q8_K),
         (TQ2_0, 256, 66, ActivationFormat::Q8_K),
+        (Q1_0, 128, 18, ActivationFormat::Q8_0),
+        (Q2_0, 64, 18, ActivationFormat::Q8_0),
     ];
     for (f, len, bytes, act) in more {
         assert_eq!((f.block_len(), f.block_bytes()), (len, bytes), "{f}");
         assert_eq!(f.activation_format(), act, "{f}");
         assert_eq!(WeightFormat::from_ggml(f.ggml()), Some(f));
     }
-    assert_eq!(WeightFormat::ALL.len(), 25);
+    assert_eq!(WeightFormat::ALL.len(), 27);
+    // blocks wider than their activation blocks: rows must hold whole weight blocks
+    assert_eq!(Q1_0.row_bytes(96), None);
+    assert_eq!(Q1_0.row_bytes(256), Some(36));
+    assert_eq!(Q2_0.row_bytes(32), None);
+    assert_eq!(Q2_0.ggml_type(), 42);
+    assert_eq!(WeightFormat::from_ggml_type(41), Some(Q1_0));
 }
 
 /// Every ISA runs every format (its own kernel or a fallback), and the

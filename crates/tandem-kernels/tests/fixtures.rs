@@ -237,3 +237,69 @@ fn x86_dots_match_llama_cpp_bit_exact() {
         }
     }
 }
+
+/// Q1_0 and Q2_0 run the scalar reference on every family (no SIMD kernels).
+/// It mirrors ggml's generic C code, so it must equal that code as compiled
+/// into llama.cpp (`ggml_generic_dot_Q{1,2}_0.f32`, activations quantized by
+/// ggml's x86 `quantize_row_q8_0`) bit for bit. llama.cpp's x86 build also
+/// runs the generic code for Q2_0 (`ggml_dot_Q2_0.f32`, the same values); for
+/// Q1_0 it runs an AVX2 kernel keeping eight lane sums per block, another
+/// f32 order, which must agree within the rounding bound of two orders of the
+/// same exact block sums, `2^-23·(n/32 + 16)·Σ|w_i|·|a_i|`.
+#[test]
+fn low_bit_dots_match_llama_cpp() {
+    use tandem_kernels::matmul_rows_with;
+    let n_cols = 256;
+    let x = f32s(&fixture("act_q8_0.in.f32"));
+    let n_b = x.len() / n_cols;
+    for f in [WeightFormat::Q2_0, WeightFormat::Q1_0] {
+        let w = fixture(&format!("{}.bin", f.name()));
+        let generic = f32s(&fixture(&format!("ggml_generic_dot_{}.f32", f.name())));
+        let x86 = f32s(&fixture(&format!("ggml_dot_{}.f32", f.name())));
+        let rb = f.row_bytes(n_cols).unwrap();
+        let n_rows = w.len() / rb;
+        assert_eq!(generic.len(), n_rows * n_b, "{f}");
+        assert_eq!(x86.len(), n_rows * n_b, "{f}");
+        for isa in Isa::ALL {
+            if !isa.is_available() {
+                eprintln!("note: low_bit_dots_match_llama_cpp: {isa} skipped, this CPU lacks it");
+                continue;
+            }
+            let mut q = QuantizedActivations::new(f.activation_format());
+            q.quantize_with(isa, &x, n_b, n_cols).unwrap();
+            let mut out = vec![0f32; n_rows * n_b];
+            matmul_rows_with(isa, f, &w, n_cols, 0..n_rows, &q, &mut out).unwrap();
+            let mut inexact = 0;
+            for (i, ((g, e), e86)) in out.iter().zip(&generic).zip(&x86).enumerate() {
+                let (row, b) = (i / n_b, i % n_b);
+                assert!(
+                    same_f32(*g, *e),
+                    "{isa} {f} row {row} b {b}: {g:e} vs ggml generic {e:e}"
+                );
+                if same_f32(*g, *e86) {
+                    continue;
+                }
+                inexact += 1;
+                let mut wv = vec![0f32; n_cols];
+                dequantize_row(f, &w[row * rb..(row + 1) * rb], &mut wv).unwrap();
+                let mut av = vec![0f32; n_cols];
+                q.dequantize_row(b, &mut av).unwrap();
+                let mag: f64 = wv
+                    .iter()
+                    .zip(&av)
+                    .map(|(w, a)| f64::from(w.abs()) * f64::from(a.abs()))
+                    .sum();
+                let tol = 2f64.powi(-23) * (n_cols as f64 / 32.0 + 16.0) * mag;
+                let d = (f64::from(*g) - f64::from(*e86)).abs();
+                assert!(
+                    f == WeightFormat::Q1_0 && d <= tol,
+                    "{isa} {f} row {row} b {b}: {g:e} vs llama.cpp x86 {e86:e} (tol {tol:e})"
+                );
+            }
+            eprintln!(
+                "{isa} {f}: equal to ggml's generic code; {inexact} of {} dots differ from llama.cpp's x86 kernel (within the bound)",
+                out.len()
+            );
+        }
+    }
+}

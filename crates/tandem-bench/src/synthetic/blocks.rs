@@ -6,8 +6,9 @@
 //! standard deviation ≈ [`WEIGHT_STD`], like a trained model's matrices.
 //! A random code `q` uniform on `0..2^b` has standard deviation
 //! `sqrt((4^b - 1) / 12)`; each format's scale divides that out. The
-//! codebook formats (IQ*, MXFP4, TQ*) take their scale from the measured RMS
-//! of random blocks at scale 1 ([`unit_rms`]).
+//! codebook formats (IQ*, MXFP4, TQ*) and the 1- and 2-bit Q1_0 / Q2_0 take
+//! their scale from the measured RMS of random blocks at scale 1
+//! ([`unit_rms`]).
 
 use half::{bf16, f16};
 use rand::rngs::SmallRng;
@@ -193,7 +194,9 @@ fn d_offset(ty: GgmlType) -> Option<usize> {
         | GgmlType::IQ2_XXS
         | GgmlType::IQ2_XS
         | GgmlType::IQ2_S
-        | GgmlType::IQ1_S => 0,
+        | GgmlType::IQ1_S
+        | GgmlType::Q1_0
+        | GgmlType::Q2_0 => 0,
         GgmlType::Q3_K => 108,
         GgmlType::TQ1_0 => 52,
         GgmlType::TQ2_0 => 64,

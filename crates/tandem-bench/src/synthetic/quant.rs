@@ -11,7 +11,8 @@
 //! llama-quantize's mixture), with the output and embedding as
 //! llama-quantize picks them: the output (or tied embedding) Q6_K, Q5_K for
 //! the 1- and 2-bit IQ types, Q8_0 for Q8_0 and MXFP4; an untied embedding
-//! Q2_K for IQ1_*/IQ2_XXS/IQ2_XS, IQ3_S for IQ2_S/IQ3_XXS, Q4_K for TQ*.
+//! Q2_K for IQ1_*/IQ2_XXS/IQ2_XS, IQ3_S for IQ2_S/IQ3_XXS, Q4_K for TQ* and
+//! Q2_0 (Q1_0 keeps its own type).
 //! `MXFP4` is llama-quantize's MXFP4_MOE: experts MXFP4, the rest Q8_0 (on
 //! a dense shape the FFN takes the experts' type, so it is not all Q8_0).
 //!
@@ -59,6 +60,8 @@ pub enum Quant {
     IQ1_M,
     TQ1_0,
     TQ2_0,
+    Q1_0,
+    Q2_0,
     MXFP4,
     UdQ2KXl,
     UdIq2Xxs,
@@ -106,7 +109,7 @@ pub fn use_more_bits(i: usize, n: usize) -> bool {
 }
 
 impl Quant {
-    pub const ALL: [Quant; 27] = [
+    pub const ALL: [Quant; 29] = [
         Quant::F16,
         Quant::BF16,
         Quant::Q8_0,
@@ -130,6 +133,8 @@ impl Quant {
         Quant::IQ1_M,
         Quant::TQ1_0,
         Quant::TQ2_0,
+        Quant::Q1_0,
+        Quant::Q2_0,
         Quant::MXFP4,
         Quant::UdQ2KXl,
         Quant::UdIq2Xxs,
@@ -159,6 +164,8 @@ impl Quant {
         "IQ1_M",
         "TQ1_0",
         "TQ2_0",
+        "Q1_0",
+        "Q2_0",
         "MXFP4",
         "UD-Q2_K_XL",
         "UD-IQ2_XXS",
@@ -207,6 +214,8 @@ impl Quant {
             Quant::TQ1_0 => 36,
             Quant::TQ2_0 => 37,
             Quant::MXFP4 => 38,
+            Quant::Q1_0 => 40,
+            Quant::Q2_0 => 41,
         }
     }
 
@@ -236,6 +245,8 @@ impl Quant {
             Quant::TQ1_0 => GgmlType::TQ1_0,
             Quant::TQ2_0 => GgmlType::TQ2_0,
             Quant::MXFP4 => GgmlType::MXFP4,
+            Quant::Q1_0 => GgmlType::Q1_0,
+            Quant::Q2_0 => GgmlType::Q2_0,
         }
     }
 
@@ -267,7 +278,7 @@ impl Quant {
             return match self {
                 Quant::IQ1_S | Quant::IQ1_M | Quant::IQ2_XXS | Quant::IQ2_XS => GgmlType::Q2_K,
                 Quant::IQ2_S | Quant::IQ3_XXS => GgmlType::IQ3_S,
-                Quant::TQ1_0 | Quant::TQ2_0 => GgmlType::Q4_K,
+                Quant::TQ1_0 | Quant::TQ2_0 | Quant::Q2_0 => GgmlType::Q4_K,
                 Quant::MXFP4 => GgmlType::Q8_0,
                 _ => base,
             };

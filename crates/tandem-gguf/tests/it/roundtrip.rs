@@ -287,13 +287,26 @@ fn ggml_type_table() {
         assert_eq!(t.to_string(), t.name());
         assert!(t.block_len() >= 1 && t.block_bytes() >= 1);
     }
-    assert_eq!(GgmlType::ALL.len(), 32);
+    assert_eq!(GgmlType::ALL.len(), 34);
     for id in [4, 5, 31, 32, 33, 36, 37, 38, 40, 1000, u32::MAX] {
         assert_eq!(GgmlType::from_id(id), None, "{id}");
     }
     assert_eq!(GgmlType::Q4_K.name(), "Q4_K");
     assert_eq!(GgmlType::Q4_K.id(), 12);
     assert_eq!(GgmlType::MXFP4.id(), 39);
+    // ggml-common.h: block_q1_0 { f16 d; u8 qs[QK1_0 / 8] }, QK1_0 = 128;
+    // block_q2_0 { f16 d; u8 qs[QK2_0 / 4] }, QK2_0 = 64
+    assert_eq!(GgmlType::from_id(41), Some(GgmlType::Q1_0));
+    assert_eq!(
+        (GgmlType::Q1_0.block_len(), GgmlType::Q1_0.block_bytes()),
+        (128, 18)
+    );
+    assert_eq!(GgmlType::from_id(42), Some(GgmlType::Q2_0));
+    assert_eq!(
+        (GgmlType::Q2_0.block_len(), GgmlType::Q2_0.block_bytes()),
+        (64, 18)
+    );
+    assert_eq!(GgmlType::Q1_0.bytes_for(64, 128), None);
     assert_eq!(GgmlType::IQ4_XS.block_bytes(), 136);
     assert_eq!(
         GgmlType::Q6_K.bytes_for(4096, 4096 * 32),

@@ -12,6 +12,8 @@
 //! * [`k_low`]: Q2_K / Q3_K against Q8_K activations.
 //! * [`iq_grid`]: IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S, IQ1_M against Q8_K.
 //! * [`ternary`]: TQ1_0, TQ2_0 against Q8_K.
+//! * [`low_bit`]: Q1_0, Q2_0 against Q8_0 (a weight block spans 4 / 2
+//!   activation blocks).
 //! * [`quantize`]: the activation quantizers.
 //!
 //! All functions assume sizes were validated by the public entry points.
@@ -21,6 +23,7 @@ pub(crate) mod iq_grid;
 pub(crate) mod k_low;
 pub(crate) mod k_quants;
 pub(crate) mod legacy;
+pub(crate) mod low_bit;
 pub(crate) mod nonlinear;
 pub(crate) mod quantize;
 pub(crate) mod ternary;
@@ -57,6 +60,8 @@ pub(crate) fn dequantize_row(format: WeightFormat, src: &[u8], dst: &mut [f32]) 
         WeightFormat::MXFP4 => nonlinear::dequantize_mxfp4(src, dst),
         WeightFormat::TQ1_0 => ternary::dequantize_tq1_0(src, dst),
         WeightFormat::TQ2_0 => ternary::dequantize_tq2_0(src, dst),
+        WeightFormat::Q1_0 => low_bit::dequantize_q1_0(src, dst),
+        WeightFormat::Q2_0 => low_bit::dequantize_q2_0(src, dst),
     }
 }
 
@@ -93,6 +98,8 @@ pub(crate) fn vec_dot(
         WeightFormat::MXFP4 => nonlinear::dot_mxfp4_q8_0(w, acts.q8_0_row(b)),
         WeightFormat::TQ1_0 => ternary::dot_tq1_0_q8_k(w, acts.q8_k_row(b)),
         WeightFormat::TQ2_0 => ternary::dot_tq2_0_q8_k(w, acts.q8_k_row(b)),
+        WeightFormat::Q1_0 => low_bit::dot_q1_0_q8_0(w, acts.q8_0_row(b)),
+        WeightFormat::Q2_0 => low_bit::dot_q2_0_q8_0(w, acts.q8_0_row(b)),
     }
 }
 

@@ -9,7 +9,11 @@ use crate::{matmul_rows_with, Isa};
 fn reference_dot_matches_dequantized_float_dot() {
     let mut seed = 3000;
     for f in WeightFormat::ALL {
-        let n_cols = if f.block_len() == 256 { 768 } else { 320 };
+        let n_cols = match f.block_len() {
+            256 => 768,
+            128 => 384,
+            _ => 320,
+        };
         for (s, a) in [
             (Scales::Normal, Acts::Normal),
             (Scales::MaxQuants, Acts::MaxMagnitude),
@@ -122,6 +126,90 @@ fn known_values() {
         let want = if j < 4 { 3.0 * j as f32 - 1.0 } else { 0.0 };
         assert_eq!(v, want, "i={i}");
     }
+}
+
+/// Q1_0 / Q2_0 values by hand (ggml-quants.c `dequantize_row_q{1,2}_0`)
+/// and their dots against Q8_0 activations that span several activation
+/// blocks per weight block, each with its own scale.
+#[test]
+fn low_bit_known_values() {
+    // Q1_0: d = 0.5, bit j set for even j -> +0.5, -0.5, +0.5, ...
+    let mut blk = vec![0u8; 18];
+    blk[0..2].copy_from_slice(&f32_to_f16(0.5).to_le_bytes());
+    blk[2..].fill(0b0101_0101);
+    let mut w1 = [0f32; 128];
+    dequantize_row(WeightFormat::Q1_0, &blk, &mut w1).unwrap();
+    for (j, &v) in w1.iter().enumerate() {
+        assert_eq!(v, if j % 2 == 0 { 0.5 } else { -0.5 }, "Q1_0 j={j}");
+    }
+    // Q2_0: d = 2, byte 0b11_10_01_00 -> -2, 0, 2, 4 repeating
+    let mut blk2 = vec![0u8; 18];
+    blk2[0..2].copy_from_slice(&f32_to_f16(2.0).to_le_bytes());
+    blk2[2..].fill(0b1110_0100);
+    let mut w2 = [0f32; 64];
+    dequantize_row(WeightFormat::Q2_0, &blk2, &mut w2).unwrap();
+    for (j, &v) in w2.iter().enumerate() {
+        assert_eq!(v, [-2.0, 0.0, 2.0, 4.0][j % 4], "Q2_0 j={j}");
+    }
+    // activations: block k of 32 values all equal to (k + 1) (d = (k + 1)/127 per block)
+    let x: Vec<f32> = (0..128).map(|i| (i / 32 + 1) as f32).collect();
+    let mut q = QuantizedActivations::new(ActivationFormat::Q8_0);
+    q.quantize_with(Isa::Scalar, &x, 1, 128).unwrap();
+    let mut out = [0f32; 1];
+    matmul_rows_with(
+        Isa::Scalar,
+        WeightFormat::Q1_0,
+        &blk,
+        128,
+        0..1,
+        &q,
+        &mut out,
+    )
+    .unwrap();
+    assert_eq!(
+        out[0], 0.0,
+        "alternating signs cancel in every activation block"
+    );
+    let mut all_pos = blk.clone();
+    all_pos[2..].fill(0xFF);
+    matmul_rows_with(
+        Isa::Scalar,
+        WeightFormat::Q1_0,
+        &all_pos,
+        128,
+        0..1,
+        &q,
+        &mut out,
+    )
+    .unwrap();
+    let want: f64 = x.iter().map(|&v| 0.5 * f64::from(v)).sum();
+    assert!(
+        (f64::from(out[0]) - want).abs() < 1e-3 * want,
+        "{} vs {want}",
+        out[0]
+    );
+    let mut two = blk2.clone();
+    two.extend_from_slice(&blk2);
+    let mut out2 = [0f32; 1];
+    matmul_rows_with(
+        Isa::Scalar,
+        WeightFormat::Q2_0,
+        &two,
+        128,
+        0..1,
+        &q,
+        &mut out2,
+    )
+    .unwrap();
+    // per 4 weights (-2 + 0 + 2 + 4)·a = 4a; 32 groups over activation blocks 1,1,2,2,3,3,4,4 (×4 groups each)
+    let want2: f64 = (0..128)
+        .map(|i| f64::from(w2[i % 64]) * f64::from(x[i]))
+        .sum();
+    assert!(
+        (f64::from(out2[0]) - want2).abs() < 1e-3 * want2,
+        "{} vs {want2}",
+        out2[0]
+    );
 }
 
 /// Spot checks of the generated grids against ggml-common.h (first and last
