@@ -73,6 +73,7 @@ int main(int argc, char** argv) {
             E(f32) E(f16) E(bf16) E(q8_0) E(q4_0) E(q4_1) E(q5_0) E(q5_1) E(q2_K) E(q3_K)
             E(q4_K) E(q5_K) E(q6_K) E(iq4_nl) E(iq4_xs) E(mxfp4) E(tq1_0) E(tq2_0)
             E(iq2_xxs) E(iq2_xs) E(iq2_s) E(iq3_xxs) E(iq3_s) E(iq1_s) E(iq1_m)
+            E(q1_0) E(q2_0)
 #undef E
         };
         deq_kernel k = 0;
@@ -177,6 +178,8 @@ const DEQ_KERNELS: &[(WeightFormat, &str)] = &[
     (WeightFormat::IQ3_S, "iq3_s"),
     (WeightFormat::IQ1_S, "iq1_s"),
     (WeightFormat::IQ1_M, "iq1_m"),
+    (WeightFormat::Q1_0, "q1_0"),
+    (WeightFormat::Q2_0, "q2_0"),
 ];
 
 /// Deterministic pseudo-random bytes (xorshift64).

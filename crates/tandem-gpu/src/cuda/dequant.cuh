@@ -158,6 +158,22 @@ __device__ const signed char KVALUES_IQ4NL[16] = {
 __device__ const signed char KVALUES_MXFP4[16] = {
     0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
 
+// block_q1_0: f16 d, qs[16] (one sign bit per weight): weight ±d.
+__device__ __forceinline__ float deq_q1_0_at(const u8* src, i64 i) {
+    const u8* b = src + (i / 128) * 18;
+    int r = (int)(i % 128);
+    float d = load_f16(b);
+    return ((b[2 + r / 8] >> (r % 8)) & 1) ? d : -d;
+}
+
+// block_q2_0: f16 d, qs[16] (2 bits per weight): weight (q - 1)·d.
+__device__ __forceinline__ float deq_q2_0_at(const u8* src, i64 i) {
+    const u8* b = src + (i / 64) * 18;
+    int r = (int)(i % 64);
+    int q = (b[2 + r / 4] >> (2 * (r % 4))) & 3;
+    return __fmul_rn((float)(q - 1), load_f16(b));
+}
+
 // block_iq4_nl: f16 d, qs[16] (indices into KVALUES_IQ4NL).
 __device__ __forceinline__ float deq_iq4_nl_at(const u8* src, i64 i) {
     const u8* b = src + (i / 32) * 18;
