@@ -70,14 +70,21 @@ pub fn quiet_intended_panics() {
 }
 
 /// Explores `f` with loom, at most `LOOM_MAX_PREEMPTIONS` preemptions per
-/// execution (default 3 here: bugs that need more are rare, and the
-/// unbounded search of a pool with parking does not end in CI's time).
+/// execution (default 5 here: the executions grow about fourfold per
+/// extra preemption, and 5 keeps `tools/loom.sh` within CI's budget;
+/// bugs that need more preemptions than that are rare).
 /// Prints how many executions loom explored (seen with `--nocapture`).
 pub fn check(f: impl Fn() + Sync + Send + 'static) {
+    check_bounded(5, f);
+}
+
+/// [`check`] with a default bound of `bound` preemptions, for models
+/// with more threads (each extra thread multiplies the executions).
+pub fn check_bounded(bound: usize, f: impl Fn() + Sync + Send + 'static) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let mut builder = loom::model::Builder::new();
     if builder.preemption_bound.is_none() {
-        builder.preemption_bound = Some(3);
+        builder.preemption_bound = Some(bound);
     }
     let runs = std::sync::Arc::new(AtomicUsize::new(0));
     let counted = std::sync::Arc::clone(&runs);
