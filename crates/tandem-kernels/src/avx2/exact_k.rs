@@ -153,6 +153,22 @@ fn ksign_mask(bits7: u32) -> u64 {
     KSIGNS64[(bits7 & 127) as usize]
 }
 
+/// ggml's `keven_signs_q2xs`: `ksigns_iq2xs[i]` as 8 bytes of +1 / -1 (for
+/// `vpsignb` on the activations).
+static KSIGNS_PM1: [u64; 128] = {
+    let mut t = [0u64; 128];
+    let mut i = 0;
+    while i < 128 {
+        t[i] = KSIGNS64[i] | 0x0101_0101_0101_0101;
+        i += 1;
+    }
+    t
+};
+
+/// IQ2_XXS as ggml's x86 kernel decodes it (unsigned grid bytes, the signs
+/// applied to the activations with `vpsignb`, `vpmaddubsw`, then the scale
+/// `2·s + 1`), with the block total exact in i32 and the reference's float
+/// statements after it.
 #[inline(always)]
 pub(super) unsafe fn dot_iq2_xxs<D: Dot, const N: usize>(
     w: &[u8],
@@ -162,26 +178,38 @@ pub(super) unsafe fn dot_iq2_xxs<D: Dot, const N: usize>(
 ) {
     // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
     unsafe {
-        let decode = |blk: &[u8], wv: &mut Regs, sc: &mut Regs| {
+        let nb = w.len() / IQ2_XXS_BYTES;
+        assert!(w.len() == nb * IQ2_XXS_BYTES && out.len() == N);
+        let rows = k_rows::<N>(acts, b0, nb);
+        let mut sumf = [0f32; N];
+        let mut gv = [_mm256_setzero_si256(); 8];
+        let mut sv = [_mm256_setzero_si256(); 8];
+        let mut sc = [_mm256_setzero_si256(); 8];
+        for i in 0..nb {
+            let blk = w.as_ptr().add(i * IQ2_XXS_BYTES);
             for ib in 0..8 {
-                let a = &blk[2 + 8 * ib..2 + 8 * ib + 4];
-                let aux1 = u32_at(blk, 2 + 8 * ib + 4);
-                let g = std::array::from_fn(|l| IQ2XXS_GRID[usize::from(a[l])]);
-                let s = std::array::from_fn(|l| ksign_mask(aux1 >> (7 * l)));
-                wv[ib] = signed_grid(g, s);
+                let a = blk.add(2 + 8 * ib);
+                let aux1 = std::ptr::read_unaligned(a.add(4) as *const u32);
+                let g = |l: usize| IQ2XXS_GRID[usize::from(*a.add(l))] as i64;
+                gv[ib] = _mm256_set_epi64x(g(3), g(2), g(1), g(0));
+                let s = |l: usize| KSIGNS_PM1[((aux1 >> (7 * l)) & 127) as usize] as i64;
+                sv[ib] = _mm256_set_epi64x(s(3), s(2), s(1), s(0));
                 sc[ib] = _mm256_set1_epi16((2 * (aux1 >> 28) + 1) as i16);
             }
-        };
-        dot_total::<D, N>(
-            w,
-            IQ2_XXS_BYTES,
-            acts,
-            b0,
-            out,
-            Some(0.125),
-            decode,
-            plain_update,
-        );
+            let dx = f16c(std::ptr::read_unaligned(blk as *const u16));
+            for k in 0..N {
+                let q8 = rows[k].qs.as_ptr().add(i * QK_K);
+                let mut acc = _mm256_setzero_si256();
+                for ib in 0..8 {
+                    let q = _mm256_sign_epi8(load256(q8.add(32 * ib)), sv[ib]);
+                    acc = D::acc_madd(acc, _mm256_maddubs_epi16(gv[ib], q), sc[ib]);
+                }
+                sumf[k] += (dx * rows[k].d[i]) * hsum_i32_8(acc) as f32;
+            }
+        }
+        for k in 0..N {
+            out[k] = 0.125 * sumf[k];
+        }
     }
 }
 

@@ -47,9 +47,13 @@
 #[cfg(target_arch = "x86_64")]
 mod float;
 #[cfg(target_arch = "x86_64")]
+mod iq2_xxs;
+#[cfg(target_arch = "x86_64")]
 mod k_quants;
 #[cfg(target_arch = "x86_64")]
 mod legacy;
+#[cfg(target_arch = "x86_64")]
+mod q2_k_x8;
 #[cfg(target_arch = "x86_64")]
 mod q4_k_x8;
 #[cfg(target_arch = "x86_64")]
@@ -67,7 +71,7 @@ use std::ops::Range;
 
 use crate::isa::avx512_available;
 #[cfg(target_arch = "x86_64")]
-use crate::isa::avx512_bf16_available;
+use crate::isa::{avx512_bf16_available, avx512_vbmi_available};
 use crate::{Isa, KernelError, QuantizedActivations, WeightFormat};
 
 /// Weight rows per tile (at most; see [`matmul`]).
@@ -248,6 +252,7 @@ fn tile_fns(format: WeightFormat) -> Option<Tiles> {
         WeightFormat::Q4_K => tiles!(q4_k_ymm::dot_q4_k),
         WeightFormat::Q5_K => tiles!(k_quants::dot_q5_k),
         WeightFormat::Q6_K => tiles!(q6_k_ymm::dot_q6_k),
+        WeightFormat::IQ2_XXS if avx512_vbmi_available() => tiles!(iq2_xxs::dot_iq2_xxs),
         _ => return None,
     })
 }
@@ -338,6 +343,12 @@ pub(crate) fn matmul_interleaved(
         return Err(KernelError::IsaUnavailable(Isa::Avx512));
     }
     let fns: [GroupFn; ACT_TILE] = match format {
+        WeightFormat::Q2_K => [
+            q2_k_x8::dot_q2_k_x8::<1>,
+            q2_k_x8::dot_q2_k_x8::<2>,
+            q2_k_x8::dot_q2_k_x8::<3>,
+            q2_k_x8::dot_q2_k_x8::<4>,
+        ],
         WeightFormat::Q4_K => [
             q4_k_x8::dot_q4_k_x8::<1>,
             q4_k_x8::dot_q4_k_x8::<2>,
