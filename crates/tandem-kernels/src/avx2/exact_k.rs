@@ -153,22 +153,73 @@ fn ksign_mask(bits7: u32) -> u64 {
     KSIGNS64[(bits7 & 127) as usize]
 }
 
-/// ggml's `keven_signs_q2xs`: `ksigns_iq2xs[i]` as 8 bytes of +1 / -1 (for
-/// `vpsignb` on the activations).
-static KSIGNS_PM1: [u64; 128] = {
-    let mut t = [0u64; 128];
-    let mut i = 0;
-    while i < 128 {
-        t[i] = KSIGNS64[i] | 0x0101_0101_0101_0101;
-        i += 1;
+/// Popcount of a nibble (`vpshufb` table).
+static POPCNT16: [i8; 16] = [0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4];
+
+/// Where [`iq2_xxs_signs`] leaves sub-block `ib`'s dword.
+const IQ2_XXS_POS: [i32; 8] = [0, 1, 4, 5, 2, 3, 6, 7];
+
+/// The sign vectors (bytes of +1 / -1, for `vpsignb` on the activations)
+/// and scales `2·s + 1` (i16, every lane) of the 8 sub-blocks of the
+/// IQ2_XXS block whose `qs` start at `qs`. ggml looks each sign byte up in
+/// `ksigns_iq2xs` (7 bits and their parity) with a scalar load; here the 32
+/// sign bytes of a block are computed at once: the 7-bit fields cut out of
+/// the eight `aux32` words, their parity from a nibble popcount, then each
+/// sub-block's 4 bytes spread to 32 byte masks.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn iq2_xxs_signs(qs: *const u8, sv: &mut Regs, sc: &mut Regs) {
+    // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+    unsafe {
+        let (a, b) = (load256(qs), load256(qs.add(32)));
+        // odd dwords (the aux32 words); dword p is sub-block IQ2_XXS_POS^-1[p]
+        let aux = _mm256_castps_si256(_mm256_shuffle_ps::<0b11_01_11_01>(
+            _mm256_castsi256_ps(a),
+            _mm256_castsi256_ps(b),
+        ));
+        let m7 = _mm256_set1_epi32(127);
+        let f1 = _mm256_and_si256(_mm256_srli_epi32::<7>(aux), m7);
+        let f2 = _mm256_and_si256(_mm256_srli_epi32::<14>(aux), m7);
+        let f3 = _mm256_and_si256(_mm256_srli_epi32::<21>(aux), m7);
+        let idx = _mm256_or_si256(
+            _mm256_or_si256(_mm256_and_si256(aux, m7), _mm256_slli_epi32::<8>(f1)),
+            _mm256_or_si256(_mm256_slli_epi32::<16>(f2), _mm256_slli_epi32::<24>(f3)),
+        );
+        // byte l of dword p: 7 sign bits of group l; bit 7 = their parity
+        let m0f = _mm256_set1_epi8(0x0F);
+        let pc_t = _mm256_broadcastsi128_si256(load128(POPCNT16.as_ptr()));
+        let pc = _mm256_add_epi8(
+            _mm256_shuffle_epi8(pc_t, _mm256_and_si256(idx, m0f)),
+            _mm256_shuffle_epi8(pc_t, _mm256_and_si256(_mm256_srli_epi16::<4>(idx), m0f)),
+        );
+        let par = _mm256_slli_epi16::<7>(_mm256_and_si256(pc, _mm256_set1_epi8(1)));
+        let signs = _mm256_or_si256(idx, par);
+        let ls = _mm256_add_epi32(
+            _mm256_slli_epi32::<1>(_mm256_srli_epi32::<28>(aux)),
+            _mm256_set1_epi32(1),
+        );
+        let ls = _mm256_or_si256(ls, _mm256_slli_epi32::<16>(ls));
+        // byte b of a sub-block's vector: sign byte b / 8, bit b % 8
+        let rep = _mm256_setr_epi8(
+            0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3,
+            3, 3, 3,
+        );
+        let bits = _mm256_set1_epi64x(0x8040_2010_0804_0201_u64 as i64);
+        let one = _mm256_set1_epi8(1);
+        for ib in 0..8 {
+            let p = _mm256_set1_epi32(IQ2_XXS_POS[ib]);
+            let s = _mm256_shuffle_epi8(_mm256_permutevar8x32_epi32(signs, p), rep);
+            let m = _mm256_cmpeq_epi8(_mm256_and_si256(s, bits), bits);
+            sv[ib] = _mm256_or_si256(m, one);
+            sc[ib] = _mm256_permutevar8x32_epi32(ls, p);
+        }
     }
-    t
-};
+}
 
 /// IQ2_XXS as ggml's x86 kernel decodes it (unsigned grid bytes, the signs
 /// applied to the activations with `vpsignb`, `vpmaddubsw`, then the scale
-/// `2·s + 1`), with the block total exact in i32 and the reference's float
-/// statements after it.
+/// `2·s + 1`; signs from [`iq2_xxs_signs`]), with the block total exact in
+/// i32 and the reference's float statements after it.
 #[inline(always)]
 pub(super) unsafe fn dot_iq2_xxs<D: Dot, const N: usize>(
     w: &[u8],
@@ -187,15 +238,12 @@ pub(super) unsafe fn dot_iq2_xxs<D: Dot, const N: usize>(
         let mut sc = [_mm256_setzero_si256(); 8];
         for i in 0..nb {
             let blk = w.as_ptr().add(i * IQ2_XXS_BYTES);
-            for ib in 0..8 {
+            for (ib, g) in gv.iter_mut().enumerate() {
                 let a = blk.add(2 + 8 * ib);
-                let aux1 = std::ptr::read_unaligned(a.add(4) as *const u32);
-                let g = |l: usize| IQ2XXS_GRID[usize::from(*a.add(l))] as i64;
-                gv[ib] = _mm256_set_epi64x(g(3), g(2), g(1), g(0));
-                let s = |l: usize| KSIGNS_PM1[((aux1 >> (7 * l)) & 127) as usize] as i64;
-                sv[ib] = _mm256_set_epi64x(s(3), s(2), s(1), s(0));
-                sc[ib] = _mm256_set1_epi16((2 * (aux1 >> 28) + 1) as i16);
+                let e = |l: usize| IQ2XXS_GRID[usize::from(*a.add(l))] as i64;
+                *g = _mm256_set_epi64x(e(3), e(2), e(1), e(0));
             }
+            iq2_xxs_signs(blk.add(2), &mut sv, &mut sc);
             let dx = f16c(std::ptr::read_unaligned(blk as *const u16));
             for k in 0..N {
                 let q8 = rows[k].qs.as_ptr().add(i * QK_K);
