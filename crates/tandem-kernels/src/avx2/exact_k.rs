@@ -2,8 +2,9 @@
 //! super-block exactly in integers before any float operation: Q2_K, Q3_K,
 //! IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S, IQ1_M, TQ1_0, TQ2_0
 //! (× Q8_K); and IQ4_XS in ggml's x86 order (see its doc). Each super-block is decoded once into 8 registers of 32 signed
-//! weight bytes plus per-16 i16 scales and used against every activation
-//! row of the tile; the integer sums are exact (bounds in `exact.rs`), and
+//! weight bytes plus per-16 i16 scales (IQ2_XXS: unsigned grid bytes and
+//! sign vectors for the activations, as ggml's x86 kernel) and used against
+//! every activation row of the tile; the integer sums are exact (bounds in `exact.rs`), and
 //! the float statements after them are the scalar reference's, so results
 //! equal the reference bit for bit (Q3_K keeps ggml's eight i32 / f32 lanes,
 //! lane = position mod 8, for the same reason).

@@ -33,10 +33,16 @@
 //! [`k_quants`] (Q5_K), [`float`] (F32, F16, BF16). Activations are quantized with the AVX2
 //! quantizers (bit-identical to the scalar ones).
 //!
-//! The other formats (Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, the IQ formats, MXFP4,
-//! TQ1_0, TQ2_0) run the AVX-512 VL + VNNI build of `avx2/exact*.rs`
+//! [`iq2_xxs`] (IQ2_XXS where the CPU has AVX512-VBMI: grid and sign
+//! lookups as byte permutes; bit-identical to the scalar reference).
+//! The other formats (Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, the other IQ formats,
+//! MXFP4, TQ1_0, TQ2_0) run the AVX-512 VL + VNNI build of `avx2/exact*.rs`
 //! (registered in [`has_kernel`]; bit-identical to the scalar reference, so
 //! this family's own float order above does not apply to them).
+//!
+//! Interleaved layouts: [`q2_k_x8`], [`q4_k_x8`], [`q6_k_x8`], [`q8_0_x8`]
+//! (see `interleaved`); Q2_K x8 repeats ggml's generic float statements
+//! lane by lane, so it too equals the scalar reference bit for bit.
 //!
 //! Safety: every `unsafe fn` here carries `#[target_feature]` with at least
 //! the [`avx512_available`] set; [`matmul`] checks availability first (and
