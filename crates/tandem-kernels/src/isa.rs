@@ -167,6 +167,20 @@ pub(crate) fn avx512_bf16_available() -> bool {
     *AVAILABLE.get_or_init(|| avx512_available() && is_x86_feature_detected!("avx512bf16"))
 }
 
+/// AVX512-VBMI (`vpermb`, `vpermi2b`, `vpmultishiftqb`) on top of
+/// [`avx512_available`].
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn avx512_vbmi_available() -> bool {
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    *AVAILABLE.get_or_init(|| avx512_available() && is_x86_feature_detected!("avx512vbmi"))
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(dead_code)]
+pub(crate) fn avx512_vbmi_available() -> bool {
+    false
+}
+
 #[cfg(target_arch = "aarch64")]
 pub(crate) fn neon_available() -> bool {
     std::arch::is_aarch64_feature_detected!("neon")

@@ -179,7 +179,7 @@ pub fn matmul_rows_with(
 /// [`WeightLayout`]). Returns [`KernelError::LayoutUnsupported`] when the
 /// ISA's kernel family has no kernel for that format and layout (the
 /// AVX-512, AVX2 and scalar families run [`WeightLayout::Interleaved8`] of
-/// Q4_K, Q6_K and Q8_0; use [`preferred_layout`] to choose).
+/// Q2_K, Q4_K, Q6_K and Q8_0; use [`preferred_layout`] to choose).
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_rows_in_layout(
     isa: Isa,

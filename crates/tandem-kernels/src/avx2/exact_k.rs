@@ -2,8 +2,9 @@
 //! super-block exactly in integers before any float operation: Q2_K, Q3_K,
 //! IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S, IQ1_M, TQ1_0, TQ2_0
 //! (× Q8_K); and IQ4_XS in ggml's x86 order (see its doc). Each super-block is decoded once into 8 registers of 32 signed
-//! weight bytes plus per-16 i16 scales and used against every activation
-//! row of the tile; the integer sums are exact (bounds in `exact.rs`), and
+//! weight bytes plus per-16 i16 scales (IQ2_XXS: unsigned grid bytes and
+//! sign vectors for the activations, as ggml's x86 kernel) and used against
+//! every activation row of the tile; the integer sums are exact (bounds in `exact.rs`), and
 //! the float statements after them are the scalar reference's, so results
 //! equal the reference bit for bit (Q3_K keeps ggml's eight i32 / f32 lanes,
 //! lane = position mod 8, for the same reason).
@@ -153,6 +154,73 @@ fn ksign_mask(bits7: u32) -> u64 {
     KSIGNS64[(bits7 & 127) as usize]
 }
 
+/// Popcount of a nibble (`vpshufb` table).
+static POPCNT16: [i8; 16] = [0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4];
+
+/// Where [`iq2_xxs_signs`] leaves sub-block `ib`'s dword.
+const IQ2_XXS_POS: [i32; 8] = [0, 1, 4, 5, 2, 3, 6, 7];
+
+/// The sign vectors (bytes of +1 / -1, for `vpsignb` on the activations)
+/// and scales `2·s + 1` (i16, every lane) of the 8 sub-blocks of the
+/// IQ2_XXS block whose `qs` start at `qs`. ggml looks each sign byte up in
+/// `ksigns_iq2xs` (7 bits and their parity) with a scalar load; here the 32
+/// sign bytes of a block are computed at once: the 7-bit fields cut out of
+/// the eight `aux32` words, their parity from a nibble popcount, then each
+/// sub-block's 4 bytes spread to 32 byte masks.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn iq2_xxs_signs(qs: *const u8, sv: &mut Regs, sc: &mut Regs) {
+    // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
+    unsafe {
+        let (a, b) = (load256(qs), load256(qs.add(32)));
+        // odd dwords (the aux32 words); dword p is sub-block IQ2_XXS_POS^-1[p]
+        let aux = _mm256_castps_si256(_mm256_shuffle_ps::<0b11_01_11_01>(
+            _mm256_castsi256_ps(a),
+            _mm256_castsi256_ps(b),
+        ));
+        let m7 = _mm256_set1_epi32(127);
+        let f1 = _mm256_and_si256(_mm256_srli_epi32::<7>(aux), m7);
+        let f2 = _mm256_and_si256(_mm256_srli_epi32::<14>(aux), m7);
+        let f3 = _mm256_and_si256(_mm256_srli_epi32::<21>(aux), m7);
+        let idx = _mm256_or_si256(
+            _mm256_or_si256(_mm256_and_si256(aux, m7), _mm256_slli_epi32::<8>(f1)),
+            _mm256_or_si256(_mm256_slli_epi32::<16>(f2), _mm256_slli_epi32::<24>(f3)),
+        );
+        // byte l of dword p: 7 sign bits of group l; bit 7 = their parity
+        let m0f = _mm256_set1_epi8(0x0F);
+        let pc_t = _mm256_broadcastsi128_si256(load128(POPCNT16.as_ptr()));
+        let pc = _mm256_add_epi8(
+            _mm256_shuffle_epi8(pc_t, _mm256_and_si256(idx, m0f)),
+            _mm256_shuffle_epi8(pc_t, _mm256_and_si256(_mm256_srli_epi16::<4>(idx), m0f)),
+        );
+        let par = _mm256_slli_epi16::<7>(_mm256_and_si256(pc, _mm256_set1_epi8(1)));
+        let signs = _mm256_or_si256(idx, par);
+        let ls = _mm256_add_epi32(
+            _mm256_slli_epi32::<1>(_mm256_srli_epi32::<28>(aux)),
+            _mm256_set1_epi32(1),
+        );
+        let ls = _mm256_or_si256(ls, _mm256_slli_epi32::<16>(ls));
+        // byte b of a sub-block's vector: sign byte b / 8, bit b % 8
+        let rep = _mm256_setr_epi8(
+            0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3,
+            3, 3, 3,
+        );
+        let bits = _mm256_set1_epi64x(0x8040_2010_0804_0201_u64 as i64);
+        let one = _mm256_set1_epi8(1);
+        for ib in 0..8 {
+            let p = _mm256_set1_epi32(IQ2_XXS_POS[ib]);
+            let s = _mm256_shuffle_epi8(_mm256_permutevar8x32_epi32(signs, p), rep);
+            let m = _mm256_cmpeq_epi8(_mm256_and_si256(s, bits), bits);
+            sv[ib] = _mm256_or_si256(m, one);
+            sc[ib] = _mm256_permutevar8x32_epi32(ls, p);
+        }
+    }
+}
+
+/// IQ2_XXS as ggml's x86 kernel decodes it (unsigned grid bytes, the signs
+/// applied to the activations with `vpsignb`, `vpmaddubsw`, then the scale
+/// `2·s + 1`; signs from [`iq2_xxs_signs`]), with the block total exact in
+/// i32 and the reference's float statements after it.
 #[inline(always)]
 pub(super) unsafe fn dot_iq2_xxs<D: Dot, const N: usize>(
     w: &[u8],
@@ -162,26 +230,35 @@ pub(super) unsafe fn dot_iq2_xxs<D: Dot, const N: usize>(
 ) {
     // SAFETY: this `unsafe fn`'s body; its caller upholds the `# Safety` contract above (CPU features checked, pointers and lengths in bounds).
     unsafe {
-        let decode = |blk: &[u8], wv: &mut Regs, sc: &mut Regs| {
-            for ib in 0..8 {
-                let a = &blk[2 + 8 * ib..2 + 8 * ib + 4];
-                let aux1 = u32_at(blk, 2 + 8 * ib + 4);
-                let g = std::array::from_fn(|l| IQ2XXS_GRID[usize::from(a[l])]);
-                let s = std::array::from_fn(|l| ksign_mask(aux1 >> (7 * l)));
-                wv[ib] = signed_grid(g, s);
-                sc[ib] = _mm256_set1_epi16((2 * (aux1 >> 28) + 1) as i16);
+        let nb = w.len() / IQ2_XXS_BYTES;
+        assert!(w.len() == nb * IQ2_XXS_BYTES && out.len() == N);
+        let rows = k_rows::<N>(acts, b0, nb);
+        let mut sumf = [0f32; N];
+        let mut gv = [_mm256_setzero_si256(); 8];
+        let mut sv = [_mm256_setzero_si256(); 8];
+        let mut sc = [_mm256_setzero_si256(); 8];
+        for i in 0..nb {
+            let blk = w.as_ptr().add(i * IQ2_XXS_BYTES);
+            for (ib, g) in gv.iter_mut().enumerate() {
+                let a = blk.add(2 + 8 * ib);
+                let e = |l: usize| IQ2XXS_GRID[usize::from(*a.add(l))] as i64;
+                *g = _mm256_set_epi64x(e(3), e(2), e(1), e(0));
             }
-        };
-        dot_total::<D, N>(
-            w,
-            IQ2_XXS_BYTES,
-            acts,
-            b0,
-            out,
-            Some(0.125),
-            decode,
-            plain_update,
-        );
+            iq2_xxs_signs(blk.add(2), &mut sv, &mut sc);
+            let dx = f16c(std::ptr::read_unaligned(blk as *const u16));
+            for k in 0..N {
+                let q8 = rows[k].qs.as_ptr().add(i * QK_K);
+                let mut acc = _mm256_setzero_si256();
+                for ib in 0..8 {
+                    let q = _mm256_sign_epi8(load256(q8.add(32 * ib)), sv[ib]);
+                    acc = D::acc_madd(acc, _mm256_maddubs_epi16(gv[ib], q), sc[ib]);
+                }
+                sumf[k] += (dx * rows[k].d[i]) * hsum_i32_8(acc) as f32;
+            }
+        }
+        for k in 0..N {
+            out[k] = 0.125 * sumf[k];
+        }
     }
 }
 

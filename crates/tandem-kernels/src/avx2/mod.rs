@@ -23,7 +23,7 @@
 //! for this family (`maddubs`) and for AVX-512 VL + VNNI (`exact::Dot`).
 //!
 //! Interleaved layouts ([`WeightLayout::Interleaved8`], chosen at load time
-//! as ggml's AVX2 repacking does): [`q4_k_x8`], [`q6_k_x8`] and [`q8_0_x8`]
+//! as ggml's AVX2 repacking does): [`q2_k_x8`], [`q4_k_x8`], [`q6_k_x8`] and [`q8_0_x8`]
 //! run the AVX-512 family's group layouts with `vpmaddubsw` in place of
 //! `vpdpbusd`, one lane per weight row and no horizontal reduction; they
 //! are bit-identical to the layouts' scalar references (not to ggml's row
@@ -46,6 +46,8 @@ mod float;
 mod k_quants;
 #[cfg(target_arch = "x86_64")]
 mod legacy;
+#[cfg(target_arch = "x86_64")]
+mod q2_k_x8;
 #[cfg(target_arch = "x86_64")]
 mod q4_k_x8;
 #[cfg(target_arch = "x86_64")]
@@ -242,6 +244,12 @@ type GroupFn = unsafe fn(
 #[cfg(target_arch = "x86_64")]
 fn group_fns(format: WeightFormat) -> Option<[GroupFn; crate::driver::GROUP_ACT_TILE]> {
     Some(match format {
+        WeightFormat::Q2_K => [
+            q2_k_x8::dot_q2_k_x8::<1>,
+            q2_k_x8::dot_q2_k_x8::<2>,
+            q2_k_x8::dot_q2_k_x8::<3>,
+            q2_k_x8::dot_q2_k_x8::<4>,
+        ],
         WeightFormat::Q4_K => [
             q4_k_x8::dot_q4_k_x8::<1>,
             q4_k_x8::dot_q4_k_x8::<2>,

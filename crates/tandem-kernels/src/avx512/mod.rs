@@ -33,10 +33,16 @@
 //! [`k_quants`] (Q5_K), [`float`] (F32, F16, BF16). Activations are quantized with the AVX2
 //! quantizers (bit-identical to the scalar ones).
 //!
-//! The other formats (Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, the IQ formats, MXFP4,
-//! TQ1_0, TQ2_0) run the AVX-512 VL + VNNI build of `avx2/exact*.rs`
+//! [`iq2_xxs`] (IQ2_XXS where the CPU has AVX512-VBMI: grid and sign
+//! lookups as byte permutes; bit-identical to the scalar reference).
+//! The other formats (Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, the other IQ formats,
+//! MXFP4, TQ1_0, TQ2_0) run the AVX-512 VL + VNNI build of `avx2/exact*.rs`
 //! (registered in [`has_kernel`]; bit-identical to the scalar reference, so
 //! this family's own float order above does not apply to them).
+//!
+//! Interleaved layouts: [`q2_k_x8`], [`q4_k_x8`], [`q6_k_x8`], [`q8_0_x8`]
+//! (see `interleaved`); Q2_K x8 repeats ggml's generic float statements
+//! lane by lane, so it too equals the scalar reference bit for bit.
 //!
 //! Safety: every `unsafe fn` here carries `#[target_feature]` with at least
 //! the [`avx512_available`] set; [`matmul`] checks availability first (and
@@ -47,9 +53,13 @@
 #[cfg(target_arch = "x86_64")]
 mod float;
 #[cfg(target_arch = "x86_64")]
+mod iq2_xxs;
+#[cfg(target_arch = "x86_64")]
 mod k_quants;
 #[cfg(target_arch = "x86_64")]
 mod legacy;
+#[cfg(target_arch = "x86_64")]
+mod q2_k_x8;
 #[cfg(target_arch = "x86_64")]
 mod q4_k_x8;
 #[cfg(target_arch = "x86_64")]
@@ -67,7 +77,7 @@ use std::ops::Range;
 
 use crate::isa::avx512_available;
 #[cfg(target_arch = "x86_64")]
-use crate::isa::avx512_bf16_available;
+use crate::isa::{avx512_bf16_available, avx512_vbmi_available};
 use crate::{Isa, KernelError, QuantizedActivations, WeightFormat};
 
 /// Weight rows per tile (at most; see [`matmul`]).
@@ -248,6 +258,7 @@ fn tile_fns(format: WeightFormat) -> Option<Tiles> {
         WeightFormat::Q4_K => tiles!(q4_k_ymm::dot_q4_k),
         WeightFormat::Q5_K => tiles!(k_quants::dot_q5_k),
         WeightFormat::Q6_K => tiles!(q6_k_ymm::dot_q6_k),
+        WeightFormat::IQ2_XXS if avx512_vbmi_available() => tiles!(iq2_xxs::dot_iq2_xxs),
         _ => return None,
     })
 }
@@ -338,6 +349,12 @@ pub(crate) fn matmul_interleaved(
         return Err(KernelError::IsaUnavailable(Isa::Avx512));
     }
     let fns: [GroupFn; ACT_TILE] = match format {
+        WeightFormat::Q2_K => [
+            q2_k_x8::dot_q2_k_x8::<1>,
+            q2_k_x8::dot_q2_k_x8::<2>,
+            q2_k_x8::dot_q2_k_x8::<3>,
+            q2_k_x8::dot_q2_k_x8::<4>,
+        ],
         WeightFormat::Q4_K => [
             q4_k_x8::dot_q4_k_x8::<1>,
             q4_k_x8::dot_q4_k_x8::<2>,

@@ -24,9 +24,11 @@
 //! the same for both layouts.
 //!
 //! Each format's encoding is defined, with its scalar reference kernel (the
-//! oracle for the SIMD kernels), in its own file: [`q4_k`], [`q6_k`], [`q8_0`].
+//! oracle for the SIMD kernels), in its own file: [`q2_k`], [`q4_k`], [`q6_k`],
+//! [`q8_0`].
 //! [`interleave_group`] / [`deinterleave_group`] are exact inverses.
 
+pub(crate) mod q2_k;
 pub(crate) mod q4_k;
 pub(crate) mod q6_k;
 pub(crate) mod q8_0;
@@ -65,6 +67,7 @@ type Convert = fn(&[u8], usize, &mut [u8]);
 /// the one table of which formats interleave.
 fn converters(format: WeightFormat) -> Option<(Convert, Convert)> {
     match format {
+        WeightFormat::Q2_K => Some((q2_k::interleave, q2_k::deinterleave)),
         WeightFormat::Q4_K => Some((q4_k::interleave, q4_k::deinterleave)),
         WeightFormat::Q6_K => Some((q6_k::interleave, q6_k::deinterleave)),
         WeightFormat::Q8_0 => Some((q8_0::interleave, q8_0::deinterleave)),
@@ -78,8 +81,8 @@ pub fn has_interleaved(format: WeightFormat) -> bool {
 }
 
 /// The layout `isa`'s kernels run fastest on for `format`: interleaved
-/// where the family has group kernels for it (AVX-512: Q4_K, Q6_K, Q8_0;
-/// AVX2: the same three, as ggml repacks for AVX2). The scalar family can
+/// where the family has group kernels for it (AVX-512 and AVX2: Q2_K,
+/// Q4_K, Q6_K, Q8_0; ggml repacks the last three for AVX2). The scalar family can
 /// run every interleaved layout (it is their reference) but is faster on
 /// ggml's layout.
 pub fn preferred_layout(isa: Isa, format: WeightFormat) -> WeightLayout {
@@ -218,6 +221,7 @@ pub(crate) fn reference_matmul(
         let bytes = &weights[group * g..(group + 1) * g];
         for b in 0..n_b {
             let vals = match format {
+                WeightFormat::Q2_K => q2_k::dot_group(bytes, acts.q8_k_row(b)),
                 WeightFormat::Q4_K => q4_k::dot_group(bytes, acts.q8_k_row(b)),
                 WeightFormat::Q6_K => q6_k::dot_group(bytes, acts.q8_k_row(b)),
                 WeightFormat::Q8_0 => q8_0::dot_group(bytes, acts.q8_0_row(b)),

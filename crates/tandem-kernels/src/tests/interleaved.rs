@@ -141,7 +141,7 @@ fn preferred_layouts() {
         assert_eq!(preferred_layout(Isa::Scalar, f), WeightLayout::Rows, "{f}");
         let want = if matches!(
             f,
-            WeightFormat::Q4_K | WeightFormat::Q6_K | WeightFormat::Q8_0
+            WeightFormat::Q2_K | WeightFormat::Q4_K | WeightFormat::Q6_K | WeightFormat::Q8_0
         ) {
             WeightLayout::Interleaved8
         } else {
@@ -311,6 +311,60 @@ fn simd_interleaved_large_batch() {
                     .all(|(g, e)| g.to_bits() == e.to_bits()),
                 "{isa} {f}"
             );
+        }
+    }
+}
+
+/// Q2_K x8 repeats ggml's generic float operations per row, so every
+/// family's interleaved kernel equals the row-major scalar reference bit
+/// for bit (not only within reassociation).
+#[test]
+fn q2_k_interleaved_equals_row_major_reference_bitwise() {
+    let f = WeightFormat::Q2_K;
+    let mut isas = simd_isas("q2_k_interleaved_equals_row_major_reference_bitwise");
+    isas.push(Isa::Scalar);
+    for (seed, (s, a)) in [
+        (Scales::Normal, Acts::Normal),
+        (Scales::Huge, Acts::Huge),
+        (Scales::MaxQuants, Acts::MaxMagnitude),
+        (Scales::Tiny, Acts::Tiny),
+        (Scales::ZeroBlocks, Acts::Normal),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (n_rows, n_cols, n_b) = (19, 768, 6);
+        let mut r = rng(2100 + seed as u64);
+        let w = random_weights(&mut r, f, n_rows, n_cols, s);
+        let p = packed(f, &w, n_cols);
+        let x = random_acts(&mut r, n_b, n_cols, a);
+        let q = quantized(f, &x, n_b, n_cols);
+        let want = run(
+            Isa::Scalar,
+            f,
+            WeightLayout::Rows,
+            &w,
+            n_cols,
+            0..n_rows,
+            &q,
+        );
+        for &isa in &isas {
+            let got = run(
+                isa,
+                f,
+                WeightLayout::Interleaved8,
+                &p,
+                n_cols,
+                0..n_rows,
+                &q,
+            );
+            for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(
+                    g.to_bits(),
+                    e.to_bits(),
+                    "{isa} {s:?} {a:?} output {i}: {g} vs {e}"
+                );
+            }
         }
     }
 }

@@ -283,6 +283,15 @@ fn exact_families_match_reference_bitwise() {
             if family == crate::KernelFamily::Scalar {
                 eprintln!("note: {isa} {f}: no SIMD kernel registered, runs the scalar reference");
             }
+            if isa == Isa::Avx512
+                && f == WeightFormat::IQ2_XXS
+                && !crate::isa::avx512_vbmi_available()
+            {
+                eprintln!(
+                    "note: avx512 IQ2_XXS: VBMI kernel skipped, this CPU lacks AVX512-VBMI \
+                     (the VNNI build of the exact kernel is tested instead)"
+                );
+            }
             for s in [
                 Scales::Normal,
                 Scales::MaxQuants,
@@ -306,6 +315,36 @@ fn exact_families_match_reference_bitwise() {
                             );
                         }
                     }
+                }
+            }
+        }
+    }
+}
+
+/// The IQ2_XXS kernels (AVX-512 VBMI permutes, AVX2 in-register signs) on
+/// every grid point and sign pattern (random bytes over many blocks) and
+/// extreme activations: bit-identical to the reference.
+#[test]
+fn iq2_xxs_kernels_match_reference_on_extremes() {
+    let f = WeightFormat::IQ2_XXS;
+    for isa in simd_isas("iq2_xxs_kernels_match_reference_on_extremes") {
+        for (seed, a) in [Acts::MaxMagnitude, Acts::Huge, Acts::Tiny, Acts::Zero]
+            .into_iter()
+            .enumerate()
+        {
+            let (n_rows, n_cols) = (5, 256 * 24);
+            let mut r = rng(7700 + seed as u64);
+            let w = random_weights(&mut r, f, n_rows, n_cols, Scales::Normal);
+            for n_b in [1, 2, 5] {
+                let x = random_acts(&mut r, n_b, n_cols, a);
+                let q = quantize(f, isa, &x, n_b, n_cols);
+                let got = run(isa, f, &w, n_cols, 0..n_rows, &q);
+                let want = run(Isa::Scalar, f, &w, n_cols, 0..n_rows, &q);
+                for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        g.to_bits() == e.to_bits(),
+                        "{isa} {f} {a:?} B={n_b} #{i}: {g} vs ref {e}"
+                    );
                 }
             }
         }
