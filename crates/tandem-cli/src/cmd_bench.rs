@@ -67,7 +67,11 @@ pub struct BenchArgs {
     /// tiny-deepseek3).
     #[arg(long, value_name = "SHAPE")]
     synthetic: Option<String>,
-    /// Quantization of the synthetic model (F16, BF16, Q8_0, Q4_0, Q4_K_M, Q5_K_M, Q6_K).
+    /// Quantization of the synthetic model: a file type (F16, BF16, Q8_0,
+    /// Q4_0, Q4_K_M, Q5_K_M, Q6_K), any single weight type tandem loads
+    /// (Q2_K, IQ2_XXS, MXFP4, Q1_0, ...), or a mixture as the big
+    /// downloads use (UD-Q2_K_XL, UD-IQ2_XXS, UD-IQ1_S). An unknown name
+    /// lists them all.
     #[arg(long)]
     quant: Option<String>,
     /// Where to write the synthetic model.
