@@ -823,8 +823,12 @@ impl Model {
             .min()
             .unwrap_or(1);
         // A latent cache is attended by every node's threads
-        // (`attention::shared_home`): parts for all of them.
-        let shared = self.config.mla.is_some() && pool.n_nodes() > 1;
+        // (`attention::shared_home`, which decides it from the same
+        // geometry): parts for all of them.
+        let shared = pool.n_nodes() > 1
+            && seqs
+                .first()
+                .is_some_and(|s| s.cache.store().geometry().values == KvValues::InKeys);
         let threads = (0..pool.n_nodes()).map(|n| match shared {
             true => pool.n_threads(),
             false => pool.threads_in_node(n),
