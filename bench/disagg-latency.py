@@ -13,9 +13,10 @@ Reports, each prompt made of fresh token ids (no prefix-cache hits):
   prompt alone (median of `--reps`), streamed, max_tokens 1;
 - itl@1: inter-token latency of one stream alone (median, mean; 1/mean
   is comparable with `tandem bench`'s tg);
-- itl while prefilling: `--streams` streams decode; after 1 s a
-  `--long`-token prompt arrives; the streams' inter-token gaps between its
-  arrival and its first token (p50, p99, max), and before it (p50, p99).
+- itl while prefilling: `--streams` streams decode; once all of them do,
+  and `--settle` seconds later, a `--long`-token prompt arrives; the
+  streams' inter-token gaps between its arrival and its first token (p50,
+  p99, max), and in the `--settle` seconds before it (p50, p99).
 
 Needs `openai` (tests/server/requirements.txt).
 """
@@ -81,6 +82,10 @@ def main():
     ap.add_argument("--streams", type=int, default=4)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--itl-tokens", type=int, default=128)
+    ap.add_argument("--stream-tokens", type=int, default=4000,
+                    help="max_tokens of the running streams (they must outlast the prefill)")
+    ap.add_argument("--settle", type=float, default=3.0,
+                    help="seconds the streams decode alone before the long prompt")
     ap.add_argument("--vocab", type=int, default=1000,
                     help="prompt token ids are drawn from [100, VOCAB)")
     a = ap.parse_args()
@@ -100,11 +105,17 @@ def main():
 
     stop = threading.Event()
     per = [[] for _ in range(a.streams)]
-    ths = [threading.Thread(target=b.stream, args=(b.prompt(16), 4000, per[i], stop))
+    ths = [threading.Thread(target=b.stream, args=(b.prompt(16), a.stream_tokens, per[i], stop))
            for i in range(a.streams)]
     for t in ths:
         t.start()
-    time.sleep(1.5)
+    # Every stream decoding, then `--settle` seconds of decode-only steps:
+    # the baseline the gaps during the prefill are compared with.
+    while min(len(ts) for ts in per) < 2:
+        if not all(t.is_alive() for t in ths):
+            raise SystemExit("a stream ended before the long prompt (see its error above)")
+        time.sleep(0.05)
+    time.sleep(a.settle)
     t_arrive = time.perf_counter()
     long_times = []
     b.stream(b.prompt(a.long), 1, long_times)
@@ -118,7 +129,7 @@ def main():
         for x, y in zip(ts, ts[1:]):
             if t_arrive <= y <= t_first:
                 during.append(y - x)
-            elif y < t_arrive and x > t_arrive - 1.0:
+            elif y < t_arrive and x > t_arrive - a.settle:
                 before.append(y - x)
     print(f"long prompt ({a.long} tokens) under {a.streams} streams: ttft "
           f"{(t_first - t_arrive) * 1e3:.0f} ms")
@@ -127,6 +138,8 @@ def main():
     print(f"  streams' itl during: p50 {pct(during, 50) * 1e3:.2f} ms, "
           f"p99 {pct(during, 99) * 1e3:.2f} ms, max {max(during, default=0) * 1e3:.2f} ms "
           f"(n={len(during)})")
+    if before and during:
+        print(f"  p99 during / p50 before: {pct(during, 99) / pct(before, 50):.2f}")
 
 
 if __name__ == "__main__":

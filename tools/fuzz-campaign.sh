@@ -15,8 +15,11 @@
 #   FUZZ_LOG=path tools/fuzz-campaign.sh --sum
 #
 # Needs cargo-fuzz and the nightly toolchain; seeds the corpora from the
-# fixtures first if they are missing. Runs under `nice`; stop it with
-# Ctrl-C or kill (the slice in progress is lost, the corpus is kept).
+# fixtures first if they are missing. Runs under `nice -n 19` (set
+# FUZZ_NICE=0 to keep the fuzzer's core while other work runs beside it
+# niced: a starved fuzzer reports inputs that took a second of waiting
+# as timeouts); stop it with Ctrl-C or kill (the slice in progress is
+# lost, the corpus is kept).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LOG=${FUZZ_LOG:-fuzz/campaign.tsv}
@@ -53,7 +56,7 @@ for t in "${TARGETS[@]}"; do
     out=$(mktemp)
     set +e
     # shellcheck disable=SC2046 # the dictionary flag is one word or none
-    (cd fuzz && nice -n 19 cargo +nightly fuzz run -O "$t" "corpus/$t" -- \
+    (cd fuzz && nice -n "${FUZZ_NICE:-19}" cargo +nightly fuzz run -O "$t" "corpus/$t" -- \
         -rss_limit_mb=2048 -timeout=1 -max_total_time="$SLICE" -print_final_stats=1 \
         $(dict_of "$t")) >"$out" 2>&1
     rc=$?

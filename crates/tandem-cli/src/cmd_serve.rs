@@ -60,6 +60,13 @@ pub struct ServeArgs {
     /// when a worker is idle.
     #[arg(long, default_value_t = 512)]
     prefill_remote_min: usize,
+    /// While requests decode, the prompt tokens prefilled beside them may
+    /// stretch a step to about this many times a decode-only step, so a
+    /// long prompt never stalls the running streams (0: prefill a whole
+    /// --prefill-chunk every step).
+    #[arg(long, default_value_t = tandem_engine::engine::DEFAULT_PREFILL_PACE,
+          allow_negative_numbers = true, value_name = "FACTOR")]
+    prefill_pace: f64,
     /// Seconds a worker with a job may stay silent before its job is
     /// taken back and prefilled here.
     #[arg(long, default_value_t = 120)]
@@ -77,6 +84,10 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let pace = args.prefill_pace;
+    if !(pace == 0.0 || (pace.is_finite() && pace > 1.0)) {
+        anyhow::bail!("--prefill-pace must be 0 (off) or above 1, got {pace}");
+    }
     let name = args.alias.clone().unwrap_or_else(|| match &args.model {
         Some(p) => p
             .file_stem()
@@ -163,6 +174,7 @@ fn load(args: &ServeArgs, state: &AppState) -> anyhow::Result<()> {
             max_batch: args.max_batch.max(1),
             ctx: model_ctx,
             prefill_chunk: args.common.prefill_chunk as usize,
+            prefill_pace: (args.prefill_pace > 0.0).then_some(args.prefill_pace),
             max_queue: args.max_queue,
             remote_min_tokens: remote_min.unwrap_or(args.prefill_remote_min),
             remote_timeout: Duration::from_secs(args.prefill_timeout.max(1)),

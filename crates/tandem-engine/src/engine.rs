@@ -44,6 +44,10 @@ use crate::EngineError;
 /// nobody listens any more (the request is then cancelled).
 pub type Sink = Box<dyn FnMut(Event) -> bool + Send>;
 
+/// The default [`EngineConfig::prefill_pace`]: a running stream's token
+/// interval grows by at most about half while a prompt is prefilled.
+pub const DEFAULT_PREFILL_PACE: f64 = 1.5;
+
 /// How the engine runs.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -53,6 +57,9 @@ pub struct EngineConfig {
     pub ctx: usize,
     /// Prompt tokens one step may prefill beside its decodes.
     pub prefill_chunk: usize,
+    /// While requests decode, prefill may stretch a step to about this
+    /// many times a decode-only step (None: the whole chunk every step).
+    pub prefill_pace: Option<f64>,
     /// Requests waiting for admission at most (beyond: refused).
     pub max_queue: usize,
     /// A prefill goes to an idle worker only with at least this many
@@ -69,6 +76,7 @@ impl Default for EngineConfig {
             max_batch: 32,
             ctx: 4096,
             prefill_chunk: 512,
+            prefill_pace: Some(DEFAULT_PREFILL_PACE),
             max_queue: 256,
             remote_min_tokens: 512,
             remote_timeout: Duration::from_secs(120),
@@ -309,8 +317,9 @@ fn engine_loop(
     rx: Receiver<Command>,
     shared: &Shared,
 ) {
-    let mut sched =
-        Scheduler::new(model, store, cfg.max_batch, cfg.ctx).with_prefill_chunk(cfg.prefill_chunk);
+    let mut sched = Scheduler::new(model, store, cfg.max_batch, cfg.ctx)
+        .with_prefill_chunk(cfg.prefill_chunk)
+        .with_prefill_pace(cfg.prefill_pace);
     let mut st = Loop {
         sinks: HashMap::new(),
         workers: HashMap::new(),

@@ -27,10 +27,14 @@
 //!    state, so a preempted greedy or seeded generation continues exactly
 //!    as it would have.
 //! 3. **Plans prefill**: prefilling requests, oldest first, take chunks of
-//!    their remaining prompt until the step's prefill budget
-//!    ([`Scheduler::with_prefill_chunk`]) is spent or the pool has no
-//!    page left for them. A long prompt thus advances a chunk per step
-//!    while the running streams keep producing a token every step.
+//!    their remaining prompt until the step's prefill budget is spent or
+//!    the pool has no page left for them. The budget is
+//!    [`Scheduler::with_prefill_chunk`] tokens while nothing decodes; with
+//!    [`Scheduler::with_prefill_pace`], while requests decode it is what
+//!    stretches their step to that many times a decode-only step
+//!    (`pacing.rs`). A long prompt thus advances a chunk per step while
+//!    the running streams keep producing a token every step, at an
+//!    interval that stays near their decode-only one.
 //! 4. **Runs** all of it as one `forward_batch` (pages are reserved
 //!    already, so it cannot run out of them), samples a token for every
 //!    request whose pending tokens are all in the cache now, and finishes
@@ -52,8 +56,10 @@
 //! each batch; `engine.rs` runs the scheduler on its own thread).
 
 mod handoff;
+pub mod pacing;
 
 pub use handoff::{HandoffError, PrefillJob};
+pub use pacing::PrefillPacer;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -164,7 +170,12 @@ pub struct Scheduler<'m> {
     waiting: VecDeque<Entry>,
     active: Vec<Entry>,
     max_batch: usize,
+    /// Prompt tokens one step may prefill at most.
     prefill_chunk: usize,
+    /// See [`Scheduler::with_prefill_pace`].
+    pace: Option<f64>,
+    /// The prefill budget of each step.
+    pacer: PrefillPacer,
     /// Most tokens one sequence may hold.
     ctx: usize,
     logits: Vec<f32>,
@@ -189,6 +200,8 @@ impl<'m> Scheduler<'m> {
             active: Vec::new(),
             max_batch: max_batch.max(1),
             prefill_chunk: 512,
+            pace: None,
+            pacer: PrefillPacer::new(512, None),
             ctx: ctx.max(1),
             logits: Vec::new(),
             scratch: Vec::new(),
@@ -199,9 +212,20 @@ impl<'m> Scheduler<'m> {
         }
     }
 
-    /// Prompt tokens one step may prefill (beside its decodes).
+    /// Prompt tokens one step may prefill (beside its decodes); keeps the
+    /// pace set by [`with_prefill_pace`](Self::with_prefill_pace).
     pub fn with_prefill_chunk(mut self, n: usize) -> Self {
         self.prefill_chunk = n.max(1);
+        self.pacer = PrefillPacer::new(self.prefill_chunk, self.pace);
+        self
+    }
+
+    /// While requests decode, lets prefill stretch a step to about
+    /// `stretch` times a decode-only step (`None`: the whole chunk every
+    /// step, the default).
+    pub fn with_prefill_pace(mut self, stretch: Option<f64>) -> Self {
+        self.pace = stretch;
+        self.pacer = PrefillPacer::new(self.prefill_chunk, stretch);
         self
     }
 
@@ -458,7 +482,8 @@ impl<'m> Scheduler<'m> {
     /// within the step's budget and the pages the pool has.
     fn plan_prefill(&mut self) {
         let pt = self.store.geometry().page_tokens;
-        let mut budget = self.prefill_chunk;
+        let decoding = self.active.iter().filter(|e| e.todo() == 1).count();
+        let mut budget = self.pacer.budget(decoding);
         for e in self.active.iter_mut() {
             let todo = e.todo();
             if todo == 1 || budget == 0 {
@@ -492,6 +517,11 @@ impl<'m> Scheduler<'m> {
             return Ok(());
         }
         self.ran = true;
+        // What the pacer learns from: decodes (one token left, a one-token
+        // chunk of a prompt included) and prompt tokens.
+        let planned = self.active.iter().filter(|e| e.chunk > 0);
+        let decoding = planned.clone().filter(|e| e.todo() == 1).count();
+        let prefilled: usize = planned.filter(|e| e.todo() > 1).map(|e| e.chunk).sum();
         let mut seqs: Vec<SeqInput<'_>> = Vec::with_capacity(self.active.len());
         for e in self.active.iter_mut().filter(|e| e.chunk > 0) {
             let Entry {
@@ -516,7 +546,11 @@ impl<'m> Scheduler<'m> {
                 want,
             });
         }
+        let t0 = std::time::Instant::now();
         self.model.forward_batch(&mut seqs, &mut self.logits)?;
+        let secs = t0.elapsed().as_secs_f64();
+        self.pacer.observe(decoding, prefilled, secs);
+        tracing::trace!(decoding, prefilled, secs, "scheduler step");
         drop(seqs);
         let vocab = self.model.config.vocab_size;
         let active = std::mem::take(&mut self.active);

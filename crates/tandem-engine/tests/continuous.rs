@@ -150,6 +150,76 @@ fn prefill_in_chunks_beside_decode_and_shared_prefixes_computed_once() {
     assert_eq!(store.counts().in_use, 0);
 }
 
+/// With a pace, a prompt arriving while a request decodes is prefilled
+/// in chunks far below the fixed budget (the pacer's first offer, then
+/// what the measured costs allow), the decoding request still gets a
+/// token every step, and the results equal the solo runs.
+#[test]
+fn a_paced_prefill_takes_small_chunks_beside_decodes() {
+    let m = model();
+    let max_tokens = 24;
+    let ps = prompts(&m);
+    let (a, b) = (&ps[4], &ps[0]);
+    let solo = [alone(&m, a, max_tokens), alone(&m, b, max_tokens)];
+    let store = m.new_kv_store(m.kv_options(), 1 << 24).expect("store");
+    let mut s = Scheduler::new(&m, store.clone(), 8, 512)
+        .with_prefill_chunk(512)
+        .with_prefill_pace(Some(1.5));
+    for (id, p) in [a, b].into_iter().enumerate() {
+        s.submit(Request {
+            id: id as u64,
+            prompt: p.clone(),
+            max_tokens,
+            sampling: greedy(),
+            ..Request::default()
+        })
+        .expect("submit");
+        if id == 0 {
+            // Request 0 prefills alone (the whole chunk), then decodes.
+            s.step().expect("step");
+        }
+    }
+    let mut out: HashMap<u64, Vec<u32>> = HashMap::new();
+    let mut chunks = Vec::new();
+    while !s.is_idle() {
+        let before = s.stats().prefilled_tokens;
+        let events = s.step().expect("step");
+        let prefilled = s.stats().prefilled_tokens - before;
+        let mut zero_got_one = false;
+        for ev in events {
+            match ev {
+                Event::Token { id, token, .. } => {
+                    zero_got_one |= id == 0;
+                    out.entry(id).or_default().push(token);
+                }
+                Event::Finished { id, .. } => zero_got_one |= id == 0,
+                Event::Failed { id, error } => panic!("{id}: {error}"),
+                _ => {}
+            }
+        }
+        if prefilled > 0 {
+            chunks.push(prefilled);
+            assert!(zero_got_one, "the decoding request stalled");
+        }
+        assert!(s.stats().steps < 10_000);
+    }
+    // The first chunk beside the decode is the pacer's first offer; the
+    // whole prompt would have fit in one step of the fixed budget.
+    assert!(b.len() > tandem_engine::scheduler::pacing::FIRST_CHUNK + 1);
+    assert_eq!(
+        chunks[0],
+        tandem_engine::scheduler::pacing::FIRST_CHUNK as u64
+    );
+    assert!(chunks.len() > 1, "{chunks:?}");
+    assert_eq!(
+        out[&0][..],
+        solo[0][1..],
+        "request 0 (its first token came alone)"
+    );
+    assert_eq!(out[&1], solo[1]);
+    assert_eq!(store.counts().in_use, 0);
+}
+
 #[test]
 fn the_engine_thread_serves_concurrent_requests_like_solo_runs() {
     let m = Arc::new(model());

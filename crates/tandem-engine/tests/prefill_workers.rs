@@ -30,6 +30,7 @@ fn cfg() -> EngineConfig {
         max_batch: 8,
         ctx: 512,
         prefill_chunk: CHUNK,
+        prefill_pace: None,
         max_queue: 64,
         remote_min_tokens: 1,
         remote_timeout: Duration::from_secs(30),
