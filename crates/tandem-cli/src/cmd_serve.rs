@@ -147,6 +147,21 @@ fn load(args: &ServeArgs, state: &AppState) -> anyhow::Result<()> {
         ChatTemplate::of_tokenizer(&model.tokenizer).context("the model's chat template")?;
     let model_ctx = args.ctx_size.unwrap_or(model.config.context_length).max(1);
     let store = open_pool(&model, &args.common, model_ctx)?;
+    // The pool is the server's working memory: commit it (fault every
+    // page in) on a thread of its own while the server starts, so serving
+    // takes no page faults and the resident size does not creep up.
+    let pool = Arc::clone(&store);
+    let _ = std::thread::Builder::new()
+        .name("tandem-kv-commit".into())
+        .spawn(move || {
+            let t0 = std::time::Instant::now();
+            match pool.commit_memory() {
+                Ok(()) => {
+                    tracing::info!("KV pool committed in {:.1} s", t0.elapsed().as_secs_f64())
+                }
+                Err(e) => tracing::info!("{e}; its pages are faulted in as they are used"),
+            }
+        });
     // The GPU worker's threshold: the crossover under `auto`.
     let remote_min = match args.prefill {
         tandem_gpu::PrefillMode::Auto => {

@@ -277,6 +277,22 @@ impl KvStore {
         KvStore::new(geom, pages, machine_nodes)
     }
 
+    /// Commits the whole pool (every page faulted in on its node, the
+    /// bytes left as they are), so a server's pool costs no page faults
+    /// while it serves and its resident size is what it will be. Safe at
+    /// any time, also while sequences use the pool (the kernel only maps
+    /// the pages; it writes nothing), so a server can run it on a thread
+    /// of its own while it starts serving. An error where the kernel
+    /// cannot (`MADV_POPULATE_WRITE` needs Linux 5.14): the pool then
+    /// stays lazy, as before.
+    pub fn commit_memory(&self) -> Result<(), KvError> {
+        for mem in &self._memory {
+            mem.populate()
+                .map_err(|e| KvError::Memory(format!("cannot commit the pool: {e}")))?;
+        }
+        Ok(())
+    }
+
     pub fn geometry(&self) -> &KvGeometry {
         &self.geom
     }

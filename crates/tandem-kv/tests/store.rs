@@ -380,3 +380,21 @@ fn latent_cache_stores_keys_only() {
         }
     }
 }
+
+/// Committing the pool's memory, before or while sequences use it,
+/// changes no byte of it.
+#[test]
+fn committing_the_pool_changes_nothing_it_holds() {
+    let s = store(8, 4);
+    if let Err(e) = s.commit_memory() {
+        eprintln!("skipped: this kernel cannot commit memory ({e})");
+        return;
+    }
+    let mut a = s.new_sequence();
+    append(&mut a, &[1, 2, 3, 4, 5, 6]).expect("append");
+    verify(&a);
+    s.commit_memory().expect("commit again");
+    verify(&a);
+    drop(a);
+    assert_conserved(&s);
+}

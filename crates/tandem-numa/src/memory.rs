@@ -72,6 +72,23 @@ impl NodeMemory {
         })
     }
 
+    /// Asks the kernel to fault every page in now, placed by the mapping's
+    /// policy (`MADV_POPULATE_WRITE`, Linux 5.14 and later): memory that
+    /// will be used anyway is then committed before the work starts, costs
+    /// no page fault later, and the process's resident size stops growing.
+    /// An error where the kernel cannot (the caller may touch the pages
+    /// itself).
+    pub fn populate(&self) -> std::io::Result<()> {
+        #[cfg(target_os = "linux")]
+        {
+            self.map.advise(memmap2::Advice::PopulateWrite)
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
+        }
+    }
+
     /// The machine node asked for.
     pub fn node(&self) -> Option<usize> {
         self.node
