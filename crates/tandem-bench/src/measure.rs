@@ -30,7 +30,10 @@ pub struct BenchConfig {
 /// Bytes read per generated token, from the weights actually in the file.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct TokenBytes {
-    /// Every weight matrix once (the output matrix, or the tied embedding).
+    /// Every weight matrix once (the output matrix, or the tied
+    /// embedding), except the routed experts: a decode step reads only
+    /// the ones it selects, which the test counts as they are read
+    /// ([`Model::routed_expert_bytes`]).
     pub weights: u64,
     /// One embedding row (the token's input vector).
     pub embedding_row: u64,
@@ -56,7 +59,9 @@ impl TokenBytes {
             let name = t.name();
             if name == "token_embd.weight" || name == "model.embed_tokens.weight" {
                 embd = t.n_bytes() as u64;
-            } else if t.dims().len() == 2 {
+            } else if t.dims().len() == 2 && !name.contains(".experts.") {
+                // (GGUF stacks the routed experts in 3-D tensors; Hugging
+                // Face names each `...experts.N...`.)
                 has_output |= name == "output.weight" || name == "lm_head.weight";
                 weights += t.n_bytes() as u64;
             }
@@ -274,6 +279,7 @@ fn decode_test(
     let rows = SyntheticRows::new(model, rng)?;
     let mut logits = vec![0.0f32; batch * vocab];
     let mut samples = Vec::with_capacity(reps);
+    let mut expert_bytes = 0u64;
     for _ in 0..reps {
         let mut toks = random_tokens(rng, batch, vocab);
         for (c, &t) in caches.iter_mut().zip(&toks) {
@@ -283,6 +289,7 @@ fn decode_test(
             }
             model.forward(&[t], c, Logits::None)?;
         }
+        let e0 = model.routed_expert_bytes();
         let t0 = Instant::now();
         for _ in 0..n_gen {
             // One pass over the weights for the whole batch; no allocation.
@@ -292,10 +299,12 @@ fn decode_test(
             }
         }
         samples.push((n_gen * batch) as f64 / t0.elapsed().as_secs_f64().max(1e-9));
+        expert_bytes += model.routed_expert_bytes() - e0;
     }
     // Positions ctx+1..=ctx+n_gen: the mean step attends over
-    // ctx + (n_gen + 1) / 2 + 1.
-    let per_step = bytes.per_step(batch, ctx as f64 + (n_gen as f64 + 1.0) / 2.0);
+    // ctx + (n_gen + 1) / 2 + 1; plus the experts the steps routed to.
+    let per_step = bytes.per_step(batch, ctx as f64 + (n_gen as f64 + 1.0) / 2.0)
+        + expert_bytes as f64 / (reps * n_gen).max(1) as f64;
     let mut name = format!("tg{n_gen}");
     if batch > 1 {
         name += &format!("@b{batch}");

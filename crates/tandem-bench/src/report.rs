@@ -171,9 +171,17 @@ impl Report {
             let b = &self.token_bytes;
             let _ = writeln!(
                 out,
-                "\nbytes per decode step: weights {} + per sequence: embedding row {} + KV {} per cached position",
+                "\nbytes per decode step: weights {} + per sequence: embedding row {} + KV {} per cached position \
+                 (+ the routed experts, as read: in each test's bytes_per_step)",
                 b.weights, b.embedding_row, b.kv_per_position
             );
+            for (name, b) in self
+                .tests
+                .iter()
+                .filter_map(|r| r.bytes_per_step.map(|b| (&r.name, b)))
+            {
+                let _ = writeln!(out, "{name}: {b:.0} bytes per step");
+            }
             if let Some(p) = &self.probe {
                 let s: Vec<String> = p.samples_gbps.iter().map(|g| format!("{g:.2}")).collect();
                 let _ = writeln!(

@@ -214,6 +214,9 @@ pub struct Model {
     /// pool runs one pass at a time anyway).
     workspace: Mutex<Workspace>,
     allreduce_ns: std::sync::atomic::AtomicU64,
+    /// Weight bytes of the routed experts the passes have read (each
+    /// selected expert once per layer and pass), since load.
+    expert_bytes: std::sync::atomic::AtomicU64,
     kv: KvOptions,
     attention_splits: Option<usize>,
     /// What names these weights to the KV disk tier.
@@ -761,6 +764,7 @@ impl Model {
             pool,
             workspace: Mutex::new(Workspace::default()),
             allreduce_ns: Default::default(),
+            expert_bytes: Default::default(),
             kv: opts.kv,
             attention_splits: opts.attention_splits,
             identity,
@@ -775,6 +779,14 @@ impl Model {
     /// Nanoseconds spent adding nodes' partial sums so far.
     pub fn allreduce_ns(&self) -> u64 {
         self.allreduce_ns.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Weight bytes of the routed experts read so far (each expert a pass
+    /// selects counted once per layer, whatever number of its tokens):
+    /// the difference over a run, divided by its passes, is what a
+    /// benchmark counts for the experts of a decode step.
+    pub fn routed_expert_bytes(&self) -> u64 {
+        self.expert_bytes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Weight bytes one decode step of one sequence reads: every dense
@@ -1539,6 +1551,15 @@ impl Model {
             });
             h_off += n * sh.gate.rows;
         }
+        let routed: usize = b
+            .slots
+            .iter()
+            .filter(|s| s.expert != SHARED)
+            .filter_map(|s| m.experts.get(s.expert))
+            .map(Expert::n_bytes)
+            .sum();
+        self.expert_bytes
+            .fetch_add(routed as u64, std::sync::atomic::Ordering::Relaxed);
         grow(&mut b.g, h_off);
         grow(&mut b.u, h_off);
         // 4. Each slot's input rows, quantized for its gate and up (one

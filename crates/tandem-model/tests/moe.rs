@@ -217,3 +217,31 @@ fn expert_counts_and_shapes_that_disagree_are_refused_naming_the_key_or_tensor()
         assert!(msg.contains(named), "{key}: {msg}");
     }
 }
+
+/// The routed-expert byte counter (what `tandem bench` counts for the
+/// experts of a decode step): one token reads its two experts per layer,
+/// each once; a batch whose tokens pick the same experts reads each once.
+#[test]
+fn routed_expert_bytes_count_each_selected_expert_once_per_pass() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let moe = dir.path().join("moe.gguf");
+    rewrite(&fixture(), &moe, true, false, false);
+    // Every expert is a copy of its layer's dense FFN (F32, unrepacked).
+    let f = GgufFile::open(&fixture()).expect("fixture");
+    let ffn: u64 = f
+        .tensors()
+        .iter()
+        .filter(|t| ["ffn_gate", "ffn_up", "ffn_down"].iter().any(|s| t.name.contains(s)))
+        .map(|t| t.n_bytes)
+        .sum();
+    let m = load(&moe, NumaMode::Off);
+    let mut cache = m.new_cache(64).expect("cache");
+    let b0 = m.routed_expert_bytes();
+    m.forward(&[7], &mut cache, Logits::Last).expect("decode");
+    assert_eq!(m.routed_expert_bytes() - b0, 2 * ffn, "top 2 of every layer");
+    // The same token twice in one pass: the same two experts, read once.
+    let b1 = m.routed_expert_bytes();
+    m.forward(&[9, 9], &mut cache, Logits::Last).expect("pair");
+    let pair = m.routed_expert_bytes() - b1;
+    assert!(pair >= 2 * ffn && pair <= 4 * ffn, "{pair} for {ffn}");
+}
