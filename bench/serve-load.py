@@ -41,11 +41,15 @@ def pct(xs, p):
     return xs[min(len(xs) - 1, int(p / 100 * len(xs)))]
 
 
-def rss_kib(pid):
+def rss_kib(pid, field="VmRSS"):
+    """A resident-size field of /proc/PID/status in KiB: VmRSS (all),
+    RssAnon (the process's own memory: what a leak grows) or RssFile
+    (mapped file pages, e.g. embedding rows read from the model file as
+    new tokens appear)."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1])
     except OSError:
         return None
@@ -110,7 +114,7 @@ def main():
     def sampler():
         while time.time() < stop_at:
             if a.pid:
-                rss.append((time.time(), rss_kib(a.pid)))
+                rss.append((time.time(), rss_kib(a.pid), rss_kib(a.pid, "RssAnon")))
             time.sleep(5)
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(a.clients)]
@@ -124,7 +128,8 @@ def main():
     time.sleep(1)
     kv = metric(a.url, a.api_key, "tandem:kv_cache_usage_perc")
     running = metric(a.url, a.api_key, "tandem:num_requests_running")
-    rss_vals = [r for _, r in rss if r]
+    rss_vals = [r for _, r, _ in rss if r]
+    anon_vals = [r for _, _, r in rss if r]
     third = max(1, len(rss_vals) // 3)
     report = {
         "clients": a.clients,
@@ -141,6 +146,10 @@ def main():
         "running_after": running,
         "rss_kib_first_third_mean": statistics.mean(rss_vals[:third]) if rss_vals else None,
         "rss_kib_last_third_mean": statistics.mean(rss_vals[-third:]) if rss_vals else None,
+        "rss_anon_kib_first_third_mean":
+            statistics.mean(anon_vals[:third]) if anon_vals else None,
+        "rss_anon_kib_last_third_mean":
+            statistics.mean(anon_vals[-third:]) if anon_vals else None,
         "first_failures": fails[:5],
     }
     print(json.dumps(report, indent=2))

@@ -201,6 +201,11 @@ fn bad_sampling_parameters_are_refused() {
     assert_clean_error(&o, "temperature");
     let o = tandem(&["run", "--min-p", "-0.5", "--prompt", "x"]);
     assert_clean_error(&o, "min_p");
+    // Checked before the model loads.
+    for pace in ["-1", "0.5", "inf"] {
+        let o = tandem(&["serve", "--prefill-pace", pace]);
+        assert_clean_error(&o, "--prefill-pace must be 0 (off) or above 1");
+    }
 }
 
 #[test]

@@ -231,14 +231,22 @@ fn routed_expert_bytes_count_each_selected_expert_once_per_pass() {
     let ffn: u64 = f
         .tensors()
         .iter()
-        .filter(|t| ["ffn_gate", "ffn_up", "ffn_down"].iter().any(|s| t.name.contains(s)))
+        .filter(|t| {
+            ["ffn_gate", "ffn_up", "ffn_down"]
+                .iter()
+                .any(|s| t.name.contains(s))
+        })
         .map(|t| t.n_bytes)
         .sum();
     let m = load(&moe, NumaMode::Off);
     let mut cache = m.new_cache(64).expect("cache");
     let b0 = m.routed_expert_bytes();
     m.forward(&[7], &mut cache, Logits::Last).expect("decode");
-    assert_eq!(m.routed_expert_bytes() - b0, 2 * ffn, "top 2 of every layer");
+    assert_eq!(
+        m.routed_expert_bytes() - b0,
+        2 * ffn,
+        "top 2 of every layer"
+    );
     // The same token twice in one pass: the same two experts, read once.
     let b1 = m.routed_expert_bytes();
     m.forward(&[9, 9], &mut cache, Logits::Last).expect("pair");
