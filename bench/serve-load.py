@@ -73,6 +73,9 @@ def main():
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--pid", type=int, help="server pid, to sample its RSS")
     ap.add_argument("--json", help="write the report here too")
+    ap.add_argument("--warmup", type=float, default=60,
+                    help="seconds left out of the RSS trend (the server commits its KV pool "
+                         "on a thread of its own while it starts)")
     a = ap.parse_args()
 
     lock = threading.Lock()
@@ -130,6 +133,7 @@ def main():
     running = metric(a.url, a.api_key, "tandem:num_requests_running")
     rss_vals = [r for _, r, _ in rss if r]
     anon_vals = [r for _, _, r in rss if r]
+    warm = [r for t, _, r in rss if r and t >= t_start + a.warmup]
     third = max(1, len(rss_vals) // 3)
     report = {
         "clients": a.clients,
@@ -150,6 +154,8 @@ def main():
             statistics.mean(anon_vals[:third]) if anon_vals else None,
         "rss_anon_kib_last_third_mean":
             statistics.mean(anon_vals[-third:]) if anon_vals else None,
+        # After the warm-up: the first and the last sample, and the most.
+        "rss_anon_kib_after_warmup": [warm[0], warm[-1], max(warm)] if warm else None,
         "first_failures": fails[:5],
     }
     print(json.dumps(report, indent=2))
