@@ -170,11 +170,7 @@ pub struct Scheduler<'m> {
     waiting: VecDeque<Entry>,
     active: Vec<Entry>,
     max_batch: usize,
-    /// Prompt tokens one step may prefill at most.
-    prefill_chunk: usize,
-    /// See [`Scheduler::with_prefill_pace`].
-    pace: Option<f64>,
-    /// The prefill budget of each step.
+    /// The prefill budget of each step (the chunk and the pace).
     pacer: PrefillPacer,
     /// Most tokens one sequence may hold.
     ctx: usize,
@@ -199,8 +195,6 @@ impl<'m> Scheduler<'m> {
             waiting: VecDeque::new(),
             active: Vec::new(),
             max_batch: max_batch.max(1),
-            prefill_chunk: 512,
-            pace: None,
             pacer: PrefillPacer::new(512, None),
             ctx: ctx.max(1),
             logits: Vec::new(),
@@ -215,8 +209,7 @@ impl<'m> Scheduler<'m> {
     /// Prompt tokens one step may prefill (beside its decodes); keeps the
     /// pace set by [`with_prefill_pace`](Self::with_prefill_pace).
     pub fn with_prefill_chunk(mut self, n: usize) -> Self {
-        self.prefill_chunk = n.max(1);
-        self.pacer = PrefillPacer::new(self.prefill_chunk, self.pace);
+        self.pacer = PrefillPacer::new(n, self.pacer.stretch());
         self
     }
 
@@ -224,8 +217,7 @@ impl<'m> Scheduler<'m> {
     /// `stretch` times a decode-only step (`None`: the whole chunk every
     /// step, the default).
     pub fn with_prefill_pace(mut self, stretch: Option<f64>) -> Self {
-        self.pace = stretch;
-        self.pacer = PrefillPacer::new(self.prefill_chunk, stretch);
+        self.pacer = PrefillPacer::new(self.pacer.max_chunk(), stretch);
         self
     }
 

@@ -55,6 +55,16 @@ impl PrefillPacer {
         }
     }
 
+    /// The budget when nothing decodes.
+    pub fn max_chunk(&self) -> usize {
+        self.max_chunk
+    }
+
+    /// The stretch factor, if pacing is on.
+    pub fn stretch(&self) -> Option<f64> {
+        self.stretch
+    }
+
     /// Prompt tokens the next step may prefill beside `decoding` decodes.
     pub fn budget(&self, decoding: usize) -> usize {
         let Some(stretch) = self.stretch else {
