@@ -13,6 +13,7 @@
 //! directory of this process.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 /// A target's body.
@@ -30,8 +31,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("request_body", request_body),
 ];
 
-/// A directory for this process's scratch files.
-fn scratch() -> &'static Path {
+/// The directory of this process's scratch files.
+fn scratch_root() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let base = Path::new("/dev/shm");
@@ -40,10 +41,37 @@ fn scratch() -> &'static Path {
         } else {
             std::env::temp_dir()
         };
-        let d = base.join(format!("tandem-fuzz-{}", std::process::id()));
-        let _ = std::fs::create_dir_all(&d);
-        d
+        base.join(format!("tandem-fuzz-{}", std::process::id()))
     })
+}
+
+/// A scratch directory of one call, removed when dropped. Each call gets
+/// its own: two threads of one process (the replay tests run in
+/// parallel) writing one shared `model.gguf` while the other has it
+/// mapped would truncate a live mapping under it (SIGBUS).
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Scratch {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let d = scratch_root().join(n.to_string());
+        let _ = std::fs::create_dir_all(&d);
+        Scratch(d)
+    }
+
+    fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+        // The process's directory goes with its last call (it stays while
+        // another call of a parallel test is using it).
+        let _ = std::fs::remove_dir(scratch_root());
+    }
 }
 
 /// GGUF header, metadata and tensor table: parse, read every value and
@@ -64,7 +92,8 @@ pub fn gguf_header(data: &[u8]) {
 /// table against the data for every weight type, then the load itself
 /// (one thread, no NUMA).
 pub fn gguf_model(data: &[u8]) {
-    let path = scratch().join("model.gguf");
+    let scratch = Scratch::new();
+    let path = scratch.join("model.gguf");
     if std::fs::write(&path, data).is_err() {
         return;
     }
@@ -90,7 +119,8 @@ pub fn hf_config(data: &[u8]) {
 /// A `tokenizer.json` (alone in a model directory): load, then encode and
 /// decode a short text.
 pub fn tokenizer_json(data: &[u8]) {
-    let dir = scratch().join("hf");
+    let scratch = Scratch::new();
+    let dir = scratch.join("hf");
     let _ = std::fs::create_dir_all(&dir);
     if std::fs::write(dir.join("tokenizer.json"), data).is_err() {
         return;
@@ -177,7 +207,8 @@ pub fn chat_template(data: &[u8]) {
 /// A file used must give back exactly its rows; any other is a miss.
 pub fn kv_page(data: &[u8]) {
     use tandem_kv::{chain_hash, DiskTier, KvStore, ROOT_HASH};
-    let dir = scratch().join("kv");
+    let scratch = Scratch::new();
+    let dir = scratch.join("kv");
     let id = KV_PAGE_ID;
     let geom = kv_geometry();
     let Ok(disk) = DiskTier::open(&dir, id, 1 << 20) else {
@@ -316,7 +347,8 @@ fn kv_geometry() -> tandem_kv::KvGeometry {
 /// A valid file of the page `kv_page` looks up (its seed).
 pub fn kv_page_seed() -> Vec<u8> {
     use tandem_kv::{DiskTier, KvStore};
-    let dir = scratch().join("kv-seed");
+    let scratch = Scratch::new();
+    let dir = scratch.join("kv-seed");
     let _ = std::fs::remove_dir_all(&dir);
     let seed = (|| {
         let disk = DiskTier::open(&dir, KV_PAGE_ID, 1 << 20).ok()?;
