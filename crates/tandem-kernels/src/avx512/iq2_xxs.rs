@@ -222,6 +222,9 @@ unsafe fn row<const N: usize>(
         let mut sumf = [0f32; N];
         for i in 0..nb {
             let blk = w.add(i * IQ2_XXS_BYTES);
+            // A hint only (never faults): the decode starts each block's
+            // dependency chain with these bytes.
+            _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(8 * IQ2_XXS_BYTES) as *const i8);
             let b = decode(t, blk.add(2));
             let dx = f16_at(blk);
             for k in 0..N {

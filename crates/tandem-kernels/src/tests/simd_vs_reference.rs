@@ -283,6 +283,14 @@ fn exact_families_match_reference_bitwise() {
             if family == crate::KernelFamily::Scalar {
                 eprintln!("note: {isa} {f}: no SIMD kernel registered, runs the scalar reference");
             }
+            if isa == Isa::Avx2 && f == WeightFormat::IQ2_XXS {
+                eprintln!(
+                    "note: avx2 IQ2_XXS sums its super-blocks in f32 lanes (as ggml's AVX2 \
+                     kernel), not in the reference's order: tested within tolerance \
+                     (simd_matches_reference_*, iq2_xxs_kernels_match_reference_on_extremes)"
+                );
+                continue;
+            }
             if isa == Isa::Avx512
                 && f == WeightFormat::IQ2_XXS
                 && !crate::isa::avx512_vbmi_available()
@@ -323,7 +331,8 @@ fn exact_families_match_reference_bitwise() {
 
 /// The IQ2_XXS kernels (AVX-512 VBMI permutes, AVX2 in-register signs) on
 /// every grid point and sign pattern (random bytes over many blocks) and
-/// extreme activations: bit-identical to the reference.
+/// extreme activations: bit-identical to the reference (AVX-512), within
+/// [`tolerance`] (AVX2, which sums super-blocks in f32 lanes).
 #[test]
 fn iq2_xxs_kernels_match_reference_on_extremes() {
     let f = WeightFormat::IQ2_XXS;
@@ -340,11 +349,16 @@ fn iq2_xxs_kernels_match_reference_on_extremes() {
                 let q = quantize(f, isa, &x, n_b, n_cols);
                 let got = run(isa, f, &w, n_cols, 0..n_rows, &q);
                 let want = run(Isa::Scalar, f, &w, n_cols, 0..n_rows, &q);
+                let rb = f.row_bytes(n_cols).unwrap();
                 for (i, (g, e)) in got.iter().zip(&want).enumerate() {
-                    assert!(
-                        g.to_bits() == e.to_bits(),
-                        "{isa} {f} {a:?} B={n_b} #{i}: {g} vs ref {e}"
-                    );
+                    let ok = if isa == Isa::Avx2 {
+                        let wr = &w[(i / n_b) * rb..(i / n_b + 1) * rb];
+                        let tol = tolerance(n_cols, magnitude(f, wr, &q, i % n_b));
+                        g.is_finite() && e.is_finite() && f64::from((g - e).abs()) <= tol
+                    } else {
+                        g.to_bits() == e.to_bits()
+                    };
+                    assert!(ok, "{isa} {f} {a:?} B={n_b} #{i}: {g} vs ref {e}");
                 }
             }
         }
