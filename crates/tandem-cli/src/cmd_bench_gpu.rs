@@ -108,6 +108,7 @@ impl OnDevice for GpuBench<'_> {
             format: kvo.format,
             #[allow(clippy::single_range_in_vec_init)]
             node_heads: vec![0..cfg.n_kv_heads],
+            windows: Vec::new(),
         };
         let weight_total = gpu.weights().stream_bytes();
         println!(

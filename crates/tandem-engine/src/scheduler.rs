@@ -351,8 +351,10 @@ impl<'m> Scheduler<'m> {
         c.free + c.cached
     }
 
+    /// Pages a sequence of `tokens` tokens holds at most (every page
+    /// group; windowed groups only their window).
     fn pages_for(&self, tokens: usize) -> usize {
-        tokens.div_ceil(self.store.geometry().page_tokens)
+        self.store.pages_for(tokens)
     }
 
     fn admit(&mut self, events: &mut Vec<Event>) {
@@ -362,7 +364,7 @@ impl<'m> Scheduler<'m> {
             .iter()
             .chain(self.handed.iter())
             .map(|e| {
-                let held = e.seq.as_ref().map_or(0, |s| s.pages().len());
+                let held = e.seq.as_ref().map_or(0, |s| s.held_pages());
                 self.pages_for(e.tokens.len() + 1).saturating_sub(held)
             })
             .sum();
@@ -380,7 +382,7 @@ impl<'m> Scheduler<'m> {
                 .with_limit(self.ctx);
             let need = self
                 .pages_for(e.tokens.len() + 1)
-                .saturating_sub(seq.pages().len());
+                .saturating_sub(seq.held_pages());
             let defer = self.shares_a_pending_prefix(&e.tokens, seq.len());
             if defer || (!self.active.is_empty() && need + promised > self.available_pages()) {
                 // Wait for room (the prefix pages go back to the cache).
@@ -492,8 +494,7 @@ impl<'m> Scheduler<'m> {
             if seq.reserve(n).is_err() {
                 // As much as the pages left hold (a shared partial last
                 // page would need one more for its copy: then nothing).
-                let c = self.store.counts();
-                let room = (seq.pages().len() + c.free + c.cached) * pt;
+                let room = seq.capacity();
                 n = n.min(room.saturating_sub(seq.len()));
                 while n > 0 && seq.reserve(n).is_err() {
                     n = n.saturating_sub(pt);

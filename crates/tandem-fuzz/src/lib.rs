@@ -341,6 +341,7 @@ fn kv_geometry() -> tandem_kv::KvGeometry {
         page_tokens: KV_PAGE_TOKENS.len(),
         format: tandem_kv::KvFormat::Q8_0,
         node_heads: vec![0..1],
+        windows: Vec::new(),
     }
 }
 

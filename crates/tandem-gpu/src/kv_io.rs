@@ -53,7 +53,8 @@ pub(crate) fn scatter_layer(
     Ok(())
 }
 
-/// One host run to upload: `len` bytes at `src` to staging offset `dst`.
+/// One host run to upload: `len` bytes at `src` to staging offset `dst`
+/// (a null `src`: zeros).
 pub(crate) struct Run {
     pub src: *const u8,
     pub dst: usize,
@@ -74,7 +75,8 @@ pub(crate) fn block_runs(
     let mut runs = Vec::with_capacity(pages.len() * g.node_heads.len() * 2);
     for (bi, pi) in pages.enumerate() {
         let page = *seq
-            .pages()
+            .layer_pages(layer)
+            .0
             .get(pi)
             .ok_or_else(|| GpuError::Protocol(format!("page {pi} not in the sequence")))?;
         for (node, heads) in g.node_heads.iter().enumerate() {
@@ -82,11 +84,20 @@ pub(crate) fn block_runs(
                 continue;
             }
             for kv in 0..2 {
-                let off = g.slab_offset(node, layer, kv, 0);
+                let dst = kv * v_base + (bi * kvh + heads.start) * slab;
+                if page == tandem_kv::HOLE {
+                    // Released behind a window (no query reads it): zeros.
+                    runs.push(Run {
+                        src: std::ptr::null(),
+                        dst,
+                        len: heads.len() * slab,
+                    });
+                    continue;
+                }
+                let off = seq.store().slab_offset(node, layer, kv, 0);
                 // SAFETY: the slab offset of local head 0 plus the node's
                 // heads' slabs lies within the node's page.
                 let src = unsafe { seq.store().page_ptr(node, page).add(off) } as *const u8;
-                let dst = kv * v_base + (bi * kvh + heads.start) * slab;
                 runs.push(Run {
                     src,
                     dst,

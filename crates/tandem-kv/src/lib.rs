@@ -8,7 +8,8 @@
 //! | module | role |
 //! | --- | --- |
 //! | `pages` | [`PageTable`]: reference counts, free list, prefix index, LRU of cached pages (no memory) |
-//! | `store` | [`KvStore`] (page memory per node + the table) and [`Sequence`] (a block table) |
+//! | `store` | [`KvStore`] (page memory per node + the table) and [`Sequence`] (a block table per page group) |
+//! | `layout` | layer groups: which layers share a page, which pages a windowed group releases |
 //! | `disk` | [`DiskTier`]: evicted and persisted pages as checked files, read back on a prefix hit |
 //! | `page_image` | [`PageImage`]: a sequence's rows inside one page as checked bytes, for handing KV between processes |
 //!
@@ -27,6 +28,7 @@
 //! It is told the geometry and the token ids that filled each page.
 
 mod disk;
+mod layout;
 mod page_image;
 mod pages;
 mod store;
@@ -34,7 +36,7 @@ mod store;
 pub use disk::{DiskStats, DiskTier, ModelIdentity};
 pub use page_image::{encode_page_image, image_bytes, max_image_bytes, PageImage};
 pub use pages::{chain_hash, Evicted, PageCounts, PageId, PageTable, ROOT_HASH};
-pub use store::{KvGeometry, KvStore, KvValues, RowKey, Sequence};
+pub use store::{KvGeometry, KvStore, KvValues, RowKey, Sequence, HOLE};
 pub use tandem_kernels::attention::KvFormat;
 
 /// Errors of the KV store.

@@ -35,6 +35,7 @@ use tandem_kernels::attention::KvFormat;
 use tandem_numa::NodeMemory;
 
 use crate::disk::DiskTier;
+use crate::layout::{salted, Layout};
 use crate::pages::{chain_hash, Evicted, PageCounts, PageId, PageTable, ROOT_HASH};
 use crate::KvError;
 
@@ -63,6 +64,11 @@ pub struct KvGeometry {
     /// KV heads held by each node's pool (the decode engine's head split),
     /// in order and together covering `0..n_kv_heads`.
     pub node_heads: Vec<Range<usize>>,
+    /// Each layer's sliding window: a query at position `p` reads
+    /// positions `p + 1 - window ..= p` of that layer only (None, or an
+    /// empty list: the whole prefix). Windowed layers get page groups of
+    /// their own whose pages behind the window are released (`layout.rs`).
+    pub windows: Vec<Option<usize>>,
 }
 
 impl KvGeometry {
@@ -85,6 +91,12 @@ impl KvGeometry {
         if self.node_heads.is_empty() {
             return bad("no nodes");
         }
+        if !self.windows.is_empty() && self.windows.len() != self.n_layers {
+            return bad("one window per layer, or none");
+        }
+        if self.windows.contains(&Some(0)) {
+            return bad("a sliding window must be positive");
+        }
         let mut next = 0;
         for r in &self.node_heads {
             if r.start != next || r.end < r.start {
@@ -99,7 +111,7 @@ impl KvGeometry {
             .format
             .row_bytes(self.head_dim)
             .and_then(|r| r.checked_mul(self.page_tokens))
-            .and_then(|s| s.checked_mul(self.n_layers))
+            .and_then(|s| s.checked_mul(self.slots()))
             .and_then(|s| s.checked_mul(self.planes()))
             .and_then(|s| s.checked_mul(next));
         if page.is_none() {
@@ -130,10 +142,31 @@ impl KvGeometry {
         }
     }
 
+    /// Layers one page holds: all of them, unless windowed layers split
+    /// them into groups (`layout.rs`).
+    pub fn slots(&self) -> usize {
+        Layout::new(self).slots
+    }
+
+    /// Page groups a sequence has one block table for (1 without windows).
+    pub fn n_groups(&self) -> usize {
+        Layout::new(self).n_groups()
+    }
+
+    /// The geometry of one page as the disk tier and page files see it:
+    /// its layer slots, no windows.
+    pub fn page_geometry(&self) -> KvGeometry {
+        KvGeometry {
+            n_layers: self.slots(),
+            windows: Vec::new(),
+            ..self.clone()
+        }
+    }
+
     /// Bytes of one page in `node`'s pool (0 for a node that holds no
     /// heads: an MLA cache has one).
     pub fn node_page_bytes(&self, node: usize) -> usize {
-        self.n_layers * self.planes() * self.node_heads[node].len() * self.slab_bytes()
+        self.slots() * self.planes() * self.node_heads[node].len() * self.slab_bytes()
     }
 
     /// Bytes of one page summed over nodes.
@@ -143,9 +176,10 @@ impl KvGeometry {
             .sum()
     }
 
-    /// KV bytes one token occupies (all layers, heads, K and V).
+    /// KV bytes one token occupies (all layers, heads, K and V; windowed
+    /// layers counted as if they kept every position).
     pub fn token_bytes(&self) -> usize {
-        self.page_bytes() / self.page_tokens
+        self.n_groups() * self.page_bytes() / self.page_tokens
     }
 
     /// KV heads over all nodes.
@@ -163,13 +197,14 @@ impl KvGeometry {
         (0, 0)
     }
 
-    /// Offset of a head's slab within a node's page: layer-major, then K
+    /// Offset of a head's slab within a node's page: slot-major (a
+    /// layer's slot in its group's page: [`KvStore::layer_home`]), then K
     /// (0) or V (1), then the node-local head. With values in the keys,
     /// V's slab is K's.
-    pub fn slab_offset(&self, node: usize, layer: usize, kv: usize, local_head: usize) -> usize {
+    pub fn slab_offset(&self, node: usize, slot: usize, kv: usize, local_head: usize) -> usize {
         let planes = self.planes();
         let kv = kv.min(planes - 1);
-        ((layer * planes + kv) * self.node_heads[node].len() + local_head) * self.slab_bytes()
+        ((slot * planes + kv) * self.node_heads[node].len() + local_head) * self.slab_bytes()
     }
 }
 
@@ -177,6 +212,11 @@ impl KvGeometry {
 /// who may touch which bytes).
 pub struct KvStore {
     geom: KvGeometry,
+    /// The layer groups of `geom`, and one page's geometry (`page_geometry`).
+    layout: Layout,
+    page_geom: KvGeometry,
+    /// `geom.node_page_bytes(n)` for each node.
+    node_page: Vec<usize>,
     n_pages: usize,
     /// Base of each node's pages (inside `_memory`).
     bases: Vec<*mut u8>,
@@ -256,7 +296,13 @@ impl KvStore {
         }
         let bases = memory.iter_mut().map(|m| m.as_mut_ptr()).collect();
         let table = Mutex::new(PageTable::new(n_pages, geom.page_tokens));
+        let node_page = (0..geom.node_heads.len())
+            .map(|n| geom.node_page_bytes(n))
+            .collect();
         Ok(Arc::new(KvStore {
+            layout: Layout::new(&geom),
+            page_geom: geom.page_geometry(),
+            node_page,
             geom,
             n_pages,
             bases,
@@ -301,9 +347,42 @@ impl KvStore {
         self.n_pages
     }
 
-    /// Tokens the pool holds when every page is full.
+    /// Tokens one sequence can hold in the whole pool (every page full;
+    /// windowed groups holding their window).
     pub fn capacity_tokens(&self) -> usize {
-        self.n_pages * self.geom.page_tokens
+        let p = self.geom.page_tokens;
+        let full = self.layout.full_groups();
+        if full == self.layout.n_groups() {
+            return self.n_pages / full.max(1) * p;
+        }
+        let windowed: usize = (0..self.layout.n_groups())
+            .filter_map(|g| self.layout.windows[g])
+            .map(|w| Layout::window_pages(w, p))
+            .sum();
+        match full {
+            // Every layer windowed: any length fits in the window's pages.
+            0 if windowed <= self.n_pages => usize::MAX / 2,
+            0 => 0,
+            _ => self.n_pages.saturating_sub(windowed) / full * p,
+        }
+    }
+
+    /// Pages a sequence of `tokens` tokens holds at most (over its
+    /// groups' block tables).
+    pub fn pages_for(&self, tokens: usize) -> usize {
+        self.layout.pages_for(tokens, self.geom.page_tokens)
+    }
+
+    /// The page group and slot of `layer` (see `layout.rs`).
+    pub fn layer_home(&self, layer: usize) -> (usize, usize) {
+        self.layout.home.get(layer).copied().unwrap_or((0, 0))
+    }
+
+    /// Byte offset of (`layer`, K/V, node-local head)'s slab inside a page
+    /// of `layer`'s group in `node`'s pool.
+    pub fn slab_offset(&self, node: usize, layer: usize, kv: usize, local_head: usize) -> usize {
+        self.geom
+            .slab_offset(node, self.layer_home(layer).1, kv, local_head)
     }
 
     pub fn counts(&self) -> PageCounts {
@@ -346,7 +425,7 @@ impl KvStore {
     /// Nobody may write the page meanwhile (the caller holds it, or it is
     /// indexed and retained).
     unsafe fn spill(&self, disk: &DiskTier, e: &Evicted) -> bool {
-        let g = &self.geom;
+        let g = &self.page_geom;
         disk.write_page(g, e.hash, e.parent, &e.tokens, |layer, kv, head| {
             let (node, local) = g.head_home(head);
             // SAFETY: the slab is inside the page, which the caller keeps
@@ -374,17 +453,10 @@ impl KvStore {
         }
     }
 
-    /// Start of the slab of (`layer`, K/V, node-local head) of `page` in
-    /// `node`'s pool.
-    fn slab_ptr(
-        &self,
-        node: usize,
-        page: PageId,
-        layer: usize,
-        kv: usize,
-        local: usize,
-    ) -> *mut u8 {
-        let off = self.geom.slab_offset(node, layer, kv, local);
+    /// Start of the slab of (layer `slot`, K/V, node-local head) of `page`
+    /// in `node`'s pool.
+    fn slab_ptr(&self, node: usize, page: PageId, slot: usize, kv: usize, local: usize) -> *mut u8 {
+        let off = self.geom.slab_offset(node, slot, kv, local);
         // SAFETY: slab offsets are inside the node's page.
         unsafe { self.page_ptr(node, page).add(off) }
     }
@@ -405,7 +477,7 @@ impl KvStore {
     pub fn page_ptr(&self, node: usize, page: PageId) -> *mut u8 {
         assert!((page as usize) < self.n_pages && node < self.bases.len());
         // SAFETY: in bounds of the node's mapping (asserted above).
-        unsafe { self.bases[node].add(page as usize * self.geom.node_page_bytes(node)) }
+        unsafe { self.bases[node].add(page as usize * self.node_page[node]) }
     }
 
     /// An empty sequence.
@@ -417,9 +489,13 @@ impl KvStore {
     /// growing up to there allocates nothing.
     pub fn sequence_with_capacity(self: &Arc<Self>, tokens: usize) -> Sequence {
         let pages = tokens.div_ceil(self.geom.page_tokens);
+        let groups = self.layout.n_groups();
         Sequence {
             store: Arc::clone(self),
-            pages: Vec::with_capacity(pages),
+            tables: vec![Vec::with_capacity(pages); groups],
+            live_from: vec![0; groups],
+            release: true,
+            cow: Vec::with_capacity(groups),
             len: 0,
             tokens: Vec::with_capacity(tokens),
             hashes: Vec::with_capacity(pages),
@@ -442,7 +518,15 @@ impl KvStore {
     /// costs only its own tokens. A caller that writes past
     /// `resume_at` in one step gets them recomputed instead (correct, only
     /// slower).
+    ///
+    /// With page groups (windowed layers), a prefix needs every group's
+    /// pages except a windowed group's pages behind the window at its
+    /// end; the lookup stops at the first page a whole-prefix group lacks
+    /// (no holes there).
     pub fn sequence_with_prefix(self: &Arc<Self>, tokens: &[u32]) -> Sequence {
+        if self.layout.n_groups() > 1 || self.layout.windows[0].is_some() {
+            return self.grouped_prefix(tokens);
+        }
         let p = self.geom.page_tokens;
         let mut seq = self.new_sequence();
         let mut parent = ROOT_HASH;
@@ -460,7 +544,7 @@ impl KvStore {
             let page = in_ram.or_else(|| self.restore(parent, h, chunk));
             match page {
                 Some(page) if ahead.is_empty() => {
-                    seq.pages.push(page);
+                    seq.tables[0].push(page);
                     seq.hashes.push(h);
                 }
                 Some(page) => ahead.push_back(Some(AheadPage {
@@ -475,10 +559,94 @@ impl KvStore {
         while let Some(None) = ahead.back() {
             ahead.pop_back();
         }
-        seq.len = seq.pages.len() * p;
+        seq.len = seq.tables[0].len() * p;
         seq.tokens.extend_from_slice(&tokens[..seq.len]);
-        seq.ahead_base = seq.pages.len();
+        seq.ahead_base = seq.tables[0].len();
         seq.ahead = ahead;
+        seq
+    }
+
+    /// Held page of group `g` for the chunk of chain hash `h`, from RAM
+    /// or the disk tier.
+    fn find_page(&self, g: usize, parent: u64, h: u64, chunk: &[u32]) -> Option<PageId> {
+        let (sh, sp) = (salted(h, g), salted(parent, g));
+        let in_ram = {
+            let mut t = self.lock();
+            let page = t.lookup(sh, sp, chunk);
+            if let Some(page) = page {
+                t.retain(page);
+            }
+            page
+        };
+        in_ram.or_else(|| self.restore(sp, sh, chunk))
+    }
+
+    /// [`KvStore::sequence_with_prefix`] with page groups.
+    fn grouped_prefix(self: &Arc<Self>, tokens: &[u32]) -> Sequence {
+        let p = self.geom.page_tokens;
+        let groups = self.layout.n_groups();
+        let mut seq = self.new_sequence();
+        // found[g][i]: group g's page of chunk i (None: a windowed miss).
+        let mut found: Vec<Vec<Option<PageId>>> = vec![Vec::new(); groups];
+        let mut hashes = Vec::new();
+        let mut parent = ROOT_HASH;
+        for chunk in tokens[..tokens.len().saturating_sub(1)].chunks_exact(p) {
+            let h = chain_hash(parent, chunk);
+            let pages: Vec<Option<PageId>> = (0..groups)
+                .map(|g| self.find_page(g, parent, h, chunk))
+                .collect();
+            let whole = (0..groups).all(|g| self.layout.windows[g].is_some() || pages[g].is_some());
+            if !whole {
+                let mut t = self.lock();
+                pages.into_iter().flatten().for_each(|pg| t.release(pg));
+                break;
+            }
+            for (g, pg) in pages.into_iter().enumerate() {
+                found[g].push(pg);
+            }
+            hashes.push(h);
+            parent = h;
+        }
+        // The longest prefix whose windowed groups hold their window.
+        let intact = |l: usize| {
+            (0..groups).all(|g| match self.layout.windows[g] {
+                None => true,
+                Some(w) => {
+                    let first = (l * p + 1).saturating_sub(w) / p;
+                    found[g][first.min(l)..l].iter().all(Option::is_some)
+                }
+            })
+        };
+        let mut l = hashes.len();
+        while l > 0 && !intact(l) {
+            l -= 1;
+        }
+        let mut t = self.lock();
+        for (g, pages) in found.into_iter().enumerate() {
+            let dead = match self.layout.windows[g] {
+                Some(w) => Layout::dead_pages(w, l * p, p).min(l),
+                None => 0,
+            };
+            for (i, pg) in pages.into_iter().enumerate() {
+                match pg {
+                    Some(pg) if i < l && i >= dead => seq.tables[g].push(pg),
+                    Some(pg) => {
+                        t.release(pg);
+                        if i < l {
+                            seq.tables[g].push(HOLE);
+                        }
+                    }
+                    None if i < l => seq.tables[g].push(HOLE),
+                    None => {}
+                }
+            }
+            seq.live_from[g] = dead;
+        }
+        drop(t);
+        hashes.truncate(l);
+        seq.hashes = hashes;
+        seq.len = l * p;
+        seq.tokens.extend_from_slice(&tokens[..seq.len]);
         seq
     }
 
@@ -492,7 +660,7 @@ impl KvStore {
         }
         let (page, evicted) = self.lock().alloc()?;
         self.spill_evicted(evicted.as_slice());
-        let g = &self.geom;
+        let g = &self.page_geom;
         let ok = disk.read_page(g, h, parent, chunk, |layer, kv, head| {
             let (node, local) = g.head_home(head);
             // SAFETY: `page` was just allocated (private, rule 1) and its
@@ -516,7 +684,7 @@ impl KvStore {
     /// Copies every node's bytes of page `from` to page `to`.
     fn copy_page(&self, from: PageId, to: PageId) {
         for node in 0..self.bases.len() {
-            let n = self.geom.node_page_bytes(node);
+            let n = self.node_page[node];
             // SAFETY: `to` is private to the caller (just allocated) and
             // `from` is only read; both are in bounds and distinct pages.
             unsafe {
@@ -538,6 +706,9 @@ pub struct RowKey {
     pub pos: usize,
 }
 
+/// A released page's place in a windowed group's block table.
+pub const HOLE: PageId = PageId::MAX;
+
 /// A cached page past a hole of [`KvStore::sequence_with_prefix`], held
 /// until the sequence reaches it.
 struct AheadPage {
@@ -550,7 +721,16 @@ struct AheadPage {
 /// Dropping it releases the pages (indexed full pages stay cached).
 pub struct Sequence {
     store: Arc<KvStore>,
-    pages: Vec<PageId>,
+    /// A block table per page group (`layout.rs`); all equally long, a
+    /// windowed group's released pages are [`HOLE`]s.
+    tables: Vec<Vec<PageId>>,
+    /// Per group, the pages before this index are released (holes).
+    live_from: Vec<usize>,
+    /// Whether windowed groups release pages behind the window.
+    release: bool,
+    /// `reserve`'s copy-on-write list (group, fresh page), kept to reuse
+    /// its allocation (decode reserves every step).
+    cow: Vec<(usize, PageId)>,
     len: usize,
     /// The token at each cached position (the prefix cache's keys).
     tokens: Vec<u32>,
@@ -568,7 +748,7 @@ impl std::fmt::Debug for Sequence {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Sequence")
             .field("len", &self.len)
-            .field("pages", &self.pages)
+            .field("pages", &self.tables)
             .finish()
     }
 }
@@ -588,9 +768,61 @@ impl Sequence {
         &self.tokens
     }
 
-    /// The block table: page `i` holds positions `i·P..(i+1)·P`.
+    /// The first page group's block table: page `i` holds positions
+    /// `i·P..(i+1)·P` (the whole table when no layer is windowed).
     pub fn pages(&self) -> &[PageId] {
-        &self.pages
+        &self.tables[0]
+    }
+
+    /// The block table of `layer`'s page group (a windowed group's pages
+    /// behind the window are [`HOLE`]s), and the layer's slot in them.
+    pub fn layer_pages(&self, layer: usize) -> (&[PageId], usize) {
+        let (g, slot) = self.store.layer_home(layer);
+        (&self.tables[g], slot)
+    }
+
+    /// Pages this sequence holds, over every group (held ahead too).
+    pub fn held_pages(&self) -> usize {
+        let live: usize = self
+            .tables
+            .iter()
+            .map(|t| t.iter().filter(|&&p| p != HOLE).count())
+            .sum();
+        live + self.ahead.iter().flatten().count()
+    }
+
+    /// Keeps every row of windowed layers (no release behind the window):
+    /// for a prefill worker, whose pages are copied out after they are
+    /// written.
+    pub fn keep_window_rows(mut self) -> Sequence {
+        self.release = false;
+        self
+    }
+
+    /// Releases windowed groups' pages that no query at `len` or later
+    /// reads (see [`Layout::dead_pages`]).
+    fn release_dead(&mut self) {
+        if !self.release {
+            return;
+        }
+        let p = self.store.geom.page_tokens;
+        for g in 0..self.tables.len() {
+            let Some(w) = self.store.layout.windows[g] else {
+                continue;
+            };
+            let dead = Layout::dead_pages(w, self.len, p).min(self.tables[g].len());
+            if dead <= self.live_from[g] {
+                continue;
+            }
+            let mut t = self.store.lock();
+            for page in &mut self.tables[g][self.live_from[g]..dead] {
+                if *page != HOLE {
+                    t.release(*page);
+                    *page = HOLE;
+                }
+            }
+            self.live_from[g] = dead;
+        }
     }
 
     pub fn store(&self) -> &Arc<KvStore> {
@@ -642,9 +874,9 @@ impl Sequence {
                 continue;
             }
             match self.ahead.front() {
-                Some(Some(_)) if self.pages.len() == next && self.hashes.len() == next => {
+                Some(Some(_)) if self.tables[0].len() == next && self.hashes.len() == next => {
                     if let Some(Some(a)) = self.ahead.pop_front() {
-                        self.pages.push(a.page);
+                        self.tables[0].push(a.page);
                         self.hashes.push(a.hash);
                         self.tokens.extend_from_slice(&a.tokens);
                         self.len += p;
@@ -661,8 +893,13 @@ impl Sequence {
     /// has plus every page the pool could still hand out.
     pub fn capacity(&self) -> usize {
         let p = self.store.geom.page_tokens;
-        let held = self.pages.len() + self.ahead.iter().flatten().count();
-        let pool = held * p + self.store.lock().available() * p;
+        let held = self.tables[0].len() + self.ahead.iter().flatten().count();
+        let growing = self.store.layout.full_groups();
+        let pool = match growing {
+            // Every layer windowed: the window's pages are reused.
+            0 => usize::MAX / 2,
+            n => (held + self.store.lock().available() / n) * p,
+        };
         self.limit.map_or(pool, |l| l.min(pool.max(self.len)))
     }
 
@@ -684,12 +921,18 @@ impl Sequence {
             self.drop_ahead();
         }
         let need_pages = (self.len + n).div_ceil(p);
-        let new_pages = need_pages.saturating_sub(self.pages.len());
+        let new_pages = need_pages.saturating_sub(self.tables[0].len());
         let partial = !self.len.is_multiple_of(p) && n > 0;
+        let groups = self.tables.len();
+        let last = self.len / p;
         let mut evicted: Vec<Evicted> = Vec::new();
         let mut t = self.store.lock();
-        let cow = partial && !t.is_private(self.pages[self.len / p]);
-        let wanted = new_pages + usize::from(cow);
+        // A group's partial last page is shared or indexed: copy it.
+        let cow = |t: &PageTable, tables: &[Vec<PageId>], g: usize| {
+            partial && tables[g][last] != HOLE && !t.is_private(tables[g][last])
+        };
+        let cows = (0..groups).filter(|&g| cow(&t, &self.tables, g)).count();
+        let wanted = new_pages * groups + cows;
         if t.available() < wanted {
             return Err(KvError::OutOfPages {
                 needed: wanted,
@@ -697,30 +940,31 @@ impl Sequence {
                 total: t.n_pages(),
             });
         }
-        let copy = if cow {
-            let (fresh, ev) = t.alloc().ok_or(KvError::Internal("alloc after check"))?;
-            evicted.extend(ev);
-            Some(fresh)
-        } else {
-            None
-        };
-        for _ in 0..new_pages {
-            let (fresh, ev) = t.alloc().ok_or(KvError::Internal("alloc after check"))?;
-            evicted.extend(ev);
-            self.pages.push(fresh);
+        for g in 0..groups {
+            if cow(&t, &self.tables, g) {
+                let (fresh, ev) = t.alloc().ok_or(KvError::Internal("alloc after check"))?;
+                evicted.extend(ev);
+                // Copy-on-write: the shared page stays retained by this
+                // sequence until the copy is done, so it cannot be
+                // reused; the copy waits for the spills below.
+                self.cow.push((g, fresh));
+            }
+            for _ in 0..new_pages {
+                let (fresh, ev) = t.alloc().ok_or(KvError::Internal("alloc after check"))?;
+                evicted.extend(ev);
+                self.tables[g].push(fresh);
+            }
         }
         drop(t);
         // The new pages are this sequence's alone and written only after
         // `reserve` returns: their old contents can go to disk now,
         // outside the table's lock.
         self.store.spill_evicted(&evicted);
-        if let Some(fresh) = copy {
-            // Copy-on-write: the shared page stays retained by this
-            // sequence until the copy is done, so it cannot be reused.
-            let i = self.len / p;
-            self.store.copy_page(self.pages[i], fresh);
-            self.store.lock().release(self.pages[i]);
-            self.pages[i] = fresh;
+        while let Some((g, fresh)) = self.cow.pop() {
+            let old = self.tables[g][last];
+            self.store.copy_page(old, fresh);
+            self.store.lock().release(old);
+            self.tables[g][last] = fresh;
         }
         Ok(())
     }
@@ -729,7 +973,7 @@ impl Sequence {
     /// `reserve`), and indexes the pages this fills.
     pub fn commit(&mut self, tokens: &[u32]) -> Result<(), KvError> {
         let p = self.store.geom.page_tokens;
-        if (self.len + tokens.len()).div_ceil(p) > self.pages.len() {
+        if (self.len + tokens.len()).div_ceil(p) > self.tables[0].len() {
             return Err(KvError::Internal("commit beyond reserved pages"));
         }
         self.tokens.extend_from_slice(tokens);
@@ -741,10 +985,15 @@ impl Sequence {
                 let parent = i.checked_sub(1).map_or(ROOT_HASH, |j| self.hashes[j]);
                 let chunk = &self.tokens[i * p..(i + 1) * p];
                 let h = chain_hash(parent, chunk);
-                t.register(self.pages[i], h, parent, chunk);
+                for (g, table) in self.tables.iter().enumerate() {
+                    if table[i] != HOLE {
+                        t.register(table[i], salted(h, g), salted(parent, g), chunk);
+                    }
+                }
                 self.hashes.push(h);
             }
         }
+        self.release_dead();
         self.absorb_ahead();
         Ok(())
     }
@@ -756,13 +1005,30 @@ impl Sequence {
         }
         self.drop_ahead();
         let p = self.store.geom.page_tokens;
+        // A windowed group that released rows a query at `n` reads
+        // cannot resume there: start over (correct, only slower).
+        let broken = (0..self.tables.len()).any(|g| {
+            self.store.layout.windows[g].is_some_and(|w| {
+                let first = (n + 1).saturating_sub(w) / p;
+                let keep = n.div_ceil(p).min(self.tables[g].len());
+                self.tables[g][first.min(keep)..keep].contains(&HOLE)
+            })
+        });
+        let n = if broken { 0 } else { n };
         let keep = n.div_ceil(p);
         let mut t = self.store.lock();
-        for &page in &self.pages[keep..] {
-            t.release(page);
+        for table in &mut self.tables {
+            for &page in &table[keep.min(table.len())..] {
+                if page != HOLE {
+                    t.release(page);
+                }
+            }
+            table.truncate(keep);
         }
         drop(t);
-        self.pages.truncate(keep);
+        for l in &mut self.live_from {
+            *l = (*l).min(keep);
+        }
         self.hashes.truncate(n / p);
         self.tokens.truncate(n);
         self.len = n;
@@ -778,13 +1044,18 @@ impl Sequence {
     /// the next write to a shared partial page).
     pub fn fork(&self) -> Sequence {
         let mut t = self.store.lock();
-        for &page in &self.pages {
-            t.retain(page);
+        for &page in self.tables.iter().flatten() {
+            if page != HOLE {
+                t.retain(page);
+            }
         }
         drop(t);
         Sequence {
             store: Arc::clone(&self.store),
-            pages: self.pages.clone(),
+            tables: self.tables.clone(),
+            live_from: self.live_from.clone(),
+            release: self.release,
+            cow: Vec::new(),
             len: self.len,
             tokens: self.tokens.clone(),
             hashes: self.hashes.clone(),
@@ -848,17 +1119,17 @@ impl Sequence {
     ) -> Result<*mut u8, KvError> {
         let g = &self.store.geom;
         let heads = g.node_heads.get(node).map_or(0, |r| r.len());
-        let page = self.pages.get(pos / g.page_tokens.max(1));
-        let Some(&page) =
-            page.filter(|_| layer < g.n_layers && kv < g.planes() && local_head < heads)
+        let (group, slot) = self.store.layer_home(layer);
+        let page = self.tables[group].get(pos / g.page_tokens.max(1));
+        let Some(&page) = page
+            .filter(|&&p| p != HOLE && layer < g.n_layers && kv < g.planes() && local_head < heads)
         else {
             return Err(KvError::Geometry(format!(
                 "row (node {node}, layer {layer}, kv {kv}, head {local_head}, position {pos}) \
                  outside the sequence's pages"
             )));
         };
-        let off =
-            g.slab_offset(node, layer, kv, local_head) + (pos % g.page_tokens) * g.row_bytes();
+        let off = g.slab_offset(node, slot, kv, local_head) + (pos % g.page_tokens) * g.row_bytes();
         // SAFETY: with the indices checked above, `off` plus a row lies
         // within the node's page (slab offsets are), and `page` is held.
         Ok(unsafe { self.store.page_ptr(node, page).add(off) })
@@ -869,8 +1140,10 @@ impl Drop for Sequence {
     fn drop(&mut self) {
         self.drop_ahead();
         let mut t = self.store.lock();
-        for &page in &self.pages {
-            t.release(page);
+        for &page in self.tables.iter().flatten() {
+            if page != HOLE {
+                t.release(page);
+            }
         }
     }
 }

@@ -24,6 +24,7 @@ fn geometry(format: KvFormat, node_heads: Vec<std::ops::Range<usize>>) -> KvGeom
         page_tokens: PT,
         format,
         node_heads,
+        windows: Vec::new(),
     }
 }
 

@@ -36,6 +36,7 @@ fn geometry() -> KvGeometry {
         page_tokens: PT,
         format: KvFormat::F16,
         node_heads: vec![0..2, 2..4],
+        windows: Vec::new(),
     }
 }
 

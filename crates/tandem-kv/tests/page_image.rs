@@ -20,6 +20,7 @@ fn geometry(node_heads: Vec<std::ops::Range<usize>>) -> KvGeometry {
         page_tokens: 4,
         format: KvFormat::F32,
         node_heads,
+        windows: Vec::new(),
     }
 }
 

@@ -18,6 +18,7 @@ fn geometry(page_tokens: usize) -> KvGeometry {
         format: KvFormat::F32,
         // Two nodes: heads 0 on node 0, heads 1..3 on node 1.
         node_heads: vec![0..1, 1..3],
+        windows: Vec::new(),
     }
 }
 
@@ -102,6 +103,7 @@ fn geometry_layout() {
         KvGeometry {
             values: Default::default(),
             node_heads: vec![0..1, 2..3],
+            windows: Vec::new(),
             ..geometry(16)
         },
         4,
@@ -354,6 +356,7 @@ fn latent_cache_stores_keys_only() {
         page_tokens: 4,
         format: KvFormat::F32,
         node_heads: vec![0..0, 0..1],
+        windows: Vec::new(),
     };
     assert_eq!(g.planes(), 1);
     assert_eq!(g.node_page_bytes(0), 0);

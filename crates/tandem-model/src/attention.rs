@@ -509,8 +509,8 @@ unsafe fn run_item(
         let (qbuf, rest) = rest.split_at_mut(nh * MAX_QUERIES * hd);
         let acc = &mut rest[..nh * MAX_QUERIES * vd];
         // The heads' K slabs of a page are one run, and so are their V slabs.
-        let k_run = geom.slab_offset(it.node, s.layer, 0, it.local.start);
-        let v_run = geom.slab_offset(it.node, s.layer, 1, it.local.start);
+        let k_run = seq.store().slab_offset(it.node, s.layer, 0, it.local.start);
+        let v_run = seq.store().slab_offset(it.node, s.layer, 1, it.local.start);
         let mut visible = [0usize; MAX_QUERIES];
         let mut starts = [0usize; MAX_QUERIES];
         let tile_rows = (MAX_QUERIES / group).max(1);
@@ -549,7 +549,9 @@ unsafe fn run_item(
             let (first, end) = part_pages(it.part, parts, s.p0, seen, pt);
             let first = first.max(w0 / pt);
             let last = end.min(seen.div_ceil(pt));
-            let pages = seq.pages();
+            // The layer's page group; a windowed group's pages before
+            // `w0` may be released, and none of them is read.
+            let (pages, _) = seq.layer_pages(s.layer);
             let page = |pi: usize| seq.store().page_ptr(it.node, pages[pi]);
             // The block read `AHEAD_BLOCKS` blocks after (pi, hi), in the
             // order they are read (page by page, head by head).

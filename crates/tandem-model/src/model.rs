@@ -302,6 +302,18 @@ fn kv_shape(c: &ModelConfig, kv: KvOptions, node_heads: Vec<Range<usize>>) -> Kv
         page_tokens: kv.page_tokens,
         format: kv.format,
         node_heads,
+        // Windowed layers get page groups whose pages behind the window
+        // are released (tandem-kv's `layout.rs`).
+        windows: {
+            let w: Vec<Option<usize>> = (0..c.n_layers)
+                .map(|i| c.arch.layer_spec(c, i).attn.window)
+                .collect();
+            if w.iter().any(Option::is_some) {
+                w
+            } else {
+                Vec::new()
+            }
+        },
     }
 }
 
@@ -902,7 +914,7 @@ impl Model {
         // A shape error is the options' fault, not memory's.
         geom.validate()?;
         let bytes = pages.saturating_mul(geom.page_bytes());
-        let tokens = pages.saturating_mul(geom.page_tokens);
+        let tokens = pages.saturating_mul(geom.page_tokens) / geom.n_groups();
         let what = || format!("a KV pool of {tokens} tokens");
         check_fits(what, bytes)?;
         let nodes: Vec<Option<usize>> = (0..geom.node_heads.len())
@@ -918,7 +930,10 @@ impl Model {
     /// own (the model's KV options).
     pub fn new_cache(&self, capacity: usize) -> Result<KvCache, ModelError> {
         let geom = self.kv_geometry(self.kv);
-        let pages = capacity.div_ceil(geom.page_tokens).max(1);
+        // Every page group's pages for the whole capacity: a prefill of
+        // it in one step writes every row before a windowed group
+        // releases any.
+        let pages = capacity.div_ceil(geom.page_tokens).max(1) * geom.n_groups();
         let store = self.kv_store_of_pages(geom, pages, None)?;
         Ok(store.sequence_with_capacity(capacity).with_limit(capacity))
     }

@@ -204,3 +204,56 @@ fn a_full_pool_is_context_full_and_the_sequence_survives() {
     drop(s);
     assert_eq!(store.counts().in_use, 0);
 }
+
+/// Models with sliding-window layers (window 16 in the fixtures).
+const WINDOWED: [&str; 2] = [
+    "tiny-gemma3/gguf/tiny-gemma3-F32.gguf",
+    "tiny-gpt-oss/gguf/tiny-gpt-oss-F32.gguf",
+];
+
+/// The windowed layers' pages behind the window go back to the pool, and
+/// nothing a query reads changes: prefill in chunks, decode one token at
+/// a time and a second turn from the prefix cache all give the logits of
+/// a sequence that keeps every row, bit for bit.
+#[test]
+fn windowed_layers_release_pages_and_logits_do_not_change() {
+    for file in WINDOWED {
+        let m = model(file, kv(KvFormat::F16, 16), NumaMode::Off);
+        let store = m.new_kv_store(m.kv_options(), 1 << 24).expect("store");
+        assert!(
+            store.geometry().windows.iter().any(Option::is_some),
+            "{file}: no windowed layer"
+        );
+        let prompt = tokens(&m, 120, 5);
+        let mut keep = store.new_sequence().keep_window_rows();
+        let want = m
+            .forward(&prompt, &mut keep, Logits::All)
+            .expect("kept rows");
+        for chunk in [1usize, 7, 40] {
+            let mut s = store.new_sequence();
+            let mut got = Vec::new();
+            for part in prompt.chunks(chunk) {
+                got.extend(m.forward(part, &mut s, Logits::All).expect("chunk"));
+            }
+            assert_eq!(got, want, "{file}: chunks of {chunk}");
+            assert!(
+                s.held_pages() < keep.held_pages(),
+                "{file}: {} pages held, {} without release",
+                s.held_pages(),
+                keep.held_pages()
+            );
+        }
+        drop(keep);
+        let turn2: Vec<u32> = [prompt.clone(), tokens(&m, 9, 6)].concat();
+        let mut warm_seq = store.sequence_with_prefix(&turn2);
+        assert_eq!(warm_seq.len(), 112, "{file}: cached prefix");
+        let warm = m
+            .forward(&turn2[warm_seq.len()..], &mut warm_seq, Logits::Last)
+            .expect("turn 2");
+        let mut cold_seq = m.new_cache(turn2.len()).expect("cache");
+        let cold = m
+            .forward(&turn2, &mut cold_seq, Logits::Last)
+            .expect("cold");
+        assert_eq!(warm, cold, "{file}: warm turn 2 vs cold run");
+    }
+}

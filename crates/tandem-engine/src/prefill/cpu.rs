@@ -43,7 +43,9 @@ impl PrefillBackend for CpuPrefill {
         let end = tokens.len();
         check_job(job, self.store.capacity_tokens())?;
         let identity = self.model.identity();
-        let mut seq = self.store.sequence_with_prefix(tokens);
+        // Rows are sent after their chunk commits: a windowed layer's rows
+        // behind the window must still be there then.
+        let mut seq = self.store.sequence_with_prefix(tokens).keep_window_rows();
         let mut sent = job.skip;
         let mut logits = Vec::new();
         // Sends the rows of `sent..seq.len()`, a page (or page tail) each.

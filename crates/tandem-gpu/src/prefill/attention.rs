@@ -52,7 +52,13 @@ impl<D: Device> Run<'_, D> {
                 // SAFETY: pages below the sequence's length are read-only
                 // (tandem-kv's protocol) and held by `seq`; the staging
                 // range was checked and no queued copy reads it (synced).
-                unsafe { std::ptr::copy_nonoverlapping(r.src, base.add(r.dst), r.len) };
+                unsafe {
+                    if r.src.is_null() {
+                        std::ptr::write_bytes(base.add(r.dst), 0, r.len);
+                    } else {
+                        std::ptr::copy_nonoverlapping(r.src, base.add(r.dst), r.len);
+                    }
+                };
             }
             self.blk_free.wait(dev, &self.s.copy, bi)?;
             // SAFETY: the staging is not written again before `blk_up[bi]`
