@@ -2,7 +2,7 @@
 writes (random weights in a real architecture's layout), as an oracle for
 architectures whose trained fixtures are not made yet or to pin a layout.
 
-    .venv/bin/python tools/synthetic_refs/make_refs.py
+    .venv/bin/python tools/synthetic_refs/make_refs.py [CASE ...]
 
 For each case: writes the GGUF with the tandem binary (deterministic: the
 seed is fixed), runs it in llama.cpp (float32 KV, no flash attention, as
@@ -28,6 +28,9 @@ CASES = [
     ("tiny-qwen3moe", "Q8_0", 7),
     ("tiny-deepseek3", "F16", 7),
     ("tiny-deepseek3", "Q8_0", 7),
+    # sinks, alternating windows, biased experts, YaRN; MXFP4 experts
+    ("tiny-gpt-oss", "F16", 7),
+    ("tiny-gpt-oss", "MXFP4", 7),
 ]
 IDS = [1, 50, 100, 200, 300, 400, 450, 17, 33, 65, 129, 257, 3, 511, 256, 128]
 
@@ -36,8 +39,11 @@ def main():
     out_dir = ROOT / "fixtures/synthetic"
     out_dir.mkdir(parents=True, exist_ok=True)
     tandem = ROOT / "target/release/tandem"
+    only = sys.argv[1:]
     for shape, quant, seed in CASES:
         name = f"{shape}-{quant}"
+        if only and name not in only:
+            continue
         gguf = Path("/tmp") / f"{name}-seed{seed}.gguf"
         subprocess.run([str(tandem), "bench", "--synthetic", shape, "--quant", quant,
                         "--seed", str(seed), "--out", str(gguf)], check=True)

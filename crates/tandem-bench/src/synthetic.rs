@@ -165,6 +165,7 @@ pub fn plan(shape: &Shape, quant: Quant) -> Vec<TensorPlan> {
             push(n("attn_q_norm.weight"), vec![hd], GgmlType::F32, Init::Ones);
             push(n("attn_k_norm.weight"), vec![hd], GgmlType::F32, Init::Ones);
         }
+        let gpt_oss = shape.arch == "gpt-oss";
         if shape.mla.is_none() {
             push(
                 n("attn_output.weight"),
@@ -173,7 +174,22 @@ pub fn plan(shape: &Shape, quant: Quant) -> Vec<TensorPlan> {
                 Init::Random,
             );
         }
-        push(n("ffn_norm.weight"), vec![h], GgmlType::F32, Init::Ones);
+        if gpt_oss {
+            push(n("attn_output.bias"), vec![h], GgmlType::F32, Init::Small);
+            push(
+                n("attn_sinks.weight"),
+                vec![shape.n_heads as u64],
+                GgmlType::F32,
+                Init::Small,
+            );
+        }
+        // gpt-oss names the FFN's norm after the attention.
+        let ffn_norm = if gpt_oss {
+            "post_attention_norm.weight"
+        } else {
+            "ffn_norm.weight"
+        };
+        push(n(ffn_norm), vec![h], GgmlType::F32, Init::Ones);
         if let Some(m) = shape.moe.as_ref().filter(|m| i >= m.leading_dense) {
             // llama-quantize leaves the router in F32; experts follow the
             // dense roles (ffn_down_exps gets ffn_down's extra bits).
@@ -204,6 +220,17 @@ pub fn plan(shape: &Shape, quant: Quant) -> Vec<TensorPlan> {
             );
             if m.deepseek.is_some() {
                 push(n("exp_probs_b.bias"), vec![e], GgmlType::F32, Init::Small);
+            }
+            if gpt_oss {
+                push(n("ffn_gate_inp.bias"), vec![e], GgmlType::F32, Init::Small);
+                for (s, rows) in [("gate", f), ("up", f), ("down", h)] {
+                    push(
+                        n(&format!("ffn_{s}_exps.bias")),
+                        vec![rows, e],
+                        GgmlType::F32,
+                        Init::Small,
+                    );
+                }
             }
             if m.shared_ffn > 0 {
                 let sf = m.shared_ffn as u64;
@@ -355,6 +382,16 @@ pub fn writer(
             w.add_metadata(format!("{a}.expert_weights_scale"), Value::F32(scale));
             w.add_metadata(format!("{a}.expert_weights_norm"), Value::Bool(true));
         }
+    }
+    if let Some(win) = shape.window {
+        w.add_metadata(format!("{a}.attention.sliding_window"), u32v(win));
+        // gpt-oss's YaRN (factor 32 over 4096 positions).
+        w.add_metadata(format!("{a}.rope.scaling.type"), Value::from("yarn"));
+        w.add_metadata(format!("{a}.rope.scaling.factor"), Value::F32(32.0));
+        w.add_metadata(
+            format!("{a}.rope.scaling.original_context_length"),
+            u32v(4096),
+        );
     }
     if a == "llama" || a == "deepseek2" {
         w.add_metadata(format!("{a}.vocab_size"), u32v(shape.vocab));

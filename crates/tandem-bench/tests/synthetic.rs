@@ -153,7 +153,7 @@ fn named_mixtures_put_the_experts_low() {
 
 #[test]
 fn every_quant_of_the_test_shapes_loads_and_runs() {
-    for shape in ["tiny", "tiny-qwen2", "tiny-qwen3moe"] {
+    for shape in ["tiny", "tiny-qwen2", "tiny-qwen3moe", "tiny-gpt-oss"] {
         let s = Shape::named(shape, None).unwrap();
         for q in Quant::ALL {
             let path = tmp(&format!("{shape}-{}.gguf", q.name()));

@@ -36,6 +36,13 @@ fn synthetic_moe_and_mla_logits_match_llama_cpp() {
         // MLA with YaRN, sigmoid grouped routing, a shared expert.
         ("tiny-deepseek3-F16", 1e-3, 1e-4),
         ("tiny-deepseek3-Q8_0", 2e-2, 1e-5),
+        // Sinks, alternating windows, biased experts (softmax after
+        // top-k, clamped SwiGLU), YaRN; MXFP4 experts with Q8_0 elsewhere.
+        // Position 0 of the F16 file differs by 3.1e-4 (absolute), like
+        // the MLA F16 file's 6.3e-5 not yet explained; the MXFP4 file,
+        // same graph, agrees to 1e-5.
+        ("tiny-gpt-oss-F16", 1e-3, 1e-3),
+        ("tiny-gpt-oss-MXFP4", 2e-2, 1e-5),
     ] {
         let meta: Value = serde_json::from_str(
             &std::fs::read_to_string(root().join(format!("fixtures/synthetic/{case}.json")))
@@ -90,7 +97,7 @@ fn synthetic_moe_and_mla_logits_match_llama_cpp() {
                 .fold(0f32, |a, (x, y)| a.max((x - y).abs()));
             assert!(
                 d0 / scale < bound0,
-                "{case} {numa:?}: position 0 max |Δ| {d0}"
+                "{case} {numa:?}: position 0 max |Δ| {d0} (scale {scale})"
             );
         }
     }

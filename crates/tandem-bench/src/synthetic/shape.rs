@@ -68,6 +68,8 @@ pub struct Shape {
     pub moe: Option<MoeShape>,
     /// Latent attention instead of GQA (`deepseek2`).
     pub mla: Option<MlaShape>,
+    /// Every other layer's sliding window, from the first (`gpt-oss`).
+    pub window: Option<usize>,
 }
 
 impl Shape {
@@ -80,10 +82,12 @@ impl Shape {
         "qwen3-30b-a3b",
         "deepseek-v3",
         "kimi-k2",
+        "gpt-oss-120b",
         "tiny",
         "tiny-qwen2",
         "tiny-qwen3moe",
         "tiny-deepseek3",
+        "tiny-gpt-oss",
     ];
 
     /// A named shape. `layers` overrides the layer count (the 405B shape is
@@ -108,6 +112,7 @@ impl Shape {
             qk_norm: false,
             moe: None,
             mla: None,
+            window: None,
         };
         // Qwen3-30B-A3B's config: 48 layers of 128 experts (top 8, 768
         // wide), 32 query heads of 128 on 4 KV heads, hidden 2048.
@@ -158,6 +163,28 @@ impl Shape {
             }),
             ..llama(7168, 18432, 4, n_heads, 1, false, 163_840)
         };
+        // gpt-oss-120b's config: hidden 2880, 36 layers alternating a
+        // 128-position window and full attention, 64 query heads of 64 on
+        // 8 KV heads (biased, with sinks), 128 experts 2880 wide (top 4,
+        // softmax after top-k, biased), o200k's 201,088-token vocabulary.
+        let gpt_oss = |hidden, n_layers, n_heads, n_kv, head, experts, top_k, vocab| Shape {
+            arch: "gpt-oss",
+            vocab,
+            qkv_bias: true,
+            rope_theta: 150_000.0,
+            vocab_style: VocabStyle::Qwen2,
+            key_length: Some(head),
+            moe: Some(MoeShape {
+                n_experts: experts,
+                top_k,
+                expert_ffn: hidden,
+                shared_ffn: 0,
+                leading_dense: 0,
+                deepseek: None,
+            }),
+            window: Some(128),
+            ..llama(hidden, hidden, n_layers, n_heads, n_kv, false, 131_072)
+        };
         let mut s = match name {
             "llama3.2-3b" => llama(3072, 8192, 28, 24, 8, true, 131_072),
             "llama3-8b" => llama(4096, 14336, 32, 32, 8, false, 8192),
@@ -174,6 +201,7 @@ impl Shape {
             "qwen3-30b-a3b" => qwen3moe(2048, 48, 32, 4, 128, 128, 8, 768, 151_936),
             "deepseek-v3" => deepseek(128, 256, 3, (8, 4), 2.5, 129_280),
             "kimi-k2" => deepseek(64, 384, 1, (1, 1), 2.827, 163_840),
+            "gpt-oss-120b" => gpt_oss(2880, 36, 64, 8, 64, 128, 4, 201_088),
             // Test shapes: every dimension a multiple of 256 so all quant
             // types apply; small enough to write and run in milliseconds.
             "tiny" => Shape {
@@ -210,6 +238,12 @@ impl Shape {
                     m.expert_ffn = 256;
                     m.shared_ffn = 256;
                 }
+                s
+            }
+            "tiny-gpt-oss" => {
+                let mut s = gpt_oss(256, 2, 4, 2, 64, 8, 2, 512);
+                s.window = Some(16);
+                s.context_length = 4096;
                 s
             }
             other => return Err(BenchError::UnknownShape(other.to_string())),
