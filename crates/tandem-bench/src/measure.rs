@@ -37,9 +37,13 @@ pub struct TokenBytes {
     pub weights: u64,
     /// One embedding row (the token's input vector).
     pub embedding_row: u64,
-    /// K and V of one cached position, all layers, as stored (set from the
-    /// loaded model's KV geometry: [`TokenBytes::with_kv`]).
+    /// K and V of one cached position, all whole-prefix layers, as stored
+    /// (set from the loaded model's KV geometry: [`TokenBytes::with_kv`]).
     pub kv_per_position: u64,
+    /// The same for the sliding-window layers, which read at most
+    /// `kv_window` positions (0 and 0: none).
+    pub kv_windowed: u64,
+    pub kv_window: u64,
     /// Every tensor's bytes: the file's size without metadata.
     pub model_size: u64,
     pub n_params: u64,
@@ -73,15 +77,21 @@ impl TokenBytes {
             weights,
             embedding_row: embd / c.vocab_size.max(1) as u64,
             kv_per_position: (2 * c.n_layers * c.n_kv_heads * c.head_dim * 4) as u64,
+            kv_windowed: 0,
+            kv_window: 0,
             model_size: size,
             n_params: params,
         }
     }
 
-    /// The same with `kv` bytes per cached position (the KV type's).
-    pub fn with_kv(self, kv: u64) -> TokenBytes {
+    /// The same with `kv` bytes per cached position (the KV type's), and
+    /// `windowed` (bytes per position, window) for sliding-window layers.
+    pub fn with_kv(self, kv: u64, windowed: Option<(u64, u64)>) -> TokenBytes {
+        let (kv_windowed, kv_window) = windowed.unwrap_or((0, 0));
         TokenBytes {
             kv_per_position: kv,
+            kv_windowed,
+            kv_window,
             ..self
         }
     }
@@ -92,8 +102,11 @@ impl TokenBytes {
     /// whole batch.
     pub fn per_step(&self, batch: usize, pos: f64) -> f64 {
         let b = batch as f64;
+        let seen = pos + 1.0;
         self.weights as f64
-            + b * (self.embedding_row as f64 + self.kv_per_position as f64 * (pos + 1.0))
+            + b * (self.embedding_row as f64
+                + self.kv_per_position as f64 * seen
+                + self.kv_windowed as f64 * seen.min(self.kv_window as f64))
     }
 }
 
@@ -406,5 +419,21 @@ mod tests {
         let (m, s) = mean_std(&[1.0, 2.0, 3.0]);
         assert!((m - 2.0).abs() < 1e-12 && (s - 1.0).abs() < 1e-12);
         assert_eq!(mean_std(&[5.0]), (5.0, 0.0));
+    }
+
+    #[test]
+    fn windowed_layers_read_at_most_their_window() {
+        let b = TokenBytes {
+            weights: 1000,
+            embedding_row: 10,
+            kv_per_position: 4,
+            kv_windowed: 2,
+            kv_window: 8,
+            model_size: 0,
+            n_params: 0,
+        };
+        // Position 3 sees 4 positions; position 99 sees 100, the window 8.
+        assert_eq!(b.per_step(1, 3.0), 1000.0 + 10.0 + 16.0 + 8.0);
+        assert_eq!(b.per_step(2, 99.0), 1000.0 + 2.0 * (10.0 + 400.0 + 16.0));
     }
 }

@@ -8,7 +8,8 @@
 //!   `n_params`, `n_layers`, `hidden`, `vocab_size`.
 //! * `threads`, `isa`: worker threads and the kernels' instruction set.
 //! * `token_bytes`: `weights`, `embedding_row`, `kv_per_position` (bytes a
-//!   decode step reads), `model_size`, `n_params`.
+//!   decode step reads; sliding-window layers apart: `kv_windowed` per
+//!   position, at most `kv_window` positions), `model_size`, `n_params`.
 //! * `probe`: `bytes`, `threads`, `samples_gbps`, `gbps` (best), `isa`;
 //!   `null` with `--probe-mib 0`.
 //! * `tests[]`: `name` (`pp512`, `tg128`, `tg128@b8`, `tg128@d16384`),
@@ -175,6 +176,13 @@ impl Report {
                  (+ the routed experts, as read: in each test's bytes_per_step)",
                 b.weights, b.embedding_row, b.kv_per_position
             );
+            if b.kv_window > 0 {
+                let _ = writeln!(
+                    out,
+                    "sliding-window layers: KV {} per cached position, at most {} positions",
+                    b.kv_windowed, b.kv_window
+                );
+            }
             for (name, b) in self
                 .tests
                 .iter()

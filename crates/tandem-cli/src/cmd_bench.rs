@@ -172,8 +172,17 @@ fn bench(args: &BenchArgs, path: &Path) -> anyhow::Result<()> {
     let files = open_files(Some(path))?;
     let bytes = TokenBytes::from_files(&files);
     let model = load_files(files, Some(path), &args.common.load_options())?;
-    let kv = model.kv_geometry(model.kv_options()).token_bytes();
-    let bytes = bytes.with_kv(kv as u64);
+    // KV a step reads: every position of whole-prefix layers, at most the
+    // window of sliding-window ones.
+    let g = model.kv_geometry(model.kv_options());
+    let layer = (g.row_bytes() * g.planes() * g.n_kv_heads()) as u64;
+    let windows: Vec<usize> = g.windows.iter().flatten().copied().collect();
+    let full = (g.n_layers - windows.len()) as u64 * layer;
+    let windowed = windows
+        .iter()
+        .max()
+        .map(|&w| (windows.len() as u64 * layer, w as u64));
+    let bytes = bytes.with_kv(full, windowed);
     let threads = model.pool().n_threads();
     let c = &model.config;
     let info = ModelInfo {
