@@ -214,3 +214,65 @@ fn many_requests_some_cancelled_leave_no_page_in_use() {
     assert_eq!(c.in_use, 0, "{c:?}");
     assert_eq!(c.free + c.cached, store.n_pages());
 }
+
+/// A model with sliding-window layers (gpt-oss, window 16) under the same
+/// pressure: windowed groups release their pages behind the window while
+/// requests run, are preempted and come back from the prefix cache and
+/// the disk tier, and every request still gives its solo tokens.
+#[test]
+fn windowed_layers_under_pressure_give_the_solo_tokens() {
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures/models/tiny-gpt-oss/gguf/tiny-gpt-oss-F32.gguf");
+    let opts = tandem_model::LoadOptions {
+        threads: Some(2),
+        pin: false,
+        ..tandem_model::LoadOptions::default()
+    };
+    let m = Model::load_with(
+        tandem_model::ModelFiles::open(&path).expect("fixture"),
+        &opts,
+    )
+    .expect("load");
+    let geom = m.kv_geometry(m.kv_options());
+    assert!(geom.n_groups() > 1, "no page groups: {geom:?}");
+    let max_tokens = 60;
+    let prompts: Vec<Vec<u32>> = PROMPTS
+        .iter()
+        .map(|p| m.tokenizer.encode(p, true).expect("encode"))
+        .collect();
+    let solo: Vec<Vec<u32>> = prompts.iter().map(|p| alone(&m, p, max_tokens)).collect();
+    // Long enough that windowed pages are released (past 16 + 2 pages).
+    for (p, t) in prompts.iter().zip(&solo) {
+        assert!(p.len() + t.len() > 48, "{} + {}", p.len(), t.len());
+    }
+    let dir = std::env::temp_dir().join(format!("tandem-sched-swa-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    for with_disk in [false, true] {
+        // A request of ~75 tokens holds 5 whole-prefix pages and at most 4
+        // windowed ones: 14 pages hold fewer than two of the four.
+        let disk = with_disk.then(|| DiskTier::open(&dir, m.identity(), 1 << 30).expect("tier"));
+        let store = m
+            .new_kv_store_tiered(m.kv_options(), 14 * geom.page_bytes(), disk)
+            .expect("store");
+        let mut s = Scheduler::new(&m, store.clone(), 4, 128).with_prefill_chunk(7);
+        for (i, p) in prompts.iter().enumerate() {
+            s.submit(Request {
+                id: i as u64,
+                prompt: p.clone(),
+                max_tokens,
+                sampling: greedy(),
+                ..Request::default()
+            })
+            .expect("submit");
+        }
+        let out = run_all(&mut s);
+        assert!(s.stats().preempted > 0, "{:?}", s.stats());
+        for (i, want) in solo.iter().enumerate() {
+            let (got, reason) = &out[&(i as u64)];
+            assert_eq!(got, want, "request {i} (disk {with_disk})");
+            assert!(reason.is_some());
+        }
+        assert_eq!(store.counts().in_use, 0, "pages left in use");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
