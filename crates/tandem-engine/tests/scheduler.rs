@@ -61,6 +61,25 @@ fn run_all(s: &mut Scheduler<'_>) -> HashMap<u64, (Vec<u32>, Option<StopReason>)
     panic!("the scheduler did not finish");
 }
 
+/// Submits `prompts` as greedy requests `0..` and runs them to the end.
+fn run_greedy(
+    s: &mut Scheduler<'_>,
+    prompts: &[Vec<u32>],
+    max_tokens: usize,
+) -> HashMap<u64, (Vec<u32>, Option<StopReason>)> {
+    for (i, p) in prompts.iter().enumerate() {
+        s.submit(Request {
+            id: i as u64,
+            prompt: p.clone(),
+            max_tokens,
+            sampling: greedy(),
+            ..Request::default()
+        })
+        .expect("submit");
+    }
+    run_all(s)
+}
+
 #[test]
 fn a_tiny_pool_preempts_and_every_request_gives_its_solo_tokens() {
     let m = model();
@@ -80,17 +99,7 @@ fn a_tiny_pool_preempts_and_every_request_gives_its_solo_tokens() {
             .new_kv_store_tiered(m.kv_options(), 8 * page_bytes, disk)
             .expect("store");
         let mut s = Scheduler::new(&m, store.clone(), 4, 128).with_prefill_chunk(7);
-        for (i, p) in prompts.iter().enumerate() {
-            s.submit(Request {
-                id: i as u64,
-                prompt: p.clone(),
-                max_tokens,
-                sampling: greedy(),
-                ..Request::default()
-            })
-            .expect("submit");
-        }
-        let out = run_all(&mut s);
+        let out = run_greedy(&mut s, &prompts, max_tokens);
         assert!(
             s.stats().preempted > 0,
             "the pool was meant to be too small: {:?}",
@@ -255,17 +264,7 @@ fn windowed_layers_under_pressure_give_the_solo_tokens() {
             .new_kv_store_tiered(m.kv_options(), 14 * geom.page_bytes(), disk)
             .expect("store");
         let mut s = Scheduler::new(&m, store.clone(), 4, 128).with_prefill_chunk(7);
-        for (i, p) in prompts.iter().enumerate() {
-            s.submit(Request {
-                id: i as u64,
-                prompt: p.clone(),
-                max_tokens,
-                sampling: greedy(),
-                ..Request::default()
-            })
-            .expect("submit");
-        }
-        let out = run_all(&mut s);
+        let out = run_greedy(&mut s, &prompts, max_tokens);
         assert!(s.stats().preempted > 0, "{:?}", s.stats());
         for (i, want) in solo.iter().enumerate() {
             let (got, reason) = &out[&(i as u64)];

@@ -533,16 +533,7 @@ impl KvStore {
         let mut ahead: VecDeque<Option<AheadPage>> = VecDeque::new();
         for chunk in tokens[..tokens.len().saturating_sub(1)].chunks_exact(p) {
             let h = chain_hash(parent, chunk);
-            let in_ram = {
-                let mut t = self.lock();
-                let page = t.lookup(h, parent, chunk);
-                if let Some(page) = page {
-                    t.retain(page);
-                }
-                page
-            };
-            let page = in_ram.or_else(|| self.restore(parent, h, chunk));
-            match page {
+            match self.find_page(0, parent, h, chunk) {
                 Some(page) if ahead.is_empty() => {
                     seq.tables[0].push(page);
                     seq.hashes.push(h);
