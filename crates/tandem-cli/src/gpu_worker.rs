@@ -34,7 +34,9 @@ impl<D: Device + Send> PrefillBackend for GpuBackend<D> {
     ) -> Result<Option<Vec<f32>>, EngineError> {
         let tokens = &job.tokens;
         check_job(job, self.store.capacity_tokens())?;
-        let mut seq = self.store.sequence_with_prefix(tokens);
+        // Rows are sent after the whole prefill: a windowed layer's rows
+        // behind the window must still be there then.
+        let mut seq = self.store.sequence_with_prefix(tokens).keep_window_rows();
         let start = seq.len();
         let out = self
             .gpu
