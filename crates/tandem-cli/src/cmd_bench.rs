@@ -175,7 +175,7 @@ fn bench(args: &BenchArgs, path: &Path) -> anyhow::Result<()> {
     // KV a step reads: every position of whole-prefix layers, at most the
     // window of sliding-window ones.
     let g = model.kv_geometry(model.kv_options());
-    let layer = (g.row_bytes() * g.planes() * g.n_kv_heads()) as u64;
+    let layer = g.layer_bytes() as u64;
     let windows: Vec<usize> = g.windows.iter().flatten().copied().collect();
     let full = (g.n_layers - windows.len()) as u64 * layer;
     let windowed = windows

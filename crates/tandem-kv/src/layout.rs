@@ -73,6 +73,12 @@ impl Layout {
         self.windows.len()
     }
 
+    /// Whether some group is windowed (else one whole-prefix group: the
+    /// layout before groups).
+    pub fn has_windows(&self) -> bool {
+        self.windows.iter().any(Option::is_some)
+    }
+
     /// Groups whose pages a long sequence keeps all of.
     pub fn full_groups(&self) -> usize {
         self.windows.iter().filter(|w| w.is_none()).count()

@@ -176,6 +176,11 @@ impl KvGeometry {
             .sum()
     }
 
+    /// KV bytes one layer stores per position (all heads, K and V).
+    pub fn layer_bytes(&self) -> usize {
+        self.row_bytes() * self.planes() * self.n_kv_heads()
+    }
+
     /// KV bytes one token occupies (all layers, heads, K and V; windowed
     /// layers counted as if they kept every position).
     pub fn token_bytes(&self) -> usize {
@@ -351,10 +356,10 @@ impl KvStore {
     /// windowed groups holding their window).
     pub fn capacity_tokens(&self) -> usize {
         let p = self.geom.page_tokens;
-        let full = self.layout.full_groups();
-        if full == self.layout.n_groups() {
-            return self.n_pages / full.max(1) * p;
+        if !self.layout.has_windows() {
+            return self.n_pages * p;
         }
+        let full = self.layout.full_groups();
         let windowed: usize = (0..self.layout.n_groups())
             .filter_map(|g| self.layout.windows[g])
             .map(|w| Layout::window_pages(w, p))
@@ -524,7 +529,7 @@ impl KvStore {
     /// end; the lookup stops at the first page a whole-prefix group lacks
     /// (no holes there).
     pub fn sequence_with_prefix(self: &Arc<Self>, tokens: &[u32]) -> Sequence {
-        if self.layout.n_groups() > 1 || self.layout.windows[0].is_some() {
+        if self.layout.has_windows() {
             return self.grouped_prefix(tokens);
         }
         let p = self.geom.page_tokens;
@@ -700,6 +705,11 @@ pub struct RowKey {
 /// A released page's place in a windowed group's block table.
 pub const HOLE: PageId = PageId::MAX;
 
+/// The held pages among `pages` (not [`HOLE`]s).
+fn live<'a>(pages: impl IntoIterator<Item = &'a PageId>) -> impl Iterator<Item = PageId> {
+    pages.into_iter().copied().filter(|&p| p != HOLE)
+}
+
 /// A cached page past a hole of [`KvStore::sequence_with_prefix`], held
 /// until the sequence reaches it.
 struct AheadPage {
@@ -774,12 +784,7 @@ impl Sequence {
 
     /// Pages this sequence holds, over every group (held ahead too).
     pub fn held_pages(&self) -> usize {
-        let live: usize = self
-            .tables
-            .iter()
-            .map(|t| t.iter().filter(|&&p| p != HOLE).count())
-            .sum();
-        live + self.ahead.iter().flatten().count()
+        live(self.tables.iter().flatten()).count() + self.ahead.iter().flatten().count()
     }
 
     /// Keeps every row of windowed layers (no release behind the window):
@@ -1009,11 +1014,7 @@ impl Sequence {
         let keep = n.div_ceil(p);
         let mut t = self.store.lock();
         for table in &mut self.tables {
-            for &page in &table[keep.min(table.len())..] {
-                if page != HOLE {
-                    t.release(page);
-                }
-            }
+            live(&table[keep.min(table.len())..]).for_each(|page| t.release(page));
             table.truncate(keep);
         }
         drop(t);
@@ -1035,11 +1036,7 @@ impl Sequence {
     /// the next write to a shared partial page).
     pub fn fork(&self) -> Sequence {
         let mut t = self.store.lock();
-        for &page in self.tables.iter().flatten() {
-            if page != HOLE {
-                t.retain(page);
-            }
-        }
+        live(self.tables.iter().flatten()).for_each(|page| t.retain(page));
         drop(t);
         Sequence {
             store: Arc::clone(&self.store),
@@ -1131,10 +1128,6 @@ impl Drop for Sequence {
     fn drop(&mut self) {
         self.drop_ahead();
         let mut t = self.store.lock();
-        for &page in self.tables.iter().flatten() {
-            if page != HOLE {
-                t.release(page);
-            }
-        }
+        live(self.tables.iter().flatten()).for_each(|page| t.release(page));
     }
 }
