@@ -12,6 +12,8 @@
 //! files (a model directory, a KV page) are written under a scratch
 //! directory of this process.
 
+pub mod small_seeds;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;

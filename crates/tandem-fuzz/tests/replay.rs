@@ -138,6 +138,24 @@ fn write_corpus() {
         std::fs::copy(&path, dir.join(name)).expect("copy");
         n += 1;
     }
+    // The same files without their bulk (`small_seeds`: the fuzzers
+    // run with a short `-max_len`).
+    for (target, path) in seeds() {
+        let data = std::fs::read(&path).expect("read");
+        let small = match target {
+            "gguf_header" => tandem_fuzz::small_seeds::shrink_gguf(&data),
+            "tokenizer_json" => tandem_fuzz::small_seeds::shrink_tokenizer_json(&data),
+            _ => None,
+        };
+        if let Some(small) = small {
+            let name = path.to_string_lossy().replace(['/', '.'], "_");
+            std::fs::write(corpus.join(target).join(format!("small-{name}")), small)
+                .expect("write");
+            n += 1;
+        }
+    }
+    let every = tandem_fuzz::small_seeds::every_type_gguf().expect("every type");
+    std::fs::write(corpus.join("gguf_header/every-type"), every).expect("write");
     // Conversations for the templates: template, NUL, messages.
     let dir = corpus.join("chat_template");
     for path in files(&root().join("crates/tandem-engine/tests/data/templates")) {
@@ -171,4 +189,52 @@ fn write_corpus() {
         n += 1;
     }
     eprintln!("{} seeds written under {}", n + 1, corpus.display());
+}
+
+/// The small seeds keep what the fuzzers need: every fixture shrinks to
+/// a few KiB that still parses (a GGUF file with every key and tensor; a
+/// tokenizer that loads and encodes), and the every-type file holds one
+/// tensor of each ggml type.
+#[test]
+fn small_seeds_still_parse() {
+    use tandem_fuzz::small_seeds::{every_type_gguf, shrink_gguf, shrink_tokenizer_json};
+    let mut n = 0;
+    for (target, path) in seeds() {
+        let data = std::fs::read(&path).expect("read");
+        match target {
+            "gguf_header" => {
+                let small = shrink_gguf(&data).expect("a fixture shrinks");
+                assert!(
+                    small.len() < 64 << 10,
+                    "{}: {}",
+                    path.display(),
+                    small.len()
+                );
+                let (a, b) = (
+                    tandem_gguf::GgufFile::from_bytes(data).expect("fixture"),
+                    tandem_gguf::GgufFile::from_bytes(small).expect("small"),
+                );
+                assert_eq!(a.metadata().iter().count(), b.metadata().iter().count());
+                assert_eq!(a.tensors().len(), b.tensors().len());
+            }
+            "tokenizer_json" => {
+                let small = shrink_tokenizer_json(&data).expect("a fixture shrinks");
+                assert!(small.len() < data.len() / 4, "{}", path.display());
+                let dir = std::env::temp_dir()
+                    .join(format!("tandem-small-seed-{}-{n}", std::process::id()));
+                std::fs::create_dir_all(&dir).expect("mkdir");
+                std::fs::write(dir.join("tokenizer.json"), &small).expect("write");
+                let tok = tandem_tokenizer::Tokenizer::from_hf_dir(&dir);
+                let _ = std::fs::remove_dir_all(&dir);
+                let tok = tok.unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                assert!(!tok.encode("Hello world", false).expect("encode").is_empty());
+            }
+            _ => continue,
+        }
+        n += 1;
+    }
+    assert!(n > 10, "{n} fixtures shrunk");
+    let every = every_type_gguf().expect("every type");
+    let every = tandem_gguf::GgufFile::from_bytes(every).expect("parse");
+    assert_eq!(every.tensors().len(), tandem_gguf::GgmlType::ALL.len());
 }
