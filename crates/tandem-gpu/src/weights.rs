@@ -89,11 +89,36 @@ pub struct LayerVectors {
     pub sinks: Option<Vec<f32>>,
     pub attn_post_norm: Option<Vec<f32>>,
     pub ffn_post_norm: Option<Vec<f32>>,
+    /// O's bias (gpt-oss).
+    pub bo: Option<Vec<f32>>,
+    /// Added to the router's logits (gpt-oss).
+    pub router_bias: Option<Vec<f32>>,
+    /// Every expert's gate, up and down biases, expert after expert
+    /// (gpt-oss): small enough to stay resident, so a routed expert's
+    /// upload is its matrices only.
+    pub expert_bias: Option<[Vec<f32>; 3]>,
 }
 
 impl LayerVectors {
-    /// Every vector, in a fixed order (the resident buffer's layout).
-    pub fn all(&self) -> [Option<&Vec<f32>>; 10] {
+    pub const ATTN_NORM: usize = 0;
+    pub const FFN_NORM: usize = 1;
+    pub const BQ: usize = 2;
+    pub const BK: usize = 3;
+    pub const BV: usize = 4;
+    pub const Q_NORM: usize = 5;
+    pub const K_NORM: usize = 6;
+    pub const SINKS: usize = 7;
+    pub const ATTN_POST_NORM: usize = 8;
+    pub const FFN_POST_NORM: usize = 9;
+    pub const BO: usize = 10;
+    pub const ROUTER_BIAS: usize = 11;
+    /// Then the up and down biases (`+ 1`, `+ 2`).
+    pub const EXPERT_GATE_BIAS: usize = 12;
+    pub const COUNT: usize = 15;
+
+    /// Every vector, at the indices above (the resident buffer's layout).
+    pub fn all(&self) -> [Option<&Vec<f32>>; Self::COUNT] {
+        let eb = |i: usize| self.expert_bias.as_ref().map(|b| &b[i]);
         [
             Some(&self.attn_norm),
             Some(&self.ffn_norm),
@@ -105,6 +130,11 @@ impl LayerVectors {
             self.sinks.as_ref(),
             self.attn_post_norm.as_ref(),
             self.ffn_post_norm.as_ref(),
+            self.bo.as_ref(),
+            self.router_bias.as_ref(),
+            eb(0),
+            eb(1),
+            eb(2),
         ]
     }
 }
@@ -185,14 +215,12 @@ impl ModelWeights {
             let spec = c.arch.layer_spec(&c, i);
             // Kinds the GPU prefill does not implement yet: refused by name
             // (the CPU runs them).
-            let gpt_oss = matches!(&spec.ffn, FfnSpec::Moe(mc) if mc.gating == Gating::SoftmaxTopK
-                || mc.act != tandem_model::spec::Activation::Silu);
-            if spec.attn.mla.is_some() || spec.attn.sinks || gpt_oss {
+            if spec.attn.mla.is_some() {
                 return Err(ModelError::BadTensor {
                     name: format!("blk.{i}"),
                     detail: format!(
-                        "the GPU prefill does not run {} layers yet (MLA, sinks, biased \
-                         experts); prefill this model on the CPU",
+                        "the GPU prefill does not run {} layers yet (MLA); prefill this \
+                         model on the CPU",
                         c.arch.name()
                     ),
                 });
@@ -280,6 +308,30 @@ impl ModelWeights {
                 },
                 attn_post_norm: post("post_attention_norm.weight")?,
                 ffn_post_norm: post("post_ffw_norm.weight")?,
+                bo: optional(&n("attn_output.bias"), c.hidden)?,
+                router_bias: match &spec.ffn {
+                    FfnSpec::Moe(mc) => optional(&n("ffn_gate_inp.bias"), mc.n_experts)?,
+                    FfnSpec::Dense { .. } => None,
+                },
+                expert_bias: match &spec.ffn {
+                    FfnSpec::Moe(mc) => {
+                        let eb = |s: &str, len| optional(&n(s), mc.n_experts * len);
+                        match (
+                            eb("ffn_gate_exps.bias", mc.expert_ffn)?,
+                            eb("ffn_up_exps.bias", mc.expert_ffn)?,
+                            eb("ffn_down_exps.bias", c.hidden)?,
+                        ) {
+                            (Some(g), Some(u), Some(d)) => Some([g, u, d]),
+                            (None, None, None) => None,
+                            _ => {
+                                return Err(ModelError::MissingTensor(n(
+                                    "ffn_{gate,up,down}_exps.bias (some, not all)",
+                                )))
+                            }
+                        }
+                    }
+                    FfnSpec::Dense { .. } => None,
+                },
             };
             layers.push(LayerWeights {
                 wq: m("attn_q.weight", q_dim, c.hidden)?,

@@ -35,6 +35,8 @@ fn gpu_prefill_matches_the_cpu_path_on_the_fixtures() {
         ("tandem-tiny/gguf/tandem-tiny-Q8_0.gguf", 0.15),
         ("tiny-qwen3moe/gguf/tiny-qwen3moe-Q8_0.gguf", 0.15),
         ("tiny-gemma3/gguf/tiny-gemma3-F32.gguf", 2e-2),
+        ("tiny-gpt-oss/gguf/tiny-gpt-oss-F32.gguf", 2e-2),
+        ("tiny-gpt-oss/gguf/tiny-gpt-oss-Q8_0.gguf", 0.15),
     ] {
         let Some(dev) = device() else { return };
         let files = ModelFiles::open(&path(file)).expect("fixture");

@@ -166,6 +166,7 @@ fn f32_operands_match_the_cpu_path_on_every_layer_kind() {
         "tiny-qwen3moe/gguf/tiny-qwen3moe-F32.gguf",
         "tiny-glm4moe/gguf/tiny-glm4moe-F32.gguf",
         "tiny-mixtral/gguf/tiny-mixtral-F32.gguf",
+        "tiny-gpt-oss/gguf/tiny-gpt-oss-F32.gguf",
     ] {
         check(&Case {
             file,
@@ -184,6 +185,8 @@ fn chunks_attend_over_cached_pages_block_by_block() {
         ("tiny-llama3/gguf/tiny-llama3-F32.gguf", KvFormat::F32),
         ("tiny-gemma3/gguf/tiny-gemma3-F32.gguf", KvFormat::F16),
         ("tiny-qwen3moe/gguf/tiny-qwen3moe-F32.gguf", KvFormat::Q8_0),
+        // Sinks, alternating windows over cached blocks, biased experts.
+        ("tiny-gpt-oss/gguf/tiny-gpt-oss-F32.gguf", KvFormat::F16),
     ] {
         for (chunk, prefix) in [(Some(7), 0), (Some(16), 0), (None, 21), (Some(9), 5)] {
             check(&Case {
@@ -206,6 +209,7 @@ fn half_operands_on_quantized_weights_stay_within_the_quantized_tolerance() {
         "tandem-tiny/gguf/tandem-tiny-Q4_K_M.gguf",
         "tandem-tiny/gguf/tandem-tiny-Q6_K.gguf",
         "tiny-qwen3moe/gguf/tiny-qwen3moe-Q8_0.gguf",
+        "tiny-gpt-oss/gguf/tiny-gpt-oss-Q8_0.gguf",
     ] {
         check(&Case {
             file,

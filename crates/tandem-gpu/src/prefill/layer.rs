@@ -35,7 +35,7 @@ impl<D: Device> Run<'_, D> {
         dev.rms_norm(
             s,
             ptr(b, a.x),
-            v(0).ok_or_else(missing)?,
+            v(LayerVectors::ATTN_NORM).ok_or_else(missing)?,
             ptr(b, a.xn),
             n,
             h,
@@ -44,14 +44,23 @@ impl<D: Device> Run<'_, D> {
         for (i, dst) in [(0, a.q), (1, a.k), (2, a.v)] {
             self.project(ms[i], slot, offs[i], a.xn, dst, n, None, st)?;
         }
-        for (bias, dst, dim) in [(2, a.q, q_dim), (3, a.k, kv_dim), (4, a.v, kv_dim)] {
+        let biases = [
+            (LayerVectors::BQ, a.q, q_dim),
+            (LayerVectors::BK, a.k, kv_dim),
+            (LayerVectors::BV, a.v, kv_dim),
+        ];
+        for (bias, dst, dim) in biases {
             if let Some(bp) = v(bias) {
                 dev.add_bias(s, ptr(b, dst), bp, n, dim)?;
             }
         }
         // QK-norm per head, into buffers free at this point.
         let (mut q_at, mut k_at) = (a.q, a.k);
-        for (norm, at, tmp, heads) in [(5, &mut q_at, a.ohm, nh), (6, &mut k_at, a.kdec, kvh)] {
+        let norms = [
+            (LayerVectors::Q_NORM, &mut q_at, a.ohm, nh),
+            (LayerVectors::K_NORM, &mut k_at, a.kdec, kvh),
+        ];
+        for (norm, at, tmp, heads) in norms {
             if let Some(np) = v(norm) {
                 dev.rms_norm(s, ptr(b, *at), np, ptr(b, tmp), n * heads, hd, eps)?;
                 *at = tmp;
@@ -143,7 +152,7 @@ impl<D: Device> Run<'_, D> {
             s,
             ptr(b, a.states),
             ptr(b, a.acc),
-            v(7),
+            v(LayerVectors::SINKS),
             ptr(b, a.ohm),
             kvh,
             n,
@@ -152,13 +161,16 @@ impl<D: Device> Run<'_, D> {
         )?;
         dev.transpose(s, ptr(b, a.ohm), ptr(b, a.attn), kvh, n, group * hd * 4)?;
         self.project(ms[3], slot, offs[3], a.attn, a.out, n, None, st)?;
-        self.residual(a.out, v(8), n)?;
+        if let Some(bo) = v(LayerVectors::BO) {
+            dev.add_bias(s, ptr(b, a.out), bo, n, h)?;
+        }
+        self.residual(a.out, v(LayerVectors::ATTN_POST_NORM), n)?;
 
         // Feed-forward.
         dev.rms_norm(
             s,
             ptr(b, a.x),
-            v(1).ok_or_else(missing)?,
+            v(LayerVectors::FFN_NORM).ok_or_else(missing)?,
             ptr(b, a.xn),
             n,
             h,
@@ -166,7 +178,7 @@ impl<D: Device> Run<'_, D> {
         )?;
         match &l.ffn {
             FfnWeights::Dense { glu, act } => {
-                self.glu(glu, slot, &offs[4..7], *act, a.xn, a.out, n, st)?;
+                self.glu(glu, slot, &offs[4..7], *act, None, a.xn, a.out, n, st)?;
             }
             FfnWeights::Moe {
                 cfg,
@@ -189,10 +201,11 @@ impl<D: Device> Run<'_, D> {
                 )?;
             }
         }
-        self.residual(a.out, v(9), n)
+        self.residual(a.out, v(LayerVectors::FFN_POST_NORM), n)
     }
 
-    /// `out = down(act(gate(src)) · up(src))` for `n` rows.
+    /// `out = down(act(gate(src)) · up(src))` for `n` rows, each
+    /// projection followed by its bias (gate's, up's, down's) if given.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn glu(
         &self,
@@ -200,6 +213,7 @@ impl<D: Device> Run<'_, D> {
         buf: &D::Buffer,
         offs: &[usize],
         act: tandem_model::spec::Activation,
+        bias: Option<[Ptr<'_, D::Buffer>; 3]>,
         src: usize,
         out: usize,
         n: usize,
@@ -215,7 +229,15 @@ impl<D: Device> Run<'_, D> {
         } else {
             self.project(&glu.up, buf, ou, src, a.up, n, None, st)?;
         }
+        if let Some([bg, bu, _]) = bias {
+            dev.add_bias(s, ptr(b, a.gate), bg, n, f)?;
+            dev.add_bias(s, ptr(b, a.up), bu, n, f)?;
+        }
         dev.glu(s, act, ptr(b, a.gate), ptr(b, a.up), n * f)?;
-        self.project(&glu.down, buf, od, a.gate, out, n, None, st)
+        self.project(&glu.down, buf, od, a.gate, out, n, None, st)?;
+        if let Some([_, _, bd]) = bias {
+            dev.add_bias(s, ptr(b, out), bd, n, glu.down.rows)?;
+        }
+        Ok(())
     }
 }

@@ -42,7 +42,8 @@
 //!    with the CPU model's `route_token` and groups tokens by expert; only
 //!    the routed experts are uploaded, through two expert slots
 //!    (`exp_up`/`exp_free`), each expert's tokens gathered, run through
-//!    its gate/up/down and scattered back with their weights.
+//!    its gate/up/down (each plus its resident bias, if the model has
+//!    expert biases) and scattered back with their weights.
 //! 7. At the chunk's end every stream is synchronised and the chunk's
 //!    tokens are committed to the sequence.
 //!
@@ -62,7 +63,9 @@ use tandem_model::{Logits, ModelError, ModelFiles};
 
 use crate::device::{kv_weight_format, Attend, DType, Device, Gemm, HostMem, Ptr, RopeArgs};
 use crate::kv_io;
-use crate::weights::{align, pack, FfnWeights, Glu, HostMatrix, LayerWeights, ModelWeights};
+use crate::weights::{
+    align, pack, FfnWeights, Glu, HostMatrix, LayerVectors, LayerWeights, ModelWeights,
+};
 use crate::GpuError;
 
 mod attention;
@@ -205,7 +208,7 @@ impl<D: Device> Ev<D> {
 }
 
 /// Byte offsets of a layer's resident vectors (order of `LayerVectors::all`).
-type VecOffs = [Option<usize>; 10];
+type VecOffs = [Option<usize>; LayerVectors::COUNT];
 
 /// Device buffers of one call.
 struct Bufs<D: Device> {

@@ -40,6 +40,9 @@ impl<D: Device> Run<'_, D> {
             Some(DType::F32),
             st,
         )?;
+        if let Some(rb) = self.vec_ptr(li, LayerVectors::ROUTER_BIAS) {
+            dev.add_bias(&self.s.compute, ptr(&self.b.act, a_router), rb, n, ne)?;
+        }
         let logits = self.download(a_router, n * ne)?;
         st.d2h_bytes += n * ne * 4;
         // 2. Routes, grouped by expert (a counting sort, as the CPU path).
@@ -76,8 +79,18 @@ impl<D: Device> Run<'_, D> {
             let b = &self.b.act;
             let at = rows.start * 4;
             dev.gather_rows(s, ptr(b, a_xn), n, ptr(b, a_idx + at), ptr(b, a_gx), cnt, h)?;
-            let act = tandem_model::spec::Activation::Silu;
-            self.glu(glu, &self.b.experts[es], &eoffs, act, a_gx, a_y, cnt, st)?;
+            // This expert's biases: its rows of the resident vectors.
+            let f = glu.gate.rows;
+            let eb = |i: usize, width: usize| {
+                self.vec_ptr(li, LayerVectors::EXPERT_GATE_BIAS + i)
+                    .map(|p| p.offset(e * width * 4))
+            };
+            let bias = match (eb(0, f), eb(1, f), eb(2, h)) {
+                (Some(g), Some(u), Some(d)) => Some([g, u, d]),
+                _ => None,
+            };
+            let ebuf = &self.b.experts[es];
+            self.glu(glu, ebuf, &eoffs, cfg.act, bias, a_gx, a_y, cnt, st)?;
             dev.scatter_add_rows(
                 s,
                 ptr(b, a_y),
@@ -93,8 +106,7 @@ impl<D: Device> Run<'_, D> {
         // 4. The shared expert over every token, weight 1, last (the CPU
         // path's slot order).
         if let Some(sh) = shared {
-            let act = tandem_model::spec::Activation::Silu;
-            self.glu(sh, slot, &offs[5..8], act, a_xn, a_y, n, st)?;
+            self.glu(sh, slot, &offs[5..8], cfg.act, None, a_xn, a_y, n, st)?;
             let b = &self.b.act;
             dev.add(&self.s.compute, ptr(b, a_out), ptr(b, a_y), n * h)?;
         }
