@@ -63,6 +63,7 @@ pub fn measure_device<D: Device>(
         cols: dim,
         ldy: dim,
         accumulate: false,
+        w_transposed: false,
     };
     let gemm = time(&|| dev.gemm(&s, &g))?;
     dev.sync_stream(&s)?;

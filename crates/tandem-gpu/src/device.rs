@@ -80,8 +80,9 @@ pub struct MemInfo {
 }
 
 /// `y[t][r] (+)= Σ_c x[t][c] · w[r][c]` for `n` tokens: a weight matrix of
-/// `rows × cols` (row-major, element type `ty`) times `n` activation rows of
-/// the same type, f32 accumulation, f32 output rows `ldy` apart.
+/// `rows × cols` (row-major, element type `ty`; stored `cols × rows` when
+/// `w_transposed`) times `n` activation rows of the same type, f32
+/// accumulation, f32 output rows `ldy` apart.
 pub struct Gemm<'a, B> {
     pub w: Ptr<'a, B>,
     pub x: Ptr<'a, B>,
@@ -93,6 +94,9 @@ pub struct Gemm<'a, B> {
     pub ldy: usize,
     /// Add to `y` instead of overwriting it.
     pub accumulate: bool,
+    /// `w` is stored as its transpose, `w[c][r]` at `c · rows + r` (MLA's
+    /// per-head `k_b`, which decompresses latents into keys).
+    pub w_transposed: bool,
 }
 
 /// Folds one block of keys/values into online-softmax partials.
@@ -322,6 +326,21 @@ pub trait Device: Send + Sync + 'static {
         gate: Ptr<'_, Self::Buffer>,
         up: Ptr<'_, Self::Buffer>,
         n: usize,
+    ) -> Result<(), GpuError>;
+
+    /// `dst[r·dst_stride + c] = src[r·src_stride + c]` for `rows` rows of
+    /// `cols` f32 values (strided views: a slice of each row, or rows
+    /// placed inside wider ones). Regions must not overlap.
+    #[allow(clippy::too_many_arguments)]
+    fn copy_cols(
+        &self,
+        s: &Self::Stream,
+        src: Ptr<'_, Self::Buffer>,
+        src_stride: usize,
+        dst: Ptr<'_, Self::Buffer>,
+        dst_stride: usize,
+        rows: usize,
+        cols: usize,
     ) -> Result<(), GpuError>;
 
     /// `[a][b][elem]` to `[b][a][elem]`, `elem` bytes per item.

@@ -6,7 +6,8 @@
 //!   store places each head, so the pages are exactly what the CPU path's
 //!   attention would have stored.
 //! - **Prefix blocks**: the cached positions before a chunk are read page
-//!   by page, each page's run of a layer's K (then V) slabs — one
+//!   by page, each page's run of a layer's K (then V, unless the values
+//!   are in the keys: MLA) slabs — one
 //!   contiguous run per node — into a staging layout `[page][kv head]
 //!   [page token][row]`.
 
@@ -15,7 +16,8 @@ use tandem_kv::Sequence;
 use crate::GpuError;
 
 /// Copies the `n` new rows of `layer` (positions `p0..p0 + n`) from
-/// `stage` (`[2][kv_heads][n][row_bytes]`) into the sequence's pages.
+/// `stage` (`[planes][kv_heads][n][row_bytes]`: K and V, or K alone for
+/// a latent cache) into the sequence's pages.
 ///
 /// The positions must have been reserved by `seq` (private pages, rule 1
 /// of `tandem-kv`'s memory protocol) and not committed yet.
@@ -28,10 +30,10 @@ pub(crate) fn scatter_layer(
 ) -> Result<(), GpuError> {
     let g = seq.store().geometry();
     let (rb, pt, kvh) = (g.row_bytes(), g.page_tokens, g.n_kv_heads());
-    if stage.len() < 2 * kvh * n * rb {
+    if stage.len() < g.planes() * kvh * n * rb {
         return Err(GpuError::Protocol("write-back staging too small".into()));
     }
-    for kv in 0..2 {
+    for kv in 0..g.planes() {
         for head in 0..kvh {
             let (node, local) = g.head_home(head);
             let base = (kv * kvh + head) * n * rb;
@@ -63,7 +65,7 @@ pub(crate) struct Run {
 
 /// The runs that bring pages `pages` (block-table indices) of `layer`
 /// into staging: K of page `i` of the block at `(i · kv_heads + head) ·
-/// slab`, V after all K (`v_base`).
+/// slab`, V after all K (`v_base`; a latent cache has no V slabs).
 pub(crate) fn block_runs(
     seq: &Sequence,
     layer: usize,
@@ -83,7 +85,7 @@ pub(crate) fn block_runs(
             if heads.is_empty() {
                 continue;
             }
-            for kv in 0..2 {
+            for kv in 0..g.planes() {
                 let dst = kv * v_base + (bi * kvh + heads.start) * slab;
                 if page == tandem_kv::HOLE {
                     // Released behind a window (no query reads it): zeros.

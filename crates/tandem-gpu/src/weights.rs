@@ -6,7 +6,7 @@
 //! weight offsets, tied embeddings), with every shape checked here once.
 
 use tandem_kernels::WeightFormat;
-use tandem_model::config::{Gating, MoeConfig};
+use tandem_model::config::{Gating, MlaConfig, MoeConfig};
 use tandem_model::ops::Rope;
 use tandem_model::spec::{Activation, AttnSpec, FfnSpec};
 use tandem_model::{ModelConfig, ModelError, ModelFiles, Tensor};
@@ -97,6 +97,9 @@ pub struct LayerVectors {
     /// (gpt-oss): small enough to stay resident, so a routed expert's
     /// upload is its matrices only.
     pub expert_bias: Option<[Vec<f32>; 3]>,
+    /// MLA: the norms of Q's low rank and of the latent.
+    pub q_a_norm: Option<Vec<f32>>,
+    pub kv_a_norm: Option<Vec<f32>>,
 }
 
 impl LayerVectors {
@@ -114,7 +117,9 @@ impl LayerVectors {
     pub const ROUTER_BIAS: usize = 11;
     /// Then the up and down biases (`+ 1`, `+ 2`).
     pub const EXPERT_GATE_BIAS: usize = 12;
-    pub const COUNT: usize = 15;
+    pub const Q_A_NORM: usize = 15;
+    pub const KV_A_NORM: usize = 16;
+    pub const COUNT: usize = 17;
 
     /// Every vector, at the indices above (the resident buffer's layout).
     pub fn all(&self) -> [Option<&Vec<f32>>; Self::COUNT] {
@@ -135,27 +140,68 @@ impl LayerVectors {
             eb(0),
             eb(1),
             eb(2),
+            self.q_a_norm.as_ref(),
+            self.kv_a_norm.as_ref(),
         ]
     }
+}
+
+/// A layer's attention projections (O aside).
+#[allow(clippy::large_enum_variant)] // one per layer, never moved in a loop
+pub enum AttnWeights {
+    /// Grouped-query attention.
+    Gqa {
+        wq: HostMatrix,
+        wk: HostMatrix,
+        wv: HostMatrix,
+    },
+    /// Latent attention (`tandem_model`'s `mla.rs` names the parts).
+    Mla {
+        cfg: MlaConfig,
+        q_a: Option<HostMatrix>,
+        q_b: HostMatrix,
+        kv_a: HostMatrix,
+        /// `[n_heads·kv_lora_rank × qk_nope]`: per head, the latent rows.
+        k_b: HostMatrix,
+        /// `[n_heads·v_head × kv_lora_rank]`.
+        v_b: HostMatrix,
+    },
 }
 
 /// One decoder layer.
 pub struct LayerWeights {
     pub attn: AttnSpec,
-    pub wq: HostMatrix,
-    pub wk: HostMatrix,
-    pub wv: HostMatrix,
+    pub proj: AttnWeights,
     pub wo: HostMatrix,
     pub ffn: FfnWeights,
     pub vectors: LayerVectors,
 }
 
 impl LayerWeights {
-    /// The matrices uploaded before the layer runs (its slot): attention,
-    /// then the dense FFN, or the router and shared expert of an MoE layer
-    /// (routed experts are uploaded once routing has chosen them).
+    /// The attention's matrices in slot order, O last: GQA `[q, k, v,
+    /// o]`; MLA `[q_a (if any), q_b, kv_a, k_b, v_b, o]`.
+    pub fn attn_matrices(&self) -> Vec<&HostMatrix> {
+        let mut v = match &self.proj {
+            AttnWeights::Gqa { wq, wk, wv } => vec![wq, wk, wv],
+            AttnWeights::Mla {
+                q_a,
+                q_b,
+                kv_a,
+                k_b,
+                v_b,
+                ..
+            } => q_a.iter().chain([q_b, kv_a, k_b, v_b]).collect(),
+        };
+        v.push(&self.wo);
+        v
+    }
+
+    /// The matrices uploaded before the layer runs (its slot): attention
+    /// ([`LayerWeights::attn_matrices`]), then the dense FFN, or the router
+    /// and shared expert of an MoE layer (routed experts are uploaded once
+    /// routing has chosen them).
     pub fn slot_matrices(&self) -> Vec<&HostMatrix> {
-        let mut v = vec![&self.wq, &self.wk, &self.wv, &self.wo];
+        let mut v = self.attn_matrices();
         match &self.ffn {
             FfnWeights::Dense { glu, .. } => v.extend(glu.matrices()),
             FfnWeights::Moe { router, shared, .. } => {
@@ -213,18 +259,6 @@ impl ModelWeights {
         let mut layers = Vec::with_capacity(c.n_layers);
         for i in 0..c.n_layers {
             let spec = c.arch.layer_spec(&c, i);
-            // Kinds the GPU prefill does not implement yet: refused by name
-            // (the CPU runs them).
-            if spec.attn.mla.is_some() {
-                return Err(ModelError::BadTensor {
-                    name: format!("blk.{i}"),
-                    detail: format!(
-                        "the GPU prefill does not run {} layers yet (MLA); prefill this \
-                         model on the CPU",
-                        c.arch.name()
-                    ),
-                });
-            }
             let n = |s: &str| format!("blk.{i}.{s}");
             let m = |s: &str, rows, cols| HostMatrix::new(files.require(&n(s))?, rows, cols);
             let bias = |s: &str, len| -> Result<Option<Vec<f32>>, ModelError> {
@@ -332,12 +366,51 @@ impl ModelWeights {
                     }
                     FfnSpec::Dense { .. } => None,
                 },
+                q_a_norm: match &spec.attn.mla {
+                    Some(m) if m.q_lora_rank > 0 => {
+                        Some(offset(vector(&n("attn_q_a_norm.weight"), m.q_lora_rank)?))
+                    }
+                    _ => None,
+                },
+                kv_a_norm: match &spec.attn.mla {
+                    Some(m) => Some(offset(vector(&n("attn_kv_a_norm.weight"), m.kv_lora_rank)?)),
+                    None => None,
+                },
+            };
+            let (proj, o_cols) = match &spec.attn.mla {
+                None => (
+                    AttnWeights::Gqa {
+                        wq: m("attn_q.weight", q_dim, c.hidden)?,
+                        wk: m("attn_k.weight", kv_dim, c.hidden)?,
+                        wv: m("attn_v.weight", kv_dim, c.hidden)?,
+                    },
+                    q_dim,
+                ),
+                Some(mc) => {
+                    let (h, qk) = (c.n_heads, mc.qk_head());
+                    let q_a = match mc.q_lora_rank {
+                        0 => None,
+                        r => Some(m("attn_q_a.weight", r, c.hidden)?),
+                    };
+                    let q_b = match &q_a {
+                        Some(_) => m("attn_q_b.weight", h * qk, mc.q_lora_rank)?,
+                        None => m("attn_q.weight", h * qk, c.hidden)?,
+                    };
+                    let (k_b, v_b) = tandem_model::k_b_v_b(files, i, mc, h)?;
+                    let proj = AttnWeights::Mla {
+                        cfg: mc.clone(),
+                        q_a,
+                        q_b,
+                        kv_a: m("attn_kv_a_mqa.weight", mc.row(), c.hidden)?,
+                        k_b: HostMatrix::new(&k_b, h * mc.kv_lora_rank, mc.qk_nope)?,
+                        v_b: HostMatrix::new(&v_b, h * mc.v_head, mc.kv_lora_rank)?,
+                    };
+                    (proj, h * mc.v_head)
+                }
             };
             layers.push(LayerWeights {
-                wq: m("attn_q.weight", q_dim, c.hidden)?,
-                wk: m("attn_k.weight", kv_dim, c.hidden)?,
-                wv: m("attn_v.weight", kv_dim, c.hidden)?,
-                wo: m("attn_output.weight", c.hidden, q_dim)?,
+                proj,
+                wo: m("attn_output.weight", c.hidden, o_cols)?,
                 attn: spec.attn.clone(),
                 ffn,
                 vectors,

@@ -37,6 +37,8 @@ fn gpu_prefill_matches_the_cpu_path_on_the_fixtures() {
         ("tiny-gemma3/gguf/tiny-gemma3-F32.gguf", 2e-2),
         ("tiny-gpt-oss/gguf/tiny-gpt-oss-F32.gguf", 2e-2),
         ("tiny-gpt-oss/gguf/tiny-gpt-oss-Q8_0.gguf", 0.15),
+        ("tiny-deepseek3/gguf/tiny-deepseek3-F32.gguf", 2e-2),
+        ("tiny-deepseek3/gguf/tiny-deepseek3-Q8_0-kv_b.gguf", 0.15),
     ] {
         let Some(dev) = device() else { return };
         let files = ModelFiles::open(&path(file)).expect("fixture");

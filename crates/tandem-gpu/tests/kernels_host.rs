@@ -3,7 +3,8 @@
 //! and checked against the references: dequantization bit for bit against
 //! gguf-py's values (`fixtures/quant`) and the `half` crate's rounding,
 //! the hand-written f16/bf16 conversions on every edge case, the Q8_0 KV
-//! encoder byte for byte against `tandem_kernels::attention::encode_row`.
+//! encoder byte for byte against `tandem_kernels::attention::encode_row`,
+//! the strided copy (`copy_cols`).
 //! Kernels that need warps or block barriers (`attend`, `rms_norm`) are
 //! not emulated here. Without a C++ compiler the test prints why it is
 //! skipped.
@@ -95,6 +96,13 @@ int main(int argc, char** argv) {
         launch(threads, [&] { encode_kv((const float*)in.data(), out.data(), fmt, n); });
         long long bytes = fmt == 0 ? n * 4 : fmt == 3 ? n / 32 * 34 : n * 2;
         dump(argv[5], out.data(), bytes);
+    } else if (op == "copycols") {
+        // argv[2] = rows:cols:src_stride:dst_stride; argv[3] = dst floats.
+        long long rows, cols, ss, ds;
+        if (std::sscanf(argv[2], "%lld:%lld:%lld:%lld", &rows, &cols, &ss, &ds) != 4) return 2;
+        std::vector<float> out(n, -1.0f);
+        launch(rows * cols, [&] { copy_cols((const float*)in.data(), out.data(), rows, cols, ss, ds); });
+        dump(argv[5], out.data(), n * 4);
     } else {
         return 2;
     }
@@ -356,5 +364,23 @@ fn cuda_kernels_match_the_references_when_run_on_the_host() {
             tandem_kernels::attention::encode_row(format, r, out).expect("encode");
         }
         assert_eq!(got, want, "{format} rows");
+    }
+    // Strided copies: a slice of each row into rows of another width.
+    let (rows, cols, ss, ds) = (7usize, 5usize, 9usize, 6usize);
+    let src: Vec<f32> = (0..rows * ss).map(|i| i as f32 * 0.5 - 3.0).collect();
+    let bytes: Vec<u8> = src.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let dst_len = rows * ds;
+    let arg = format!("{rows}:{cols}:{ss}:{ds}");
+    let got = f32s(&run(
+        &exe,
+        dir.path(),
+        &["copycols", &arg, &dst_len.to_string()],
+        &bytes,
+    ));
+    for r in 0..rows {
+        for c in 0..ds {
+            let want = if c < cols { src[r * ss + c] } else { -1.0 };
+            assert_eq!(got[r * ds + c], want, "copy_cols row {r} column {c}");
+        }
     }
 }

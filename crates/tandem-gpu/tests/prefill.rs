@@ -57,7 +57,7 @@ fn kv_diff(a: &KvCache, b: &KvCache, n: usize) -> f32 {
     let fmt = tandem_gpu::device::kv_weight_format(g.format);
     for (node, heads) in g.node_heads.iter().enumerate() {
         for layer in 0..g.n_layers {
-            for kv in 0..2 {
+            for kv in 0..g.planes() {
                 for h in 0..heads.len() {
                     for pos in 0..n {
                         for (c, out) in [(a, &mut ra), (b, &mut rb)] {
@@ -167,6 +167,9 @@ fn f32_operands_match_the_cpu_path_on_every_layer_kind() {
         "tiny-glm4moe/gguf/tiny-glm4moe-F32.gguf",
         "tiny-mixtral/gguf/tiny-mixtral-F32.gguf",
         "tiny-gpt-oss/gguf/tiny-gpt-oss-F32.gguf",
+        // MLA, decompressed on the device; both GGUF layouts.
+        "tiny-deepseek3/gguf/tiny-deepseek3-F32.gguf",
+        "tiny-deepseek3/gguf/tiny-deepseek3-F32-kv_b.gguf",
     ] {
         check(&Case {
             file,
@@ -187,6 +190,12 @@ fn chunks_attend_over_cached_pages_block_by_block() {
         ("tiny-qwen3moe/gguf/tiny-qwen3moe-F32.gguf", KvFormat::Q8_0),
         // Sinks, alternating windows over cached blocks, biased experts.
         ("tiny-gpt-oss/gguf/tiny-gpt-oss-F32.gguf", KvFormat::F16),
+        // Latent rows pulled back and decompressed per block.
+        ("tiny-deepseek3/gguf/tiny-deepseek3-F32.gguf", KvFormat::F32),
+        (
+            "tiny-deepseek3/gguf/tiny-deepseek3-F32-kv_b.gguf",
+            KvFormat::F16,
+        ),
     ] {
         for (chunk, prefix) in [(Some(7), 0), (Some(16), 0), (None, 21), (Some(9), 5)] {
             check(&Case {
@@ -210,6 +219,8 @@ fn half_operands_on_quantized_weights_stay_within_the_quantized_tolerance() {
         "tandem-tiny/gguf/tandem-tiny-Q6_K.gguf",
         "tiny-qwen3moe/gguf/tiny-qwen3moe-Q8_0.gguf",
         "tiny-gpt-oss/gguf/tiny-gpt-oss-Q8_0.gguf",
+        "tiny-deepseek3/gguf/tiny-deepseek3-Q8_0.gguf",
+        "tiny-deepseek3/gguf/tiny-deepseek3-Q8_0-kv_b.gguf",
     ] {
         check(&Case {
             file,

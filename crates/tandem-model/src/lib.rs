@@ -37,8 +37,9 @@ pub use arch::{Arch, RopeLayout};
 pub use config::{Gating, ModelConfig, MoeConfig, RopeConfig};
 pub use error::ModelError;
 pub use kv_cache::{KvCache, KvFormat, KvOptions, KvStore};
-pub use model::{LoadOptions, Logits, Model, SeqInput, TensorParallel};
 /// MoE routing of one token (the GPU prefill routes on the host with it).
+pub use mla::k_b_v_b;
+pub use model::{LoadOptions, Logits, Model, SeqInput, TensorParallel};
 pub use moe::route_token;
 pub use source::{ModelFiles, SourceFormat};
 pub use tandem_kv::{DiskStats, DiskTier, ModelIdentity};

@@ -129,6 +129,30 @@ pub(crate) fn split_kv_b(
     Ok((k_b, v_b))
 }
 
+/// Layer `layer`'s `k_b` (`[n_heads·kv_lora_rank × qk_nope]`, per head
+/// its latent rows) and `v_b` (`[n_heads·v_head × kv_lora_rank]`) from
+/// either layout: the split `attn_k_b`/`attn_v_b`, or `attn_kv_b` split
+/// here ([`split_kv_b`]). The CPU model and the GPU prefill both load
+/// them through this.
+pub fn k_b_v_b(
+    files: &crate::ModelFiles,
+    layer: usize,
+    m: &MlaConfig,
+    n_heads: usize,
+) -> Result<(Tensor, Tensor), ModelError> {
+    let n = |s: &str| format!("blk.{layer}.{s}");
+    let lora = m.kv_lora_rank;
+    match files.tensor(&n("attn_k_b.weight")) {
+        Some(kb) => Ok((
+            kb.as_matrix(n_heads * lora, m.qk_nope)?,
+            files
+                .require(&n("attn_v_b.weight"))?
+                .as_matrix(n_heads * m.v_head, lora)?,
+        )),
+        None => split_kv_b(files.require(&n("attn_kv_b.weight"))?, m, n_heads),
+    }
+}
+
 /// The step before attention: fills `ws.q` with each token's absorbed
 /// query rows (`n_heads` rows of the cached row's width) and `ws.k` with
 /// its cached row, from the normed input in `ws.xn` (already prepared in

@@ -18,7 +18,7 @@ use crate::attention::{attention, choose_plan, AttnLayer, AttnPlan, SeqView, Spl
 use crate::config::{Gating, MlaConfig, ModelConfig, MoeConfig};
 use crate::kv_cache::{check_fits, KvCache, KvOptions, KvStore};
 use crate::linear::Matrix;
-use crate::mla::{split_kv_b, MlaWeights};
+use crate::mla::MlaWeights;
 use crate::moe::{self, route_token, Expert, ExpertBias, MoeFfn, Slot, SlotActs, SHARED};
 use crate::ops::{rms_norm, Rope};
 use crate::parallel::{col_split, gate_up, row_split, RowTarget, SCRATCH};
@@ -461,15 +461,7 @@ impl Model {
                     };
                     let kv_a = m("attn_kv_a_mqa.weight", mc.row(), c.hidden)?;
                     // Both GGUF layouts: split k_b/v_b, or kv_b to split here.
-                    let (k_b, v_b) = match files.tensor(&n("attn_k_b.weight")) {
-                        Some(kb) => (
-                            kb.as_matrix(h * lora, mc.qk_nope)?,
-                            files
-                                .require(&n("attn_v_b.weight"))?
-                                .as_matrix(h * mc.v_head, lora)?,
-                        ),
-                        None => split_kv_b(files.require(&n("attn_kv_b.weight"))?, mc, h)?,
-                    };
+                    let (k_b, v_b) = crate::mla::k_b_v_b(&files, i, mc, h)?;
                     let (k_b, v_b) = (
                         Matrix::new(&k_b, h * lora, mc.qk_nope)?,
                         Matrix::new(&v_b, h * mc.v_head, lora)?,

@@ -569,9 +569,10 @@ impl Device for CpuDevice {
             return Err(GpuError::Shape("gemm output stride below its rows".into()));
         }
         let (ty, n, rows, cols, ldy, acc) = (g.ty, g.n, g.rows, g.cols, g.ldy, g.accumulate);
+        let wt = g.w_transposed;
         self.enqueue(s, "gemm", true, move || {
             // SAFETY: stream protocol; distinct views.
-            unsafe { ops::gemm(ty, w.u8(), x.u8(), y.f32()?, n, rows, cols, ldy, acc) };
+            unsafe { ops::gemm(ty, w.u8(), x.u8(), y.f32()?, n, rows, cols, ldy, acc, wt) };
             Ok(())
         })
     }
@@ -670,6 +671,41 @@ impl Device for CpuDevice {
         self.enqueue(s, "glu", true, move || {
             // SAFETY: stream protocol; distinct views.
             unsafe { act.apply(g.f32()?, u.f32()?) };
+            Ok(())
+        })
+    }
+
+    fn copy_cols(
+        &self,
+        s: &CpuStream,
+        src: Ptr<'_, CpuBuffer>,
+        src_stride: usize,
+        dst: Ptr<'_, CpuBuffer>,
+        dst_stride: usize,
+        rows: usize,
+        cols: usize,
+    ) -> Result<(), GpuError> {
+        if cols > src_stride || cols > dst_stride {
+            return Err(GpuError::Shape(
+                "copy_cols: a row wider than its stride".into(),
+            ));
+        }
+        let span = |stride: usize| match rows {
+            0 => 0,
+            _ => ((rows - 1) * stride + cols) * 4,
+        };
+        let (sr, d) = (
+            bytes(src, span(src_stride), "copy_cols source")?,
+            bytes(dst, span(dst_stride), "copy_cols destination")?,
+        );
+        distinct(&[&sr, &d], "copy_cols")?;
+        self.enqueue(s, "copy_cols", true, move || {
+            // SAFETY: stream protocol; distinct views.
+            let (sr, d) = unsafe { (sr.f32()?, d.f32()?) };
+            for r in 0..rows {
+                d[r * dst_stride..r * dst_stride + cols]
+                    .copy_from_slice(&sr[r * src_stride..r * src_stride + cols]);
+            }
             Ok(())
         })
     }

@@ -68,12 +68,16 @@ pub fn gemm(
     cols: usize,
     ldy: usize,
     accumulate: bool,
+    w_transposed: bool,
 ) {
     let xf: Vec<f32> = (0..n * cols).map(|i| load(ty, x, i)).collect();
     let mut wrow = vec![0f32; cols];
     for r in 0..rows {
         for (c, v) in wrow.iter_mut().enumerate() {
-            *v = load(ty, w, r * cols + c);
+            *v = match w_transposed {
+                false => load(ty, w, r * cols + c),
+                true => load(ty, w, c * rows + r),
+            };
         }
         for t in 0..n {
             let xr = &xf[t * cols..(t + 1) * cols];
@@ -368,7 +372,7 @@ mod tests {
             convert(&w, &mut wb, ty);
             convert(&x, &mut xb, ty);
             let mut y = vec![1f32; n * 6];
-            gemm(ty, &wb, &xb, &mut y, n, rows, cols, 6, true);
+            gemm(ty, &wb, &xb, &mut y, n, rows, cols, 6, true, false);
             for t in 0..n {
                 for r in 0..rows {
                     let want: f32 = (0..cols)
@@ -379,6 +383,18 @@ mod tests {
                 }
                 assert_eq!(y[t * 6 + 5], 1.0, "past the rows, untouched");
             }
+            // The same matrix stored transposed gives the same product.
+            let mut wt = vec![0u8; wb.len()];
+            let es = ty.size();
+            for r in 0..rows {
+                for c in 0..cols {
+                    let (from, to) = ((r * cols + c) * es, (c * rows + r) * es);
+                    wt[to..to + es].copy_from_slice(&wb[from..from + es]);
+                }
+            }
+            let mut yt = vec![1f32; n * 6];
+            gemm(ty, &wt, &xb, &mut yt, n, rows, cols, 6, true, true);
+            assert_eq!(y, yt);
         }
     }
 }

@@ -115,6 +115,13 @@ extern "C" __global__ void transpose32(const u32* src, u32* dst, i64 a, i64 b, i
     }
 }
 
+extern "C" __global__ void copy_cols(const float* src, float* dst, i64 rows, i64 cols, i64 src_stride, i64 dst_stride) {
+    GRID_LOOP(t, rows * cols) {
+        i64 r = t / cols, c = t % cols;
+        dst[r * dst_stride + c] = src[r * src_stride + c];
+    }
+}
+
 extern "C" __global__ void gather_rows(const float* src, const u32* idx, float* dst, i64 n, i64 dim, i64 rows) {
     GRID_LOOP(t, n * dim) {
         i64 i = t / dim, c = t % dim;

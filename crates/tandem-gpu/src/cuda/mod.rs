@@ -188,6 +188,7 @@ const KERNEL_NAMES: &[&str] = &[
     "rms_norm",
     "rope",
     "transpose32",
+    "copy_cols",
     "gather_rows",
     "scatter_add_rows",
     "encode_kv",
@@ -644,14 +645,21 @@ impl Device for CudaDevice {
             i32::try_from(v).map_err(|_| GpuError::Shape(format!("gemm {what} {v} over i32")))
         };
         self.bind()?;
+        // W row-major `rows × cols` is column-major `cols × rows` (ld cols),
+        // used transposed; stored transposed it is column-major `rows ×
+        // cols` (ld rows), used as is.
+        let (op_w, ld_w) = match g.w_transposed {
+            false => (blas::cublasOperation_t::CUBLAS_OP_T, g.cols),
+            true => (blas::cublasOperation_t::CUBLAS_OP_N, g.rows),
+        };
         // SAFETY: bounds checked above; column-major view: Yᵀ (rows × n,
-        // ld ldy) = W (cols × rows col-major, transposed) · Xᵀ (cols × n).
+        // ld ldy) = op(W) · Xᵀ (cols × n).
         unsafe {
             cudarc::cublas::result::set_stream(self.blas, s.0 as _)
                 .map_err(blas_err("cublasSetStream"))?;
             cudarc::cublas::result::gemm_ex(
                 self.blas,
-                blas::cublasOperation_t::CUBLAS_OP_T,
+                op_w,
                 blas::cublasOperation_t::CUBLAS_OP_N,
                 int(g.rows, "rows")?,
                 int(g.n, "tokens")?,
@@ -659,7 +667,7 @@ impl Device for CudaDevice {
                 &alpha as *const f32 as *const c_void,
                 (g.w.buf.ptr + g.w.off as u64) as *const c_void,
                 dt,
-                int(g.cols, "lda")?,
+                int(ld_w, "lda")?,
                 (g.x.buf.ptr + g.x.off as u64) as *const c_void,
                 dt,
                 int(g.cols, "ldb")?,
@@ -773,6 +781,41 @@ impl Device for CudaDevice {
             Activation::SwigluOai => 3,
         };
         self.launch(s, "glu", n, Args::new().p(gate).p(up).i32(a).i(n as i64))
+    }
+
+    fn copy_cols(
+        &self,
+        s: &CudaStream,
+        src: Ptr<'_, CudaBuffer>,
+        src_stride: usize,
+        dst: Ptr<'_, CudaBuffer>,
+        dst_stride: usize,
+        rows: usize,
+        cols: usize,
+    ) -> Result<(), GpuError> {
+        if cols > src_stride || cols > dst_stride {
+            return Err(GpuError::Shape(
+                "copy_cols: a row wider than its stride".into(),
+            ));
+        }
+        let span = |stride: usize| match rows {
+            0 => 0,
+            _ => ((rows - 1) * stride + cols) * 4,
+        };
+        in_bounds(src, span(src_stride), "copy_cols source")?;
+        in_bounds(dst, span(dst_stride), "copy_cols destination")?;
+        self.launch(
+            s,
+            "copy_cols",
+            rows * cols,
+            Args::new()
+                .p(src)
+                .p(dst)
+                .i(rows as i64)
+                .i(cols as i64)
+                .i(src_stride as i64)
+                .i(dst_stride as i64),
+        )
     }
 
     fn transpose(

@@ -1,11 +1,14 @@
-//! One decoder layer of a chunk on the compute stream: attention (Q/K/V,
-//! bias, QK-norm, RoPE, the new K/V encoded, sent to the host and decoded
-//! back, attention over the cached blocks and the chunk) and the dense
+//! One decoder layer of a chunk on the compute stream: attention by its
+//! kind (grouped-query here: Q/K/V, bias, QK-norm, RoPE, the new K/V
+//! encoded, sent to the host and decoded back, attention over the cached
+//! blocks and the chunk; latent in `mla.rs`), O, and the dense
 //! feed-forward block.
 
 use super::*;
 
 impl<D: Device> Run<'_, D> {
+    /// Layer `li` of a chunk of `n` tokens at positions `p0..`: attention
+    /// (by its kind) with O and the residual, then the feed-forward block.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn layer(
         &self,
@@ -18,20 +21,17 @@ impl<D: Device> Run<'_, D> {
     ) -> Result<(), GpuError> {
         let dev = self.dev();
         let c = &self.p.w.config;
-        let (h, hd, nh, kvh) = (c.hidden, c.head_dim, c.n_heads, c.n_kv_heads);
-        let group = nh / kvh.max(1);
-        let (q_dim, kv_dim) = (nh * hd, kvh * hd);
-        let eps = c.norm_eps;
+        let (h, eps) = (c.hidden, c.norm_eps);
         let slot = &self.b.slots[li % self.p.opts.slots];
         let ms = l.slot_matrices();
         let (offs, _) = pack(&ms);
+        // The attention's matrices come first, O last of them.
+        let na = l.attn_matrices().len();
         let s = &self.s.compute;
         let b = &self.b.act;
         let a = &self.b.a;
         let v = |i| self.vec_ptr(li, i);
         let missing = || GpuError::Protocol(format!("layer {li}: resident vector missing"));
-
-        // Attention: norm, Q/K/V.
         dev.rms_norm(
             s,
             ptr(b, a.x),
@@ -41,6 +41,83 @@ impl<D: Device> Run<'_, D> {
             h,
             eps,
         )?;
+        match &l.proj {
+            AttnWeights::Gqa { .. } => self.gqa(li, l, seq, p0, n, &ms, &offs, st)?,
+            AttnWeights::Mla { cfg, .. } => self.mla(li, l, cfg, seq, p0, n, &ms, &offs, st)?,
+        }
+        self.project(ms[na - 1], slot, offs[na - 1], a.attn, a.out, n, None, st)?;
+        if let Some(bo) = v(LayerVectors::BO) {
+            dev.add_bias(s, ptr(b, a.out), bo, n, h)?;
+        }
+        self.residual(a.out, v(LayerVectors::ATTN_POST_NORM), n)?;
+
+        // Feed-forward.
+        dev.rms_norm(
+            s,
+            ptr(b, a.x),
+            v(LayerVectors::FFN_NORM).ok_or_else(missing)?,
+            ptr(b, a.xn),
+            n,
+            h,
+            eps,
+        )?;
+        let offs = &offs[na..];
+        match &l.ffn {
+            FfnWeights::Dense { glu, act } => {
+                self.glu(glu, slot, &offs[..3], *act, None, a.xn, a.out, n, st)?;
+            }
+            FfnWeights::Moe {
+                cfg,
+                router,
+                bias,
+                experts,
+                shared,
+            } => {
+                self.moe(
+                    li,
+                    cfg,
+                    router,
+                    bias.as_deref(),
+                    experts,
+                    shared.as_ref(),
+                    slot,
+                    offs,
+                    n,
+                    st,
+                )?;
+            }
+        }
+        self.residual(a.out, v(LayerVectors::FFN_POST_NORM), n)
+    }
+
+    /// Grouped-query attention of the normed input `xn` into `attn`
+    /// (`[token][head][head_dim]`): Q/K/V, bias, QK-norm, RoPE, the new
+    /// K/V encoded, sent to the host and decoded back, attention over the
+    /// cached blocks and the chunk.
+    #[allow(clippy::too_many_arguments)]
+    fn gqa(
+        &self,
+        li: usize,
+        l: &LayerWeights,
+        seq: &Sequence,
+        p0: usize,
+        n: usize,
+        ms: &[&HostMatrix],
+        offs: &[usize],
+        st: &mut PrefillStats,
+    ) -> Result<(), GpuError> {
+        let dev = self.dev();
+        let c = &self.p.w.config;
+        let (hd, nh, kvh) = (c.head_dim, c.n_heads, c.n_kv_heads);
+        let group = nh / kvh.max(1);
+        let (q_dim, kv_dim) = (nh * hd, kvh * hd);
+        let eps = c.norm_eps;
+        let slot = &self.b.slots[li % self.p.opts.slots];
+        let s = &self.s.compute;
+        let b = &self.b.act;
+        let a = &self.b.a;
+        let v = |i| self.vec_ptr(li, i);
+        // Q/K/V.
         for (i, dst) in [(0, a.q), (1, a.k), (2, a.v)] {
             self.project(ms[i], slot, offs[i], a.xn, dst, n, None, st)?;
         }
@@ -159,49 +236,7 @@ impl<D: Device> Run<'_, D> {
             group,
             hd,
         )?;
-        dev.transpose(s, ptr(b, a.ohm), ptr(b, a.attn), kvh, n, group * hd * 4)?;
-        self.project(ms[3], slot, offs[3], a.attn, a.out, n, None, st)?;
-        if let Some(bo) = v(LayerVectors::BO) {
-            dev.add_bias(s, ptr(b, a.out), bo, n, h)?;
-        }
-        self.residual(a.out, v(LayerVectors::ATTN_POST_NORM), n)?;
-
-        // Feed-forward.
-        dev.rms_norm(
-            s,
-            ptr(b, a.x),
-            v(LayerVectors::FFN_NORM).ok_or_else(missing)?,
-            ptr(b, a.xn),
-            n,
-            h,
-            eps,
-        )?;
-        match &l.ffn {
-            FfnWeights::Dense { glu, act } => {
-                self.glu(glu, slot, &offs[4..7], *act, None, a.xn, a.out, n, st)?;
-            }
-            FfnWeights::Moe {
-                cfg,
-                router,
-                bias,
-                experts,
-                shared,
-            } => {
-                self.moe(
-                    li,
-                    cfg,
-                    router,
-                    bias.as_deref(),
-                    experts,
-                    shared.as_ref(),
-                    slot,
-                    &offs,
-                    n,
-                    st,
-                )?;
-            }
-        }
-        self.residual(a.out, v(LayerVectors::FFN_POST_NORM), n)
+        dev.transpose(s, ptr(b, a.ohm), ptr(b, a.attn), kvh, n, group * hd * 4)
     }
 
     /// `out = down(act(gate(src)) · up(src))` for `n` rows, each

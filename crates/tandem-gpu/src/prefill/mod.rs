@@ -23,6 +23,9 @@
 //!    staging's previous upload (`up` of the same slot) is done.
 //! 3. A layer's matrices are dequantized on the device, from the slot
 //!    into a scratch of bounded size (row chunks), and multiplied there.
+//!    A latent (MLA) layer's new "K/V" are its latent rows (one plane,
+//!    one head), which it decompresses into per-head keys and values for
+//!    the chunk's attention (`mla.rs`).
 //! 4. The new K/V of layer i are encoded in the store's format on the
 //!    compute stream into one of two buffers (`kv_ready[i mod 2]`), copied
 //!    to page-locked host staging on the write-back stream (`kv_down[i mod 2]`), and
@@ -64,12 +67,13 @@ use tandem_model::{Logits, ModelError, ModelFiles};
 use crate::device::{kv_weight_format, Attend, DType, Device, Gemm, HostMem, Ptr, RopeArgs};
 use crate::kv_io;
 use crate::weights::{
-    align, pack, FfnWeights, Glu, HostMatrix, LayerVectors, LayerWeights, ModelWeights,
+    align, pack, AttnWeights, FfnWeights, Glu, HostMatrix, LayerVectors, LayerWeights, ModelWeights,
 };
 use crate::GpuError;
 
 mod attention;
 mod layer;
+mod mla;
 mod moe;
 
 pub use moe::{route, Routes};
@@ -256,6 +260,20 @@ struct Acts {
     blk_dec: usize,
     blk_t: usize,
     logits: usize,
+    /// MLA (`mla.rs`; empty without it): Q's low rank and its norm, a
+    /// latent (contiguous) and its norm, the rotated key part, latents in
+    /// the GEMM operand type, and decompressed K/V of the chunk and of a
+    /// cached block (`[head][token][width]`).
+    mla_low: usize,
+    mla_lown: usize,
+    mla_lat: usize,
+    mla_lat2: usize,
+    mla_kpe: usize,
+    mla_xh: usize,
+    mla_k: usize,
+    mla_v: usize,
+    mla_bk: usize,
+    mla_bv: usize,
     total: usize,
 }
 
@@ -445,9 +463,27 @@ impl<D: Device> GpuPrefill<D> {
                 _ => None,
             })
             .fold((0, 0), |a, b| (a.0.max(b.0), a.1.max(b.1)));
-        let widest_in = h.max(q_dim).max(ffn);
         let pairs = self.w.ropes.first().map_or(0, |r| r.table_len());
         let blk_tok = self.opts.block_pages * g.page_tokens;
+        // MLA's decompressed heads are `mla::width` wide; its buffers
+        // and the query-sized ones grow to hold them.
+        let mla = self.w.layers.iter().find_map(|l| match &l.proj {
+            AttnWeights::Mla { cfg, .. } => Some(cfg.clone()),
+            AttnWeights::Gqa { .. } => None,
+        });
+        let (ql, lora, rope_w, wide) = mla.as_ref().map_or((0, 0, 0, 0), |m| {
+            (
+                m.q_lora_rank,
+                m.kv_lora_rank,
+                m.qk_rope,
+                c.n_heads * mla::width(m),
+            )
+        });
+        // A latent model's query-sized buffers hold decompressed heads (its
+        // `head_dim` is the cached row, wider than a head).
+        let q_dim = if mla.is_some() { wide } else { q_dim };
+        let widest_in = h.max(q_dim).max(ffn).max(ql);
+        let lat_rows = n.max(blk_tok);
         let mut off = 0;
         let mut take = |bytes: usize| {
             let o = off;
@@ -484,6 +520,16 @@ impl<D: Device> GpuPrefill<D> {
             blk_dec: take(2 * blk_tok * kv_dim * f),
             blk_t: take(2 * blk_tok * kv_dim * f),
             logits: take(LOGIT_ROWS * c.vocab_size * f),
+            mla_low: take(n * ql * f),
+            mla_lown: take(n * ql * f),
+            mla_lat: take(lat_rows * lora * f),
+            mla_lat2: take(n * lora * f),
+            mla_kpe: take(n * rope_w * f),
+            mla_xh: take(lat_rows * lora * f),
+            mla_k: take(n * wide * f),
+            mla_v: take(n * wide * f),
+            mla_bk: take(blk_tok * wide * f),
+            mla_bv: take(blk_tok * wide * f),
             total: 0,
         };
         a.total = off;
@@ -857,7 +903,7 @@ impl<'p, D: Device> Run<'p, D> {
         for u in 0..units.min(ns) {
             self.upload_unit(u, &mut st)?;
         }
-        let kv_rows = 2 * c.n_kv_heads * n * self.geom.row_bytes();
+        let kv_rows = self.geom.planes() * c.n_kv_heads * n * self.geom.row_bytes();
         if self.stage.iter().any(|s| s.borrow().len() < kv_rows) {
             return Err(GpuError::Protocol(
                 "write-back staging smaller than a chunk".into(),
@@ -971,6 +1017,7 @@ impl<'p, D: Device> Run<'p, D> {
                     cols: m.cols,
                     ldy: m.rows,
                     accumulate,
+                    w_transposed: false,
                 },
             )?;
             r0 += nr;

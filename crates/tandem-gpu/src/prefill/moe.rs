@@ -6,7 +6,9 @@ use super::*;
 
 impl<D: Device> Run<'_, D> {
     /// The MoE block: router on the device, routing on the host, the
-    /// routed experts uploaded and run, the shared expert from the slot.
+    /// routed experts uploaded and run, the shared expert from the slot
+    /// (`offs`: the slot offsets of the router and the shared expert's
+    /// gate, up and down).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn moe(
         &self,
@@ -33,7 +35,7 @@ impl<D: Device> Run<'_, D> {
         self.project(
             router,
             slot,
-            offs[4],
+            offs[0],
             a_xn,
             a_router,
             n,
@@ -106,7 +108,7 @@ impl<D: Device> Run<'_, D> {
         // 4. The shared expert over every token, weight 1, last (the CPU
         // path's slot order).
         if let Some(sh) = shared {
-            self.glu(sh, slot, &offs[5..8], cfg.act, None, a_xn, a_y, n, st)?;
+            self.glu(sh, slot, &offs[1..4], cfg.act, None, a_xn, a_y, n, st)?;
             let b = &self.b.act;
             dev.add(&self.s.compute, ptr(b, a_out), ptr(b, a_y), n * h)?;
         }
