@@ -6,10 +6,10 @@
 //! weight offsets, tied embeddings), with every shape checked here once.
 
 use tandem_kernels::WeightFormat;
-use tandem_model::config::{Gating, MlaConfig, MoeConfig};
+use tandem_model::config::{MlaConfig, MoeConfig};
 use tandem_model::ops::Rope;
 use tandem_model::spec::{Activation, AttnSpec, FfnSpec};
-use tandem_model::{ModelConfig, ModelError, ModelFiles, Tensor};
+use tandem_model::{ModelConfig, ModelError, ModelFiles, MoeTensors, Tensor};
 
 /// A weight matrix in host memory, as stored.
 #[derive(Clone)]
@@ -276,6 +276,8 @@ impl ModelWeights {
                 };
                 Ok(v.map(offset))
             };
+            // The router's and experts' biases (gpt-oss), resident.
+            let mut moe_vectors = (None, None);
             let ffn = match &spec.ffn {
                 FfnSpec::Dense { width, act } => FfnWeights::Dense {
                     glu: Glu {
@@ -286,38 +288,30 @@ impl ModelWeights {
                     act: *act,
                 },
                 FfnSpec::Moe(mc) => {
+                    let t = MoeTensors::load(files, i, mc, c.hidden)?;
                     let (ne, f) = (mc.n_experts, mc.expert_ffn);
-                    let exps = |s: &str, rows, cols| {
-                        files.experts(&n(&format!("{s}.weight")), ne, rows, cols)
-                    };
-                    let gates = exps("ffn_gate_exps", f, c.hidden)?;
-                    let ups = exps("ffn_up_exps", f, c.hidden)?;
-                    let downs = exps("ffn_down_exps", c.hidden, f)?;
-                    let mut experts = Vec::with_capacity(ne);
-                    for ((g, u), d) in gates.iter().zip(&ups).zip(&downs) {
-                        experts.push(Glu {
-                            gate: HostMatrix::new(g, f, c.hidden)?,
-                            up: HostMatrix::new(u, f, c.hidden)?,
-                            down: HostMatrix::new(d, c.hidden, f)?,
-                        });
-                    }
-                    let shared = if mc.shared_ffn > 0 {
-                        let sf = mc.shared_ffn;
-                        Some(Glu {
-                            gate: m("ffn_gate_shexp.weight", sf, c.hidden)?,
-                            up: m("ffn_up_shexp.weight", sf, c.hidden)?,
-                            down: m("ffn_down_shexp.weight", c.hidden, sf)?,
+                    let glu = |[g, u, d]: &[Tensor; 3], width| -> Result<Glu, ModelError> {
+                        Ok(Glu {
+                            gate: HostMatrix::new(g, width, c.hidden)?,
+                            up: HostMatrix::new(u, width, c.hidden)?,
+                            down: HostMatrix::new(d, c.hidden, width)?,
                         })
-                    } else {
-                        None
                     };
+                    let experts = t
+                        .experts
+                        .iter()
+                        .map(|e| glu(e, f))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    let shared = t
+                        .shared
+                        .as_ref()
+                        .map(|s| glu(s, mc.shared_ffn))
+                        .transpose()?;
+                    moe_vectors = (t.router_bias, t.expert_bias);
                     FfnWeights::Moe {
                         cfg: mc.clone(),
-                        router: m("ffn_gate_inp.weight", ne, c.hidden)?,
-                        bias: match mc.gating {
-                            Gating::Sigmoid => optional(&n("exp_probs_b.bias"), ne)?,
-                            Gating::Softmax | Gating::SoftmaxTopK => None,
-                        },
+                        router: HostMatrix::new(&t.router, ne, c.hidden)?,
+                        bias: t.selection_bias,
                         experts,
                         shared,
                     }
@@ -343,29 +337,8 @@ impl ModelWeights {
                 attn_post_norm: post("post_attention_norm.weight")?,
                 ffn_post_norm: post("post_ffw_norm.weight")?,
                 bo: optional(&n("attn_output.bias"), c.hidden)?,
-                router_bias: match &spec.ffn {
-                    FfnSpec::Moe(mc) => optional(&n("ffn_gate_inp.bias"), mc.n_experts)?,
-                    FfnSpec::Dense { .. } => None,
-                },
-                expert_bias: match &spec.ffn {
-                    FfnSpec::Moe(mc) => {
-                        let eb = |s: &str, len| optional(&n(s), mc.n_experts * len);
-                        match (
-                            eb("ffn_gate_exps.bias", mc.expert_ffn)?,
-                            eb("ffn_up_exps.bias", mc.expert_ffn)?,
-                            eb("ffn_down_exps.bias", c.hidden)?,
-                        ) {
-                            (Some(g), Some(u), Some(d)) => Some([g, u, d]),
-                            (None, None, None) => None,
-                            _ => {
-                                return Err(ModelError::MissingTensor(n(
-                                    "ffn_{gate,up,down}_exps.bias (some, not all)",
-                                )))
-                            }
-                        }
-                    }
-                    FfnSpec::Dense { .. } => None,
-                },
+                router_bias: moe_vectors.0,
+                expert_bias: moe_vectors.1,
                 q_a_norm: match &spec.attn.mla {
                     Some(m) if m.q_lora_rank > 0 => {
                         Some(offset(vector(&n("attn_q_a_norm.weight"), m.q_lora_rank)?))

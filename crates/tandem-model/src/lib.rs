@@ -10,6 +10,8 @@
 //! - [`tensor`]: zero-copy views of weights in the mapped files.
 //! - [`model`]: the forward pass; [`linear`] its matmul driver; [`ops`] the
 //!   element-wise parts; [`kv_cache`] the model's view of the paged KV store (`tandem-kv`).
+//! - [`MoeTensors`]: a layer's experts, router and biases as stored (both
+//!   the CPU model and the GPU prefill load them through it).
 //! - [`inspect`]: what `tandem inspect` reports.
 //!
 //! This crate does not sample, template chats or stream text: that is the
@@ -25,6 +27,7 @@ pub mod linear;
 mod mla;
 pub mod model;
 mod moe;
+mod moe_tensors;
 pub mod ops;
 mod parallel;
 pub mod shard;
@@ -37,10 +40,11 @@ pub use arch::{Arch, RopeLayout};
 pub use config::{Gating, ModelConfig, MoeConfig, RopeConfig};
 pub use error::ModelError;
 pub use kv_cache::{KvCache, KvFormat, KvOptions, KvStore};
-/// MoE routing of one token (the GPU prefill routes on the host with it).
 pub use mla::k_b_v_b;
 pub use model::{LoadOptions, Logits, Model, SeqInput, TensorParallel};
+/// MoE routing of one token (the GPU prefill routes on the host with it).
 pub use moe::route_token;
+pub use moe_tensors::{ExpertTensors, MoeTensors};
 pub use source::{ModelFiles, SourceFormat};
 pub use tandem_kv::{DiskStats, DiskTier, ModelIdentity};
 pub use tandem_numa::{NumaMode, Pool, SyncStats};

@@ -15,7 +15,7 @@ use tandem_numa::{NumaMode, Pool};
 use tandem_tokenizer::Tokenizer;
 
 use crate::attention::{attention, choose_plan, AttnLayer, AttnPlan, SeqView, SplitState};
-use crate::config::{Gating, MlaConfig, ModelConfig, MoeConfig};
+use crate::config::{MlaConfig, ModelConfig, MoeConfig};
 use crate::kv_cache::{check_fits, KvCache, KvOptions, KvStore};
 use crate::linear::Matrix;
 use crate::mla::MlaWeights;
@@ -541,15 +541,10 @@ impl Model {
                     *act,
                 ),
                 FfnSpec::Moe(mc) => {
+                    let t = crate::MoeTensors::load(&files, i, mc, c.hidden)?;
                     let (ne, f) = (mc.n_experts, mc.expert_ffn);
-                    let exps = |s: &str, rows, cols| {
-                        files.experts(&n(&format!("{s}.weight")), ne, rows, cols)
-                    };
-                    let gates = exps("ffn_gate_exps", f, c.hidden)?;
-                    let ups = exps("ffn_up_exps", f, c.hidden)?;
-                    let downs = exps("ffn_down_exps", c.hidden, f)?;
                     let mut experts = Vec::with_capacity(ne);
-                    for ((g, u), d) in gates.iter().zip(&ups).zip(&downs) {
+                    for [g, u, d] in &t.experts {
                         experts.push(place_swiglu(
                             Matrix::new(g, f, c.hidden)?,
                             Matrix::new(u, f, c.hidden)?,
@@ -557,50 +552,29 @@ impl Model {
                             false,
                         )?);
                     }
-                    let shared = if mc.shared_ffn > 0 {
-                        let sf = mc.shared_ffn;
-                        Some(place_swiglu(
-                            m("ffn_gate_shexp.weight", sf, c.hidden)?,
-                            m("ffn_up_shexp.weight", sf, c.hidden)?,
-                            m("ffn_down_shexp.weight", c.hidden, sf)?,
+                    let shared = match (&t.shared, mc.shared_ffn) {
+                        (Some([g, u, d]), sf) => Some(place_swiglu(
+                            Matrix::new(g, sf, c.hidden)?,
+                            Matrix::new(u, sf, c.hidden)?,
+                            Matrix::new(d, c.hidden, sf)?,
                             false,
-                        )?)
-                    } else {
-                        None
+                        )?),
+                        (None, _) => None,
                     };
-                    let router = m("ffn_gate_inp.weight", ne, c.hidden)?;
+                    let router = Matrix::new(&t.router, ne, c.hidden)?;
                     let router = placer.add(
                         &router,
                         Split::Rows,
                         &aligned_ranges(ne, GROUP_ROWS, n_nodes),
                         tandem_kernels::WeightLayout::Rows,
                     )?;
-                    let bias = match mc.gating {
-                        Gating::Sigmoid => optional_vector(&files, &n("exp_probs_b.bias"), ne)?,
-                        Gating::Softmax | Gating::SoftmaxTopK => None,
-                    };
-                    // Biases of the router and of every expert (gpt-oss).
-                    let eb = |s: &str, len| optional_vector(&files, &n(s), ne * len);
-                    let expert_bias = match (
-                        eb("ffn_gate_exps.bias", f)?,
-                        eb("ffn_up_exps.bias", f)?,
-                        eb("ffn_down_exps.bias", c.hidden)?,
-                    ) {
-                        (Some(g), Some(u), Some(d)) => Some([g, u, d]),
-                        (None, None, None) => None,
-                        _ => {
-                            return Err(ModelError::MissingTensor(n(
-                                "ffn_{gate,up,down}_exps.bias (some, not all)",
-                            )))
-                        }
-                    };
                     FfnPlan::Moe {
                         cfg: mc.clone(),
                         router,
-                        bias,
-                        router_bias: optional_vector(&files, &n("ffn_gate_inp.bias"), ne)?,
+                        bias: t.selection_bias,
+                        router_bias: t.router_bias,
                         experts,
-                        expert_bias,
+                        expert_bias: t.expert_bias,
                         shared,
                     }
                 }
