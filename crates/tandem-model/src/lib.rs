@@ -25,6 +25,7 @@ pub mod inspect;
 pub mod kv_cache;
 pub mod linear;
 mod mla;
+mod mla_expanded;
 pub mod model;
 mod moe;
 mod moe_tensors;
@@ -41,6 +42,7 @@ pub use config::{Gating, ModelConfig, MoeConfig, RopeConfig};
 pub use error::ModelError;
 pub use kv_cache::{KvCache, KvFormat, KvOptions, KvStore};
 pub use mla::k_b_v_b;
+pub use mla_expanded::{worth_expanding as mla_prefill_expands, MlaPrefill};
 pub use model::{LoadOptions, Logits, Model, SeqInput, TensorParallel};
 /// MoE routing of one token (the GPU prefill routes on the host with it).
 pub use moe::route_token;

@@ -54,6 +54,10 @@ pub(crate) struct MlaWeights {
     pub k_b: ShardedMatrix,
     /// `[n_heads·v_head × kv_lora_rank]`.
     pub v_b: ShardedMatrix,
+    /// `[n_heads·qk_nope × kv_lora_rank]`: `k_b` transposed per head, the
+    /// keys' decompression for the expanded prefill (`crate::mla_expanded`;
+    /// None when the model prefills absorbed only).
+    pub k_b_t: Option<ShardedMatrix>,
 }
 
 impl MlaWeights {
@@ -62,6 +66,7 @@ impl MlaWeights {
             .iter()
             .map(|(m, _)| m)
             .chain([&self.q_b, &self.kv_a, &self.k_b, &self.v_b])
+            .chain(self.k_b_t.as_ref())
     }
 }
 
@@ -153,6 +158,44 @@ pub fn k_b_v_b(
     }
 }
 
+/// `k_b` (`[n_heads·kv_lora_rank × qk_nope]`) transposed per head:
+/// `[n_heads·qk_nope × kv_lora_rank]`, each head's key rows of `kv_b`
+/// (f32 from f32, else f16, as [`split_kv_b`]).
+pub(crate) fn transpose_k_b(
+    k_b: &Tensor,
+    m: &MlaConfig,
+    n_heads: usize,
+) -> Result<Tensor, ModelError> {
+    let (nope, lora) = (m.qk_nope, m.kv_lora_rank);
+    let fmt = k_b.expect_matrix(n_heads * lora, nope)?;
+    let (out_fmt, name, width) = match fmt {
+        WeightFormat::F32 => (WeightFormat::F32, "F32", 4),
+        _ => (WeightFormat::F16, "F16", 2),
+    };
+    let mut out = vec![0u8; n_heads * nope * lora * width];
+    let mut row = vec![0f32; nope];
+    for h in 0..n_heads {
+        for c in 0..lora {
+            k_b.row_f32(h * lora + c, &mut row)?;
+            for (d, &x) in row.iter().enumerate() {
+                let at = ((h * nope + d) * lora + c) * width;
+                match out_fmt {
+                    WeightFormat::F32 => out[at..at + 4].copy_from_slice(&x.to_le_bytes()),
+                    _ => out[at..at + 2]
+                        .copy_from_slice(&half::f16::from_f32(x).to_bits().to_le_bytes()),
+                }
+            }
+        }
+    }
+    Tensor::owned(
+        format!("{}[transposed]", k_b.name()),
+        out_fmt,
+        name,
+        vec![n_heads * nope, lora],
+        out,
+    )
+}
+
 /// The step before attention: fills `ws.q` with each token's absorbed
 /// query rows (`n_heads` rows of the cached row's width) and `ws.k` with
 /// its cached row, from the normed input in `ws.xn` (already prepared in
@@ -238,41 +281,70 @@ pub(crate) fn prepare(
         }
     }
     ws.mla.heads.ensure_workers(pool.n_threads());
-    // Absorbed queries: q_abs_h = k_b_h · q_nope_h, before each rotated part.
-    let io = HeadIo {
-        input: &ws.mla.q[..n * n_heads * qk],
-        in_stride: n_heads * qk,
-        in_head: qk,
-        in_len: m.qk_nope,
-        out: SharedOut::new(&mut ws.q[..n * n_heads * row]),
-        out_stride: n_heads * row,
-        out_head: row,
+    // Absorbed queries: q_abs_h = k_b_h · q_nope_h, before each rotated
+    // part; for the rows of sequences that attend absorbed (`ws.mla_rows`;
+    // all rows when it is empty).
+    let all = [(0..n, false)];
+    let ranges = match ws.mla_rows.is_empty() {
+        true => &all[..],
+        false => &ws.mla_rows[..],
     };
-    per_head(pool, &w.k_b, lora, n, &io, &ws.scratch, &ws.mla.heads)
+    for (rows, expanded) in ranges.iter().cloned() {
+        if expanded || rows.is_empty() {
+            continue;
+        }
+        let io = HeadIo {
+            input: &ws.mla.q[rows.start * n_heads * qk..rows.end * n_heads * qk],
+            in_stride: n_heads * qk,
+            in_head: qk,
+            in_len: m.qk_nope,
+            out: SharedOut::new(&mut ws.q[rows.start * n_heads * row..rows.end * n_heads * row]),
+            out_stride: n_heads * row,
+            out_head: row,
+        };
+        per_head(
+            pool,
+            &w.k_b,
+            lora,
+            rows.len(),
+            &io,
+            &ws.scratch,
+            &ws.mla.heads,
+        )?;
+    }
+    Ok(())
 }
 
 /// The step after attention: `ws.mla.o` gets each head's `v_b_h · o_h`
 /// from the attention output in `ws.attn` (rows of the cached width whose
-/// latent prefix is `o_h`).
+/// latent prefix is `o_h`), for the batch rows `rows`.
 pub(crate) fn output(
     pool: &Pool,
     w: &MlaWeights,
     n_heads: usize,
     ws: &mut Workspace,
-    n: usize,
+    rows: std::ops::Range<usize>,
 ) -> Result<(), ModelError> {
     let m = &w.cfg;
-    let row = m.row();
-    grow(&mut ws.mla.o, n * n_heads * m.v_head);
+    let (row, vh) = (m.row(), m.v_head);
+    grow(&mut ws.mla.o, rows.end * n_heads * vh);
     ws.mla.heads.ensure_workers(pool.n_threads());
     let io = HeadIo {
-        input: &ws.attn[..n * n_heads * row],
+        input: &ws.attn[rows.start * n_heads * row..rows.end * n_heads * row],
         in_stride: n_heads * row,
         in_head: row,
         in_len: m.kv_lora_rank,
-        out: SharedOut::new(&mut ws.mla.o[..n * n_heads * m.v_head]),
-        out_stride: n_heads * m.v_head,
-        out_head: m.v_head,
+        out: SharedOut::new(&mut ws.mla.o[rows.start * n_heads * vh..rows.end * n_heads * vh]),
+        out_stride: n_heads * vh,
+        out_head: vh,
     };
-    per_head(pool, &w.v_b, m.v_head, n, &io, &ws.scratch, &ws.mla.heads)
+    per_head(
+        pool,
+        &w.v_b,
+        vh,
+        rows.len(),
+        &io,
+        &ws.scratch,
+        &ws.mla.heads,
+    )
 }

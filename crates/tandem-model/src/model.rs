@@ -19,6 +19,7 @@ use crate::config::{MlaConfig, ModelConfig, MoeConfig};
 use crate::kv_cache::{check_fits, KvCache, KvOptions, KvStore};
 use crate::linear::Matrix;
 use crate::mla::MlaWeights;
+use crate::mla_expanded::worth_expanding;
 use crate::moe::{self, route_token, Expert, ExpertBias, MoeFfn, Slot, SlotActs, SHARED};
 use crate::ops::{rms_norm, Rope};
 use crate::parallel::{col_split, gate_up, row_split, RowTarget, SCRATCH};
@@ -169,6 +170,9 @@ pub struct LoadOptions {
     /// (flash-decoding); None: chosen from the threads and context length.
     /// For tests and experiments.
     pub attention_splits: Option<usize>,
+    /// How MLA layers prefill (absorbed, expanded, or by the cost model;
+    /// default from `TANDEM_MLA_PREFILL`, else the cost model).
+    pub mla_prefill: crate::MlaPrefill,
 }
 
 impl Default for LoadOptions {
@@ -181,6 +185,7 @@ impl Default for LoadOptions {
             repack: true,
             kv: KvOptions::default(),
             attention_splits: None,
+            mla_prefill: crate::MlaPrefill::from_env(),
         }
     }
 }
@@ -219,6 +224,7 @@ pub struct Model {
     expert_bytes: std::sync::atomic::AtomicU64,
     kv: KvOptions,
     attention_splits: Option<usize>,
+    mla_prefill: crate::MlaPrefill,
     /// What names these weights to the KV disk tier.
     identity: tandem_kv::ModelIdentity,
 }
@@ -267,6 +273,8 @@ enum QkvPlan {
         q_a: Option<(usize, Vec<f32>)>,
         /// q_b, kv_a, k_b, v_b.
         ids: [usize; 4],
+        /// k_b transposed (expanded prefill).
+        k_b_t: Option<usize>,
         kv_a_norm: Vec<f32>,
     },
 }
@@ -482,6 +490,15 @@ impl Model {
                     };
                     let (kb_rows, kb_lay) = per_head(&k_b, lora);
                     let (vb_rows, vb_lay) = per_head(&v_b, mc.v_head);
+                    let k_b_t = match opts.mla_prefill {
+                        crate::MlaPrefill::Absorbed => None,
+                        _ => {
+                            let t = crate::mla::transpose_k_b(&k_b.tensor, mc, h)?;
+                            let t = Matrix::new(&t, h * mc.qk_nope, lora)?;
+                            let (r, l) = per_head(&t, mc.qk_nope);
+                            Some(placer.add(&t, Split::Rows, &r, l)?)
+                        }
+                    };
                     let qkv = QkvPlan::Mla {
                         cfg: mc.clone(),
                         q_a: match q_a {
@@ -496,6 +513,7 @@ impl Model {
                             placer.add(&k_b, Split::Rows, &kb_rows, kb_lay)?,
                             placer.add(&v_b, Split::Rows, &vb_rows, vb_lay)?,
                         ],
+                        k_b_t,
                         kv_a_norm: norm(&n("attn_kv_a_norm.weight"), lora)?,
                     };
                     // One latent KV head: the node that holds it attends.
@@ -696,6 +714,7 @@ impl Model {
                     cfg,
                     q_a,
                     ids: [q_b, kv_a, k_b, v_b],
+                    k_b_t,
                     kv_a_norm,
                 } => Qkv::Mla(Box::new(MlaWeights {
                     cfg,
@@ -708,6 +727,10 @@ impl Model {
                     kv_a_norm,
                     k_b: take(k_b)?,
                     v_b: take(v_b)?,
+                    k_b_t: match k_b_t {
+                        Some(id) => Some(take(id)?),
+                        None => None,
+                    },
                 })),
             };
             layers.push(Layer {
@@ -745,6 +768,7 @@ impl Model {
             expert_bytes: Default::default(),
             kv: opts.kv,
             attention_splits: opts.attention_splits,
+            mla_prefill: opts.mla_prefill,
             identity,
         })
     }
@@ -1124,6 +1148,17 @@ impl Model {
                     )?;
                 }
                 Qkv::Mla(m) => {
+                    // Sequences prefilled expanded (`mla_expanded`); the
+                    // rest absorbed, their rows' queries absorbed here.
+                    ws.mla_rows.clear();
+                    let mut row0 = 0;
+                    for s in seqs.iter() {
+                        let rows = row0..row0 + s.tokens.len();
+                        let expand = m.k_b_t.is_some()
+                            && worth_expanding(self.mla_prefill, &m.cfg, rows.len());
+                        ws.mla_rows.push((rows.clone(), expand));
+                        row0 = rows.end;
+                    }
                     crate::mla::prepare(
                         pool,
                         m,
@@ -1146,14 +1181,19 @@ impl Model {
             let mut row0 = 0;
             let views_buf = &mut ws.seq_views;
             views_buf.clear();
-            for s in seqs.iter() {
-                views_buf.push(SeqView {
-                    seq: &*s.cache,
-                    layer: li,
-                    p0: s.cache.len(),
-                    row0,
-                    n_rows: s.tokens.len(),
-                });
+            for (si, s) in seqs.iter().enumerate() {
+                // An expanded MLA sequence attends in `mla_expanded`.
+                let expanded =
+                    matches!(l.qkv, Qkv::Mla(_)) && ws.mla_rows.get(si).is_some_and(|r| r.1);
+                if !expanded {
+                    views_buf.push(SeqView {
+                        seq: &*s.cache,
+                        layer: li,
+                        p0: s.cache.len(),
+                        row0,
+                        n_rows: s.tokens.len(),
+                    });
+                }
                 row0 += s.tokens.len();
             }
             let split = SplitState {
@@ -1173,31 +1213,34 @@ impl Model {
                 } => (bq, bk, bv, q_norm, k_norm),
                 Qkv::Mla(_) => (&no_vec, &no_vec, &no_vec, &no_vec, &no_vec),
             };
-            attention(
-                pool,
-                c,
-                &self.ropes[rope_i],
-                &AttnLayer {
-                    spec: &l.attn,
-                    sinks: l.sinks.as_deref(),
-                    bq: bq.as_deref(),
-                    bk: bk.as_deref(),
-                    bv: bv.as_deref(),
-                    q_norm: q_norm.as_deref(),
-                    k_norm: k_norm.as_deref(),
-                    rotate: l.attn.mla.is_none(),
-                },
-                &l.kv_ranges,
-                &ws.seq_views,
-                q,
-                k,
-                v,
-                attn_out,
-                &ws.rope[rope_i * n * pairs..],
-                &ws.scratch,
-                &ws.attn_states,
-                &split,
-            )?;
+            // Every sequence may be expanded (MLA): then no views.
+            if !ws.seq_views.is_empty() {
+                attention(
+                    pool,
+                    c,
+                    &self.ropes[rope_i],
+                    &AttnLayer {
+                        spec: &l.attn,
+                        sinks: l.sinks.as_deref(),
+                        bq: bq.as_deref(),
+                        bk: bk.as_deref(),
+                        bv: bv.as_deref(),
+                        q_norm: q_norm.as_deref(),
+                        k_norm: k_norm.as_deref(),
+                        rotate: l.attn.mla.is_none(),
+                    },
+                    &l.kv_ranges,
+                    &ws.seq_views,
+                    q,
+                    k,
+                    v,
+                    attn_out,
+                    &ws.rope[rope_i * n * pairs..],
+                    &ws.scratch,
+                    &ws.attn_states,
+                    &split,
+                )?;
+            }
             match &l.qkv {
                 Qkv::Gqa { .. } => self.project_add(
                     ws,
@@ -1209,7 +1252,25 @@ impl Model {
                     l.attn_post_norm.as_deref(),
                 )?,
                 Qkv::Mla(m) => {
-                    crate::mla::output(pool, m, c.n_heads, ws, n)?;
+                    for (si, s) in seqs.iter().enumerate() {
+                        let Some((rows, expand)) = ws.mla_rows.get(si).cloned() else {
+                            continue;
+                        };
+                        if !expand {
+                            crate::mla::output(pool, m, c.n_heads, ws, rows)?;
+                            continue;
+                        }
+                        let home = s.cache.store().geometry().head_home(0).0;
+                        let es = crate::mla_expanded::ExpandedSeq {
+                            cache: &*s.cache,
+                            p0: s.cache.len(),
+                            row0: rows.start,
+                            n_rows: rows.len(),
+                        };
+                        crate::mla_expanded::attend(
+                            pool, m, &l.attn, c.n_heads, li, home, &es, ws,
+                        )?;
+                    }
                     let w = c.n_heads * m.cfg.v_head;
                     self.project_add(
                         ws,

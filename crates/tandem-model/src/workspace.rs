@@ -100,6 +100,9 @@ pub(crate) struct Workspace {
     pub moe: MoeBuffers,
     /// Latent attention buffers (`crate::mla`).
     pub mla: MlaBuffers,
+    /// MLA layers: each sequence's batch rows and whether it prefills
+    /// expanded (`crate::mla_expanded`), set per layer by the forward pass.
+    pub mla_rows: Vec<(std::ops::Range<usize>, bool)>,
 }
 
 /// The MLA block's buffers (token-major).
@@ -116,6 +119,24 @@ pub(crate) struct MlaBuffers {
     pub o: Vec<f32>,
     /// Per worker: one head's gathered and quantized inputs.
     pub heads: PerWorker<HeadScratch>,
+    /// Expanded prefill (`crate::mla_expanded`).
+    pub expanded: ExpandedBuffers,
+    pub expanded_scratch: PerWorker<Vec<f32>>,
+}
+
+/// One sequence's decompressed cache for the expanded MLA prefill.
+#[derive(Default)]
+pub(crate) struct ExpandedBuffers {
+    /// `[context × kv_lora_rank]` latents and `[context × qk_rope]`
+    /// rotated key parts, decoded from the pages.
+    pub lat: Vec<f32>,
+    pub kpe: Vec<f32>,
+    /// One decoded row.
+    pub row: Vec<f32>,
+    /// `[context × n_heads·qk_nope]` keys without RoPE and `[context ×
+    /// n_heads·v_head]` values.
+    pub kn: Vec<f32>,
+    pub v: Vec<f32>,
 }
 
 /// A worker's buffers for one head's matmul (`parallel::per_head`).
