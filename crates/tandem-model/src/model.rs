@@ -1155,7 +1155,7 @@ impl Model {
                     for s in seqs.iter() {
                         let rows = row0..row0 + s.tokens.len();
                         let expand = m.k_b_t.is_some()
-                            && worth_expanding(self.mla_prefill, &m.cfg, rows.len());
+                            && worth_expanding(self.mla_prefill, &m.cfg, s.cache.len(), rows.len());
                         ws.mla_rows.push((rows.clone(), expand));
                         row0 = rows.end;
                     }

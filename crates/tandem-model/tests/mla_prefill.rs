@@ -168,27 +168,23 @@ fn auto_expands_only_where_the_cost_model_says_it_pays() {
         KvFormat::F32,
     );
     let mla = m.config.mla.clone().expect("an MLA model");
-    // Break-even rows: lora·(nope + v) / (row + lora − qk − v).
+    let expands = |p0, rows| tandem_model::mla_prefill_expands(MlaPrefill::Auto, &mla, p0, rows);
+    // A prompt's first chunk: always (its rows are decompressed once
+    // either way); a decode step: never.
+    assert!(expands(0, 2) && expands(0, 5000));
+    assert!(!expands(0, 1) && !expands(100, 1));
+    // Over a cached prefix, from the cost model's break-even on: p0·A <
+    // n·(p0 + n)·gain.
     let gain = mla.row() + mla.kv_lora_rank - mla.qk_head() - mla.v_head;
-    let even = mla.kv_lora_rank * (mla.qk_nope + mla.v_head) / gain;
-    assert!(!tandem_model::mla_prefill_expands(
-        MlaPrefill::Auto,
-        &mla,
-        even
-    ));
-    assert!(tandem_model::mla_prefill_expands(
-        MlaPrefill::Auto,
-        &mla,
-        even + 1
-    ));
-    assert!(!tandem_model::mla_prefill_expands(
-        MlaPrefill::Absorbed,
-        &mla,
-        1 << 20
-    ));
-    assert!(!tandem_model::mla_prefill_expands(
-        MlaPrefill::Expanded,
-        &mla,
-        1
-    ));
+    let a = mla.kv_lora_rank * (mla.qk_nope + mla.v_head);
+    let p0 = 4096;
+    let even = (1..p0)
+        .find(|&n| p0 * a < n * (p0 + n) * gain)
+        .expect("break-even");
+    assert!(!expands(p0, even - 1) && expands(p0, even));
+    for mode in [MlaPrefill::Absorbed, MlaPrefill::Expanded] {
+        let forced = |p0, rows| tandem_model::mla_prefill_expands(mode, &mla, p0, rows);
+        assert_eq!(forced(0, 1000), mode == MlaPrefill::Expanded);
+        assert!(!forced(0, 1));
+    }
 }
