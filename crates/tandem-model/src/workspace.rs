@@ -127,16 +127,20 @@ pub(crate) struct MlaBuffers {
 /// One sequence's decompressed cache for the expanded MLA prefill.
 #[derive(Default)]
 pub(crate) struct ExpandedBuffers {
-    /// `[context × kv_lora_rank]` latents and `[context × qk_rope]`
+    /// `[window × kv_lora_rank]` latents and `[window × qk_rope]`
     /// rotated key parts, decoded from the pages.
     pub lat: Vec<f32>,
     pub kpe: Vec<f32>,
     /// One decoded row.
     pub row: Vec<f32>,
-    /// `[context × n_heads·qk_nope]` keys without RoPE and `[context ×
+    /// `[window × n_heads·qk_nope]` keys without RoPE and `[window ×
     /// n_heads·v_head]` values.
     pub kn: Vec<f32>,
     pub v: Vec<f32>,
+    /// Per (query row, head): online-softmax (max, sum) and accumulator,
+    /// kept across windows.
+    pub states: Vec<f32>,
+    pub acc: Vec<f32>,
 }
 
 /// A worker's buffers for one head's matmul (`parallel::per_head`).

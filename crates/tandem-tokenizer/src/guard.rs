@@ -2,7 +2,9 @@
 //! files instead of returning an error: a `tokenizer.json` whose decoder is
 //! cut off, a `Precompiled` normalizer with a malformed charsmap, a
 //! `TemplateProcessing` post-processor naming a special token it does not
-//! define (which loads, then panics on the first encode).
+//! define (which loads, then panics on the first encode), a `Strip`
+//! decoder that cuts the end of tokens shorter than its cut (found by the
+//! `tokenizer_json` fuzzer).
 //!
 //! Two layers: [`validate_json`] / [`validate_loaded`] reject what
 //! `tokenizers` is known to panic on, before it runs, with an error that
@@ -49,6 +51,41 @@ pub(crate) fn validate_json(origin: &str, v: &Value) -> Result<(), TokenizerErro
     }
     if let Some(n) = v.get("normalizer") {
         validate_normalizer(origin, n)?;
+    }
+    if let Some(d) = v.get("decoder") {
+        validate_decoder(origin, d)?;
+    }
+    Ok(())
+}
+
+/// `tokenizers`' `Strip` decoder cuts `stop` characters off the end of
+/// every token without checking the token is that long (an index past
+/// the end, or a cut past its start: a panic while decoding). Tokenizers
+/// in the wild strip only a leading space (`start` 1, `stop` 0), so a
+/// `stop` is refused here.
+fn validate_decoder(origin: &str, d: &Value) -> Result<(), TokenizerError> {
+    match d.get("type").and_then(Value::as_str) {
+        Some("Sequence") => {
+            for inner in d
+                .get("decoders")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                validate_decoder(origin, inner)?;
+            }
+        }
+        Some("Strip") => {
+            let stop = d.get("stop").and_then(Value::as_u64).unwrap_or(0);
+            if stop > 0 {
+                return Err(bad(
+                    origin,
+                    "Strip decoder",
+                    format!("stop {stop}: cutting the end of a token is not supported"),
+                ));
+            }
+        }
+        _ => {}
     }
     Ok(())
 }

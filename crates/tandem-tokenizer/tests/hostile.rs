@@ -105,3 +105,21 @@ fn template_naming_an_undefined_special_token() {
     });
     rejects("template-id", &text, "99999999");
 }
+
+#[test]
+fn strip_decoder_cutting_the_end_of_tokens() {
+    // `tokenizers` indexes past a token shorter than `stop` (found by the
+    // tokenizer_json fuzzer); the leading-space strip real files use loads.
+    let strip = |stop: u64| json!({"type": "Strip", "content": " ", "start": 1, "stop": stop});
+    let text = with(|v| v["decoder"] = strip(5));
+    rejects("strip-stop", &text, "Strip decoder");
+    let text = with(|v| v["decoder"] = json!({"type": "Sequence", "decoders": [strip(1)]}));
+    rejects("strip-stop-nested", &text, "Strip decoder");
+    let d = dir_with("strip-start", &with(|v| v["decoder"] = strip(0)));
+    let t = Tokenizer::from_hf_dir(&d);
+    let _ = std::fs::remove_dir_all(&d);
+    let ids = t
+        .expect("a leading-space strip loads")
+        .encode("hello world", false);
+    assert!(ids.is_ok());
+}
