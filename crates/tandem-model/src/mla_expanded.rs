@@ -297,7 +297,10 @@ fn fold_window(
         let mut visible = [0usize; TILE];
         let mut starts = [0usize; TILE];
         loop {
-            let item = wk.claim();
+            // Claims count per node: items are dealt round-robin over the
+            // nodes, so each is folded once (folding twice would count its
+            // keys twice).
+            let item = wk.claim() * wk.n_nodes + wk.node;
             if item >= n_heads * tiles {
                 return Ok(());
             }

@@ -188,3 +188,38 @@ fn auto_expands_only_where_the_cost_model_says_it_pays() {
         assert!(!forced(0, 1));
     }
 }
+
+/// Several query tiles over two and three virtual nodes: each (head,
+/// tile) item is folded by exactly one worker of one node (claims count
+/// per node; an item folded twice counts its keys twice), so the logits
+/// equal the unsharded one-thread ones bit for bit.
+#[test]
+fn expanded_prefill_is_the_same_on_any_split() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures/models/tiny-deepseek3/gguf/tiny-deepseek3-Q8_0.gguf");
+    let mk = |numa, threads| {
+        let opts = LoadOptions {
+            numa,
+            threads,
+            pin: false,
+            mla_prefill: MlaPrefill::Expanded,
+            ..LoadOptions::default()
+        };
+        Model::load_with(ModelFiles::open(&path).expect("fixture"), &opts).expect("model")
+    };
+    let base = mk(NumaMode::Off, Some(1));
+    let toks = tokens(base.config.vocab_size, 150, 3);
+    let run = |m: &Model| {
+        let mut cache = m.new_cache(200).expect("cache");
+        m.forward(&toks, &mut cache, Logits::All).expect("prefill")
+    };
+    let want = run(&base);
+    for (numa, threads) in [
+        (NumaMode::Off, Some(2)),
+        (NumaMode::Virtual(2), None),
+        (NumaMode::Virtual(3), Some(3)),
+    ] {
+        let d = max_diff(&want, &run(&mk(numa, threads)));
+        assert_eq!(d, 0.0, "{numa:?} {threads:?}: logits differ by {d}");
+    }
+}
