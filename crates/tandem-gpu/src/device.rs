@@ -425,6 +425,26 @@ pub trait Device: Send + Sync + 'static {
     ) -> Result<(), GpuError>;
 }
 
+/// The bytes [`Device::copy_cols`] reads and writes (`(source,
+/// destination)` spans from each pointer), or why the shapes are wrong.
+pub fn copy_cols_spans(
+    rows: usize,
+    cols: usize,
+    src_stride: usize,
+    dst_stride: usize,
+) -> Result<(usize, usize), GpuError> {
+    if cols > src_stride || cols > dst_stride {
+        return Err(GpuError::Shape(
+            "copy_cols: a row wider than its stride".into(),
+        ));
+    }
+    let span = |stride: usize| match rows {
+        0 => 0,
+        _ => ((rows - 1) * stride + cols) * 4,
+    };
+    Ok((span(src_stride), span(dst_stride)))
+}
+
 /// The KV format's layout as a weight format (same blocks).
 pub fn kv_weight_format(f: KvFormat) -> WeightFormat {
     match f {

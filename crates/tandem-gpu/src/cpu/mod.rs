@@ -685,18 +685,11 @@ impl Device for CpuDevice {
         rows: usize,
         cols: usize,
     ) -> Result<(), GpuError> {
-        if cols > src_stride || cols > dst_stride {
-            return Err(GpuError::Shape(
-                "copy_cols: a row wider than its stride".into(),
-            ));
-        }
-        let span = |stride: usize| match rows {
-            0 => 0,
-            _ => ((rows - 1) * stride + cols) * 4,
-        };
+        let (src_len, dst_len) =
+            crate::device::copy_cols_spans(rows, cols, src_stride, dst_stride)?;
         let (sr, d) = (
-            bytes(src, span(src_stride), "copy_cols source")?,
-            bytes(dst, span(dst_stride), "copy_cols destination")?,
+            bytes(src, src_len, "copy_cols source")?,
+            bytes(dst, dst_len, "copy_cols destination")?,
         );
         distinct(&[&sr, &d], "copy_cols")?;
         self.enqueue(s, "copy_cols", true, move || {

@@ -793,17 +793,10 @@ impl Device for CudaDevice {
         rows: usize,
         cols: usize,
     ) -> Result<(), GpuError> {
-        if cols > src_stride || cols > dst_stride {
-            return Err(GpuError::Shape(
-                "copy_cols: a row wider than its stride".into(),
-            ));
-        }
-        let span = |stride: usize| match rows {
-            0 => 0,
-            _ => ((rows - 1) * stride + cols) * 4,
-        };
-        in_bounds(src, span(src_stride), "copy_cols source")?;
-        in_bounds(dst, span(dst_stride), "copy_cols destination")?;
+        let (src_len, dst_len) =
+            crate::device::copy_cols_spans(rows, cols, src_stride, dst_stride)?;
+        in_bounds(src, src_len, "copy_cols source")?;
+        in_bounds(dst, dst_len, "copy_cols destination")?;
         self.launch(
             s,
             "copy_cols",
