@@ -115,6 +115,13 @@ fn strip_decoder_cutting_the_end_of_tokens() {
     rejects("strip-stop", &text, "Strip decoder");
     let text = with(|v| v["decoder"] = json!({"type": "Sequence", "decoders": [strip(1)]}));
     rejects("strip-stop-nested", &text, "Strip decoder");
+    // `tokenizers` reads decoders untagged: a wrong `type` is still a Strip.
+    let text = with(|v| {
+        v["decoder"] = json!({"type": "Sequence", "decoders": [
+            {"content": " ", "start": 1, "stop": 2, "type": "contenStrip"}
+        ]})
+    });
+    rejects("strip-stop-mistyped", &text, "Strip decoder");
     let d = dir_with("strip-start", &with(|v| v["decoder"] = strip(0)));
     let t = Tokenizer::from_hf_dir(&d);
     let _ = std::fs::remove_dir_all(&d);
