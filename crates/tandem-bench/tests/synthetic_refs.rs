@@ -74,7 +74,7 @@ fn synthetic_moe_and_mla_logits_match_llama_cpp() {
                 // the bounds above assume the same rounding graph. The
                 // expanded prefill rounds elsewhere (latents into f16 and
                 // Q8_0 for the decompression): on this random-weight Q8_0
-                // file that flips one near-tie expert choice (position 3:
+                // file that flips a near tie at one position (position 3:
                 // 0.249, the others 0.013-0.020 as absorbed), while both
                 // forms stay as far from llama.cpp's F16 logits (1.659 and
                 // 1.658; llama.cpp's own Q8_0: 1.661). Expanded is checked

@@ -16,8 +16,9 @@
 //! So expanded is cheaper when `p0·A < n·ctx·2·gain`, `gain = row +
 //! kv_lora_rank − qk_head − v_head` ([`worth_expanding`]): always for a
 //! prompt's first chunk, and over a cached prefix once the chunk is long
-//! enough (DeepSeek-V3, row 576, latent 512, heads 192/128: 256 rows over
-//! 4,096 cached, 57 over 512). Its attention is 3.4x cheaper.
+//! enough (DeepSeek-V3, row 576, latent 512, heads 192/128: 136 rows over
+//! 512 cached, 165 over 4,096, 170 over 32,768). Its attention is 3.4x
+//! cheaper.
 //!
 //! The steps, for one sequence of the batch:
 //!
