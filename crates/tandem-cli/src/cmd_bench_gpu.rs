@@ -42,7 +42,7 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 /// Largest difference of any stored K/V value of positions `0..n`.
 fn kv_diff(a: &KvCache, b: &KvCache, n: usize) -> anyhow::Result<f32> {
     let g = a.store().geometry().clone();
-    let fmt = tandem_gpu::device::kv_weight_format(g.format);
+    let fmt = g.format.weight_format();
     let (mut ra, mut rb) = (vec![0f32; g.head_dim], vec![0f32; g.head_dim]);
     let mut worst = 0f32;
     for (node, heads) in g.node_heads.iter().enumerate() {

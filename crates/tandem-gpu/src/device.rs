@@ -444,13 +444,3 @@ pub fn copy_cols_spans(
     };
     Ok((span(src_stride), span(dst_stride)))
 }
-
-/// The KV format's layout as a weight format (same blocks).
-pub fn kv_weight_format(f: KvFormat) -> WeightFormat {
-    match f {
-        KvFormat::F32 => WeightFormat::F32,
-        KvFormat::F16 => WeightFormat::F16,
-        KvFormat::BF16 => WeightFormat::BF16,
-        KvFormat::Q8_0 => WeightFormat::Q8_0,
-    }
-}

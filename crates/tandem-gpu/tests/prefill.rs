@@ -54,7 +54,7 @@ fn kv_diff(a: &KvCache, b: &KvCache, n: usize) -> f32 {
     let g = a.store().geometry().clone();
     let mut worst = 0f32;
     let (mut ra, mut rb) = (vec![0f32; g.head_dim], vec![0f32; g.head_dim]);
-    let fmt = tandem_gpu::device::kv_weight_format(g.format);
+    let fmt = g.format.weight_format();
     for (node, heads) in g.node_heads.iter().enumerate() {
         for layer in 0..g.n_layers {
             for kv in 0..g.planes() {

@@ -192,12 +192,7 @@ pub(crate) fn attend(
         .ensure(pool.n_threads(), scratch_len(qk, vh));
     // The first position any of the chunk's queries sees.
     let first = spec.window.map_or(0, |wnd| (s.p0 + 1).saturating_sub(wnd));
-    let fmt = match geom.format {
-        KvFormat::F32 => tandem_kernels::WeightFormat::F32,
-        KvFormat::F16 => tandem_kernels::WeightFormat::F16,
-        KvFormat::BF16 => tandem_kernels::WeightFormat::BF16,
-        KvFormat::Q8_0 => tandem_kernels::WeightFormat::Q8_0,
-    };
+    let fmt = geom.format.weight_format();
     let mut w0 = first / BLOCK * BLOCK;
     while w0 < ctx {
         let wn = WINDOW.min(ctx - w0);

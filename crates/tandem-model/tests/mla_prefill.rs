@@ -48,12 +48,7 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 /// Every cached row of both caches, decoded.
 fn rows_diff(a: &KvCache, b: &KvCache, layers: usize) -> f32 {
     let g = a.store().geometry().clone();
-    let fmt = match g.format {
-        KvFormat::F32 => tandem_kernels::WeightFormat::F32,
-        KvFormat::F16 => tandem_kernels::WeightFormat::F16,
-        KvFormat::BF16 => tandem_kernels::WeightFormat::BF16,
-        KvFormat::Q8_0 => tandem_kernels::WeightFormat::Q8_0,
-    };
+    let fmt = g.format.weight_format();
     let (mut ra, mut rb) = (vec![0f32; g.head_dim], vec![0f32; g.head_dim]);
     let home = g.head_home(0).0;
     let mut worst = 0f32;

@@ -90,7 +90,7 @@ impl<D: Device> Run<'_, D> {
         let (hd, kvh) = (c.head_dim, c.n_kv_heads);
         let group = c.n_heads / kvh.max(1);
         let pt = self.geom.page_tokens;
-        let kvw = kv_weight_format(self.geom.format);
+        let kvw = self.geom.format.weight_format();
         for (j, blk) in self.cached_block_list(l, p0).into_iter().enumerate() {
             let bi = j % 2;
             let v_base = self.upload_block(li, seq, blk.clone(), bi, st)?;

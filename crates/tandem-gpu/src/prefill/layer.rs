@@ -180,7 +180,7 @@ impl<D: Device> Run<'_, D> {
         // is synchronised (`write_back`), and lives in `self`.
         unsafe { dev.d2h(&self.s.back, ptr(enc, 0), stage, 2 * v_off)? };
         self.kv_down.record(dev, e, &self.s.back)?;
-        let kvw = kv_weight_format(fmt);
+        let kvw = fmt.weight_format();
         dev.dequantize(
             s,
             kvw,

@@ -106,7 +106,7 @@ impl<D: Device> Run<'_, D> {
         // is synchronised (`write_back`), and lives in `self`.
         unsafe { dev.d2h(&self.s.back, ptr(enc, 0), stage, bytes)? };
         self.kv_down.record(dev, e, &self.s.back)?;
-        let kvw = kv_weight_format(fmt);
+        let kvw = fmt.weight_format();
         dev.dequantize(s, kvw, ptr(enc, 0), ptr(b, a.kdec), DType::F32, n * row)?;
         // 4. Queries `[token][head][rope | nope]` (zeros past), rotated,
         // then head-major.
@@ -140,7 +140,7 @@ impl<D: Device> Run<'_, D> {
         if p0 > 0 {
             self.mla_cached_blocks(li, l, m, seq, p0, n, ms, offs, st)?;
         }
-        self.mla_attend(l, a.mla_k, a.mla_v, n, p0, n, p0, st)?;
+        self.mla_attend(l, w, a.mla_k, a.mla_v, n, p0, n, p0, st)?;
         dev.attn_finish(
             s,
             ptr(b, a.states),
@@ -190,6 +190,7 @@ impl<D: Device> Run<'_, D> {
     fn mla_attend(
         &self,
         l: &LayerWeights,
+        w: usize,
         k: usize,
         v: usize,
         n: usize,
@@ -199,7 +200,7 @@ impl<D: Device> Run<'_, D> {
         st: &mut PrefillStats,
     ) -> Result<(), GpuError> {
         let (b, a) = (&self.b.act, &self.b.a);
-        let (nh, w) = (self.p.w.config.n_heads, self.b_width());
+        let nh = self.p.w.config.n_heads;
         self.dev().attend(
             &self.s.compute,
             &Attend {
@@ -225,19 +226,6 @@ impl<D: Device> Run<'_, D> {
         Ok(())
     }
 
-    /// The decompressed head width of this model's latent layers.
-    fn b_width(&self) -> usize {
-        self.p
-            .w
-            .layers
-            .iter()
-            .find_map(|l| match &l.proj {
-                AttnWeights::Mla { cfg, .. } => Some(width(cfg)),
-                AttnWeights::Gqa { .. } => None,
-            })
-            .unwrap_or(0)
-    }
-
     /// The positions cached before the chunk: each block of latent rows
     /// pulled from the host pages, decoded, decompressed and folded in.
     #[allow(clippy::too_many_arguments)]
@@ -255,7 +243,7 @@ impl<D: Device> Run<'_, D> {
     ) -> Result<(), GpuError> {
         let dev = self.dev();
         let pt = self.geom.page_tokens;
-        let kvw = kv_weight_format(self.geom.format);
+        let kvw = self.geom.format.weight_format();
         for (j, blk) in self.cached_block_list(l, p0).into_iter().enumerate() {
             let bi = j % 2;
             self.upload_block(li, seq, blk.clone(), bi, st)?;
@@ -274,7 +262,7 @@ impl<D: Device> Run<'_, D> {
             )?;
             self.blk_free.record(dev, bi, s)?;
             self.decompress(li, m, ms, offs, a.blk_dec, n_k, a.mla_bk, a.mla_bv, st)?;
-            self.mla_attend(l, a.mla_bk, a.mla_bv, n, p0, n_k, k0, st)?;
+            self.mla_attend(l, width(m), a.mla_bk, a.mla_bv, n, p0, n_k, k0, st)?;
         }
         Ok(())
     }
@@ -314,8 +302,8 @@ impl<D: Device> Run<'_, D> {
         }
         // k_b_h is stored `[latent][nope]`: the transpose of what the
         // product needs.
-        self.per_head(li, ms[kb], offs[kb], lora, tok, k + rope * 4, true, st)?;
-        self.per_head(li, ms[vb], offs[vb], m.v_head, tok, v, false, st)
+        self.per_head(li, m, ms[kb], offs[kb], lora, tok, k + rope * 4, true, st)?;
+        self.per_head(li, m, ms[vb], offs[vb], m.v_head, tok, v, false, st)
     }
 
     /// For every head `h`: `y_h[t] = mat_h · lat[t]` over `tok` latents
@@ -327,6 +315,7 @@ impl<D: Device> Run<'_, D> {
     fn per_head(
         &self,
         li: usize,
+        m: &MlaConfig,
         mat: &HostMatrix,
         off: usize,
         per_head: usize,
@@ -339,7 +328,7 @@ impl<D: Device> Run<'_, D> {
         let (s, b, a) = (&self.s.compute, &self.b.act, &self.b.a);
         let slot = &self.b.slots[li % self.p.opts.slots];
         let nh = self.p.w.config.n_heads;
-        let w = self.b_width();
+        let w = width(m);
         let ty = self.ty(mat);
         let (cols, head_elems) = (mat.cols, per_head * mat.cols);
         // The product's shape: out rows × latent columns.

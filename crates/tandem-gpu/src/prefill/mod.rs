@@ -64,7 +64,7 @@ use tandem_kernels::WeightFormat;
 use tandem_kv::Sequence;
 use tandem_model::{Logits, ModelError, ModelFiles};
 
-use crate::device::{kv_weight_format, Attend, DType, Device, Gemm, HostMem, Ptr, RopeArgs};
+use crate::device::{Attend, DType, Device, Gemm, HostMem, Ptr, RopeArgs};
 use crate::kv_io;
 use crate::weights::{
     align, pack, AttnWeights, FfnWeights, Glu, HostMatrix, LayerVectors, LayerWeights, ModelWeights,

@@ -64,6 +64,17 @@ pub enum KvFormat {
 }
 
 impl KvFormat {
+    /// The weight format with the same block layout (a stored KV row
+    /// decodes with `dequantize_row` of it).
+    pub const fn weight_format(self) -> crate::WeightFormat {
+        match self {
+            KvFormat::F32 => crate::WeightFormat::F32,
+            KvFormat::F16 => crate::WeightFormat::F16,
+            KvFormat::BF16 => crate::WeightFormat::BF16,
+            KvFormat::Q8_0 => crate::WeightFormat::Q8_0,
+        }
+    }
+
     /// Every format, in declaration order.
     pub const ALL: [KvFormat; 4] = [KvFormat::F32, KvFormat::F16, KvFormat::BF16, KvFormat::Q8_0];
 
