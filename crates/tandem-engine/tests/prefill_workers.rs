@@ -371,3 +371,83 @@ fn cancelling_a_handed_off_request_frees_its_pages_and_the_worker() {
     engine.shutdown();
     assert_eq!(store.counts().in_use, 0);
 }
+
+/// tiny-gpt-oss: every other layer sees a window of 16 positions.
+fn windowed_model() -> Model {
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures/models/tiny-gpt-oss/gguf/tiny-gpt-oss-F32.gguf");
+    let files = tandem_model::ModelFiles::open(&path).expect("fixture");
+    let opts = tandem_model::LoadOptions {
+        threads: Some(2),
+        pin: false,
+        ..tandem_model::LoadOptions::default()
+    };
+    Model::load_with(files, &opts).expect("load")
+}
+
+#[test]
+fn a_windowed_model_hands_off_only_its_window_and_loses_nothing() {
+    let m = Arc::new(windowed_model());
+    let ps = prompts(&m);
+    let long = &ps[0];
+    let reference = in_process_reference(&m, std::slice::from_ref(long));
+    let store = worker_store(&m);
+    let g = store.geometry().clone();
+    assert!(g.n_groups() > 1, "windowed layers have a page group");
+    // Every group's pages for the whole prompt: what a hand-off took
+    // before windowed layers reserved only their window.
+    let whole = g.n_groups() * long.len().div_ceil(g.page_tokens);
+    assert!(long.len() > 4 * g.page_tokens, "the prompt spans pages");
+
+    let engine = Engine::start(Arc::clone(&m), store.clone(), cfg());
+    let hub = engine.worker_hub().expect("hub");
+    let slow = Slow(CpuPrefill::new(Arc::clone(&m), worker_store(&m), CHUNK));
+    local::spawn(&hub, Box::new(slow)).expect("worker");
+    wait_for("the worker joins", || engine.stats().prefill_workers == 1);
+    let (tx, rx) = channel();
+    engine
+        .submit(
+            Request {
+                prompt: long.clone(),
+                max_tokens: 12,
+                sampling: SamplingParams::greedy(),
+                logprobs: Some(2),
+                ignore_eos: true,
+                ..Request::default()
+            },
+            Box::new(move |ev| tx.send(ev).is_ok()),
+        )
+        .expect("submit");
+    wait_for("the hand-off", || engine.stats().prefill_workers_busy == 1);
+    let held = engine.stats().pages_in_use;
+    assert!(
+        held > 0 && held < whole,
+        "{held} pages held during the hand-off, {whole} for every group"
+    );
+    let got = collect(&rx);
+    let bits = |o: &Out| o.iter().map(|&(t, l)| (t, l.to_bits())).collect::<Vec<_>>();
+    assert_eq!(bits(&got), bits(&reference[0]));
+    assert_eq!(engine.stats().scheduler.remote_prefills, 1);
+    engine.shutdown();
+    assert_eq!(store.counts().in_use, 0);
+
+    // A worker that fails early or late: the request is computed here
+    // (from where its rows allow) and equals its solo run.
+    for after in [1, 4] {
+        let store = worker_store(&m);
+        let engine = Engine::start(Arc::clone(&m), store.clone(), cfg());
+        let hub = engine.worker_hub().expect("hub");
+        faulty_worker(&m, &hub, Fault::Dies, after);
+        wait_for("the worker joins", || engine.stats().prefill_workers == 1);
+        let got = run_one(&engine, long, 12);
+        assert_eq!(got.len(), reference[0].len(), "after {after}");
+        for (g, r) in got.iter().zip(&reference[0]) {
+            assert_eq!(g.0, r.0, "after {after}");
+            assert!((g.1 - r.1).abs() < 1e-4, "after {after}: {g:?} vs {r:?}");
+        }
+        assert_eq!(engine.stats().scheduler.remote_failures, 1);
+        assert_eq!(engine.stats().pages_in_use, 0, "after {after}");
+        engine.shutdown();
+        assert_eq!(store.counts().in_use, 0, "after {after}");
+    }
+}

@@ -236,7 +236,9 @@ impl<'a> PageImage<'a> {
     /// the next ones (`start == seq.len()`), and `seq` must have this
     /// image's geometry. Reserves them (copy-on-write as for any write),
     /// writes the rows and commits the tokens; all or nothing up to the
-    /// commit (an error leaves `len` unchanged).
+    /// commit (an error leaves `len` unchanged). A row whose page the
+    /// sequence left a hole (a windowed layer's rows that no later query
+    /// reads, [`Sequence::reserve_final`]) is skipped.
     pub fn write_into(&self, seq: &mut Sequence) -> Result<(), KvError> {
         let g = seq.store().geometry().clone();
         if g.format != self.geom.format
@@ -264,6 +266,9 @@ impl<'a> PageImage<'a> {
                     let (node, local) = g.head_home(head);
                     for pos in self.start..self.start + n {
                         let row = src.next().ok_or_else(|| bad("too few rows"))?;
+                        if seq.is_hole(layer, pos) {
+                            continue;
+                        }
                         let p = seq.row_ptr(node, layer, kv, local, pos)?;
                         // SAFETY: `pos` was reserved just now (a private
                         // page, rule 1 of `store.rs`); the row is

@@ -903,6 +903,33 @@ impl Sequence {
     /// need and copies a shared or indexed partial last page. All or
     /// nothing: on error the sequence is unchanged.
     pub fn reserve(&mut self, n: usize) -> Result<(), KvError> {
+        self.reserve_pages(n, false)
+    }
+
+    /// [`reserve`](Self::reserve) for `n` positions whose rows all arrive
+    /// from elsewhere before any query here reads them (a prefill
+    /// worker's page images): a windowed group gets no page for the
+    /// positions no query at `len + n` or later reads (they stay
+    /// [`HOLE`]s, see [`is_hole`](Self::is_hole), and their rows are not
+    /// written), so a long prompt handed off takes its windowed layers'
+    /// window, not the whole prompt, from the pool. A forward pass here
+    /// must not write the reserved positions as they are (its queries
+    /// read the rows behind them): to compute them here instead,
+    /// [`truncate`](Self::truncate) first.
+    pub fn reserve_final(&mut self, n: usize) -> Result<(), KvError> {
+        self.reserve_pages(n, true)
+    }
+
+    /// Whether `layer`'s row at `pos` has no page (its windowed group
+    /// released it, or [`reserve_final`](Self::reserve_final) never took
+    /// one); false for positions past the reserved pages.
+    pub fn is_hole(&self, layer: usize, pos: usize) -> bool {
+        let (group, _) = self.store.layer_home(layer);
+        let p = self.store.geom.page_tokens.max(1);
+        self.tables.get(group).and_then(|t| t.get(pos / p)) == Some(&HOLE)
+    }
+
+    fn reserve_pages(&mut self, n: usize, final_rows: bool) -> Result<(), KvError> {
         let p = self.store.geom.page_tokens;
         if let Some(limit) = self.limit {
             if self.len + n > limit {
@@ -928,7 +955,16 @@ impl Sequence {
             partial && tables[g][last] != HOLE && !t.is_private(tables[g][last])
         };
         let cows = (0..groups).filter(|&g| cow(&t, &self.tables, g)).count();
-        let wanted = new_pages * groups + cows;
+        // Per group, the new pages left as holes (`reserve_final`): the
+        // pages a windowed group releases once `len + n` is committed.
+        let have = self.tables[0].len();
+        let holes = |g: usize| match self.store.layout.windows[g] {
+            Some(w) if final_rows && self.release => Layout::dead_pages(w, self.len + n, p)
+                .saturating_sub(have)
+                .min(new_pages),
+            _ => 0,
+        };
+        let wanted = (0..groups).map(|g| new_pages - holes(g)).sum::<usize>() + cows;
         if t.available() < wanted {
             return Err(KvError::OutOfPages {
                 needed: wanted,
@@ -945,7 +981,9 @@ impl Sequence {
                 // reused; the copy waits for the spills below.
                 self.cow.push((g, fresh));
             }
-            for _ in 0..new_pages {
+            let h = holes(g);
+            self.tables[g].extend(std::iter::repeat_n(HOLE, h));
+            for _ in h..new_pages {
                 let (fresh, ev) = t.alloc().ok_or(KvError::Internal("alloc after check"))?;
                 evicted.extend(ev);
                 self.tables[g].push(fresh);
@@ -994,6 +1032,21 @@ impl Sequence {
         Ok(())
     }
 
+    /// Whether every row a query at position `n` reads is held (a
+    /// windowed group may have released some, or never taken them:
+    /// [`reserve_final`](Self::reserve_final)), so that the sequence can
+    /// be truncated to `n` and go on from there.
+    pub fn resumable_at(&self, n: usize) -> bool {
+        let p = self.store.geom.page_tokens;
+        !(0..self.tables.len()).any(|g| {
+            self.store.layout.windows[g].is_some_and(|w| {
+                let first = (n + 1).saturating_sub(w) / p;
+                let keep = n.div_ceil(p).min(self.tables[g].len());
+                self.tables[g][first.min(keep)..keep].contains(&HOLE)
+            })
+        })
+    }
+
     /// Forgets positions `n..` (pages past them are released).
     pub fn truncate(&mut self, n: usize) {
         if n >= self.len {
@@ -1003,14 +1056,7 @@ impl Sequence {
         let p = self.store.geom.page_tokens;
         // A windowed group that released rows a query at `n` reads
         // cannot resume there: start over (correct, only slower).
-        let broken = (0..self.tables.len()).any(|g| {
-            self.store.layout.windows[g].is_some_and(|w| {
-                let first = (n + 1).saturating_sub(w) / p;
-                let keep = n.div_ceil(p).min(self.tables[g].len());
-                self.tables[g][first.min(keep)..keep].contains(&HOLE)
-            })
-        });
-        let n = if broken { 0 } else { n };
+        let n = if self.resumable_at(n) { n } else { 0 };
         let keep = n.div_ceil(p);
         let mut t = self.store.lock();
         for table in &mut self.tables {
@@ -1024,6 +1070,23 @@ impl Sequence {
         self.hashes.truncate(n / p);
         self.tokens.truncate(n);
         self.len = n;
+    }
+
+    /// Gives back the pages reserved past `len` (holes included), so that
+    /// the next [`reserve`](Self::reserve) takes them afresh: a hand-off
+    /// taken back is computed here, by a forward pass that writes every
+    /// layer's rows ([`reserve_final`](Self::reserve_final) left holes).
+    pub fn release_reserved(&mut self) {
+        let keep = self.len.div_ceil(self.store.geom.page_tokens);
+        let mut t = self.store.lock();
+        for table in &mut self.tables {
+            live(&table[keep.min(table.len())..]).for_each(|page| t.release(page));
+            table.truncate(keep);
+        }
+        drop(t);
+        for l in &mut self.live_from {
+            *l = (*l).min(keep);
+        }
     }
 
     /// Forgets everything (pages held ahead too).

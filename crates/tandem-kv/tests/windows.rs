@@ -5,7 +5,9 @@
 
 use std::sync::Arc;
 
-use tandem_kv::{KvFormat, KvGeometry, KvStore, Sequence, HOLE};
+use tandem_kv::{
+    encode_page_image, KvFormat, KvGeometry, KvStore, ModelIdentity, PageImage, Sequence, HOLE,
+};
 
 const PT: usize = 4;
 const WINDOW: usize = 6;
@@ -201,4 +203,88 @@ fn a_full_pool_is_an_error_that_changes_nothing() {
     let before = (a.len(), a.held_pages(), s.counts());
     assert!(a.reserve(8).is_err());
     assert_eq!((a.len(), a.held_pages(), s.counts()), before);
+}
+
+/// A source of page images: every row of `tokens`, windowed layers too.
+fn worker(tokens: &[u32]) -> Sequence {
+    let mut src = store(64).new_sequence().keep_window_rows();
+    append(&mut src, tokens);
+    src
+}
+
+/// Writes the worker's rows of positions `from..to` into `dst` in
+/// page-sized images (the first and last may be partial).
+fn send(src: &Sequence, dst: &mut Sequence, from: usize, to: usize) {
+    const ID: ModelIdentity = ModelIdentity(7);
+    let mut at = from;
+    while at < to {
+        let n = (PT - at % PT).min(to - at);
+        let bytes = encode_page_image(src, ID, 1, at, n).expect("encode");
+        let img = PageImage::parse(&bytes, dst.store().geometry(), ID).expect("parse");
+        img.write_into(dst).expect("write");
+        at += n;
+    }
+}
+
+fn in_use(seq: &Sequence) -> usize {
+    seq.store().counts().in_use
+}
+
+#[test]
+fn a_handed_off_prefill_takes_only_the_window_of_windowed_layers() {
+    let tokens: Vec<u32> = (0..44).map(|t| t * 3 + 1).collect();
+    let src = worker(&tokens[..40]);
+    let st = store(64);
+    let mut dst = st.new_sequence();
+    append(&mut dst, &tokens[..6]);
+    assert_eq!(in_use(&dst), 4, "2 pages per group");
+    dst.reserve_final(34).expect("reserve");
+    // 40 positions are 10 pages: the whole-prefix group takes 8 more,
+    // the windowed one only the pages a query at 40 or later reads (7, 8
+    // and 9), not 8 (`reserve` would take 16).
+    assert_eq!(in_use(&dst), 4 + 8 + 3);
+    assert!(dst.is_hole(1, 8) && dst.is_hole(3, 27) && !dst.is_hole(0, 8));
+    assert!(!dst.is_hole(1, 28) && !dst.is_hole(1, 5));
+    send(&src, &mut dst, 6, 40);
+    assert_eq!(dst.len(), 40);
+    check_rows(&dst, &tokens);
+    // Decoding goes on from there as after a local prefill.
+    append(&mut dst, &tokens[40..]);
+    check_rows(&dst, &tokens);
+    let mut local = st.new_sequence();
+    append(&mut local, &tokens);
+    assert_eq!(dst.held_pages(), local.held_pages());
+}
+
+#[test]
+fn a_hand_off_taken_back_goes_on_from_the_rows_it_can_use() {
+    let tokens: Vec<u32> = (0..40).map(|t| t * 5 + 2).collect();
+    let src = worker(&tokens);
+    // (rows sent up to, where it goes on, pages held there: at 36 the
+    // whole-prefix group's 9 and the windowed 7 and 8)
+    for (sent, resumes_at, pages) in [(20, 0, 0), (36, 36, 9 + 2), (6, 6, 4)] {
+        let st = store(64);
+        let mut dst = st.new_sequence();
+        append(&mut dst, &tokens[..6]);
+        dst.reserve_final(34).expect("reserve");
+        send(&src, &mut dst, 6, sent);
+        // What the scheduler does with a job it takes back: a query at
+        // 20 reads windowed rows 15..20, left as holes for the worker,
+        // and the rows before 6 were released as the images came (so
+        // from the start); one at 36 reads rows the worker sent; with
+        // nothing sent, from where the hand-off began.
+        let at = if dst.resumable_at(dst.len()) {
+            dst.len()
+        } else {
+            6
+        };
+        dst.truncate(at);
+        assert_eq!(dst.len(), resumes_at, "sent up to {sent}");
+        let at = resumes_at;
+        dst.release_reserved();
+        assert_eq!(dst.len(), at);
+        assert_eq!(in_use(&dst), pages, "sent {sent}");
+        append(&mut dst, &tokens[at..]);
+        check_rows(&dst, &tokens);
+    }
 }

@@ -41,7 +41,10 @@
 //!    failed a worker before (`Scheduler::take_prefill`). The request
 //!    leaves the decode batch for the *handed-off* set, its sequence
 //!    reserves the pages of every remaining position (if the pool cannot
-//!    give them now, it is prefilled in-process instead), and the worker
+//!    give them now, it is prefilled in-process instead; a sliding-window
+//!    layer group only the pages a query after the prompt reads, the rest
+//!    are holes whose rows the images carry and the sequence skips:
+//!    `Sequence::reserve_final`), and the worker
 //!    gets `(job, tokens, skip = positions the server holds)`.
 //! 3. The worker computes (reusing its own prefix cache where it can: it
 //!    does not receive the server's cached pages) and sends the rows of
@@ -65,7 +68,10 @@
 //!    `remote_timeout` — the job is taken back (`return_prefill`): the
 //!    request re-enters the decode batch as a prefill with the rows that
 //!    did check out kept (they are the request's own, verified), and is
-//!    prefilled in-process from there; a worker that misbehaved or went
+//!    prefilled in-process from there (the pages reserved past them go
+//!    back to the pool; where a windowed layer lacks rows the next
+//!    position reads, because they were holes, from where the hand-off
+//!    began, or from the start); a worker that misbehaved or went
 //!    silent is dropped. Nothing is lost and no page leaks: the pages
 //!    always belong to the request's sequence, which the scheduler owns.
 //! 7. Cancel (client gone, timeout): the request and its sequence are

@@ -64,7 +64,11 @@ impl<'m> Scheduler<'m> {
             }
             // All or nothing: a pool that cannot hold the rest now keeps
             // the request here, where it advances as pages free up.
-            e.seq.as_mut().is_some_and(|s| s.reserve(todo).is_ok())
+            // Windowed layers take only the rows a query after the
+            // prompt reads (the worker computes the rest).
+            e.seq
+                .as_mut()
+                .is_some_and(|s| s.reserve_final(todo).is_ok())
         })?;
         let mut e = self.active.remove(i);
         e.chunk = 0;
@@ -163,12 +167,27 @@ impl<'m> Scheduler<'m> {
         let mut e: Entry = self.handed.remove(i);
         e.job = 0;
         e.local_only = true;
-        if e.todo() == 0 {
+        let todo = e.todo();
+        if let Some(seq) = e.seq.as_mut() {
             // Every row arrived but not the logits: the last position is
             // computed again, for them.
-            if let Some(seq) = e.seq.as_mut() {
-                seq.truncate(seq.len().saturating_sub(1));
+            let mut at = if todo == 0 {
+                seq.len().saturating_sub(1)
+            } else {
+                seq.len()
+            };
+            // The rows that arrived are kept unless a windowed layer's
+            // page a query at `at` reads was left to the worker as a hole
+            // (`reserve_final`): then from where the hand-off began, or
+            // from the start once the images' commits released the
+            // windowed rows before it (a failure late in a long windowed
+            // prompt costs the whole prompt; the hole saves its windowed
+            // layers' pages in every hand-off that succeeds).
+            if !seq.resumable_at(at) {
+                at = e.handed_from.min(at);
             }
+            seq.truncate(at);
+            seq.release_reserved();
         }
         self.stats.remote_failures += 1;
         self.active.push(e);
