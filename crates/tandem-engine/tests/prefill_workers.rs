@@ -60,6 +60,11 @@ fn run_all(engine: &Engine, prompts: &[Vec<u32>]) -> Vec<Out> {
 }
 
 fn run_one(engine: &Engine, prompt: &[u32], max_tokens: usize) -> Out {
+    collect(&submit(engine, prompt, max_tokens))
+}
+
+/// Submits a greedy request for `max_tokens` tokens with log-probabilities.
+fn submit(engine: &Engine, prompt: &[u32], max_tokens: usize) -> Receiver<Event> {
     let (tx, rx) = channel();
     engine
         .submit(
@@ -74,7 +79,7 @@ fn run_one(engine: &Engine, prompt: &[u32], max_tokens: usize) -> Out {
             Box::new(move |ev| tx.send(ev).is_ok()),
         )
         .expect("submit");
-    collect(&rx)
+    rx
 }
 
 fn collect(rx: &Receiver<Event>) -> Out {
@@ -404,20 +409,7 @@ fn a_windowed_model_hands_off_only_its_window_and_loses_nothing() {
     let slow = Slow(CpuPrefill::new(Arc::clone(&m), worker_store(&m), CHUNK));
     local::spawn(&hub, Box::new(slow)).expect("worker");
     wait_for("the worker joins", || engine.stats().prefill_workers == 1);
-    let (tx, rx) = channel();
-    engine
-        .submit(
-            Request {
-                prompt: long.clone(),
-                max_tokens: 12,
-                sampling: SamplingParams::greedy(),
-                logprobs: Some(2),
-                ignore_eos: true,
-                ..Request::default()
-            },
-            Box::new(move |ev| tx.send(ev).is_ok()),
-        )
-        .expect("submit");
+    let rx = submit(&engine, long, 12);
     wait_for("the hand-off", || engine.stats().prefill_workers_busy == 1);
     let held = engine.stats().pages_in_use;
     assert!(

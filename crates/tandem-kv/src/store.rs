@@ -1057,16 +1057,7 @@ impl Sequence {
         // A windowed group that released rows a query at `n` reads
         // cannot resume there: start over (correct, only slower).
         let n = if self.resumable_at(n) { n } else { 0 };
-        let keep = n.div_ceil(p);
-        let mut t = self.store.lock();
-        for table in &mut self.tables {
-            live(&table[keep.min(table.len())..]).for_each(|page| t.release(page));
-            table.truncate(keep);
-        }
-        drop(t);
-        for l in &mut self.live_from {
-            *l = (*l).min(keep);
-        }
+        self.release_pages_from(n.div_ceil(p));
         self.hashes.truncate(n / p);
         self.tokens.truncate(n);
         self.len = n;
@@ -1077,7 +1068,11 @@ impl Sequence {
     /// taken back is computed here, by a forward pass that writes every
     /// layer's rows ([`reserve_final`](Self::reserve_final) left holes).
     pub fn release_reserved(&mut self) {
-        let keep = self.len.div_ceil(self.store.geom.page_tokens);
+        self.release_pages_from(self.len.div_ceil(self.store.geom.page_tokens));
+    }
+
+    /// Releases every group's pages from index `keep` on.
+    fn release_pages_from(&mut self, keep: usize) {
         let mut t = self.store.lock();
         for table in &mut self.tables {
             live(&table[keep.min(table.len())..]).for_each(|page| t.release(page));
