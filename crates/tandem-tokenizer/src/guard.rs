@@ -3,7 +3,8 @@
 //! cut off, a `Precompiled` normalizer with a malformed charsmap, a
 //! `TemplateProcessing` post-processor naming a special token it does not
 //! define (which loads, then panics on the first encode), a `Strip`
-//! decoder that cuts the end of tokens shorter than its cut (found by the
+//! decoder that cuts the end of tokens shorter than its cut, a single-input
+//! template that reads the second input (both found by the
 //! `tokenizer_json` fuzzer).
 //!
 //! Two layers: [`validate_json`] / [`validate_loaded`] reject what
@@ -212,6 +213,21 @@ fn validate_processor(origin: &str, p: &Value, vocab: usize) -> Result<(), Token
             let specials = p.get("special_tokens").and_then(Value::as_object);
             for key in ["single", "pair"] {
                 for piece in p.get(key).and_then(Value::as_array).into_iter().flatten() {
+                    // `tokenizers` indexes the inputs by a piece's
+                    // sequence: `B` in the single template reads past the
+                    // one input there is (a panic on the first encode;
+                    // found by the `tokenizer_json` fuzzer).
+                    let seq = piece
+                        .get("Sequence")
+                        .and_then(|s| s.get("id"))
+                        .and_then(Value::as_str);
+                    if key == "single" && seq.is_some_and(|id| id != "A") {
+                        return Err(bad(
+                            origin,
+                            part,
+                            "the single template reads sequence B, which a single input does not have",
+                        ));
+                    }
                     let Some(name) = piece
                         .get("SpecialToken")
                         .and_then(|s| s.get("id"))

@@ -107,6 +107,25 @@ fn template_naming_an_undefined_special_token() {
 }
 
 #[test]
+fn single_template_reading_the_second_input() {
+    // `tokenizers` indexes the inputs by the template's sequence ids: `B`
+    // in the single template panics on the first encode (found by the
+    // tokenizer_json fuzzer), alone or inside a Sequence of processors.
+    let single_b = json!([{"Sequence": {"id": "B", "type_id": 0}}]);
+    let text = with(|v| {
+        v["post_processor"] = json!({
+            "type": "TemplateProcessing",
+            "single": single_b.clone(),
+            "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {}
+        });
+    });
+    rejects("template-single-b", &text, "sequence B");
+    let text = with(|v| v["post_processor"]["processors"][1]["single"] = single_b);
+    rejects("template-single-b-nested", &text, "sequence B");
+}
+
+#[test]
 fn strip_decoder_cutting_the_end_of_tokens() {
     // `tokenizers` indexes past a token shorter than `stop` (found by the
     // tokenizer_json fuzzer); the leading-space strip real files use loads.
