@@ -45,7 +45,8 @@
 //!   fuel, which 3.x charges for instructions *and* for every byte a template makes (so a string
 //!   doubled in a loop, nested `range` loops or `indent(3000000000)` run out of fuel before they
 //!   run out of memory), a cap on the output, a cap on `tojson`'s indent width and output, and a
-//!   lower recursion limit. A template over its budget is a [`ChatTemplateError::Budget`] error.
+//!   lower recursion limit; a conversation under [`SMALL_INPUT`] bytes gets a quarter of the fuel.
+//!   A template over its budget is a [`ChatTemplateError::Budget`] error.
 //! * **Python-only corners.** `|string` of a dict or list is minijinja's JSON-like form rather
 //!   than a Python repr, and the `{% generation %}` tag used for training masks is not
 //!   supported. (Printing `none` and booleans does match: `None`, `True`.)
@@ -72,6 +73,12 @@ pub const CHATML_TEMPLATE: &str = "{%- for message in messages -%}\n  \
 /// What one render may use. Real templates need a small fraction of it: the
 /// conversation of 1000 messages (500 KiB, about 128k tokens) renders with a
 /// tenth of the fuel (tested), and `transformers`' own templates indent JSON by 2 or 4.
+///
+/// The fuel scales with what is rendered: a conversation (messages and
+/// variables, as JSON) under [`SMALL_INPUT`] bytes gets a quarter of it, so
+/// a template that burns its whole budget costs a short request a quarter
+/// of the time (the `chat_template` fuzzer's inputs, a few KiB, ran 0.75-0.9 s
+/// on a loaded core at the full budget).
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct TemplateBudget {
     /// minijinja fuel: 1 per instruction, and 1 per 64 bytes of data made
@@ -84,6 +91,11 @@ pub struct TemplateBudget {
     /// Nested macro calls, includes and recursive loops.
     pub max_recursion: usize,
 }
+
+/// Conversations (messages and template variables, as JSON) shorter than
+/// this render on a quarter of [`TemplateBudget::fuel`]: 1M instructions by
+/// default, 20 times what a real template spends on 64 KiB of messages.
+pub const SMALL_INPUT: usize = 64 << 10;
 
 impl Default for TemplateBudget {
     fn default() -> Self {
@@ -205,7 +217,11 @@ impl TemplateKwargs {
 /// A compiled chat template together with the BOS/EOS strings it may reference.
 #[derive(Clone, Debug)]
 pub struct ChatTemplate {
+    /// The template under the whole budget.
     env: Environment<'static>,
+    /// The same under a quarter of the fuel, for conversations under
+    /// [`SMALL_INPUT`] bytes.
+    small: Environment<'static>,
     bos_token: String,
     eos_token: String,
     max_output: usize,
@@ -229,41 +245,9 @@ impl ChatTemplate {
         eos_token: Option<String>,
         budget: TemplateBudget,
     ) -> Result<Self, ChatTemplateError> {
-        let mut env = Environment::new();
-        let syntax = SyntaxConfig::builder()
-            .trim_blocks(true)
-            .lstrip_blocks(true)
-            .keep_trailing_newline(false)
-            .build()
-            .map_err(|err| ChatTemplateError::Syntax(one_line(&err)))?;
-        env.set_syntax(syntax);
-        env.set_fuel(Some(budget.fuel));
-        env.set_recursion_limit(budget.max_recursion);
-        env.set_undefined_behavior(UndefinedBehavior::Lenient);
-        env.set_auto_escape_callback(|_| AutoEscape::None);
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", raise_exception);
-        env.add_function("strftime_now", strftime_now);
-        let max_indent = budget.max_json_indent;
-        let max_output = budget.max_output;
-        env.add_filter(
-            "tojson",
-            move |value: &Value,
-                  ensure_ascii: Option<Value>,
-                  indent: Option<Value>,
-                  separators: Option<Value>,
-                  kwargs: Kwargs| {
-                let limits = JsonLimits {
-                    max_indent,
-                    max_output,
-                };
-                tojson(value, ensure_ascii, indent, separators, kwargs, limits)
-            },
-        );
-        env.add_template_owned(TEMPLATE_NAME, source.to_owned())
-            .map_err(|err| ChatTemplateError::Syntax(one_line(&err)))?;
         Ok(Self {
-            env,
+            env: environment(source, &budget, budget.fuel)?,
+            small: environment(source, &budget, budget.fuel / 4)?,
             bos_token: bos_token.unwrap_or_default(),
             eos_token: eos_token.unwrap_or_default(),
             max_output: budget.max_output,
@@ -337,8 +321,12 @@ impl ChatTemplate {
             Value::from(add_generation_prompt),
         );
 
-        let template = self
-            .env
+        let env = if small_input(messages, kwargs) {
+            &self.small
+        } else {
+            &self.env
+        };
+        let template = env
             .get_template(TEMPLATE_NAME)
             .map_err(|err| ChatTemplateError::Render(one_line(&err)))?;
         let mut out = CappedOutput {
@@ -361,6 +349,77 @@ impl ChatTemplate {
             }),
         }
     }
+}
+
+/// Whether what a render reads, as JSON (its messages and variables), is
+/// under [`SMALL_INPUT`] bytes. Serializing stops at that size; a value that
+/// does not serialize counts as large (the whole budget, as before).
+fn small_input<M: serde::Serialize>(messages: &[M], kwargs: &TemplateKwargs) -> bool {
+    let mut n = ByteCount(0);
+    serde_json::to_writer(&mut n, messages).is_ok()
+        && kwargs
+            .vars
+            .iter()
+            .all(|(_, v)| serde_json::to_writer(&mut n, v).is_ok())
+}
+
+/// Counts bytes written, refusing to go past [`SMALL_INPUT`].
+struct ByteCount(usize);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.0 += data.len();
+        if self.0 >= SMALL_INPUT {
+            return Err(std::io::Error::other("a large input"));
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `source` compiled in an environment with `budget`'s limits and `fuel`.
+fn environment(
+    source: &str,
+    budget: &TemplateBudget,
+    fuel: u64,
+) -> Result<Environment<'static>, ChatTemplateError> {
+    let mut env = Environment::new();
+    let syntax = SyntaxConfig::builder()
+        .trim_blocks(true)
+        .lstrip_blocks(true)
+        .keep_trailing_newline(false)
+        .build()
+        .map_err(|err| ChatTemplateError::Syntax(one_line(&err)))?;
+    env.set_syntax(syntax);
+    env.set_fuel(Some(fuel));
+    env.set_recursion_limit(budget.max_recursion);
+    env.set_undefined_behavior(UndefinedBehavior::Lenient);
+    env.set_auto_escape_callback(|_| AutoEscape::None);
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.add_function("raise_exception", raise_exception);
+    env.add_function("strftime_now", strftime_now);
+    let max_indent = budget.max_json_indent;
+    let max_output = budget.max_output;
+    env.add_filter(
+        "tojson",
+        move |value: &Value,
+              ensure_ascii: Option<Value>,
+              indent: Option<Value>,
+              separators: Option<Value>,
+              kwargs: Kwargs| {
+            let limits = JsonLimits {
+                max_indent,
+                max_output,
+            };
+            tojson(value, ensure_ascii, indent, separators, kwargs, limits)
+        },
+    );
+    env.add_template_owned(TEMPLATE_NAME, source.to_owned())
+        .map_err(|err| ChatTemplateError::Syntax(one_line(&err)))?;
+    Ok(env)
 }
 
 /// The render's output, refusing to grow past `max` bytes.
@@ -1180,6 +1239,27 @@ mod tests {
             // Generous for a loaded debug build; release takes well under a second.
             assert!(took.as_secs() < 10, "{name}: {took:?}");
         }
+    }
+
+    /// A short conversation renders on a quarter of the fuel, a long one on all of it.
+    #[test]
+    fn fuel_scales_with_the_conversation() {
+        let budget = TemplateBudget {
+            fuel: 100_000,
+            ..TemplateBudget::default()
+        };
+        // 30-40k instructions whatever the messages (3-4 per turn of the
+        // loop): more than a quarter of the fuel, less than all of it.
+        let src = "{% for i in range(10000) %}{% endfor %}{{ messages | length }}";
+        let t = ChatTemplate::with_budget(src, None, None, budget).unwrap();
+        let short = [ChatMessage::user("Hi")];
+        let err = t.render(&short, false).unwrap_err();
+        assert!(matches!(err, ChatTemplateError::Budget(_)), "{err}");
+        let long = [ChatMessage::user("word ".repeat(SMALL_INPUT / 5))];
+        assert_eq!(t.render(&long, false).unwrap(), "1");
+        // Template variables count too.
+        let kw = TemplateKwargs::new().set("tools", "x".repeat(SMALL_INPUT));
+        assert_eq!(t.render_with(&short, false, &kw).unwrap(), "1");
     }
 
     /// A long conversation (1000 messages, 500 KiB, about 128k tokens) with a real template
