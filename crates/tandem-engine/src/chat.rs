@@ -92,6 +92,17 @@ pub struct TemplateBudget {
     pub max_recursion: usize,
 }
 
+/// A render's output may be this long whatever it reads (a template's own
+/// text: real ones, tool instructions included, are a few KiB) ...
+pub const OUTPUT_BASE: usize = 64 << 10;
+/// ... plus this many bytes per byte of messages and variables (as JSON)
+/// it reads, up to [`TemplateBudget::max_output`]: real templates copy
+/// their input once, with headers and JSON re-indented. A template that
+/// prints `messages * 10000` for a short conversation stops at the cap
+/// instead of formatting 32 MiB (the `chat_template` fuzzer's input took
+/// 1.3-2 s under the fuzzer's instrumentation).
+pub const OUTPUT_PER_INPUT_BYTE: usize = 16;
+
 /// Conversations (messages and template variables, as JSON) shorter than
 /// this render on a quarter of [`TemplateBudget::fuel`]: 1M instructions by
 /// default, 20 times what a real template spends on 64 KiB of messages.
@@ -321,17 +332,24 @@ impl ChatTemplate {
             Value::from(add_generation_prompt),
         );
 
-        let env = if small_input(messages, kwargs) {
+        // What the render may use follows what it reads: a short
+        // conversation gets a quarter of the fuel, and an output of at most
+        // `OUTPUT_BASE` plus `OUTPUT_PER_INPUT_BYTE` bytes per byte read.
+        let read = input_size(messages, kwargs, self.max_output / OUTPUT_PER_INPUT_BYTE);
+        let env = if read < SMALL_INPUT {
             &self.small
         } else {
             &self.env
         };
+        let max_output = self
+            .max_output
+            .min(OUTPUT_BASE.saturating_add(read.saturating_mul(OUTPUT_PER_INPUT_BYTE)));
         let template = env
             .get_template(TEMPLATE_NAME)
             .map_err(|err| ChatTemplateError::Render(one_line(&err)))?;
         let mut out = CappedOutput {
             buf: Vec::new(),
-            max: self.max_output,
+            max: max_output,
             over: false,
         };
         let rendered = template.render_captured_to(Value::from(ctx), &mut out);
@@ -339,8 +357,7 @@ impl ChatTemplate {
             Ok(_) => String::from_utf8(out.buf)
                 .map_err(|_| ChatTemplateError::Render("output is not UTF-8".into())),
             Err(_) if out.over => Err(ChatTemplateError::Budget(format!(
-                "the output is over {} bytes",
-                self.max_output
+                "the output is over {max_output} bytes (for {read} bytes of messages and variables)"
             ))),
             Err(err) => Err(match raised_message(&err) {
                 Some(msg) => ChatTemplateError::Raised(msg),
@@ -351,26 +368,34 @@ impl ChatTemplate {
     }
 }
 
-/// Whether what a render reads, as JSON (its messages and variables), is
-/// under [`SMALL_INPUT`] bytes. Serializing stops at that size; a value that
-/// does not serialize counts as large (the whole budget, as before).
-fn small_input<M: serde::Serialize>(messages: &[M], kwargs: &TemplateKwargs) -> bool {
-    let mut n = ByteCount(0);
-    serde_json::to_writer(&mut n, messages).is_ok()
+/// Bytes of what a render reads, as JSON (its messages and variables),
+/// counted up to `limit` (serializing stops there; a value that does not
+/// serialize counts as `limit`).
+fn input_size<M: serde::Serialize>(messages: &[M], kwargs: &TemplateKwargs, limit: usize) -> usize {
+    let mut n = ByteCount { n: 0, limit };
+    let ok = serde_json::to_writer(&mut n, messages).is_ok()
         && kwargs
             .vars
             .iter()
-            .all(|(_, v)| serde_json::to_writer(&mut n, v).is_ok())
+            .all(|(_, v)| serde_json::to_writer(&mut n, v).is_ok());
+    if ok {
+        n.n
+    } else {
+        limit
+    }
 }
 
-/// Counts bytes written, refusing to go past [`SMALL_INPUT`].
-struct ByteCount(usize);
+/// Counts bytes written, refusing to go past `limit`.
+struct ByteCount {
+    n: usize,
+    limit: usize,
+}
 
 impl std::io::Write for ByteCount {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.0 += data.len();
-        if self.0 >= SMALL_INPUT {
-            return Err(std::io::Error::other("a large input"));
+        self.n += data.len();
+        if self.n >= self.limit {
+            return Err(std::io::Error::other("past the limit"));
         }
         Ok(data.len())
     }
@@ -1239,6 +1264,24 @@ mod tests {
             // Generous for a loaded debug build; release takes well under a second.
             assert!(took.as_secs() < 10, "{name}: {took:?}");
         }
+    }
+
+    /// A short conversation's output is capped near its size; a long one's
+    /// (1000 messages) is not in the way.
+    #[test]
+    fn output_scales_with_the_conversation() {
+        let t = ChatTemplate::new("{{ messages * 10000 }}", None, None).unwrap();
+        let short = [ChatMessage::user("Hi"), ChatMessage::assistant("Hello")];
+        let start = std::time::Instant::now();
+        let err = t.render(&short, false).unwrap_err();
+        assert!(matches!(err, ChatTemplateError::Budget(_)), "{err}");
+        assert!(err.to_string().contains("output is over"), "{err}");
+        assert!(start.elapsed().as_secs() < 5);
+        let t = ChatTemplate::new("{{ messages * 4 }}", None, None).unwrap();
+        let long: Vec<ChatMessage> = (0..1000)
+            .map(|_| ChatMessage::user("word ".repeat(100)))
+            .collect();
+        assert!(t.render(&long, false).unwrap().len() > 2_000_000);
     }
 
     /// A short conversation renders on a quarter of the fuel, a long one on all of it.
