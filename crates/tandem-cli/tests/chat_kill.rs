@@ -10,6 +10,8 @@
 
 #![cfg(unix)]
 
+mod support;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -49,14 +51,7 @@ fn talk(k: usize) -> String {
 }
 
 fn run(dir: Option<&Path>, input: &str) -> Output {
-    let mut child = chat(dir, Stdio::piped()).spawn().expect("run tandem");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input.as_bytes())
-        .expect("write stdin");
-    child.wait_with_output().expect("wait for tandem")
+    support::run_with_stdin(&mut chat(dir, Stdio::piped()), input)
 }
 
 /// Runs `input` and kills the process `after` the last turn's line (the

@@ -2,6 +2,8 @@
 //! ending with one clear line and a non-zero exit code (never a panic, whose
 //! exit code would be 101).
 
+mod support;
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
@@ -248,22 +250,7 @@ fn impossible_context_size_is_a_clean_error() {
 
 /// Runs `tandem` with `input` on stdin.
 fn tandem_stdin(args: &[&str], input: &str) -> Output {
-    use std::io::Write;
-    use std::process::Stdio;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tandem"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run tandem");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input.as_bytes())
-        .expect("write stdin");
-    child.wait_with_output().expect("wait for tandem")
+    support::run_with_stdin(Command::new(env!("CARGO_BIN_EXE_tandem")).args(args), input)
 }
 
 /// `(prompt tokens, from cache, prefilled)` of each `[turn N]` line.
