@@ -46,6 +46,10 @@
 //!   doubled in a loop, nested `range` loops or `indent(3000000000)` run out of fuel before they
 //!   run out of memory), a cap on the output, a cap on `tojson`'s indent width and output, and a
 //!   lower recursion limit; a conversation under [`SMALL_INPUT`] bytes gets a quarter of the fuel.
+//!   Formatting a list or a map into text (`~`, `|string`, `tojson`) is charged as it is written,
+//!   so a lazy `messages * 1000000` or lists that share items stop at the fuel instead of
+//!   formatting gigabytes in one instruction (minijinja's part of that is patched, in
+//!   `vendor/minijinja`; see `vendor/README.md`).
 //!   A template over its budget is a [`ChatTemplateError::Budget`] error.
 //! * **Python-only corners.** `|string` of a dict or list is minijinja's JSON-like form rather
 //!   than a Python repr, and the `{% generation %}` tag used for training masks is not
@@ -55,8 +59,8 @@ use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
 
 use minijinja::syntax::SyntaxConfig;
-use minijinja::value::{Kwargs, Serde, Value, ValueKind};
-use minijinja::{AutoEscape, Environment, Error, ErrorKind, UndefinedBehavior};
+use minijinja::value::{Kwargs, Rest, Serde, Value, ValueKind};
+use minijinja::{AutoEscape, Environment, Error, ErrorKind, State, UndefinedBehavior};
 
 /// The name under which the template is compiled; it appears in error messages.
 const TEMPLATE_NAME: &str = "chat_template";
@@ -430,16 +434,16 @@ fn environment(
     let max_output = budget.max_output;
     env.add_filter(
         "tojson",
-        move |value: &Value,
-              ensure_ascii: Option<Value>,
-              indent: Option<Value>,
-              separators: Option<Value>,
-              kwargs: Kwargs| {
+        // minijinja passes at most five arguments: the positional ones
+        // after the value come as one list.
+        move |state: &State, value: &Value, positional: Rest<Value>, kwargs: Kwargs| {
             let limits = JsonLimits {
                 max_indent,
-                max_output,
+                max_output: json_allowance(state, max_output),
             };
-            tojson(value, ensure_ascii, indent, separators, kwargs, limits)
+            let json = tojson(value, &positional, kwargs, limits)?;
+            charge_serialized(state, json.len())?;
+            Ok(Value::from(json))
         },
     );
     env.add_template_owned(TEMPLATE_NAME, source.to_owned())
@@ -489,9 +493,42 @@ struct JsonLimits {
     max_output: usize,
 }
 
-/// minijinja's `Display` of an error, which is one line (`kind: detail (in name:line)`).
+/// One fuel pays for this many bytes of serialized text: minijinja charges a
+/// byte it makes 1/64 of a fuel, and one it serializes (formats a list or a
+/// map into text) 16 times that, for the walk over the value.
+const SERIALIZED_BYTES_PER_FUEL: u64 = 4;
+
+/// The bytes `tojson` may write: what the fuel left can pay for, and at most
+/// `max` (without this a lazily repeated list, `messages * 1000000`, made in
+/// one instruction, could make the filter write `max` bytes).
+fn json_allowance(state: &State, max: usize) -> usize {
+    match state.fuel_levels() {
+        Some((_, left)) => usize::try_from(left.saturating_mul(SERIALIZED_BYTES_PER_FUEL))
+            .unwrap_or(usize::MAX)
+            .min(max),
+        None => max,
+    }
+}
+
+/// Charges the work of serializing `bytes` bytes the way minijinja charges its
+/// own serializers (the engine charges the bytes of the result itself).
+fn charge_serialized(state: &State, bytes: usize) -> Result<(), Error> {
+    let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
+    state.consume_fuel(bytes.saturating_mul(15) / (16 * SERIALIZED_BYTES_PER_FUEL))
+}
+
+/// Characters of a template error's message that are shown; the rest is cut
+/// (an error can quote a value: `unable to calculate [...] - 1`).
+const MAX_ERROR_CHARS: usize = 1000;
+
+/// minijinja's `Display` of an error, which is one line (`kind: detail (in name:line)`),
+/// cut after [`MAX_ERROR_CHARS`] characters.
 fn one_line(err: &Error) -> String {
-    err.to_string().replace('\n', " ")
+    let line = err.to_string().replace('\n', " ");
+    match line.char_indices().nth(MAX_ERROR_CHARS) {
+        Some((cut, _)) => format!("{} ...", &line[..cut]),
+        None => line,
+    }
 }
 
 /// The payload of a `raise_exception` call, attached as the error's source.
@@ -690,12 +727,20 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 /// `json.dumps` with those arguments.
 fn tojson(
     value: &Value,
-    ensure_ascii: Option<Value>,
-    indent: Option<Value>,
-    separators: Option<Value>,
+    positional: &[Value],
     kwargs: Kwargs,
     limits: JsonLimits,
-) -> Result<Value, Error> {
+) -> Result<String, Error> {
+    if positional.len() > 3 {
+        return Err(Error::new(
+            ErrorKind::TooManyArguments,
+            format!(
+                "tojson() takes at most 3 positional arguments after the value ({} given)",
+                positional.len()
+            ),
+        ));
+    }
+    let [ensure_ascii, indent, separators] = std::array::from_fn(|i| positional.get(i).cloned());
     fn pick(
         positional: Option<Value>,
         kwargs: &Kwargs,
@@ -777,7 +822,7 @@ fn tojson(
     };
     let mut out = String::new();
     dumper.value(&mut out, value, 0)?;
-    Ok(Value::from(out))
+    Ok(out)
 }
 
 fn indent_over_budget(n: usize, max: usize) -> Error {
@@ -837,18 +882,20 @@ impl PyJson {
                 Ok(())
             }
             ValueKind::Seq | ValueKind::Iterable => {
-                let items: Vec<Value> = v.try_iter()?.collect();
-                if items.is_empty() {
+                // Item by item: a lazy list (`messages * 1000000`) is not
+                // collected, and the output check above stops it.
+                let mut items = v.try_iter()?.peekable();
+                if items.peek().is_none() {
                     out.push_str("[]");
                     return Ok(());
                 }
                 out.push('[');
-                for (i, item) in items.iter().enumerate() {
+                for (i, item) in items.enumerate() {
                     if i > 0 {
                         out.push_str(&self.item_sep);
                     }
                     self.newline(out, level + 1);
-                    self.value(out, item, level + 1)?;
+                    self.value(out, &item, level + 1)?;
                 }
                 self.newline(out, level);
                 out.push(']');
@@ -1088,8 +1135,33 @@ mod tests {
             j("{{ x | tojson }}", r#""tab\tquote\"bs\\ctl\u0001""#),
             r#""tab\tquote\"bs\\ctl\u0001""#
         );
+        // Positional arguments, in json.dumps' order after the value.
+        assert_eq!(
+            j("{{ x | tojson(true, 1, (',', '=')) }}", r#"{"é": [2]}"#),
+            "{\n \"\\u00e9\"=[\n  2\n ]\n}"
+        );
+        let err = render_str("{{ 1 | tojson(true, 1, none, 4) }}", Value::from(())).unwrap_err();
+        assert!(err.to_string().contains("at most 3 positional"), "{err}");
+        let err = render_str(
+            "{{ 1 | tojson(true, indent=1, ensure_ascii=false) }}",
+            Value::from(()),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("multiple values"), "{err}");
         let err = render_str("{{ nope | tojson }}", Value::from(())).unwrap_err();
         assert!(err.to_string().contains("not JSON serializable"), "{err}");
+        // Formatting a short list is within the fuel (each item is charged as written).
+        let t = ChatTemplate::new("{{ messages * 2 ~ '!' }}", None, None).unwrap();
+        assert_eq!(
+            t.render(&[ChatMessage::user("a")], false).unwrap(),
+            "[{'role': 'user', 'content': 'a'}, {'role': 'user', 'content': 'a'}]!"
+        );
+        // Fine in a render of a conversation: a lazily repeated list serializes item by item.
+        let t = ChatTemplate::new("{{ (messages * 3) | tojson }}", None, None).unwrap();
+        assert_eq!(
+            t.render(&[ChatMessage::user("a")], false).unwrap(),
+            r#"[{"role": "user", "content": "a"}, {"role": "user", "content": "a"}, {"role": "user", "content": "a"}]"#
+        );
     }
 
     #[test]
@@ -1250,6 +1322,21 @@ mod tests {
             (
                 "large output",
                 "{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}",
+            ),
+            // Formatting a list is charged as it is written (vendor/README.md):
+            // a lazy repetition costs nothing to make, and shared items format
+            // once per reference. Each of these formats to gigabytes unless it
+            // stops early (a hang, then an abort out of memory).
+            ("repeated list formatted by ~", "{{ messages * 50000000 ~ '' }}"),
+            ("repeated list as a string", "{{ (messages * 50000000) | string | length }}"),
+            ("repeated list in a string", "{{ messages * 50000000 in 'abc' }}"),
+            ("repeated list printed", "{{ (messages * 50000000) | pprint | length }}"),
+            ("repeated list to JSON", "{{ (messages * 50000000) | tojson | length }}"),
+            (
+                "shared lists",
+                "{% set ns = namespace(a=[messages, messages, messages, messages]) %}\
+                 {% for i in range(16) %}{% set ns.a = [ns.a, ns.a, ns.a, ns.a] %}{% endfor %}\
+                 {{ (ns.a ~ '') | length }}",
             ),
         ];
         let msgs = [ChatMessage::user("Hi"), ChatMessage::assistant("Hello")];
