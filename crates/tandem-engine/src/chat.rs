@@ -1332,6 +1332,25 @@ mod tests {
             ("repeated list in a string", "{{ messages * 50000000 in 'abc' }}"),
             ("repeated list printed", "{{ (messages * 50000000) | pprint | length }}"),
             ("repeated list to JSON", "{{ (messages * 50000000) | tojson | length }}"),
+            // Walking a lazy list charges each item (vendor/README.md); these
+            // walked 100 million items uncharged.
+            ("last of a repeated list", "{{ (messages * 50000000)[-1] }}"),
+            ("largest of a repeated list", "{{ (messages * 50000000) | max }}"),
+            (
+                "repeated lists zipped",
+                "{{ (messages * 50000000) | zip(messages * 50000000) | list | length }}",
+            ),
+            (
+                "joined lists doubled",
+                "{% set ns = namespace(a=messages) %}{% for i in range(40) %}{% set ns.a = ns.a + ns.a %}\
+                 {% endfor %}{{ ns.a[-1] }}{{ ns.a | last }}",
+            ),
+            (
+                "shared lists compared",
+                "{% set ns = namespace(a=messages, b=messages) %}{% for i in range(40) %}\
+                 {% set ns.a = [ns.a, ns.a] %}{% set ns.b = [ns.b, ns.b] %}{% endfor %}\
+                 {{ ns.a == ns.b }}{{ ns.a < ns.b }}{{ [ns.a, ns.b] | unique | list | length }}",
+            ),
             (
                 "shared lists",
                 "{% set ns = namespace(a=[messages, messages, messages, messages]) %}\

@@ -1562,6 +1562,9 @@ mod builtins {
         let mut rv = None::<(Value, Value)>;
         for item in state.fuel_iter(iter) {
             ok!(item.check());
+            // one comparison per item, charged like `sort` charges its comparisons
+            #[cfg(feature = "fuel")]
+            ok!(state.charge_fuel(crate::vm::fuel::COMPARE_COST));
             let key = match attr {
                 Some(attr) => item.get_path_or_default(attr, &Value::UNDEFINED),
                 None => item.clone(),

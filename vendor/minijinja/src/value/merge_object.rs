@@ -145,6 +145,7 @@ impl Object for MergeSeq {
                 Err(err) => Box::new(Some(Value::from(err)).into_iter())
                     as Box<dyn Iterator<Item = Value> + Send + Sync>,
             });
+            let iter = crate::value::object::ChargedItems::new(iter);
             if let Some(total_len) = this.total_len {
                 Box::new(LenIterWrap(total_len, iter))
             } else {

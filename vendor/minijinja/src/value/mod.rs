@@ -753,7 +753,7 @@ impl PartialEq for Value {
                                 if !a.try_iter_pairs().is_some_and(|mut ak| {
                                     ak.all(|(k, v1)| {
                                         a_count += 1;
-                                        b.get_value(&k) == Some(v1)
+                                        object::may_compare_item() && b.get_value(&k) == Some(v1)
                                     })
                                 }) {
                                     return false;
@@ -769,7 +769,7 @@ impl PartialEq for Value {
                                 ObjectRepr::Seq | ObjectRepr::Iterable,
                             ) => {
                                 if let (Some(ak), Some(bk)) = (a.try_iter(), b.try_iter()) {
-                                    ak.eq(bk)
+                                    ak.take_while(|_| object::may_compare_item()).eq(bk)
                                 } else {
                                     false
                                 }
@@ -949,7 +949,9 @@ impl Ord for Value {
                                 // we don't want to pay the cost of actually sorting the keys for
                                 // ordering so we just accept this for now.
                                 match (a.try_iter_pairs(), b.try_iter_pairs()) {
-                                    (Some(a), Some(b)) => a.cmp(b),
+                                    (Some(a), Some(b)) => {
+                                        a.take_while(|_| object::may_compare_item()).cmp(b)
+                                    }
                                     _ => unreachable!(),
                                 }
                             }
@@ -957,7 +959,9 @@ impl Ord for Value {
                                 ObjectRepr::Seq | ObjectRepr::Iterable,
                                 ObjectRepr::Seq | ObjectRepr::Iterable,
                             ) => match (a.try_iter(), b.try_iter()) {
-                                (Some(a), Some(b)) => a.cmp(b),
+                                (Some(a), Some(b)) => {
+                                    a.take_while(|_| object::may_compare_item()).cmp(b)
+                                }
                                 _ => unreachable!(),
                             },
                             // terrible fallback for plain objects

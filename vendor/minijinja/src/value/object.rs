@@ -383,6 +383,65 @@ pub(crate) fn may_format_item(item: &Value) -> bool {
     }
 }
 
+/// Charges the fuel of the running evaluation for one item visited while
+/// comparing two containers; `false` when the comparison should stop (see
+/// [`charge_compared_item`](crate::vm::fuel::charge_compared_item)).
+#[inline]
+pub(crate) fn may_compare_item() -> bool {
+    #[cfg(feature = "fuel")]
+    {
+        crate::vm::fuel::charge_compared_item()
+    }
+    #[cfg(not(feature = "fuel"))]
+    {
+        true
+    }
+}
+
+/// The items of a lazy repetition or concatenation, each charged to the fuel of the running
+/// evaluation (see [`charge_lazy_item`](crate::vm::fuel::charge_lazy_item)).
+///
+/// When the fuel runs out, this yields one invalid value carrying the out of
+/// fuel error and ends, like the engine's own fuel-charging iterator.
+pub(crate) struct ChargedItems<I> {
+    iter: I,
+    done: bool,
+}
+
+impl<I> ChargedItems<I> {
+    pub(crate) fn new(iter: I) -> Self {
+        ChargedItems { iter, done: false }
+    }
+}
+
+impl<I: Iterator<Item = Value>> Iterator for ChargedItems<I> {
+    type Item = Value;
+
+    #[inline]
+    fn next(&mut self) -> Option<Value> {
+        if self.done {
+            return None;
+        }
+        #[cfg(feature = "fuel")]
+        {
+            if let Err(err) = crate::vm::fuel::charge_lazy_item() {
+                self.done = true;
+                return Some(Value::from(err));
+            }
+        }
+        self.iter.next()
+    }
+
+    #[inline]
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        if self.done {
+            (0, Some(0))
+        } else {
+            self.iter.size_hint()
+        }
+    }
+}
+
 /// Checks if a container item at `idx` exceeds the debug info size limits.
 fn is_over_item_limit(idx: usize) -> bool {
     #[cfg(feature = "debug")]
@@ -980,6 +1039,9 @@ impl Hash for DynObject {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         if let Some(iter) = self.try_iter_pairs() {
             for (key, value) in iter {
+                if !may_compare_item() {
+                    break;
+                }
                 key.hash(state);
                 value.hash(state);
             }

@@ -695,9 +695,10 @@ fn repeat_iterable(n: &Value, seq: &DynObject) -> Result<Value, Error> {
     // data it returns.  This is not really permissible so we won't try to
     // improve on this here.
     Ok(Value::make_object_iterable(seq.clone(), move |seq| {
+        // a repetition yields more items than were paid for: each is charged
         Box::new(LenIterWrap(
             repeated_len,
-            (0..n).flat_map(move |_| {
+            crate::value::object::ChargedItems::new((0..n).flat_map(move |_| {
                 seq.try_iter().unwrap_or_else(|| {
                     Box::new(
                         std::iter::repeat(Value::from(Error::new(
@@ -707,7 +708,7 @@ fn repeat_iterable(n: &Value, seq: &DynObject) -> Result<Value, Error> {
                         .take(len),
                     )
                 })
-            }),
+            })),
         ))
     }))
 }

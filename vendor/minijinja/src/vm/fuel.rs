@@ -161,24 +161,22 @@ impl Drop for FormattingGuard {
     }
 }
 
-/// Charges the fuel of the evaluation running on this thread for formatting
-/// one item of a container.
+/// Charges `units` to the fuel of the evaluation running on this thread;
+/// `false` once it ran out.  Outside an evaluation with fuel this is free and
+/// always `true`.
 ///
-/// Formatting (`Display` and `Debug`) cannot fail without making
-/// `to_string` and `format!` panic, and it cannot see the state, yet the
-/// formatted size of a value is not bounded by what creating it cost: a list
-/// repeated by `*` is lazy, and nested lists can share items, so a value
-/// made in a handful of instructions can format to gigabytes.  Container
-/// formatting therefore charges every item it writes here, and when this
-/// returns `false` the caller stops writing items.  The fuel is exhausted
-/// by then, so the evaluation fails at its next charge; the cut-off text is
-/// never the result of a successful evaluation.
-///
-/// Outside an evaluation with fuel this always returns `true`.
-pub(crate) fn charge_formatted_item(item: &Value) -> bool {
+/// This is for work done where the state is out of reach: formatting,
+/// iterating lazy values and comparing containers go through traits
+/// (`Display`, `Iterator`, `Ord`) that cannot return an engine error, and
+/// `to_string` or `format!` panic on a formatting error.  Such code stops
+/// early instead (writes no more items, yields no more items, ends a
+/// comparison), which can make its result wrong; but the fuel is exhausted
+/// by then, so the evaluation fails at its next charge (and
+/// [`ensure_formatting_fuel`] at its end): such a result is never part of a
+/// successful evaluation.
+fn charge_running(units: u64) -> bool {
     FORMATTING.with(|x| match *x.borrow() {
         Some(ref remaining) => {
-            let units = cost_of(formatted_item_len(item), SERIALIZED_BYTE_COST);
             let left = remaining
                 .get()
                 .saturating_sub(i64::try_from(units).unwrap_or(i64::MAX));
@@ -187,6 +185,44 @@ pub(crate) fn charge_formatted_item(item: &Value) -> bool {
         }
         None => true,
     })
+}
+
+/// Charges for formatting one item of a container (`Display`, `Debug`);
+/// `false` when the caller should stop writing items.
+///
+/// The formatted size of a value is not bounded by what making it cost: a
+/// list repeated by `*` is lazy, and nested lists can share items, so a value
+/// made in a handful of instructions can format to gigabytes.  Each item is
+/// charged [`SERIALIZED_BYTE_COST`] per byte it will at least write.
+pub(crate) fn charge_formatted_item(item: &Value) -> bool {
+    charge_running(cost_of(formatted_item_len(item), SERIALIZED_BYTE_COST))
+}
+
+/// Charges for one item that a lazy repetition or concatenation yields.
+///
+/// A list repeated by `*` and lists joined by `+` cost little to make but
+/// can yield up to 100 million items (doubling `a = a + a` in a loop), more
+/// than were ever paid for, and some consumers walk them without charging
+/// (`seq[-1]` iterates to the end).  Each item costs as much as an
+/// instruction.  Other lazy iterables (`range`, `zip`, `reverse`, ...)
+/// yield at most what their sources do.
+pub(crate) fn charge_lazy_item() -> Result<(), Error> {
+    if charge_running(INSTRUCTION_COST) {
+        Ok(())
+    } else {
+        Err(Error::from(ErrorKind::OutOfFuel))
+    }
+}
+
+/// Charges for one item (or map entry) visited while comparing or hashing
+/// containers; `false` when the comparison or hash should stop.  Filters
+/// such as `max`, `sort` and `unique` charge per comparison, not for what a
+/// comparison of two lists or maps visits (lists that share items visit them
+/// once per reference).  An entry costs four instructions: comparing maps
+/// walks boxed iterators and looks keys up (`max` over a list of message
+/// maps took six times as long as the instructions its fuel paid for).
+pub(crate) fn charge_compared_item() -> bool {
+    charge_running(4 * INSTRUCTION_COST)
 }
 
 /// A lower estimate of the bytes that formatting `item` as a container item
