@@ -45,7 +45,8 @@
 //!   fuel, which 3.x charges for instructions *and* for every byte a template makes (so a string
 //!   doubled in a loop, nested `range` loops or `indent(3000000000)` run out of fuel before they
 //!   run out of memory), a cap on the output, a cap on `tojson`'s indent width and output, and a
-//!   lower recursion limit; a conversation under [`SMALL_INPUT`] bytes gets a quarter of the fuel.
+//!   lower recursion limit. The fuel and the output cap follow what a render reads
+//!   ([`FUEL_BASE`], [`FUEL_PER_INPUT_BYTE`], [`OUTPUT_BASE`], [`OUTPUT_PER_INPUT_BYTE`]).
 //!   Formatting a list or a map into text (`~`, `|string`, `tojson`) is charged as it is written,
 //!   so a lazy `messages * 1000000` or lists that share items stop at the fuel instead of
 //!   formatting gigabytes in one instruction (minijinja's part of that is patched, in
@@ -78,11 +79,9 @@ pub const CHATML_TEMPLATE: &str = "{%- for message in messages -%}\n  \
 /// conversation of 1000 messages (500 KiB, about 128k tokens) renders with a
 /// tenth of the fuel (tested), and `transformers`' own templates indent JSON by 2 or 4.
 ///
-/// The fuel scales with what is rendered: a conversation (messages and
-/// variables, as JSON) under [`SMALL_INPUT`] bytes gets a quarter of it, so
-/// a template that burns its whole budget costs a short request a quarter
-/// of the time (the `chat_template` fuzzer's inputs, a few KiB, ran 0.75-0.9 s
-/// on a loaded core at the full budget).
+/// The fuel scales with what is rendered ([`FUEL_BASE`],
+/// [`FUEL_PER_INPUT_BYTE`]), so a template that burns its whole budget
+/// costs a short request a small part of the time.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct TemplateBudget {
     /// minijinja fuel: 1 per instruction, and 1 per 64 bytes of data made
@@ -107,10 +106,25 @@ pub const OUTPUT_BASE: usize = 64 << 10;
 /// 1.3-2 s under the fuzzer's instrumentation).
 pub const OUTPUT_PER_INPUT_BYTE: usize = 16;
 
-/// Conversations (messages and template variables, as JSON) shorter than
-/// this render on a quarter of [`TemplateBudget::fuel`]: 1M instructions by
-/// default, 20 times what a real template spends on 64 KiB of messages.
-pub const SMALL_INPUT: usize = 64 << 10;
+/// A render may use this much fuel whatever it reads ...
+///
+/// Six real templates (`tests/data/templates`: Llama 2, 3.1, 3.2, Mistral,
+/// Qwen 2.5, Qwen 3) spend 80-300 fuel on a two-message conversation, tools
+/// included, and 0.3-0.6 fuel per byte of messages (1,600-3,050 on 40
+/// messages, 5 KiB).
+pub const FUEL_BASE: u64 = 50_000;
+/// ... plus this much per byte of messages and variables (as JSON) it reads,
+/// up to [`TemplateBudget::fuel`]. Renders run on a few tiers of the fuel
+/// (all of it, a quarter, a sixteenth, a sixty-fourth; one compiled
+/// environment each), the least that covers this rule: a two-message
+/// request gets 62,500 (1/64 of the default), 64 KiB of messages 1M.
+/// The `chat_template` fuzzer's inputs (a few KiB) spent 0.75-0.9 s under its
+/// instrumentation when they burnt 4M fuel.
+pub const FUEL_PER_INPUT_BYTE: u64 = 16;
+
+/// The divisors of [`TemplateBudget::fuel`] that make the fuel tiers,
+/// least fuel first.
+const FUEL_TIERS: [u64; 4] = [64, 16, 4, 1];
 
 impl Default for TemplateBudget {
     fn default() -> Self {
@@ -232,11 +246,9 @@ impl TemplateKwargs {
 /// A compiled chat template together with the BOS/EOS strings it may reference.
 #[derive(Clone, Debug)]
 pub struct ChatTemplate {
-    /// The template under the whole budget.
-    env: Environment<'static>,
-    /// The same under a quarter of the fuel, for conversations under
-    /// [`SMALL_INPUT`] bytes.
-    small: Environment<'static>,
+    /// The template compiled under each fuel tier ([`FUEL_TIERS`]), least
+    /// fuel first: a render takes the first whose fuel covers what it reads.
+    tiers: Vec<(u64, Environment<'static>)>,
     bos_token: String,
     eos_token: String,
     max_output: usize,
@@ -260,9 +272,15 @@ impl ChatTemplate {
         eos_token: Option<String>,
         budget: TemplateBudget,
     ) -> Result<Self, ChatTemplateError> {
+        let tiers = FUEL_TIERS
+            .iter()
+            .map(|div| {
+                let fuel = budget.fuel / div;
+                Ok((fuel, environment(source, &budget, fuel)?))
+            })
+            .collect::<Result<Vec<_>, ChatTemplateError>>()?;
         Ok(Self {
-            env: environment(source, &budget, budget.fuel)?,
-            small: environment(source, &budget, budget.fuel / 4)?,
+            tiers,
             bos_token: bos_token.unwrap_or_default(),
             eos_token: eos_token.unwrap_or_default(),
             max_output: budget.max_output,
@@ -336,14 +354,23 @@ impl ChatTemplate {
             Value::from(add_generation_prompt),
         );
 
-        // What the render may use follows what it reads: a short
-        // conversation gets a quarter of the fuel, and an output of at most
-        // `OUTPUT_BASE` plus `OUTPUT_PER_INPUT_BYTE` bytes per byte read.
+        // What the render may use follows what it reads: the least fuel
+        // tier that covers `FUEL_BASE` plus `FUEL_PER_INPUT_BYTE` per byte
+        // read, and an output of at most `OUTPUT_BASE` plus
+        // `OUTPUT_PER_INPUT_BYTE` bytes per byte read.
         let read = input_size(messages, kwargs, self.max_output / OUTPUT_PER_INPUT_BYTE);
-        let env = if read < SMALL_INPUT {
-            &self.small
-        } else {
-            &self.env
+        let wanted = FUEL_BASE.saturating_add(
+            u64::try_from(read)
+                .unwrap_or(u64::MAX)
+                .saturating_mul(FUEL_PER_INPUT_BYTE),
+        );
+        let Some((_, env)) = self
+            .tiers
+            .iter()
+            .find(|(fuel, _)| *fuel >= wanted)
+            .or(self.tiers.last())
+        else {
+            return Err(ChatTemplateError::Render("no compiled template".into()));
         };
         let max_output = self
             .max_output
@@ -1390,24 +1417,21 @@ mod tests {
         assert!(t.render(&long, false).unwrap().len() > 2_000_000);
     }
 
-    /// A short conversation renders on a quarter of the fuel, a long one on all of it.
+    /// A short conversation renders on the least fuel tier, a longer one on more.
     #[test]
     fn fuel_scales_with_the_conversation() {
-        let budget = TemplateBudget {
-            fuel: 100_000,
-            ..TemplateBudget::default()
-        };
-        // 30-40k instructions whatever the messages (3-4 per turn of the
-        // loop): more than a quarter of the fuel, less than all of it.
-        let src = "{% for i in range(10000) %}{% endfor %}{{ messages | length }}";
-        let t = ChatTemplate::with_budget(src, None, None, budget).unwrap();
+        // 90-120k instructions whatever the messages (3-4 per turn of the
+        // loop): more than the least tier (62,500), less than the next (250k).
+        let src = "{% for i in range(30000) %}{% endfor %}{{ messages | length }}";
+        let t = ChatTemplate::new(src, None, None).unwrap();
         let short = [ChatMessage::user("Hi")];
         let err = t.render(&short, false).unwrap_err();
         assert!(matches!(err, ChatTemplateError::Budget(_)), "{err}");
-        let long = [ChatMessage::user("word ".repeat(SMALL_INPUT / 5))];
+        // 8 KiB: 50k + 16 * 8 KiB = 181k wanted, the 250k tier.
+        let long = [ChatMessage::user("word ".repeat(8 << 10 >> 2))];
         assert_eq!(t.render(&long, false).unwrap(), "1");
         // Template variables count too.
-        let kw = TemplateKwargs::new().set("tools", "x".repeat(SMALL_INPUT));
+        let kw = TemplateKwargs::new().set("tools", "x".repeat(8 << 10));
         assert_eq!(t.render_with(&short, false, &kw).unwrap(), "1");
     }
 
