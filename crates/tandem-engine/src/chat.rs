@@ -111,20 +111,15 @@ pub const OUTPUT_PER_INPUT_BYTE: usize = 16;
 /// Six real templates (`tests/data/templates`: Llama 2, 3.1, 3.2, Mistral,
 /// Qwen 2.5, Qwen 3) spend 80-300 fuel on a two-message conversation, tools
 /// included, and 0.3-0.6 fuel per byte of messages (1,600-3,050 on 40
-/// messages, 5 KiB).
-pub const FUEL_BASE: u64 = 50_000;
+/// messages, 5 KiB): this is 65 times the most of them.
+pub const FUEL_BASE: u64 = 20_000;
 /// ... plus this much per byte of messages and variables (as JSON) it reads,
-/// up to [`TemplateBudget::fuel`]. Renders run on a few tiers of the fuel
-/// (all of it, a quarter, a sixteenth, a sixty-fourth; one compiled
-/// environment each), the least that covers this rule: a two-message
-/// request gets 62,500 (1/64 of the default), 64 KiB of messages 1M.
-/// The `chat_template` fuzzer's inputs (a few KiB) spent 0.75-0.9 s under its
-/// instrumentation when they burnt 4M fuel.
+/// up to [`TemplateBudget::fuel`] (4M by default, reached at 250 KiB):
+/// 25 times what real templates spend per byte. A two-message request gets
+/// about 21,000 fuel, so a hostile template costs it about 2 ms (release
+/// build); at the full budget the `chat_template` fuzzer's inputs (a few
+/// KiB) spent 0.75-0.9 s under its instrumentation.
 pub const FUEL_PER_INPUT_BYTE: u64 = 16;
-
-/// The divisors of [`TemplateBudget::fuel`] that make the fuel tiers,
-/// least fuel first.
-const FUEL_TIERS: [u64; 4] = [64, 16, 4, 1];
 
 impl Default for TemplateBudget {
     fn default() -> Self {
@@ -246,9 +241,11 @@ impl TemplateKwargs {
 /// A compiled chat template together with the BOS/EOS strings it may reference.
 #[derive(Clone, Debug)]
 pub struct ChatTemplate {
-    /// The template compiled under each fuel tier ([`FUEL_TIERS`]), least
-    /// fuel first: a render takes the first whose fuel covers what it reads.
-    tiers: Vec<(u64, Environment<'static>)>,
+    /// The compiled template; each render runs on a clone (the compiled
+    /// template is shared) with the fuel for what it reads.
+    env: Environment<'static>,
+    /// [`TemplateBudget::fuel`]: the most a render gets.
+    max_fuel: u64,
     bos_token: String,
     eos_token: String,
     max_output: usize,
@@ -272,15 +269,9 @@ impl ChatTemplate {
         eos_token: Option<String>,
         budget: TemplateBudget,
     ) -> Result<Self, ChatTemplateError> {
-        let tiers = FUEL_TIERS
-            .iter()
-            .map(|div| {
-                let fuel = budget.fuel / div;
-                Ok((fuel, environment(source, &budget, fuel)?))
-            })
-            .collect::<Result<Vec<_>, ChatTemplateError>>()?;
         Ok(Self {
-            tiers,
+            env: environment(source, &budget, budget.fuel)?,
+            max_fuel: budget.fuel,
             bos_token: bos_token.unwrap_or_default(),
             eos_token: eos_token.unwrap_or_default(),
             max_output: budget.max_output,
@@ -354,24 +345,19 @@ impl ChatTemplate {
             Value::from(add_generation_prompt),
         );
 
-        // What the render may use follows what it reads: the least fuel
-        // tier that covers `FUEL_BASE` plus `FUEL_PER_INPUT_BYTE` per byte
-        // read, and an output of at most `OUTPUT_BASE` plus
-        // `OUTPUT_PER_INPUT_BYTE` bytes per byte read.
+        // What the render may use follows what it reads: `FUEL_BASE` plus
+        // `FUEL_PER_INPUT_BYTE` fuel per byte read, and an output of at most
+        // `OUTPUT_BASE` plus `OUTPUT_PER_INPUT_BYTE` bytes per byte read.
         let read = input_size(messages, kwargs, self.max_output / OUTPUT_PER_INPUT_BYTE);
-        let wanted = FUEL_BASE.saturating_add(
-            u64::try_from(read)
-                .unwrap_or(u64::MAX)
-                .saturating_mul(FUEL_PER_INPUT_BYTE),
-        );
-        let Some((_, env)) = self
-            .tiers
-            .iter()
-            .find(|(fuel, _)| *fuel >= wanted)
-            .or(self.tiers.last())
-        else {
-            return Err(ChatTemplateError::Render("no compiled template".into()));
-        };
+        let fuel = FUEL_BASE
+            .saturating_add(
+                u64::try_from(read)
+                    .unwrap_or(u64::MAX)
+                    .saturating_mul(FUEL_PER_INPUT_BYTE),
+            )
+            .min(self.max_fuel);
+        let mut env = self.env.clone();
+        env.set_fuel(Some(fuel));
         let max_output = self
             .max_output
             .min(OUTPUT_BASE.saturating_add(read.saturating_mul(OUTPUT_PER_INPUT_BYTE)));
@@ -1417,17 +1403,17 @@ mod tests {
         assert!(t.render(&long, false).unwrap().len() > 2_000_000);
     }
 
-    /// A short conversation renders on the least fuel tier, a longer one on more.
+    /// A short conversation renders on little fuel, a longer one on more.
     #[test]
     fn fuel_scales_with_the_conversation() {
-        // 90-120k instructions whatever the messages (3-4 per turn of the
-        // loop): more than the least tier (62,500), less than the next (250k).
-        let src = "{% for i in range(30000) %}{% endfor %}{{ messages | length }}";
+        // 30-40k instructions whatever the messages (3-4 per turn of the
+        // loop): more than a short conversation's 20k and a bit, less than
+        // the 20k + 16 * 8 KiB = 151k of 8 KiB.
+        let src = "{% for i in range(10000) %}{% endfor %}{{ messages | length }}";
         let t = ChatTemplate::new(src, None, None).unwrap();
         let short = [ChatMessage::user("Hi")];
         let err = t.render(&short, false).unwrap_err();
         assert!(matches!(err, ChatTemplateError::Budget(_)), "{err}");
-        // 8 KiB: 50k + 16 * 8 KiB = 181k wanted, the 250k tier.
         let long = [ChatMessage::user("word ".repeat(8 << 10 >> 2))];
         assert_eq!(t.render(&long, false).unwrap(), "1");
         // Template variables count too.
