@@ -867,9 +867,18 @@ impl<'s> Cursor<'s> {
         &self.source.as_bytes()[self.current_offset..]
     }
 
+    /// Consumes `bytes` bytes, or up to the end of the character they end
+    /// inside of: callers step over bytes they did not check to be ASCII
+    /// (`parse_till` over `'{a\u{fffd}}'`), and slicing inside a character
+    /// would panic.
     fn advance(&mut self, bytes: usize) -> &'s str {
-        let consumed = &self.rest()[..bytes];
-        self.current_offset += bytes;
+        let rest = self.rest();
+        let mut end = bytes.min(rest.len());
+        while !rest.is_char_boundary(end) {
+            end += 1;
+        }
+        let consumed = &rest[..end];
+        self.current_offset += end;
         consumed
     }
 
