@@ -270,7 +270,7 @@ impl ChatTemplate {
         budget: TemplateBudget,
     ) -> Result<Self, ChatTemplateError> {
         Ok(Self {
-            env: environment(source, &budget, budget.fuel)?,
+            env: environment(source, &budget)?,
             max_fuel: budget.fuel,
             bos_token: bos_token.unwrap_or_default(),
             eos_token: eos_token.unwrap_or_default(),
@@ -431,11 +431,11 @@ impl std::io::Write for ByteCount {
     }
 }
 
-/// `source` compiled in an environment with `budget`'s limits and `fuel`.
+/// `source` compiled in an environment with `budget`'s limits (each render
+/// sets its own fuel, at most `budget.fuel`).
 fn environment(
     source: &str,
     budget: &TemplateBudget,
-    fuel: u64,
 ) -> Result<Environment<'static>, ChatTemplateError> {
     let mut env = Environment::new();
     let syntax = SyntaxConfig::builder()
@@ -445,7 +445,7 @@ fn environment(
         .build()
         .map_err(|err| ChatTemplateError::Syntax(one_line(&err)))?;
     env.set_syntax(syntax);
-    env.set_fuel(Some(fuel));
+    env.set_fuel(Some(budget.fuel));
     env.set_recursion_limit(budget.max_recursion);
     env.set_undefined_behavior(UndefinedBehavior::Lenient);
     env.set_auto_escape_callback(|_| AutoEscape::None);
