@@ -115,10 +115,10 @@ pub const OUTPUT_PER_INPUT_BYTE: usize = 16;
 pub const FUEL_BASE: u64 = 20_000;
 /// ... plus this much per byte of messages and variables (as JSON) it reads,
 /// up to [`TemplateBudget::fuel`] (4M by default, reached at 250 KiB):
-/// 25 times what real templates spend per byte. A two-message request gets
-/// about 21,000 fuel, so a hostile template costs it about 2 ms (release
-/// build); at the full budget the `chat_template` fuzzer's inputs (a few
-/// KiB) spent 0.75-0.9 s under its instrumentation.
+/// 25 times what real templates spend per byte (`cargo run --release -p
+/// tandem-engine --example template_fuel`). A two-message request gets
+/// about 21,000 fuel, a two-hundredth of the full budget, so a hostile
+/// template costs it that share of what the whole budget costs.
 pub const FUEL_PER_INPUT_BYTE: u64 = 16;
 
 impl Default for TemplateBudget {
